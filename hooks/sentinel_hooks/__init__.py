@@ -1,0 +1,63 @@
+"""Sentinel hooks: what runs inside a serving process.
+
+Importing this package is cheap and imports neither torch nor any serving framework. The ring
+file is created on the first hook call, under ``SENTINEL_DIR``.
+
+    import sentinel_hooks
+    sentinel_hooks.step()                 # once per serving step: heartbeat + STEP record
+    sentinel_hooks.event(7, a=123)        # a user event with up to three integers
+
+No function here raises into the caller; failures become counted no-ops (see ``stats()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import runtime
+from .ringformat import Kind
+
+__all__ = ["step", "event", "set_identity", "stats", "Kind"]
+__version__ = "0.1.0"
+
+
+def step() -> None:
+    """Mark one serving step: bumps the heartbeat in the ring header and writes a STEP record."""
+    try:
+        w = runtime._writer
+        (w if w is not None else runtime.start()).step()
+    except Exception as exc:
+        runtime.failed("step", exc)
+
+
+def event(code: int = 0, a: int = 0, b: int = 0, c: int = 0, *, name: str | None = None) -> None:
+    """Write one user EVENT record: ``code`` (0..65535), three int64 values and an optional name."""
+    try:
+        w = runtime._writer
+        w = w if w is not None else runtime.start()
+        w.emit(Kind.EVENT, code, a, b, c, w.intern(name) if name else 0)
+    except Exception as exc:
+        runtime.failed("event", exc)
+
+
+def set_identity(**fields: Any) -> None:
+    """Set identity fields the launcher's environment did not give: rank, local_rank, world_size,
+    tp_rank, dp_rank, pp_rank, job, pod, namespace, framework, framework_version."""
+    try:
+        runtime.set_identity(**fields)
+    except Exception as exc:
+        runtime.failed("set_identity", exc)
+
+
+def stats() -> dict[str, Any]:
+    """What the hooks did in this process: ring path, steps, drops and swallowed errors."""
+    w = runtime._writer
+    return {
+        "active": w is not None and not isinstance(w, runtime.NullWriter),
+        "ring": getattr(w, "path", None),
+        "steps": getattr(w, "step_count", 0),
+        "dropped": getattr(w, "dropped", 0),
+        "noops": getattr(w, "noops", 0),
+        "errors": runtime.errors,
+        "disabled_reason": getattr(w, "reason", None),
+    }

@@ -1,0 +1,217 @@
+"""The ring file format: the one definition shared by the hooks (writer) and the daemon (reader).
+
+Standard library only, so it loads inside any serving process and inside the torch-free daemon.
+
+Layout of a ring file (little endian, no padding)::
+
+    [0, HEADER_SIZE)            header: magic, version, geometry, identity, heartbeat, counters
+    [STRINGS_OFFSET, +STRINGS_SIZE)  string table: NUL-separated names, appended, for record tags
+    [RECORDS_OFFSET, +capacity * RECORD_SIZE)  the record slots
+
+Record ``n`` (1-based, ever increasing) lives in slot ``(n - 1) % capacity``. The writer packs a
+record with one ``struct.pack_into`` call, which stores the fields in order: ``seq`` first,
+``seq_end`` last. A reader accepts a slot only if ``seq == seq_end == n`` and ``seq`` still reads
+``n`` after the slot was copied (a seqlock check). So a record torn by SIGKILL, or being
+overwritten while it is read, is never taken as valid.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import tempfile
+from typing import Any
+
+MAGIC = b"SNTLRING"
+VERSION = 1
+
+HEADER_SIZE = 4096
+STRINGS_OFFSET = HEADER_SIZE
+STRINGS_SIZE = 12288
+RECORDS_OFFSET = STRINGS_OFFSET + STRINGS_SIZE
+RING_SUFFIX = ".ring"
+DEFAULT_CAPACITY = 1 << 16  # 64Ki slots x 64 B = 4 MiB per process, touched only as written
+
+
+class Kind(enum.IntEnum):
+    """What a record is. Later hooks add kinds; readers count kinds they do not know."""
+
+    STEP = 1  # a = step number, b = ns since the previous step
+    EVENT = 2  # a user event: code, a, b, c are the caller's
+    PROBE = 3  # an invariant probe result (code = check id)
+    CONTEXT = 4  # shape context of a step (code = context id)
+    COLLECTIVE_ENQUEUE = 5
+    COLLECTIVE_COMPLETE = 6
+    EXCEPTION = 7
+    MARK = 8  # a lifecycle mark (code = Mark)
+
+
+class Mark(enum.IntEnum):
+    START = 1
+    EXIT = 2
+
+
+# Record fields, in the order they are written. One list, two views: struct (writer) and
+# numpy (reader).
+RECORD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("seq", "Q"),  # commit marker, written first
+    ("ts_ns", "Q"),  # wall clock, time.time_ns()
+    ("step", "I"),  # the writer's step counter when the record was written (mod 2**32)
+    ("kind", "H"),
+    ("code", "H"),
+    ("tag", "I"),  # string-table offset of a name, 0 = none
+    ("aux", "I"),
+    ("a", "q"),
+    ("b", "q"),
+    ("c", "q"),
+    ("seq_end", "Q"),  # commit marker, written last
+)
+RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))
+RECORD_SIZE = RECORD.size
+assert RECORD_SIZE == 64, RECORD_SIZE
+
+# Header fields. Identity is written once at creation (and may be rewritten when a framework
+# later tells us its rank); the heartbeat and counters are updated in place.
+HEADER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("magic", "8s"),
+    ("version", "H"),
+    ("header_size", "H"),
+    ("record_size", "H"),
+    ("_pad0", "H"),
+    ("capacity", "I"),
+    ("strings_offset", "I"),
+    ("strings_size", "I"),
+    ("records_offset", "I"),
+    ("pid", "I"),
+    ("rank", "i"),
+    ("local_rank", "i"),
+    ("world_size", "i"),
+    ("created_ns", "Q"),
+    ("job", "64s"),
+    ("host", "64s"),
+    ("pod", "64s"),
+    ("namespace", "64s"),
+    ("framework", "32s"),
+    ("framework_version", "32s"),
+    ("tp_rank", "i"),
+    ("dp_rank", "i"),
+    ("pp_rank", "i"),
+    ("_pad1", "i"),
+)
+HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
+
+# Mutable words after the identity block, each packed on its own.
+HEARTBEAT_OFFSET = 1024
+HEARTBEAT = struct.Struct("<QQ")  # step, last_step_ns
+COUNTERS_OFFSET = HEARTBEAT_OFFSET + HEARTBEAT.size
+COUNTERS = struct.Struct("<QQQ")  # dropped (hook no-ops), strings_used, exit_ns
+assert HEADER.size <= HEARTBEAT_OFFSET
+
+IDENTITY_TEXT = ("job", "host", "pod", "namespace", "framework", "framework_version")
+IDENTITY_INT = ("pid", "rank", "local_rank", "world_size", "tp_rank", "dp_rank", "pp_rank")
+
+
+class RingFormatError(ValueError):
+    """A ring file that is not ours, or not this version. ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def file_size(capacity: int) -> int:
+    return RECORDS_OFFSET + capacity * RECORD_SIZE
+
+
+def pack_header(identity: dict[str, Any], capacity: int, created_ns: int) -> bytes:
+    """The header block for a new ring (identity values default to empty / -1)."""
+    if capacity <= 0 or capacity & (capacity - 1):
+        raise ValueError("capacity must be a power of two")
+    values = []
+    fixed = {
+        "magic": MAGIC,
+        "version": VERSION,
+        "header_size": HEADER_SIZE,
+        "record_size": RECORD_SIZE,
+        "capacity": capacity,
+        "strings_offset": STRINGS_OFFSET,
+        "strings_size": STRINGS_SIZE,
+        "records_offset": RECORDS_OFFSET,
+        "created_ns": created_ns,
+    }
+    for name, code in HEADER_FIELDS:
+        if name in fixed:
+            values.append(fixed[name])
+        elif name in IDENTITY_TEXT:
+            width = int(code[:-1])
+            values.append(str(identity.get(name) or "").encode("utf-8", "replace")[:width])
+        elif name in IDENTITY_INT:
+            v = identity.get(name)
+            values.append(-1 if v is None else int(v))
+        else:
+            values.append(0)
+    return HEADER.pack(*values)
+
+
+def unpack_header(buf: bytes | memoryview) -> dict[str, Any]:
+    """Parse and validate a header. Raises RingFormatError with a reason label."""
+    if len(buf) < HEADER_SIZE:
+        raise RingFormatError("truncated", f"header is {len(buf)} bytes, need {HEADER_SIZE}")
+    raw = HEADER.unpack_from(buf, 0)
+    h = {name: value for (name, _), value in zip(HEADER_FIELDS, raw) if not name.startswith("_")}
+    if h["magic"] != MAGIC:
+        raise RingFormatError("bad_magic", f"magic is {h['magic']!r}, expected {MAGIC!r}")
+    if h["version"] != VERSION:
+        raise RingFormatError("bad_version", f"format version {h['version']}, this reader knows {VERSION}")
+    cap = h["capacity"]
+    if (
+        h["header_size"] != HEADER_SIZE
+        or h["record_size"] != RECORD_SIZE
+        or h["strings_offset"] != STRINGS_OFFSET
+        or h["strings_size"] != STRINGS_SIZE
+        or h["records_offset"] != RECORDS_OFFSET
+        or cap <= 0
+        or cap & (cap - 1)
+        or cap > 1 << 26
+    ):
+        raise RingFormatError("bad_geometry", "header geometry does not match this format version")
+    for name in IDENTITY_TEXT:
+        h[name] = h[name].split(b"\0", 1)[0].decode("utf-8", "replace")
+    h["step"], h["last_step_ns"] = HEARTBEAT.unpack_from(buf, HEARTBEAT_OFFSET)
+    h["dropped"], h["strings_used"], h["exit_ns"] = COUNTERS.unpack_from(buf, COUNTERS_OFFSET)
+    return h
+
+
+def numpy_dtype() -> Any:
+    """The record layout as a numpy structured dtype (readers only; numpy is imported lazily)."""
+    import numpy as np
+
+    return np.dtype([(name, _NP_CODES[code]) for name, code in RECORD_FIELDS])
+
+
+_NP_CODES = {"Q": "<u8", "q": "<i8", "I": "<u4", "i": "<i4", "H": "<u2"}
+
+
+def read_string(buf: bytes | memoryview, tag: int) -> str:
+    """The name stored at string-table offset ``tag`` (0 means no name)."""
+    if tag <= 0 or tag >= STRINGS_SIZE:
+        return ""
+    start = STRINGS_OFFSET + tag
+    end = bytes(buf[start : STRINGS_OFFSET + STRINGS_SIZE]).find(b"\0")
+    if end < 0:
+        return ""
+    return bytes(buf[start : start + end]).decode("utf-8", "replace")
+
+
+def default_dir() -> str:
+    """SENTINEL_DIR, else a per-user directory under XDG_RUNTIME_DIR or the temp dir."""
+    env = os.environ.get("SENTINEL_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"sentinel-{os.getuid()}")
+
+
+def rings_dir(base: str) -> str:
+    return os.path.join(base, "rings")

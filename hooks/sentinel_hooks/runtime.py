@@ -1,0 +1,167 @@
+"""Process-wide hook state: the one writer, started lazily, and the counted no-op fallback.
+
+Nothing here may raise into the host program. Every failure turns the hooks into a counted
+no-op and logs one line, once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any
+
+from . import ringformat as rf
+from .writer import RingWriter, identity_from_env
+
+log = logging.getLogger("sentinel_hooks")
+
+
+class NullWriter:
+    """Stands in when the ring cannot be used: every call is a counted no-op."""
+
+    path = None
+    step_count = 0
+    dropped = 0
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.noops = 0
+
+    def emit(self, *args: Any, **kwargs: Any) -> int:
+        self.noops += 1
+        return 0
+
+    def step(self) -> int:
+        self.noops += 1
+        self.step_count += 1
+        return self.step_count
+
+    def intern(self, name: str) -> int:
+        return 0
+
+    def note_dropped(self, n: int = 1) -> None:
+        self.noops += n
+
+    def set_identity(self, **fields: Any) -> None:
+        pass
+
+    def close(self, clean_exit: bool = True) -> None:
+        pass
+
+
+_writer: RingWriter | NullWriter | None = None
+_start_lock = threading.Lock()
+_logged: set[str] = set()
+_identity_overrides: dict[str, Any] = {}
+errors = 0  # hook calls that failed and were swallowed
+
+
+def log_once(key: str, message: str, *args: Any) -> None:
+    if key in _logged:
+        return
+    _logged.add(key)
+    try:
+        log.warning("sentinel: " + message, *args)
+    except Exception:
+        pass
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        log_once("env:" + name, "ignoring %s=%r (not an integer)", name, os.environ.get(name))
+        return default
+
+
+def start() -> RingWriter | NullWriter:
+    """Create this process's writer (idempotent). Never raises."""
+    global _writer
+    with _start_lock:
+        if _writer is not None:
+            return _writer
+        try:
+            if os.environ.get("SENTINEL_DISABLE", "") not in ("", "0"):
+                _writer = NullWriter("disabled")
+                return _writer
+            capacity = _int_env("SENTINEL_RING_CAPACITY", rf.DEFAULT_CAPACITY)
+            if capacity <= 0 or capacity & (capacity - 1):
+                log_once("capacity", "SENTINEL_RING_CAPACITY=%d is not a power of two; using %d",
+                         capacity, rf.DEFAULT_CAPACITY)
+                capacity = rf.DEFAULT_CAPACITY
+            identity = identity_from_env()
+            identity.update(_identity_overrides)
+            file_mode = int(os.environ.get("SENTINEL_FILE_MODE", "600"), 8)
+            dir_mode = int(os.environ.get("SENTINEL_DIR_MODE", "700"), 8)
+            w = RingWriter.create(rf.default_dir(), identity, capacity, file_mode, dir_mode)
+            atexit.register(_at_exit)
+            w.emit(rf.Kind.MARK, rf.Mark.START)
+            _writer = w
+        except Exception as exc:  # no dir, full disk, bad environment: run on as a no-op
+            _writer = NullWriter(f"{type(exc).__name__}: {exc}")
+            log_once("start", "hooks disabled, could not open a ring in %s (%s)", rf.default_dir(), _writer.reason)
+        return _writer
+
+
+def writer() -> RingWriter | NullWriter:
+    w = _writer
+    return w if w is not None else start()
+
+
+def failed(where: str, exc: BaseException) -> None:
+    """Count a swallowed hook failure and log the first of its kind."""
+    global errors
+    errors += 1
+    try:
+        w = _writer
+        if w is not None:
+            w.note_dropped()
+    except Exception:
+        pass
+    log_once("fail:" + where, "hook %s failed and is now a no-op for this call (%s: %s)",
+             where, type(exc).__name__, exc)
+
+
+def set_identity(**fields: Any) -> None:
+    """Identity that adapters learn later (rank, framework). Applied now and to a future ring."""
+    _identity_overrides.update({k: v for k, v in fields.items() if v is not None})
+    w = _writer
+    if w is not None:
+        w.set_identity(**fields)
+
+
+def _at_exit() -> None:
+    try:
+        w = _writer
+        if w is not None:
+            w.close(clean_exit=True)
+    except Exception:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    # The child must not write into its parent's ring, nor keep its parent's lock alive.
+    global _writer, _start_lock
+    w = _writer
+    _writer = None
+    _start_lock = threading.Lock()
+    if isinstance(w, RingWriter):
+        w.abandon()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def reset_for_tests() -> None:
+    """Close the writer and forget state (tests only)."""
+    global _writer, errors
+    w = _writer
+    _writer = None
+    errors = 0
+    _logged.clear()
+    _identity_overrides.clear()
+    if w is not None:
+        w.close(clean_exit=False)

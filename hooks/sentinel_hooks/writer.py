@@ -1,0 +1,211 @@
+"""The ring writer: one memory-mapped file per process, one struct.pack_into per record.
+
+No lock and no syscall per record. The file is fully allocated up front (posix_fallocate), so a
+full disk shows up as a failed start (a counted no-op) and never as a SIGBUS on a later store.
+The writer holds an exclusive flock on its file for its whole life: the kernel drops it when the
+process dies, however it dies, which is how the daemon tells a dead writer from a live one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import mmap
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from . import ringformat as rf
+
+_time_ns = time.time_ns
+
+
+def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Process identity from the launcher's environment (torchrun, SLURM, MPI, Kubernetes)."""
+    env = os.environ if env is None else env
+
+    def first_int(*names: str) -> int | None:
+        for name in names:
+            value = env.get(name, "").strip()
+            if value.lstrip("-").isdigit():
+                return int(value)
+        return None
+
+    job = env.get("SENTINEL_JOB") or env.get("TORCHELASTIC_RUN_ID") or env.get("SLURM_JOB_ID") or ""
+    if not job and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
+        job = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+    return {
+        "pid": os.getpid(),
+        "rank": first_int("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"),
+        "local_rank": first_int("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"),
+        "world_size": first_int("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"),
+        "job": job,
+        "host": env.get("SENTINEL_HOST") or socket.gethostname(),
+        "pod": env.get("SENTINEL_POD") or env.get("POD_NAME") or "",
+        "namespace": env.get("SENTINEL_NAMESPACE") or env.get("POD_NAMESPACE") or "",
+        "framework": env.get("SENTINEL_FRAMEWORK") or "python",
+        "framework_version": "",
+    }
+
+
+class RingWriter:
+    """Single-process writer of one ring file. Create with :meth:`create`."""
+
+    def __init__(self, path: str, fd: int, mm: mmap.mmap, capacity: int, identity: dict[str, Any]):
+        self.path = path
+        self.capacity = capacity
+        self.identity = identity
+        self._fd = fd
+        self._mm = mm
+        self._mask = capacity - 1
+        self._seq = itertools.count(1)  # next() is atomic under the GIL: threads get distinct slots
+        self._pack = rf.RECORD.pack_into
+        self._hb_pack = rf.HEARTBEAT.pack_into
+        self._step = 0
+        self._step32 = 0
+        self._last_step_ns = 0
+        self._dropped = 0
+        self._strings: dict[str, int] = {}
+        self._strings_used = 1  # offset 0 means "no name"
+        self._strings_lock = threading.Lock()
+        self.closed = False
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: str,
+        identity: dict[str, Any] | None = None,
+        capacity: int = rf.DEFAULT_CAPACITY,
+        file_mode: int = 0o600,
+        dir_mode: int = 0o700,
+    ) -> RingWriter:
+        """Create, allocate and map a new ring under ``base_dir/rings``. Raises OSError on failure."""
+        identity = dict(identity_from_env() if identity is None else identity)
+        identity.setdefault("pid", os.getpid())
+        created = _time_ns()
+        rdir = rf.rings_dir(base_dir)
+        os.makedirs(rdir, mode=dir_mode, exist_ok=True)
+        host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(identity.get("host", "")))[:64]
+        name = f"{host or 'host'}.{identity['pid']}.{created}{rf.RING_SUFFIX}"
+        final = os.path.join(rdir, name)
+        tmp = os.path.join(rdir, "." + name + ".tmp")  # readers skip dot files until the rename
+        size = rf.file_size(capacity)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(fd, 0, size)
+            os.pwrite(fd, rf.pack_header(identity, capacity, created), 0)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            os.rename(tmp, final)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return cls(final, fd, mm, capacity, identity)
+
+    # -- hot path -------------------------------------------------------------------------------
+
+    def emit(self, kind: int, code: int = 0, a: int = 0, b: int = 0, c: int = 0, tag: int = 0, aux: int = 0) -> int:
+        """Write one record; returns its sequence number. Raises struct.error on out-of-range values."""
+        n = next(self._seq)
+        self._pack(
+            self._mm, rf.RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
+            n, _time_ns(), self._step32, kind, code, tag, aux, a, b, c, n,
+        )
+        return n
+
+    def step(self) -> int:
+        """Heartbeat: bump the step counter in the header and write a STEP record."""
+        s = self._step + 1
+        now = _time_ns()
+        dt = now - self._last_step_ns if self._last_step_ns else 0
+        self._step = s
+        self._step32 = s & 0xFFFFFFFF
+        self._last_step_ns = now
+        self._hb_pack(self._mm, rf.HEARTBEAT_OFFSET, s, now)
+        n = next(self._seq)
+        self._pack(
+            self._mm, rf.RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
+            n, now, self._step32, 1, 0, 0, 0, s, dt, 0, n,
+        )
+        return s
+
+    # -- rare path ------------------------------------------------------------------------------
+
+    @property
+    def step_count(self) -> int:
+        return self._step
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def note_dropped(self, n: int = 1) -> None:
+        """Count records the hooks could not write (shown by the daemon as drops)."""
+        self._dropped += n
+        self._write_counters()
+
+    def intern(self, name: str) -> int:
+        """String-table offset for ``name`` (0 if the table is full). Cached; cheap after first use."""
+        tag = self._strings.get(name)
+        if tag is not None:
+            return tag
+        with self._strings_lock:
+            tag = self._strings.get(name)
+            if tag is not None:
+                return tag
+            data = name.encode("utf-8", "replace")[:255] + b"\0"
+            if self._strings_used + len(data) > rf.STRINGS_SIZE:
+                self._strings[name] = 0
+                return 0
+            tag = self._strings_used
+            start = rf.STRINGS_OFFSET + tag
+            self._mm[start : start + len(data)] = data
+            self._strings_used += len(data)
+            self._strings[name] = tag
+            self._write_counters()
+            return tag
+
+    def set_identity(self, **fields: Any) -> None:
+        """Update identity fields (rank, framework, ...) once a framework reveals them."""
+        known = set(rf.IDENTITY_TEXT) | set(rf.IDENTITY_INT)
+        unknown = set(fields) - known
+        if unknown:
+            raise KeyError(f"unknown identity fields: {sorted(unknown)}")
+        self.identity.update({k: v for k, v in fields.items() if v is not None})
+        created = rf.HEADER.unpack_from(self._mm, 0)[[n for n, _ in rf.HEADER_FIELDS].index("created_ns")]
+        header = rf.pack_header(self.identity, self.capacity, created)
+        self._mm[: len(header)] = header
+
+    def _write_counters(self, exit_ns: int = 0) -> None:
+        rf.COUNTERS.pack_into(self._mm, rf.COUNTERS_OFFSET, self._dropped, self._strings_used, exit_ns)
+
+    def close(self, clean_exit: bool = True) -> None:
+        """Mark a clean exit (so the daemon can tell it from a crash) and unmap."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if clean_exit:
+                self.emit(rf.Kind.MARK, rf.Mark.EXIT)
+                self._write_counters(exit_ns=_time_ns())
+            self._mm.close()
+        finally:
+            os.close(self._fd)
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's mapping and lock fd without touching the file."""
+        self.closed = True
+        try:
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass
+        try:
+            os.close(self._fd)  # closing our copy of the fd keeps the parent's flock
+        except OSError:
+            pass

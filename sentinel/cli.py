@@ -1,0 +1,167 @@
+"""The `sentinel` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+
+from sentinel_hooks import ringformat as rf
+
+from . import __version__
+
+log = logging.getLogger("sentinel.cli")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from . import logjson
+    from .daemon import Daemon, DaemonConfig
+    from .exporter import build_registry, serve
+
+    logjson.setup(args.log_level)
+    allowed = None if args.any_owner else {os.getuid(), *args.allow_uid}
+    daemon = Daemon(DaemonConfig(
+        base_dir=os.path.abspath(args.dir), poll_interval=args.poll_interval,
+        rescan_interval=args.rescan_interval, allowed_uids=allowed,
+    ))
+    host, port = args.listen
+    try:
+        server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port)
+    except OSError as exc:
+        log.error("cannot listen", extra={"listen": f"{host}:{port}", "error": str(exc)})
+        daemon.close()
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("daemon started", extra={
+        "dir": daemon.config.base_dir, "metrics": f"http://{host}:{server.server_port}/metrics",
+        "version": __version__,
+    })
+    try:
+        daemon.run(stop)
+    finally:
+        daemon.close()
+        server.shutdown()
+        log.info("daemon stopped", extra={"ingested": daemon.ingested})
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .injection import injected_env
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("sentinel run: give a command after --, e.g. sentinel run -- python serve.py", file=sys.stderr)
+        return 2
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        print(f"sentinel run: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    env = injected_env(args.dir, eager=args.eager)
+    os.execve(exe, cmd, env)
+    return 0  # not reached
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect, render_table
+
+    if not os.path.isdir(args.dir):
+        print(f"sentinel status: no such directory: {args.dir}", file=sys.stderr)
+        return 2
+    rows = collect(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render_table(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration=args.duration, base_dir=args.dir, keep=args.keep)
+
+
+def cmd_install_hooks(args: argparse.Namespace) -> int:
+    from .injection import install_hooks
+
+    root = install_hooks(os.path.abspath(args.dest))
+    print(f"hooks installed in {root}; put on PYTHONPATH: {os.path.join(root, 'sentinel_hooks', '_inject')}:{root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sentinel",
+        description="CUDA-fault observability for LLM serving: hooks in the serving process, a sidecar daemon, "
+        "Prometheus metrics.",
+    )
+    p.add_argument("--version", action="version", version=f"sentinel {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    default_dir = rf.default_dir()
+
+    d = sub.add_parser("daemon", help="run the sidecar daemon: tail rings, keep state, serve /metrics")
+    d.add_argument("--dir", default=default_dir, help="SENTINEL_DIR to watch (default: %(default)s)")
+    d.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9464),
+                   help="HOST:PORT for /metrics (default: 127.0.0.1:9464)")
+    d.add_argument("--poll-interval", type=float, default=0.2, help="seconds between ring polls (default: 0.2)")
+    d.add_argument("--rescan-interval", type=float, default=5.0,
+                   help="seconds between directory rescans, the safety net for missed file events (default: 5)")
+    d.add_argument("--allow-uid", type=int, action="append", default=[],
+                   help="also accept rings owned by this uid (repeatable; default: only the daemon's own uid)")
+    d.add_argument("--any-owner", action="store_true", help="accept rings owned by any user")
+    d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    d.set_defaults(func=cmd_daemon)
+
+    r = sub.add_parser("run", help="run a command with the hooks injected (no code change)",
+                       usage="sentinel run [--dir DIR] [--eager] -- CMD [ARGS...]")
+    r.add_argument("--dir", default=default_dir, help="SENTINEL_DIR for the rings (default: %(default)s)")
+    r.add_argument("--eager", action="store_true",
+                   help="create each Python process's ring at start-up, not at its first hook call")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="list hooked processes: rank, pid, alive, step, heartbeat, records, drops")
+    s.add_argument("--dir", default=default_dir, help="SENTINEL_DIR (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    s.set_defaults(func=cmd_status)
+
+    m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")
+    m.add_argument("--duration", type=float, default=20.0, help="seconds of workload (default: 20)")
+    m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
+    m.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
+    m.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("install-hooks", help="copy the hooks package to DEST (for an init container)")
+    i.add_argument("dest", help="destination folder, e.g. a shared volume")
+    i.set_defaults(func=cmd_install_hooks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)

@@ -1,0 +1,192 @@
+"""The sidecar daemon: discover rings, tail them, keep per-process state, persist, export.
+
+One poll thread owns all mutable state. After each poll it publishes an immutable Snapshot,
+which the HTTP exporter thread reads without locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sentinel_hooks import ringformat as rf
+
+from .discovery import Discovery
+from .journal import Journal, journal_path
+from .ringreader import RingReader
+from .state import ProcessState, Snapshot
+
+log = logging.getLogger("sentinel.daemon")
+
+
+@dataclass
+class DaemonConfig:
+    base_dir: str
+    poll_interval: float = 0.2
+    rescan_interval: float = 5.0
+    persist_interval: float = 1.0
+    keep_dead: int = 256  # dead processes kept in memory and in metrics (all stay in the journal)
+    allowed_uids: set[int] | None = field(default_factory=lambda: {os.getuid()})
+    use_events: bool = True
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.rings_dir = rf.rings_dir(config.base_dir)
+        os.makedirs(self.rings_dir, mode=0o700, exist_ok=True)
+        self.journal = Journal(journal_path(config.base_dir))
+        self.states: dict[str, ProcessState] = {}
+        self.readers: dict[str, RingReader] = {}
+        self.rejected: dict[str, int] = {}
+        self._rejected_files: set[str] = set()
+        self.ingested = 0
+        self.polls = 0
+        self._last_poll_s = 0.0
+        self._next_persist = 0.0
+        self.snapshot = Snapshot(taken_at=time.time())
+        for state in self.journal.load():
+            self.states[state.ring] = state
+        resumed = [s.ring for s in self.states.values() if s.alive]
+        if self.states:
+            log.info("journal loaded", extra={"processes": len(self.states), "resuming": len(resumed)})
+        self.discovery = Discovery(self.rings_dir, config.rescan_interval, config.use_events)
+
+    # -- attaching ------------------------------------------------------------------------------
+
+    def _attach(self, name: str) -> None:
+        state = self.states.get(name)
+        if name in self.readers or name in self._rejected_files or (state is not None and not state.alive):
+            return
+        path = os.path.join(self.rings_dir, name)
+        try:
+            reader = RingReader(path, self.config.allowed_uids, start_after=state.last_seq if state else 0)
+        except rf.RingFormatError as exc:
+            self._reject(name, exc.reason, str(exc))
+            return
+        except FileNotFoundError:
+            return  # vanished between listing and opening
+        except OSError as exc:
+            self._reject(name, "unreadable", str(exc))
+            return
+        if state is None:
+            state = ProcessState(ring=name, identity={})
+            self.states[name] = state
+            log.info("ring attached", extra={"ring": name, "pid": reader.header["pid"], "rank": reader.header["rank"]})
+        else:
+            log.info("ring resumed", extra={"ring": name, "after_seq": state.last_seq})
+        state.apply_header(reader.header)
+        self.readers[name] = reader
+
+    def _reject(self, name: str, reason: str, message: str) -> None:
+        self._rejected_files.add(name)
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("ring rejected", extra={"ring": name, "reason": reason, "detail": message})
+
+    # -- polling --------------------------------------------------------------------------------
+
+    def poll_once(self) -> None:
+        t0 = time.perf_counter()
+        for name in self.discovery.poll():
+            self._attach(name)
+        for name, reader in list(self.readers.items()):
+            self._tail(name, reader)
+        self._settle_missing()
+        self.polls += 1
+        self._last_poll_s = time.perf_counter() - t0
+        self._publish()
+
+    def _tail(self, name: str, reader: RingReader) -> None:
+        state = self.states[name]
+        try:
+            alive = reader.writer_alive()
+            header = reader.refresh_header()
+            result = reader.tail(writer_alive=alive)
+        except (rf.RingFormatError, OSError, ValueError) as exc:
+            # The file changed under us (truncated, overwritten): keep what we had, stop reading.
+            self.readers.pop(name).close()
+            self._reject(name, getattr(exc, "reason", "unreadable"), str(exc))
+            self._end(state, "unknown")
+            return
+        state.apply_header(header)
+        if len(result.records):
+            state.ingest(result.records)
+            self.ingested += len(result.records)
+        if result.overwritten or result.torn:
+            state.overwritten += result.overwritten
+            state.torn += result.torn
+            state.dirty = True
+        state.last_seq = reader.last_seq
+        if not alive:
+            self.readers.pop(name).close()
+            self._end(state, "exited" if header["exit_ns"] else "died")
+
+    def _end(self, state: ProcessState, how: str) -> None:
+        state.alive = False
+        state.exit = how
+        state.ended_at = time.time()
+        state.dirty = True
+        log.log(
+            logging.WARNING if how != "exited" else logging.INFO,
+            "process ended",
+            extra={"ring": state.ring, "pid": state.identity.get("pid"), "rank": state.identity.get("rank"),
+                   "how": how, "step": state.step, "records": state.records},
+        )
+
+    def _settle_missing(self) -> None:
+        # Processes the journal says were running whose ring is gone: we cannot know how they ended.
+        for state in self.states.values():
+            if state.alive and state.ring not in self.readers:
+                if not os.path.exists(os.path.join(self.rings_dir, state.ring)):
+                    self._end(state, "unknown")
+        dead = [s for s in self.states.values() if not s.alive]
+        if len(dead) > self.config.keep_dead:
+            dead.sort(key=lambda s: s.ended_at)
+            for s in dead[: len(dead) - self.config.keep_dead]:
+                if not s.dirty:
+                    del self.states[s.ring]
+
+    def _publish(self) -> None:
+        self.snapshot = Snapshot(
+            processes=tuple(s.snapshot() for s in self.states.values()),
+            rejected=dict(self.rejected),
+            ingested=self.ingested,
+            polls=self.polls,
+            poll_seconds=self._last_poll_s,
+            taken_at=time.time(),
+        )
+
+    def persist(self) -> None:
+        try:
+            self.journal.save(list(self.states.values()))
+        except Exception:
+            log.exception("journal write failed; will retry")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set, persisting every ``persist_interval``."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("poll failed; continuing")
+            if started >= self._next_persist:
+                self.persist()
+                self._next_persist = started + self.config.persist_interval
+            stop.wait(max(0.0, self.config.poll_interval - (time.monotonic() - started)))
+
+    def close(self) -> None:
+        try:
+            self.poll_once()
+        finally:
+            self.persist()
+            self.discovery.close()
+            for reader in self.readers.values():
+                reader.close()
+            self.readers.clear()
+            self.journal.close()

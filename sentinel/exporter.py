@@ -1,0 +1,123 @@
+"""Prometheus exposition: a custom collector over the daemon's latest immutable snapshot.
+
+The poll thread swaps in a new snapshot after each poll; a scrape reads whichever is current.
+No locks, no per-sample bookkeeping (the prometheus/client_python custom-collector pattern).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .state import Snapshot
+
+# Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
+PROCESS_LABELS = ("job", "host", "pod", "namespace", "rank", "local_rank", "pid")
+
+
+def process_labels(identity: dict) -> list[str]:
+    out = []
+    for name in PROCESS_LABELS:
+        v = identity.get(name)
+        out.append("" if v is None or v == -1 else str(v))
+    return out
+
+
+class SentinelCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list:
+        return []  # dynamic label sets: let the registry call collect() for names
+
+    def collect(self) -> Iterator:
+        snap = self._snapshot()
+        labels = list(PROCESS_LABELS)
+
+        yield InfoMetricFamily("sentinel_build", "Sentinel version.", value={"version": __version__})
+
+        states = GaugeMetricFamily("sentinel_processes", "Hooked processes known, by state.", labels=["state"])
+        counts = {"running": 0, "exited": 0, "died": 0}
+        for p in snap.processes:
+            counts[p.exit] = counts.get(p.exit, 0) + 1
+        for state, n in sorted(counts.items()):
+            states.add_metric([state], n)
+        yield states
+
+        info = GaugeMetricFamily(
+            "sentinel_process_info", "Identity of a hooked process (value 1).",
+            labels=labels + ["framework", "framework_version", "world_size"],
+        )
+        alive = GaugeMetricFamily("sentinel_process_alive", "1 while the process's ring writer lives.", labels=labels)
+        step = GaugeMetricFamily("sentinel_process_step", "Serving steps the process has marked (heartbeat).", labels=labels)
+        beat = GaugeMetricFamily(
+            "sentinel_process_heartbeat_timestamp_seconds", "Wall time of the process's last step.", labels=labels
+        )
+        p99 = GaugeMetricFamily(
+            "sentinel_process_step_duration_p99_seconds", "p99 of recent step durations.", labels=labels
+        )
+        records = CounterMetricFamily(
+            "sentinel_ring_records", "Valid ring records read, by record kind.", labels=labels + ["kind"]
+        )
+        over = CounterMetricFamily(
+            "sentinel_ring_overwritten_records", "Records lost because the ring wrapped before they were read.",
+            labels=labels,
+        )
+        torn = CounterMetricFamily("sentinel_ring_torn_records", "Slots that never held a valid record.", labels=labels)
+        dropped = CounterMetricFamily(
+            "sentinel_hook_dropped_records", "Hook calls that became counted no-ops in the process.", labels=labels
+        )
+        for p in snap.processes:
+            lv = process_labels(p.identity)
+            ident = p.identity
+            ws = ident.get("world_size")
+            info.add_metric(
+                lv + [str(ident.get("framework", "")), str(ident.get("framework_version", "")),
+                      "" if ws in (None, -1) else str(ws)],
+                1,
+            )
+            alive.add_metric(lv, 1 if p.alive else 0)
+            step.add_metric(lv, p.step)
+            if p.last_step_ns:
+                beat.add_metric(lv, p.last_step_ns / 1e9)
+            if p.step_p99_s is not None:
+                p99.add_metric(lv, p.step_p99_s)
+            for kind, n in sorted(p.kinds.items()):
+                records.add_metric(lv + [kind], n)
+            over.add_metric(lv, p.overwritten)
+            torn.add_metric(lv, p.torn)
+            dropped.add_metric(lv, p.dropped)
+        yield from (info, alive, step, beat, p99, records, over, torn, dropped)
+
+        rejected = CounterMetricFamily(
+            "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(snap.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily("sentinel_daemon_ingested_records", "Records read by this daemon.", value=snap.ingested)
+        yield CounterMetricFamily("sentinel_daemon_polls", "Poll cycles over all rings.", value=snap.polls)
+        yield GaugeMetricFamily(
+            "sentinel_daemon_last_poll_duration_seconds", "Time the last poll cycle took.", value=snap.poll_seconds
+        )
+        yield GaugeMetricFamily(
+            "sentinel_daemon_snapshot_timestamp_seconds", "When the exported state was taken.", value=snap.taken_at
+        )
+
+
+def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    from prometheus_client.process_collector import ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SentinelCollector(snapshot))
+    ProcessCollector(registry=registry)  # the daemon's own RSS and CPU as process_*
+    return registry
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> tuple:
+    """Serve /metrics on host:port in a background thread. Returns (server, thread)."""
+    return start_http_server(port, addr=host, registry=registry)

@@ -1,0 +1,78 @@
+"""Putting the hooks into a command's Python processes with no change to its code.
+
+``sentinel run`` copies the ``sentinel_hooks`` package into a versioned folder under
+SENTINEL_DIR (the same layout an init container copies into a pod's shared volume), puts it and
+its ``sitecustomize`` on PYTHONPATH, and execs the command. Only that folder goes on the path,
+never this environment's site-packages, so the command's own packages are untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+import sentinel_hooks
+
+HOOKS_PACKAGE = os.path.dirname(os.path.abspath(sentinel_hooks.__file__))
+
+
+def _package_files() -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(HOOKS_PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        out.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(".py"))
+    return out
+
+
+def hooks_digest() -> str:
+    h = hashlib.sha256()
+    for path in _package_files():
+        h.update(os.path.relpath(path, HOOKS_PACKAGE).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def install_hooks(dest_root: str) -> str:
+    """Copy the hooks package to ``dest_root/sentinel_hooks`` atomically; returns ``dest_root``."""
+    final = os.path.join(dest_root, "sentinel_hooks")
+    if os.path.isdir(final):
+        return dest_root
+    os.makedirs(dest_root, mode=0o755, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".hooks-", dir=dest_root)
+    try:
+        os.chmod(tmp, 0o755)  # readable by a serving container running as another user
+        for path in _package_files():
+            rel = os.path.relpath(path, HOOKS_PACKAGE)
+            os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+            shutil.copy2(path, os.path.join(tmp, rel))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):  # lost a race to a concurrent run: theirs is identical
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest_root
+
+
+def prepare(base_dir: str) -> str:
+    """The folder to put on PYTHONPATH for ``base_dir`` (created on first use)."""
+    root = os.path.join(base_dir, "hooks", f"{sentinel_hooks.__version__}-{hooks_digest()}")
+    return install_hooks(root)
+
+
+def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool = False) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    base_dir = os.path.abspath(base_dir)
+    os.makedirs(base_dir, mode=0o700, exist_ok=True)
+    root = prepare(base_dir)
+    inject = os.path.join(root, "sentinel_hooks", "_inject")
+    parts = [inject, root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["SENTINEL_DIR"] = base_dir
+    if eager:
+        env["SENTINEL_EAGER"] = "1"
+    return env

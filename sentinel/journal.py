@@ -1,0 +1,112 @@
+"""The daemon's durable memory: SQLite in WAL mode under SENTINEL_DIR.
+
+It keeps what must outlive a daemon restart: each process's last known state, its counters and
+how far its ring was read, so a restarted daemon resumes where it was and its counters stay
+monotonic. State and read position are written in one transaction, so they always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+import numpy as np
+
+from .state import MAX_KIND, ProcessState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS processes (
+    ring TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    alive INTEGER NOT NULL,
+    exit TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    last_step_ns INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    overwritten INTEGER NOT NULL,
+    torn INTEGER NOT NULL,
+    dropped INTEGER NOT NULL,
+    by_kind TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+SCHEMA_VERSION = "1"
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def save(self, states: list[ProcessState]) -> int:
+        """Upsert the states marked dirty, in one transaction. Returns how many were written."""
+        rows = []
+        now = time.time()
+        for s in states:
+            if not s.dirty:
+                continue
+            rows.append((
+                s.ring, json.dumps(s.identity, sort_keys=True), s.created_ns, int(s.alive), s.exit,
+                s.step, s.last_step_ns, s.last_seq, s.records, s.overwritten, s.torn, s.dropped,
+                json.dumps(s.by_kind.tolist()), s.first_seen, s.ended_at, now,
+            ))
+        if not rows:
+            return 0
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+            )
+        for s in states:
+            s.dirty = False
+        return len(rows)
+
+    def load(self) -> list[ProcessState]:
+        out = []
+        for row in self.db.execute("SELECT * FROM processes ORDER BY first_seen"):
+            (ring, identity, created_ns, alive, exit_, step, last_step_ns, last_seq, records,
+             overwritten, torn, dropped, by_kind, first_seen, ended_at, _updated) = row
+            kinds = np.zeros(MAX_KIND + 1, dtype=np.int64)
+            saved = json.loads(by_kind)[: MAX_KIND + 1]
+            kinds[: len(saved)] = saved
+            out.append(ProcessState(
+                ring=ring, identity=json.loads(identity), created_ns=created_ns, alive=bool(alive),
+                exit=exit_, step=step, last_step_ns=last_step_ns, last_seq=last_seq, records=records,
+                overwritten=overwritten, torn=torn, dropped=dropped, by_kind=kinds,
+                first_seen=first_seen, ended_at=ended_at, dirty=False,
+            ))
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM processes ORDER BY first_seen")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur]
+
+    def forget(self, rings: list[str]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM processes WHERE ring = ?", [(r,) for r in rings])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def journal_path(base_dir: str) -> str:
+    return os.path.join(base_dir, "journal.sqlite")

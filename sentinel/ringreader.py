@@ -1,0 +1,148 @@
+"""Read-only tailing of one ring file, in bulk, with numpy structured views.
+
+The format is defined once, in ``sentinel_hooks.ringformat``; this module only reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sentinel_hooks import ringformat as rf
+
+DTYPE = rf.numpy_dtype()
+EMPTY = np.zeros(0, dtype=DTYPE)
+# A slot that stays unreadable this long while later ones are readable, or while its writer
+# lives, was torn (a writer died mid-record, or a hook failed between the two commit markers).
+HOLE_GRACE_S = 1.0
+
+
+@dataclass
+class TailResult:
+    records: np.ndarray  # valid new records, in sequence order
+    overwritten: int = 0  # lost because the writer lapped the reader
+    torn: int = 0  # slots that never became valid
+
+
+class RingReader:
+    """Opens a ring read-only and hands out each valid record exactly once.
+
+    Raises ``RingFormatError`` (with a ``reason`` label) for files that are not valid rings.
+    """
+
+    def __init__(self, path: str, allowed_uids: set[int] | None = None, start_after: int = 0) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise rf.RingFormatError("not_a_file", "not a regular file")
+            if allowed_uids is not None and st.st_uid not in allowed_uids:
+                raise rf.RingFormatError("foreign_owner", f"owned by uid {st.st_uid}, not an allowed owner")
+            if st.st_size < rf.HEADER_SIZE:
+                raise rf.RingFormatError("truncated", f"file is {st.st_size} bytes, smaller than a header")
+            head = os.pread(fd, rf.HEADER_SIZE, 0)
+            self.header = rf.unpack_header(head)
+            self.capacity = self.header["capacity"]
+            need = rf.file_size(self.capacity)
+            if st.st_size < need:
+                raise rf.RingFormatError("truncated", f"file is {st.st_size} bytes, its header needs {need}")
+            self._mm = mmap.mmap(fd, need, mmap.MAP_SHARED, mmap.PROT_READ)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.slots = np.frombuffer(self._mm, dtype=DTYPE, count=self.capacity, offset=rf.RECORDS_OFFSET)
+        self._seq_col = self.slots["seq"]
+        self._mask = self.capacity - 1
+        self.last_seq = start_after  # highest sequence number handed out (or skipped)
+        self._hole_seq: int | None = None
+        self._hole_since = 0.0
+        self._strings: dict[int, str] = {}
+
+    # -- header ---------------------------------------------------------------------------------
+
+    def refresh_header(self) -> dict:
+        """Re-read the header (identity may be updated; heartbeat and counters always are)."""
+        self.header = rf.unpack_header(self._mm[: rf.HEADER_SIZE])
+        return self.header
+
+    def name(self, tag: int) -> str:
+        name = self._strings.get(tag)
+        if name is None:
+            name = rf.read_string(self._mm, tag)
+            if name:
+                self._strings[tag] = name
+        return name
+
+    def writer_alive(self) -> bool:
+        """True while the writer holds its flock. The kernel drops it when the writer dies."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+            raise
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def top_seq(self) -> int:
+        """The highest sequence number any slot has started (records written so far)."""
+        return int(self._seq_col.max()) if self.capacity else 0
+
+    # -- records --------------------------------------------------------------------------------
+
+    def tail(self, writer_alive: bool = True, now: float | None = None) -> TailResult:
+        """New valid records since the last call. ``writer_alive=False`` settles torn slots at once."""
+        top = self.top_seq()
+        first = self.last_seq + 1
+        if top < first:
+            return TailResult(EMPTY)
+        overwritten = 0
+        if top - first + 1 > self.capacity:  # the writer lapped us: the oldest are gone
+            overwritten = top - self.capacity + 1 - first
+            first = top - self.capacity + 1
+        expected = np.arange(first, top + 1, dtype=np.uint64)
+        idx = (expected - np.uint64(1)).astype(np.int64) & self._mask
+        recs = self.slots[idx]  # a copy
+        seq_again = self._seq_col[idx]  # seqlock: unchanged after the copy, so not overwritten
+        ok = (recs["seq"] == expected) & (recs["seq_end"] == expected) & (seq_again == expected)
+        if ok.all():
+            self.last_seq = top
+            self._hole_seq = None
+            return TailResult(recs, overwritten)
+        bad = np.flatnonzero(~ok)
+        hole = first + int(bad[0])
+        now = time.monotonic() if now is None else now
+        if writer_alive:
+            if self._hole_seq != hole:
+                self._hole_seq, self._hole_since = hole, now
+            good = np.flatnonzero(ok)
+            if now - self._hole_since < HOLE_GRACE_S or good.size == 0 or good[-1] < bad[0]:
+                # Maybe a write in flight: hand out the valid prefix, look again next time.
+                cut = int(bad[0])
+                self.last_seq = first + cut - 1
+                return TailResult(recs[:cut], overwritten)
+            # A stale hole with valid records after it: settle up to the last valid one and
+            # leave any trailing in-flight slots for next time.
+            end = int(good[-1]) + 1
+            self.last_seq = first + end - 1
+            self._hole_seq = None
+            return TailResult(recs[:end][ok[:end]], overwritten, int((~ok[:end]).sum()))
+        self._hole_seq = None
+        self.last_seq = top
+        return TailResult(recs[ok], overwritten, int(bad.size))
+
+    def close(self) -> None:
+        self.slots = self._seq_col = None  # release the buffer exports before unmapping
+        try:
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass
+        os.close(self._fd)
