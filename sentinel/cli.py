@@ -99,7 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(duration=args.duration, base_dir=args.dir, keep=args.keep)
+    return run_demo(duration=args.duration, base_dir=args.dir)
 
 
 def cmd_install_hooks(args: argparse.Namespace) -> int:
@@ -149,7 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")
     m.add_argument("--duration", type=float, default=20.0, help="seconds of workload (default: 20)")
     m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
-    m.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     m.set_defaults(func=cmd_demo)
 
     i = sub.add_parser("install-hooks", help="copy the hooks package to DEST (for an init container)")

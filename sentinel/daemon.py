@@ -20,6 +20,7 @@ from .ringreader import RingReader
 from .state import ProcessState, Snapshot
 
 log = logging.getLogger("sentinel.daemon")
+VIOLATION_LOG_S = 10.0
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Daemon:
         self.polls = 0
         self._last_poll_s = 0.0
         self._next_persist = 0.0
+        self._violation_logged: dict[tuple[str, str], float] = {}
         self.snapshot = Snapshot(taken_at=time.time())
         for state in self.journal.load():
             self.states[state.ring] = state
@@ -115,6 +117,8 @@ class Daemon:
         if len(result.records):
             state.ingest(result.records)
             self.ingested += len(result.records)
+            if state.new_violations:
+                self._log_violations(state, reader)
         if result.overwritten or result.torn:
             state.overwritten += result.overwritten
             state.torn += result.torn
@@ -123,6 +127,22 @@ class Daemon:
         if not alive:
             self.readers.pop(name).close()
             self._end(state, "exited" if header["exit_ns"] else "died")
+
+    def _log_violations(self, state: ProcessState, reader: RingReader) -> None:
+        # One line per process and check every VIOLATION_LOG_S: a violation every step must
+        # not flood the log; the counters carry the totals.
+        now = time.monotonic()
+        for check, tag, a, b, c, aux in state.new_violations:
+            key = (state.ring, check)
+            if now - self._violation_logged.get(key, -1e9) < VIOLATION_LOG_S:
+                continue
+            self._violation_logged[key] = now
+            log.warning("invariant violation", extra={
+                "check": check, "site": reader.name(tag), "pid": state.identity.get("pid"),
+                "rank": state.identity.get("rank"), "count": a, "value": b, "limit": c, "aux": aux,
+                "step": state.step,
+            })
+        state.new_violations.clear()
 
     def _end(self, state: ProcessState, how: str) -> None:
         state.alive = False

@@ -92,6 +92,7 @@ class SentinelCollector(Collector):
             torn.add_metric(lv, p.torn)
             dropped.add_metric(lv, p.dropped)
         yield from (info, alive, step, beat, p99, records, over, torn, dropped)
+        yield from _probe_metrics(snap, labels)
 
         rejected = CounterMetricFamily(
             "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
@@ -107,6 +108,50 @@ class SentinelCollector(Collector):
         yield GaugeMetricFamily(
             "sentinel_daemon_snapshot_timestamp_seconds", "When the exported state was taken.", value=snap.taken_at
         )
+
+
+def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
+    from sentinel_hooks.ringformat import Check
+
+    viol = CounterMetricFamily(
+        "sentinel_invariant_violations", "Invariant violations seen by the probes, by check.", labels=labels + ["check"]
+    )
+    headroom = GaugeMetricFamily(
+        "sentinel_page_table_headroom_pages",
+        "Pages left above the highest page index read (num_pages - 1 - max index), tightest probe site.",
+        labels=labels,
+    )
+    capacity = GaugeMetricFamily(
+        "sentinel_page_table_capacity_pages", "KV-cache pages of the buffer the tightest probe site checks against.",
+        labels=labels,
+    )
+    execs = CounterMetricFamily(
+        "sentinel_probe_executions", "Paged-KV probe executions (eager calls and graph replays).", labels=labels
+    )
+    batch = CounterMetricFamily(
+        "sentinel_batch_steps", "Steps with shape context, by condition (all, at_token_budget, ...).",
+        labels=labels + ["condition"],
+    )
+    tokens = GaugeMetricFamily("sentinel_batch_tokens", "Tokens in the latest noted step.", labels=labels)
+    budget = GaugeMetricFamily("sentinel_batch_token_budget", "Token budget of the latest noted step.", labels=labels)
+    checks = [c.label for c in Check]
+    for p in snap.processes:
+        lv = process_labels(p.identity)
+        if not (p.violations or p.probe_execs or p.batch):
+            continue
+        for check in checks:  # every check, zeros included, so rate() and absent() behave
+            viol.add_metric(lv + [check], p.violations.get(check, 0))
+        if p.headroom is not None:
+            headroom.add_metric(lv, p.headroom[0])
+            capacity.add_metric(lv, p.headroom[1])
+        execs.add_metric(lv, p.probe_execs)
+        if p.batch:
+            for cond in ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size"):
+                batch.add_metric(lv + ["all" if cond == "steps" else cond], p.batch.get(cond, 0))
+            tokens.add_metric(lv, p.last_tokens)
+            if p.token_budget >= 0:
+                budget.add_metric(lv, p.token_budget)
+    yield from (viol, headroom, capacity, execs, batch, tokens, budget)
 
 
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

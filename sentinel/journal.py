@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS processes (
     by_kind TEXT NOT NULL,
     first_seen REAL NOT NULL,
     ended_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -65,14 +66,14 @@ class Journal:
             rows.append((
                 s.ring, json.dumps(s.identity, sort_keys=True), s.created_ns, int(s.alive), s.exit,
                 s.step, s.last_step_ns, s.last_seq, s.records, s.overwritten, s.torn, s.dropped,
-                json.dumps(s.by_kind.tolist()), s.first_seen, s.ended_at, now,
+                json.dumps(s.by_kind.tolist()), s.first_seen, s.ended_at, now, json.dumps(s.extra()),
             ))
         if not rows:
             return 0
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT OR REPLACE INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR REPLACE INTO processes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
         for s in states:
             s.dirty = False
@@ -82,16 +83,18 @@ class Journal:
         out = []
         for row in self.db.execute("SELECT * FROM processes ORDER BY first_seen"):
             (ring, identity, created_ns, alive, exit_, step, last_step_ns, last_seq, records,
-             overwritten, torn, dropped, by_kind, first_seen, ended_at, _updated) = row
+             overwritten, torn, dropped, by_kind, first_seen, ended_at, _updated, extra) = row
             kinds = np.zeros(MAX_KIND + 1, dtype=np.int64)
             saved = json.loads(by_kind)[: MAX_KIND + 1]
             kinds[: len(saved)] = saved
-            out.append(ProcessState(
+            state = ProcessState(
                 ring=ring, identity=json.loads(identity), created_ns=created_ns, alive=bool(alive),
                 exit=exit_, step=step, last_step_ns=last_step_ns, last_seq=last_seq, records=records,
                 overwritten=overwritten, torn=torn, dropped=dropped, by_kind=kinds,
                 first_seen=first_seen, ended_at=ended_at, dirty=False,
-            ))
+            )
+            state.load_extra(json.loads(extra))
+            out.append(state)
         return out
 
     def rows(self) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from sentinel_hooks import ringformat as rf
 from .ringreader import DTYPE
 
 KIND_NAMES = {int(k): k.name.lower() for k in rf.Kind}
+CHECK_LABELS = {int(c): c.label for c in rf.Check}
+BATCH_COUNTERS = ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size")
 MAX_KIND = max(KIND_NAMES) + 1
 LAST_RECORDS = 256  # what a fault record gets of a process's final moments
 STEP_WINDOW = 1024  # step durations kept for percentiles
@@ -43,6 +45,14 @@ class ProcessState:
     first_seen: float = field(default_factory=time.time)
     ended_at: float = 0.0
     dirty: bool = True
+    # Probe results (persisted in the journal's ``extra`` column so counters stay monotonic).
+    violations: dict[str, int] = field(default_factory=dict)
+    probe_execs: int = 0
+    batch: dict[str, int] = field(default_factory=dict)
+    last_tokens: int = -1
+    token_budget: int = -1
+    headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
+    new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
 
     def ingest(self, recs: np.ndarray) -> None:
         """Fold a batch of valid records in. Vectorised: no Python loop per record."""
@@ -60,6 +70,63 @@ class ProcessState:
                 self.step_ns = np.concatenate((self.step_ns, durations))[-STEP_WINDOW:]
         self.last = np.concatenate((self.last, recs[-LAST_RECORDS:]))[-LAST_RECORDS:]
         self.dirty = True
+        if self.by_kind[rf.Kind.PROBE] or self.by_kind[rf.Kind.CONTEXT]:
+            self._ingest_probes(recs)
+
+    def _ingest_probes(self, recs: np.ndarray) -> None:
+        kind = recs["kind"]
+        probes = recs[kind == rf.Kind.PROBE]
+        if len(probes):
+            counts = np.bincount(probes["code"], weights=probes["a"], minlength=len(CHECK_LABELS) + 1)
+            for code, n in enumerate(counts.tolist()):
+                if n:
+                    label = CHECK_LABELS.get(code, "unknown")
+                    self.violations[label] = self.violations.get(label, 0) + int(n)
+            # Keep the detail of the newest few for logs (the exporter only counts).
+            for r in probes[-8:].tolist():
+                self.new_violations.append((CHECK_LABELS.get(r[4], "unknown"), r[5], r[7], r[8], r[9], r[6]))
+        ctx = recs[kind == rf.Kind.CONTEXT]
+        if not len(ctx):
+            return
+        pk = ctx[ctx["code"] == rf.Context.PAGED_KV]
+        if len(pk):
+            self.probe_execs += int(pk["c"].sum())
+            tags, last_idx = np.unique(pk["tag"][::-1], return_index=True)
+            for tag, i in zip(tags.tolist(), last_idx.tolist()):
+                r = pk[len(pk) - 1 - i]
+                if r["a"] >= 0 or tag not in self.headroom:
+                    self.headroom[tag] = (int(r["a"]), int(r["b"]))
+        bt = ctx[ctx["code"] == rf.Context.BATCH]
+        if len(bt):
+            flags = bt["c"]
+            add = {
+                "steps": len(bt),
+                "at_token_budget": int(((flags & rf.BATCH_AT_BUDGET) != 0).sum()),
+                "over_token_budget": int(((flags & rf.BATCH_OVER_BUDGET) != 0).sum()),
+                "uncaptured_batch_size": int((((flags & rf.BATCH_GRAPH_KNOWN) != 0)
+                                              & ((flags & rf.BATCH_GRAPH_HIT) == 0)).sum()),
+            }
+            for k, v in add.items():
+                self.batch[k] = self.batch.get(k, 0) + v
+            self.last_tokens = int(bt["a"][-1])
+            self.token_budget = int(bt["b"][-1])
+
+    def min_headroom(self) -> tuple[int, int] | None:
+        """(headroom pages, capacity) of the tightest probe site, from its latest window."""
+        best = None
+        for mx, cap in self.headroom.values():
+            room = cap - 1 - mx
+            if best is None or room < best[0]:
+                best = (room, cap)
+        return best
+
+    def extra(self) -> dict[str, Any]:
+        return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch}
+
+    def load_extra(self, extra: dict[str, Any]) -> None:
+        self.violations = {str(k): int(v) for k, v in dict(extra.get("violations", {})).items()}
+        self.probe_execs = int(extra.get("probe_execs", 0))
+        self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
 
     def apply_header(self, header: dict[str, Any]) -> None:
         identity = {k: header[k] for k in rf.IDENTITY_TEXT + rf.IDENTITY_INT}
@@ -99,6 +166,12 @@ class ProcessState:
             kinds=self.kinds(),
             step_p99_s=self.step_p99_s(),
             ended_at=self.ended_at,
+            violations=dict(self.violations),
+            probe_execs=self.probe_execs,
+            headroom=self.min_headroom(),
+            batch=dict(self.batch),
+            last_tokens=self.last_tokens,
+            token_budget=self.token_budget,
         )
 
 
@@ -119,6 +192,12 @@ class ProcessView:
     kinds: dict[str, int]
     step_p99_s: float | None
     ended_at: float
+    violations: dict[str, int] = field(default_factory=dict)
+    probe_execs: int = 0
+    headroom: tuple[int, int] | None = None
+    batch: dict[str, int] = field(default_factory=dict)
+    last_tokens: int = -1
+    token_budget: int = -1
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()
@@ -145,6 +224,9 @@ class ProcessView:
             "dropped": self.dropped,
             "kinds": self.kinds,
             "step_p99_s": self.step_p99_s,
+            "violations": self.violations,
+            "page_table_headroom": None if self.headroom is None else self.headroom[0],
+            "probe_executions": self.probe_execs,
         }
 
 

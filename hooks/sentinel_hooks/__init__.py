@@ -7,7 +7,13 @@ file is created on the first hook call, under ``SENTINEL_DIR``.
     sentinel_hooks.step()                 # once per serving step: heartbeat + STEP record
     sentinel_hooks.event(7, a=123)        # a user event with up to three integers
 
-No function here raises into the caller; failures become counted no-ops (see ``stats()``).
+    # before a paged-attention kernel (see probes.py for the semantics):
+    sentinel_hooks.check_paged_kv(page_table, num_pages, seq_lens=seq_lens, page_size=16)
+    sentinel_hooks.check_strides(kv_cache_view, name="kv_cache")
+    sentinel_hooks.note_batch(num_tokens, token_budget=8192, graph_sizes=capture_sizes)
+
+No function here raises into the caller (except ``SentinelViolation`` in ``trap`` mode); failures
+become counted no-ops (see ``stats()``).
 """
 
 from __future__ import annotations
@@ -15,9 +21,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime
-from .ringformat import Kind
+from .probes import SentinelViolation, check_paged_kv, check_strides, configure, note_batch
+from .ringformat import Check, Kind
 
-__all__ = ["step", "event", "set_identity", "stats", "Kind"]
+__all__ = [
+    "step", "event", "set_identity", "stats", "flush", "Kind", "Check",
+    "check_paged_kv", "check_strides", "note_batch", "configure", "SentinelViolation",
+]
 __version__ = "0.1.0"
 
 
@@ -47,6 +57,13 @@ def set_identity(**fields: Any) -> None:
         runtime.set_identity(**fields)
     except Exception as exc:
         runtime.failed("set_identity", exc)
+
+
+def flush() -> None:
+    """Copy device-side probe counters into the ring now (waits for the GPU; not for the hot path)."""
+    from . import device
+
+    device.flush()
 
 
 def stats() -> dict[str, Any]:

@@ -52,6 +52,35 @@ class Mark(enum.IntEnum):
     EXIT = 2
 
 
+class Check(enum.IntEnum):
+    """Invariant checks (PROBE records' ``code``). Names are the metric/doc labels."""
+
+    PAGE_TABLE_OOB = 1  # a: violations, b: offending index, c: num_pages
+    PAGE_TABLE_TRAILING_OOB = 2  # same, for entries past a row's valid prefix
+    BATCH_MISMATCH = 3  # a: 1, b: batch_size, c: the disagreeing dimension
+    SEQLENS_INVALID = 4  # a: violations, b: offending value (or -1), c: limit
+    CAPACITY_MISMATCH = 5  # a: 1, b: allocator capacity, c: buffer capacity
+    DEGENERATE_STRIDE = 6  # a: 1, b: dim, c: observed stride; aux: canonical stride
+    TMA_MISALIGNED = 7  # a: 1, b: dim (-1: base pointer), c: stride bytes (or pointer % 16)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Context(enum.IntEnum):
+    """Context records (CONTEXT records' ``code``): what a step looked like, not a violation."""
+
+    PAGED_KV = 1  # a: max page index read (-1: none), b: num_pages, c: executions covered, aux: rows
+    BATCH = 2  # a: num_tokens, b: token budget (-1: none), c: flags (BATCH_*), aux: batch size
+
+
+BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
+BATCH_OVER_BUDGET = 2
+BATCH_GRAPH_HIT = 4  # the batch size is one the engine captured a graph for
+BATCH_GRAPH_KNOWN = 8  # graph sizes were given, so GRAPH_HIT is meaningful
+
+
 # Record fields, in the order they are written. One list, two views: struct (writer) and
 # numpy (reader).
 RECORD_FIELDS: tuple[tuple[str, str], ...] = (

@@ -1,0 +1,304 @@
+"""Device-side probe state: accumulators on the GPU, drained to the ring by a background thread.
+
+The serving thread only enqueues work (one fused Triton kernel per probed call; a handful of
+torch ops where Triton is missing). It never waits on the GPU. A drain thread copies the
+accumulators to pinned host memory on a side stream, polls an event without blocking, and writes
+the deltas to the ring as PROBE and CONTEXT records.
+
+CUDA graph capture forbids many CUDA calls from *any* thread while a capture runs. The drain
+thread therefore pauses during captures: capture_begin/capture_end of torch.cuda.CUDAGraph are
+wrapped to hold it off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from . import ringformat as rf
+from . import runtime
+
+# Accumulator row layout (int64), one row per probe site. kernels.py uses the same offsets.
+TICKETS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL, CONTAINED = range(8)
+NFIELDS = 8
+GRID = 8  # the kernel's fixed grid: each launch takes GRID tickets, so executions = tickets // GRID
+MAX_SITES = 128
+INT64_MAX = (1 << 63) - 1
+
+_lock = threading.Lock()  # held by the drain tick and by capture_begin: they never overlap
+_capturing = 0
+_slabs: dict[int, Slab] = {}
+_drain: Drain | None = None
+_triton_ok: bool | None = None
+
+
+class Site:
+    """A probe call site (a name). On CUDA it owns one accumulator row per device."""
+
+    __slots__ = ("name", "calls", "rows", "kind")
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.calls = 0
+        self.rows: dict[int, int] = {}  # device index -> slab row
+
+
+class Slab:
+    """All accumulators of one device in one tensor, so a drain is one async copy."""
+
+    def __init__(self, torch: Any, device: Any) -> None:
+        self.device = device
+        self.index = device.index
+        side = torch.cuda.Stream(device=device)
+        # Allocate and initialise off the capturing stream, so a first call inside a graph
+        # capture does not bake the initialisation into the graph.
+        with torch.cuda.stream(side):
+            init = [0, 0, 0, -1, 0, INT64_MAX, -1, 0]
+            self.acc = torch.tensor([init] * MAX_SITES, dtype=torch.int64, device=device)
+        self.side = side
+        self.host = None  # pinned buffer, made by the drain thread (outside any capture)
+        self.event = None
+        self.pending = False
+        self.sites: list[Site] = []
+        self.prev: list[list[int]] = []
+
+
+def triton_available() -> bool:
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            from . import kernels  # noqa: F401
+
+            _triton_ok = True
+        except Exception as exc:
+            _triton_ok = False
+            runtime.log_once("triton", "Triton unavailable (%s); CUDA probes use torch ops (more launches)", exc)
+    return _triton_ok
+
+
+def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
+    """The accumulator row of ``site`` on ``device`` (a view), allocating on first use."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    row = site.rows.get(idx)
+    slab = _slabs.get(idx)
+    if row is not None and slab is not None:
+        return slab.acc[row]
+    with _lock:
+        slab = _slabs.get(idx)
+        if slab is None:
+            slab = _slabs[idx] = Slab(torch, torch.device("cuda", idx))
+            torch.cuda.current_stream(slab.device).wait_stream(slab.side)  # init before first use
+        if len(slab.sites) >= MAX_SITES:
+            runtime.log_once("sites", "more than %d probe sites on one device; extra sites are not checked", MAX_SITES)
+            return None
+        row = len(slab.sites)
+        slab.sites.append(site)
+        slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, 0])
+        site.rows[idx] = row
+    _ensure_drain(torch)
+    return slab.acc[row]
+
+
+def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
+                    cu_seqlens_q: Any, contain: bool, contain_page: int) -> None:
+    row = slab_row(torch, site, page_table.device)
+    if row is None:
+        return
+    if triton_available():
+        from .kernels import launch_paged_kv as launch
+
+        launch(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, row, contain_page, contain)
+        return
+    _torch_paged_kv(torch, row, page_table, num_pages, seq_lens, page_size, cu_seqlens_q, contain, contain_page)
+
+
+def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
+                   cu_seqlens_q: Any) -> dict[str, Any]:
+    """The paged-KV invariants with torch ops, as 0-dim tensors on the table's device.
+
+    The reference semantics (the Triton kernel computes the same), the CPU path, and the
+    fallback on CUDA without Triton.
+    """
+    v = page_table.long()
+    n_rows, n_cols = v.shape
+    bad = (v < 0) | (v >= num_pages)
+    if seq_lens is not None and page_size:
+        sl = seq_lens.long()
+        cols = torch.arange(n_cols, device=v.device)
+        valid = cols.unsqueeze(0) * page_size < sl[:n_rows].unsqueeze(1) if sl.shape[0] >= n_rows else \
+            torch.zeros_like(bad)
+        seqbad = ((sl < 0) | (sl > n_cols * page_size)).sum()
+    else:
+        valid = torch.ones_like(bad)
+        seqbad = torch.zeros((), dtype=torch.int64, device=v.device)
+    if cu_seqlens_q is not None and cu_seqlens_q.shape[0] > 0:
+        cu = cu_seqlens_q.long()
+        seqbad = seqbad + (cu[1:] < cu[:-1]).sum() + (cu[0] != 0).long()
+    bv = bad & valid
+    neg1 = torch.full((), -1, dtype=torch.int64, device=v.device)
+    return {
+        "oob": bv.sum(),
+        "trail": (bad & ~valid).sum(),
+        "max": torch.where(valid, v, neg1).max() if v.numel() else neg1,
+        "badval": torch.where(bv, v, neg1).max() if v.numel() else neg1,
+        "seqbad": seqbad,
+        "bad_mask": bv,
+    }
+
+
+def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
+                    cu_seqlens_q: Any, contain: bool, contain_page: int) -> None:
+    s = paged_kv_stats(torch, page_table, num_pages, seq_lens, page_size, cu_seqlens_q)
+    row[TICKETS:TICKETS + 1].add_(GRID)
+    row[OOB:OOB + 1].add_(s["oob"])
+    row[TRAIL:TRAIL + 1].add_(s["trail"])
+    torch.maximum(row[MAXIDX:MAXIDX + 1], s["max"], out=row[MAXIDX:MAXIDX + 1])
+    row[SEQBAD:SEQBAD + 1].add_(s["seqbad"])
+    call = row[TICKETS] // GRID - 1
+    first = torch.where(s["oob"] > 0, torch.minimum(row[FIRST_BAD_CALL], call), row[FIRST_BAD_CALL])
+    row[FIRST_BAD_CALL:FIRST_BAD_CALL + 1].copy_(first)
+    torch.maximum(row[BADVAL:BADVAL + 1], s["badval"], out=row[BADVAL:BADVAL + 1])
+    if contain:
+        page_table.masked_fill_(s["bad_mask"], contain_page)
+        row[CONTAINED:CONTAINED + 1].add_(s["oob"])
+
+
+# -- capture guard ---------------------------------------------------------------------------------
+
+def _install_capture_guard(torch: Any) -> None:
+    global _capturing
+    cls = torch.cuda.CUDAGraph
+    if getattr(cls, "_sentinel_guarded", False):
+        return
+    begin, end = cls.capture_begin, cls.capture_end
+
+    def capture_begin(self: Any, *args: Any, **kwargs: Any) -> Any:
+        global _capturing
+        with _lock:  # waits for an in-flight drain tick (sub-millisecond), then holds drains off
+            _capturing += 1
+        try:
+            return begin(self, *args, **kwargs)
+        except BaseException:
+            _release_capture()
+            raise
+
+    def capture_end(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return end(self, *args, **kwargs)
+        finally:
+            _release_capture()
+
+    cls.capture_begin, cls.capture_end = capture_begin, capture_end
+    cls._sentinel_guarded = True
+    if torch.cuda.is_current_stream_capturing():
+        _capturing += 1  # we were armed inside a capture: its capture_end will release it
+
+
+def _release_capture() -> None:
+    global _capturing
+    with _lock:
+        _capturing = max(0, _capturing - 1)
+
+
+# -- drain -----------------------------------------------------------------------------------------
+
+class Drain(threading.Thread):
+    def __init__(self, torch: Any, interval_s: float) -> None:
+        super().__init__(name="sentinel-drain", daemon=True)
+        self.torch = torch
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.ticks = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception as exc:
+                runtime.failed("drain", exc)
+
+    def tick(self, wait: bool = False) -> None:
+        """Write out completed copies and start new ones. ``wait`` blocks (exit and tests only)."""
+        torch = self.torch
+        with _lock:
+            if _capturing:
+                return
+            for slab in list(_slabs.values()):
+                with torch.cuda.device(slab.index):
+                    if slab.host is None:
+                        slab.host = torch.empty(slab.acc.shape, dtype=torch.int64, pin_memory=True)
+                        slab.event = torch.cuda.Event()
+                    if slab.pending and (wait or slab.event.query()):
+                        slab.event.synchronize()
+                        _emit_deltas(slab, slab.host.tolist())
+                        slab.pending = False
+                    if not slab.pending:
+                        if wait:  # a flush must see what this thread enqueued so far
+                            slab.side.wait_stream(torch.cuda.current_stream())
+                        with torch.cuda.stream(slab.side):
+                            slab.host.copy_(slab.acc, non_blocking=True)
+                            slab.acc[:, MAXIDX].fill_(-1)  # the max is per drain window: current headroom
+                            slab.event.record(slab.side)
+                        slab.pending = True
+                    if wait:
+                        slab.event.synchronize()
+                        _emit_deltas(slab, slab.host.tolist())
+                        slab.pending = False
+            self.ticks += 1
+
+
+def _emit_deltas(slab: Slab, values: list[list[int]]) -> None:
+    w = runtime.writer()
+    for row, site in enumerate(slab.sites):
+        cur, prev = values[row], slab.prev[row]
+        execs = (cur[TICKETS] - prev[TICKETS]) // GRID
+        if execs <= 0:
+            continue
+        tag = w.intern(site.name)
+        num_pages = _num_pages.get(site.name, 0)
+        w.emit(rf.Kind.CONTEXT, rf.Context.PAGED_KV, cur[MAXIDX], num_pages, execs, tag, 0)
+        for check, field in ((rf.Check.PAGE_TABLE_OOB, OOB), (rf.Check.PAGE_TABLE_TRAILING_OOB, TRAIL),
+                             (rf.Check.SEQLENS_INVALID, SEQBAD)):
+            delta = cur[field] - prev[field]
+            if delta > 0:
+                offending = cur[BADVAL] if field == OOB else -1
+                first = cur[FIRST_BAD_CALL] if field == OOB else -1
+                w.emit(rf.Kind.PROBE, check, delta, offending, num_pages, tag, min(first, 0xFFFFFFFF) & 0xFFFFFFFF)
+        slab.prev[row] = cur
+
+
+_num_pages: dict[str, int] = {}  # last num_pages per site, for CONTEXT records from the drain
+
+
+def note_num_pages(site: Site, num_pages: int) -> None:
+    _num_pages[site.name] = num_pages
+
+
+def _ensure_drain(torch: Any) -> None:
+    global _drain
+    if _drain is not None:
+        return
+    _install_capture_guard(torch)
+    from .probes import config
+
+    _drain = Drain(torch, config().drain_ms / 1000.0)
+    _drain.start()
+    import atexit
+
+    atexit.register(flush)
+
+
+def flush(timeout_s: float = 2.0) -> None:
+    """Drain everything now, waiting for the copies (process exit, tests). Never raises."""
+    d = _drain
+    if d is None:
+        return
+    try:
+        t0 = time.monotonic()
+        while _capturing and time.monotonic() - t0 < timeout_s:
+            time.sleep(0.01)
+        d.tick(wait=True)
+    except Exception as exc:
+        runtime.failed("flush", exc)

@@ -1,0 +1,151 @@
+"""Acceptance 2: a writer SIGKILLed mid-write never yields a torn record as valid; a slot with a
+bad commit marker is reported torn and withheld."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import time
+
+import numpy as np
+import pytest
+from sentinel.daemon import Daemon, DaemonConfig
+from sentinel.ringreader import HOLE_GRACE_S, RingReader
+from sentinel_hooks import ringformat as rf
+from sentinel_hooks.writer import RingWriter
+
+SEQ_END_OFFSET = rf.RECORD_SIZE - 8  # seq_end is the record's last field
+
+
+def assert_self_consistent(res, capacity: int, top: int) -> None:
+    """Everything the reader hands out is a whole record, in one contiguous run of sequence numbers."""
+    recs = res.records
+    seq = recs["seq"].astype(np.int64)
+    first = max(1, top - capacity + 1)
+    assert res.overwritten == first - 1
+    assert res.torn <= 1, f"a single SIGKILL can tear at most one slot, reader says {res.torn}"
+    assert len(recs) + res.torn == top - first + 1
+    assert (recs["seq_end"].astype(np.int64) == seq).all()
+    if len(recs) > 1:
+        assert (np.diff(seq) == 1).all(), "returned records are not contiguous"
+    assert set(np.unique(recs["kind"]).tolist()) <= {rf.Kind.MARK, rf.Kind.EVENT}
+    ev = recs[recs["kind"] == rf.Kind.EVENT]
+    assert (ev["code"] == 7).all()
+    assert (ev["a"] == ev["b"]).all() and (ev["b"] == ev["c"]).all(), "a torn record was reported as valid"
+    assert (ev["a"] == ev["seq"].astype(np.int64) - 2).all(), "payload numbering does not match the sequence"
+    marks = recs[recs["kind"] == rf.Kind.MARK]
+    assert (marks["seq"] == 1).all() and (marks["code"] == rf.Mark.START).all()
+
+
+def test_writer_sigkilled_mid_write_never_yields_torn_records(h):
+    rng = random.Random(20240601)
+    script = str(h.helpers / "spammer.py")
+    rings = []
+    for it in range(6):
+        base = os.path.join(h.dir, f"i{it}")
+        capacity = 1024 if it % 2 else rf.DEFAULT_CAPACITY  # small rings lap many times before the kill
+        proc = h.spawn([h.python, script, "30"], env=h.env(SENTINEL_DIR=base, SENTINEL_RING_CAPACITY=str(capacity)))
+        ring = h.wait_for(lambda b=base: h.rings(b), timeout=15, what="the writer's ring")[0]
+        # Let it write for a random while, then kill it wherever it happens to be.
+        reader = RingReader(str(ring))
+        h.wait_for(lambda r=reader: r.top_seq() > 1000, timeout=15, what="records")
+        time.sleep(rng.uniform(0.0, 0.05))
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert not reader.writer_alive()
+
+        top = reader.top_seq()
+        res = reader.tail(writer_alive=False)
+        assert_self_consistent(res, capacity, top)
+        assert len(res.records) >= min(top, capacity) - 1
+        assert reader.tail(writer_alive=False).records.size == 0  # nothing handed out twice
+        reader.close()
+        rings.append((base, ring.name, capacity, res.torn))
+
+    # The daemon sees each as a crash and counts at most the one torn slot.
+    for base, name, capacity, torn in rings:
+        d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0))
+        try:
+            d.poll_once()
+            (view,) = d.snapshot.processes
+            assert view.ring == name and not view.alive and view.exit == "died"
+            assert view.torn == torn
+            if capacity == rf.DEFAULT_CAPACITY:
+                assert view.overwritten == 0
+        finally:
+            d.close()
+
+
+def _corrupt_seq_end(path: str, seq: int, capacity: int) -> None:
+    off = rf.RECORDS_OFFSET + ((seq - 1) % capacity) * rf.RECORD_SIZE + SEQ_END_OFFSET
+    with open(path, "r+b") as f:  # a plain write, not through the writer's mapping
+        f.seek(off)
+        f.write(struct.pack("<Q", 0xDEADBEEF))
+
+
+@pytest.fixture
+def ten_records(sdir):
+    w = RingWriter.create(sdir, {"pid": os.getpid(), "host": "t"}, capacity=64)
+    for i in range(1, 11):
+        assert w.emit(rf.Kind.EVENT, 1, i, i, i) == i
+    try:
+        yield w
+    finally:
+        w.close(clean_exit=False)
+
+
+def test_corrupt_seq_end_is_reported_torn_dead_writer(ten_records):
+    _corrupt_seq_end(ten_records.path, 5, 64)
+    reader = RingReader(ten_records.path)
+    try:
+        res = reader.tail(writer_alive=False)
+        assert res.torn == 1 and res.overwritten == 0
+        assert res.records["seq"].tolist() == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+        assert 5 not in res.records["a"].tolist()
+        assert reader.tail(writer_alive=False).records.size == 0
+    finally:
+        reader.close()
+
+
+def test_corrupt_seq_end_live_writer_waits_out_the_grace_then_settles(ten_records):
+    _corrupt_seq_end(ten_records.path, 5, 64)
+    reader = RingReader(ten_records.path)
+    try:
+        t0 = 1000.0
+        first = reader.tail(writer_alive=True, now=t0)  # maybe a write in flight: valid prefix only
+        assert first.records["seq"].tolist() == [1, 2, 3, 4] and first.torn == 0
+        again = reader.tail(writer_alive=True, now=t0 + HOLE_GRACE_S / 2)
+        assert again.records.size == 0 and again.torn == 0
+        settled = reader.tail(writer_alive=True, now=t0 + HOLE_GRACE_S + 0.01)
+        assert settled.torn == 1
+        assert settled.records["seq"].tolist() == [6, 7, 8, 9, 10]
+        assert (settled.records["a"] == settled.records["seq"].astype(np.int64)).all()
+        # Later records keep flowing and the torn slot is never handed out.
+        ten_records.emit(rf.Kind.EVENT, 1, 11, 11, 11)
+        later = reader.tail(writer_alive=True, now=t0 + 5)
+        assert later.records["seq"].tolist() == [11] and later.torn == 0
+    finally:
+        reader.close()
+
+
+def test_failed_pack_leaves_a_torn_slot_never_a_valid_one(sdir):
+    """An out-of-range value makes pack_into fail after ``seq`` was taken: that slot must read as torn."""
+    w = RingWriter.create(sdir, {"pid": os.getpid(), "host": "t"}, capacity=64)
+    try:
+        w.emit(rf.Kind.EVENT, 1, 1, 1, 1)
+        with pytest.raises(struct.error):
+            w.emit(rf.Kind.EVENT, 1, 2**70, 2, 2)
+        w.emit(rf.Kind.EVENT, 1, 3, 3, 3)
+        reader = RingReader(w.path)
+        try:
+            res = reader.tail(writer_alive=False)
+            assert res.records["seq"].tolist() == [1, 3]
+            assert res.records["a"].tolist() == [1, 3]
+            assert res.torn == 1
+        finally:
+            reader.close()
+    finally:
+        w.close(clean_exit=False)
