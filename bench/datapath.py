@@ -37,14 +37,14 @@ for _var in ("SENTINEL_DISABLE", "SENTINEL_RING_CAPACITY", "SENTINEL_DIR"):
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-import sentinel_hooks  # noqa: E402
 from _common import cpu_ticks, machine_info, progress, spread, steal_pct, update_results_md, write_json  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from sentinel_hooks import ringformat as rf  # noqa: E402
-from sentinel_hooks.writer import RingWriter, identity_from_env  # noqa: E402
 
+import sentinel_hooks  # noqa: E402
 from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
 from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel_hooks import ringformat as rf  # noqa: E402
+from sentinel_hooks.writer import RingWriter, identity_from_env  # noqa: E402
 
 CAP = rf.DEFAULT_CAPACITY  # 65536 slots, 4 MiB per ring
 EVENT = int(rf.Kind.EVENT)

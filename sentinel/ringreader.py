@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+
 from sentinel_hooks import ringformat as rf
 
 DTYPE = rf.numpy_dtype()
@@ -21,6 +22,7 @@ EMPTY = np.zeros(0, dtype=DTYPE)
 # A slot that stays unreadable this long while later ones are readable, or while its writer
 # lives, was torn (a writer died mid-record, or a hook failed between the two commit markers).
 HOLE_GRACE_S = 1.0
+LOOKAHEAD = 8
 
 
 @dataclass
@@ -92,15 +94,56 @@ class RingReader:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         return False
 
-    def top_seq(self) -> int:
-        """The highest sequence number any slot has started (records written so far)."""
-        return int(self._seq_col.max()) if self.capacity else 0
+    def top_seq(self, full_scan: bool = False) -> int:
+        """The highest sequence number any slot has started (records written so far).
+
+        Gallops forward from the last position, so a poll touches a few pages, not the whole
+        ring (which would map every page into the daemon's RSS). A full scan only when the writer
+        lapped us, or when asked (a dead writer's final read).
+        """
+        seqs, mask, cap = self._seq_col, self._mask, self.capacity
+        if full_scan:
+            return int(seqs.max())
+        n = self.last_seq + 1
+
+        def at(x: int) -> int:
+            return int(seqs[(x - 1) & mask])
+
+        v = at(n)
+        if v > n:
+            return int(seqs.max())  # lapped: the slot already holds a later record
+        if v < n:
+            # Nothing at n yet; a slot a little further on may be written already (another
+            # thread took seq n and has not stored it yet): look a few slots ahead.
+            for k in range(1, LOOKAHEAD + 1):
+                if at(n + k) == n + k:
+                    n = n + k
+                    break
+            else:
+                return self.last_seq
+        lo, step = n, 1
+        while True:
+            probe = lo + step
+            if probe - self.last_seq > cap:
+                return int(seqs.max())
+            if at(probe) >= probe:
+                lo, step = probe, step * 2
+            else:
+                hi = probe
+                break
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if at(mid) >= mid:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     # -- records --------------------------------------------------------------------------------
 
     def tail(self, writer_alive: bool = True, now: float | None = None) -> TailResult:
         """New valid records since the last call. ``writer_alive=False`` settles torn slots at once."""
-        top = self.top_seq()
+        top = self.top_seq(full_scan=not writer_alive)
         first = self.last_seq + 1
         if top < first:
             return TailResult(EMPTY)
@@ -109,9 +152,15 @@ class RingReader:
             overwritten = top - self.capacity + 1 - first
             first = top - self.capacity + 1
         expected = np.arange(first, top + 1, dtype=np.uint64)
-        idx = (expected - np.uint64(1)).astype(np.int64) & self._mask
-        recs = self.slots[idx]  # a copy
-        seq_again = self._seq_col[idx]  # seqlock: unchanged after the copy, so not overwritten
+        i0 = (first - 1) & self._mask
+        i1 = i0 + (top - first + 1)
+        if i1 <= self.capacity:  # contiguous: slices copy fastest
+            recs = self.slots[i0:i1].copy()
+            seq_again = self._seq_col[i0:i1].copy()  # seqlock: unchanged after the copy
+        else:
+            i1 -= self.capacity
+            recs = np.concatenate((self.slots[i0:], self.slots[:i1]))
+            seq_again = np.concatenate((self._seq_col[i0:], self._seq_col[:i1]))
         ok = (recs["seq"] == expected) & (recs["seq_end"] == expected) & (seq_again == expected)
         if ok.all():
             self.last_seq = top

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from sentinel_hooks import ringformat as rf
 
 from .ringreader import DTYPE
@@ -63,11 +64,10 @@ class ProcessState:
         self.last_seq = int(recs["seq"][-1])
         kinds = np.minimum(recs["kind"], MAX_KIND)  # unknown kinds land in the last bucket
         self.by_kind += np.bincount(kinds, minlength=MAX_KIND + 1)
-        steps = recs[recs["kind"] == rf.Kind.STEP]
-        if len(steps):
-            durations = steps["b"][steps["b"] > 0]
-            if len(durations):
-                self.step_ns = np.concatenate((self.step_ns, durations))[-STEP_WINDOW:]
+        b = recs["b"]
+        durations = b[(recs["kind"] == rf.Kind.STEP) & (b > 0)]  # columns only: no record copies
+        if len(durations):
+            self.step_ns = np.concatenate((self.step_ns, durations[-STEP_WINDOW:]))[-STEP_WINDOW:]
         self.last = np.concatenate((self.last, recs[-LAST_RECORDS:]))[-LAST_RECORDS:]
         self.dirty = True
         if self.by_kind[rf.Kind.PROBE] or self.by_kind[rf.Kind.CONTEXT]:

@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from sentinel.daemon import Daemon, DaemonConfig
 from sentinel.exporter import build_registry, serve
 from sentinel_hooks import ringformat as rf

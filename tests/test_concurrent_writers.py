@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from sentinel.daemon import Daemon, DaemonConfig
 from sentinel.ringreader import RingReader
 from sentinel_hooks import ringformat as rf

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from sentinel.ringreader import RingReader
 
 # The "host program": its stdout and exit code must be the same with or without working hooks.

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from sentinel.daemon import Daemon, DaemonConfig
 from sentinel.ringreader import HOLE_GRACE_S, RingReader
 from sentinel_hooks import ringformat as rf

@@ -20,6 +20,8 @@ from typing import Any
 from . import ringformat as rf
 
 _time_ns = time.time_ns
+_RECORDS_OFFSET = rf.RECORDS_OFFSET
+_HEARTBEAT_OFFSET = rf.HEARTBEAT_OFFSET
 
 
 def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -113,26 +115,22 @@ class RingWriter:
     def emit(self, kind: int, code: int = 0, a: int = 0, b: int = 0, c: int = 0, tag: int = 0, aux: int = 0) -> int:
         """Write one record; returns its sequence number. Raises struct.error on out-of-range values."""
         n = next(self._seq)
-        self._pack(
-            self._mm, rf.RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
-            n, _time_ns(), self._step32, kind, code, tag, aux, a, b, c, n,
-        )
+        self._pack(self._mm, _RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
+                   n, _time_ns(), self._step32, kind, code, tag, aux, a, b, c, n)
         return n
 
     def step(self) -> int:
-        """Heartbeat: bump the step counter in the header and write a STEP record."""
+        """Heartbeat: bump the step counter in the header and write a STEP record (kind 1)."""
         s = self._step + 1
         now = _time_ns()
-        dt = now - self._last_step_ns if self._last_step_ns else 0
+        last = self._last_step_ns
         self._step = s
-        self._step32 = s & 0xFFFFFFFF
         self._last_step_ns = now
-        self._hb_pack(self._mm, rf.HEARTBEAT_OFFSET, s, now)
+        self._step32 = s32 = s & 0xFFFFFFFF
+        mm = self._mm
+        self._hb_pack(mm, _HEARTBEAT_OFFSET, s, now)
         n = next(self._seq)
-        self._pack(
-            self._mm, rf.RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
-            n, now, self._step32, 1, 0, 0, 0, s, dt, 0, n,
-        )
+        self._pack(mm, _RECORDS_OFFSET + ((n - 1) & self._mask) * 64, n, now, s32, 1, 0, 0, 0, s, now - last if last else 0, 0, n)
         return s
 
     # -- rare path ------------------------------------------------------------------------------
