@@ -45,6 +45,8 @@ def make_bad_files(rings: Path) -> dict[str, str]:
         "magic.ring": (bytes(_header(magic=b"NOTARING")) + bytes(full - rf.HEADER_SIZE), "bad_magic"),
         "version.ring": (bytes(_header(version=rf.VERSION + 1)) + bytes(full - rf.HEADER_SIZE), "bad_version"),
         "geometry.ring": (bytes(_header(record_size=32)) + bytes(full - rf.HEADER_SIZE), "bad_geometry"),
+        "capacity.ring": (bytes(_header(capacity=1000)) + bytes(full - rf.HEADER_SIZE), "bad_geometry"),
+        "hugecap.ring": (bytes(_header(capacity=1 << 26)) + bytes(full - rf.HEADER_SIZE), "truncated"),
         "random.ring": (rng.randbytes(full), "bad_magic"),
         "randshort.ring": (rng.randbytes(777), "truncated"),
     }
@@ -54,6 +56,11 @@ def make_bad_files(rings: Path) -> dict[str, str]:
         expected[name] = reason
     (rings / "adir.ring").mkdir()
     expected["adir.ring"] = "not_a_file"
+    if os.geteuid() == 0:  # only root can give a file away: a valid ring owned by someone else
+        other = rings / "foreign.ring"
+        other.write_bytes(bytes(_header()) + bytes(full - rf.HEADER_SIZE))
+        os.chown(other, 65534, 65534)
+        expected["foreign.ring"] = "foreign_owner"
     return expected
 
 

@@ -21,7 +21,10 @@ import os
 import signal
 import sqlite3
 
+from sentinel.daemon import Daemon, DaemonConfig
 from sentinel.journal import journal_path
+from sentinel.ringreader import RingReader
+from sentinel_hooks.writer import RingWriter
 
 
 def _by_pid(h, text: str, name: str, **labels: str) -> dict[str, float]:
@@ -38,8 +41,6 @@ def _journal_rows(base: str) -> dict[str, dict]:
 
 
 def _ring_step(path) -> int:
-    from sentinel.ringreader import RingReader
-
     r = RingReader(str(path))
     try:
         return r.header["step"]
@@ -137,3 +138,47 @@ def test_daemon_sigkill_restart_while_writers_write(h):
     assert sorted(r["step"] for r in rows.values()) == sorted(final_steps.values())
     assert all(r["alive"] == 0 for r in rows.values())
     assert os.path.exists(journal_path(h.dir))
+
+
+def test_restart_rereads_after_persisted_position_and_totals_stay_exact(sdir):
+    """In-process and deterministic: a daemon that dies after reading records it never persisted.
+
+    Its successor re-reads those records (at-least-once reading) yet counts each exactly once,
+    because it adds them to the counters persisted with the same read position. A writer that
+    exited while no daemon ran is still seen as a clean exit.
+    """
+    cfg = DaemonConfig(base_dir=sdir, use_events=False, rescan_interval=0)
+    live = RingWriter.create(sdir, {"pid": 101, "host": "a", "rank": 0}, capacity=1024)
+    gone = RingWriter.create(sdir, {"pid": 102, "host": "a", "rank": 1}, capacity=1024)
+    for _ in range(30):
+        live.step()
+        gone.step()
+    d1 = Daemon(cfg)
+    d1.poll_once()
+    d1.persist()  # the journal now has 30 steps each
+    for _ in range(20):
+        live.step()
+        gone.step()
+    d1.poll_once()  # read, not persisted: then the daemon "dies" without a final save
+    by_rank = {v.identity["rank"]: v for v in d1.snapshot.processes}
+    assert by_rank[0].kinds == {"step": 50} and by_rank[1].kinds == {"step": 50}
+    d1.discovery.close()
+    for r in d1.readers.values():
+        r.close()
+    d1.journal.close()
+
+    gone.close()  # exits cleanly while no daemon runs
+    for _ in range(5):
+        live.step()
+    d2 = Daemon(cfg)
+    try:
+        assert {s.identity["rank"]: s.records for s in d2.states.values()} == {0: 30, 1: 30}
+        d2.poll_once()
+        by_rank = {v.identity["rank"]: v for v in d2.snapshot.processes}
+        assert by_rank[0].kinds == {"step": 55} and by_rank[0].alive and by_rank[0].step == 55
+        assert by_rank[1].kinds == {"step": 50, "mark": 1} and by_rank[1].exit == "exited"
+        assert d2.ingested == 25 + 21  # what it re-read after the persisted position
+        assert all(v.torn == 0 and v.overwritten == 0 for v in by_rank.values())
+    finally:
+        d2.close()
+        live.close()

@@ -146,13 +146,14 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("method", [
-    "spawn",
-    pytest.param("fork", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: a multiprocessing worker started with fork (or forkserver) ends with os._exit(), so "
-        "the hooks' atexit handler never writes the EXIT mark and the daemon reports a clean exit "
-        "(exitcode 0) as 'died'"))),
-])
+_MP_BUG = pytest.mark.xfail(strict=True, reason=(
+    "BUG: a multiprocessing worker started with fork or forkserver ends with os._exit(), so the "
+    "hooks' atexit handler never writes the EXIT mark and the daemon reports a clean exit "
+    "(exitcode 0) as 'died'"))
+
+
+@pytest.mark.parametrize("method", ["spawn", pytest.param("fork", marks=_MP_BUG),
+                                    pytest.param("forkserver", marks=_MP_BUG)])
 def test_multiprocessing_worker_clean_exit_is_exited(h, method):
     script = h.scratch / "mpw.py"
     script.write_text(MP_WORKER)

@@ -54,10 +54,13 @@ class Slab:
         side = torch.cuda.Stream(device=device)
         # Allocate and initialise off the capturing stream, so a first call inside a graph
         # capture does not bake the initialisation into the graph.
-        with torch.cuda.stream(side):
-            init = [0, 0, 0, -1, 0, INT64_MAX, -1, 0]
-            self.acc = torch.tensor([init] * MAX_SITES, dtype=torch.int64, device=device)
+        with torch.cuda.stream(side):  # fills from scalars: no host-to-device copy, no sync
+            self.acc = torch.zeros((MAX_SITES, NFIELDS), dtype=torch.int64, device=device)
+            self.acc[:, MAXIDX].fill_(-1)
+            self.acc[:, BADVAL].fill_(-1)
+            self.acc[:, FIRST_BAD_CALL].fill_(INT64_MAX)
         self.side = side
+        self.init_pending = False
         self.host = None  # pinned buffer, made by the drain thread (outside any capture)
         self.event = None
         self.pending = False
@@ -89,7 +92,12 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         slab = _slabs.get(idx)
         if slab is None:
             slab = _slabs[idx] = Slab(torch, torch.device("cuda", idx))
-            torch.cuda.current_stream(slab.device).wait_stream(slab.side)  # init before first use
+            if torch.cuda.is_current_stream_capturing():
+                # A capture may not wait on outside work; the graph replays only after the capture
+                # ends, and our capture_end hook waits for the initialisation first.
+                slab.init_pending = True
+            else:
+                torch.cuda.current_stream(slab.device).wait_stream(slab.side)  # init before first use
         if len(slab.sites) >= MAX_SITES:
             runtime.log_once("sites", "more than %d probe sites on one device; extra sites are not checked", MAX_SITES)
             return None
@@ -189,6 +197,10 @@ def _install_capture_guard(torch: Any) -> None:
             return end(self, *args, **kwargs)
         finally:
             _release_capture()
+            for slab in list(_slabs.values()):
+                if slab.init_pending:
+                    slab.side.synchronize()  # capture time, not serving time
+                    slab.init_pending = False
 
     cls.capture_begin, cls.capture_end = capture_begin, capture_end
     cls._sentinel_guarded = True
