@@ -25,7 +25,7 @@ from .probes import SentinelViolation, check_paged_kv, check_strides, configure,
 from .ringformat import Check, Kind
 
 __all__ = [
-    "step", "event", "set_identity", "stats", "flush", "Kind", "Check",
+    "step", "event", "set_identity", "stats", "flush", "prepare_cuda", "Kind", "Check",
     "check_paged_kv", "check_strides", "note_batch", "configure", "SentinelViolation",
 ]
 __version__ = "0.1.0"
@@ -57,6 +57,20 @@ def set_identity(**fields: Any) -> None:
         runtime.set_identity(**fields)
     except Exception as exc:
         runtime.failed("set_identity", exc)
+
+
+def prepare_cuda(device: Any = None) -> None:
+    """Set up the probes' device accumulators and drain thread before a CUDA graph capture.
+
+    Engines that warm up eagerly before capturing (vLLM, SGLang) need not call this."""
+    try:
+        import torch
+
+        from . import device as _device
+
+        _device.prepare(torch, device)
+    except Exception as exc:
+        runtime.failed("prepare_cuda", exc)
 
 
 def flush() -> None:

@@ -19,10 +19,11 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 
-# Accumulator row layout (int64), one row per probe site. kernels.py uses the same offsets.
-TICKETS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL, CONTAINED = range(8)
+# Accumulators (int64): per probe site, NPROG slots of NFIELDS counters, one slot per program of
+# the kernel's fixed grid. Each program is the only writer of its slot. kernels.py uses these offsets.
+CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL, CONTAINED = range(8)
 NFIELDS = 8
-GRID = 8  # the kernel's fixed grid: each launch takes GRID tickets, so executions = tickets // GRID
+NPROG = 16
 MAX_SITES = 128
 INT64_MAX = (1 << 63) - 1
 
@@ -55,17 +56,16 @@ class Slab:
         # Allocate and initialise off the capturing stream, so a first call inside a graph
         # capture does not bake the initialisation into the graph.
         with torch.cuda.stream(side):  # fills from scalars: no host-to-device copy, no sync
-            self.acc = torch.zeros((MAX_SITES, NFIELDS), dtype=torch.int64, device=device)
-            self.acc[:, MAXIDX].fill_(-1)
-            self.acc[:, BADVAL].fill_(-1)
-            self.acc[:, FIRST_BAD_CALL].fill_(INT64_MAX)
+            self.acc = torch.zeros((MAX_SITES, NPROG, NFIELDS), dtype=torch.int64, device=device)
+            self.acc[:, :, MAXIDX].fill_(-1)
+            self.acc[:, :, BADVAL].fill_(-1)
+            self.acc[:, :, FIRST_BAD_CALL].fill_(INT64_MAX)
         self.side = side
-        self.init_pending = False
         self.host = None  # pinned buffer, made by the drain thread (outside any capture)
         self.event = None
         self.pending = False
         self.sites: list[Site] = []
-        self.prev: list[list[int]] = []
+        self.prev: list[list[int]] = []  # per site, the reduced counters at the last drain
 
 
 def triton_available() -> bool:
@@ -91,13 +91,18 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
     with _lock:
         slab = _slabs.get(idx)
         if slab is None:
-            slab = _slabs[idx] = Slab(torch, torch.device("cuda", idx))
             if torch.cuda.is_current_stream_capturing():
-                # A capture may not wait on outside work; the graph replays only after the capture
-                # ends, and our capture_end hook waits for the initialisation first.
-                slab.init_pending = True
-            else:
-                torch.cuda.current_stream(slab.device).wait_stream(slab.side)  # init before first use
+                # Creating device memory and streams inside a capture can invalidate the host's
+                # capture. Skip (counted) and say how to avoid it: one eager probed step first.
+                runtime.log_once(
+                    "capture-first",
+                    "first CUDA probe call came inside a CUDA graph capture; that graph is not probed. "
+                    "Run one eager probed step (or sentinel_hooks.prepare_cuda()) before capturing",
+                )
+                runtime.writer().note_dropped()
+                return None
+            slab = _slabs[idx] = Slab(torch, torch.device("cuda", idx))
+            torch.cuda.current_stream(slab.device).wait_stream(slab.side)  # init before first use
         if len(slab.sites) >= MAX_SITES:
             runtime.log_once("sites", "more than %d probe sites on one device; extra sites are not checked", MAX_SITES)
             return None
@@ -107,6 +112,12 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         site.rows[idx] = row
     _ensure_drain(torch)
     return slab.acc[row]
+
+
+def prepare(torch: Any, device: Any = None) -> None:
+    """Create the accumulators for ``device`` now (outside any CUDA graph capture)."""
+    dev = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0)
+    slab_row(torch, Site("_prepare", "paged_kv"), dev)
 
 
 def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
@@ -159,18 +170,18 @@ def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, p
 def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
                     cu_seqlens_q: Any, contain: bool, contain_page: int) -> None:
     s = paged_kv_stats(torch, page_table, num_pages, seq_lens, page_size, cu_seqlens_q)
-    row[TICKETS:TICKETS + 1].add_(GRID)
-    row[OOB:OOB + 1].add_(s["oob"])
-    row[TRAIL:TRAIL + 1].add_(s["trail"])
-    torch.maximum(row[MAXIDX:MAXIDX + 1], s["max"], out=row[MAXIDX:MAXIDX + 1])
-    row[SEQBAD:SEQBAD + 1].add_(s["seqbad"])
-    call = row[TICKETS] // GRID - 1
-    first = torch.where(s["oob"] > 0, torch.minimum(row[FIRST_BAD_CALL], call), row[FIRST_BAD_CALL])
-    row[FIRST_BAD_CALL:FIRST_BAD_CALL + 1].copy_(first)
-    torch.maximum(row[BADVAL:BADVAL + 1], s["badval"], out=row[BADVAL:BADVAL + 1])
+    slot = row[0]  # the fallback uses the first program's slot only; the others stay neutral
+    first = torch.where(s["oob"] > 0, torch.minimum(slot[FIRST_BAD_CALL], slot[CALLS]), slot[FIRST_BAD_CALL])
+    slot[FIRST_BAD_CALL:FIRST_BAD_CALL + 1].copy_(first)
+    slot[CALLS:CALLS + 1].add_(1)
+    slot[OOB:OOB + 1].add_(s["oob"])
+    slot[TRAIL:TRAIL + 1].add_(s["trail"])
+    torch.maximum(slot[MAXIDX:MAXIDX + 1], s["max"], out=slot[MAXIDX:MAXIDX + 1])
+    slot[SEQBAD:SEQBAD + 1].add_(s["seqbad"])
+    torch.maximum(slot[BADVAL:BADVAL + 1], s["badval"], out=slot[BADVAL:BADVAL + 1])
     if contain:
         page_table.masked_fill_(s["bad_mask"], contain_page)
-        row[CONTAINED:CONTAINED + 1].add_(s["oob"])
+        slot[CONTAINED:CONTAINED + 1].add_(s["oob"])
 
 
 # -- capture guard ---------------------------------------------------------------------------------
@@ -197,10 +208,6 @@ def _install_capture_guard(torch: Any) -> None:
             return end(self, *args, **kwargs)
         finally:
             _release_capture()
-            for slab in list(_slabs.values()):
-                if slab.init_pending:
-                    slab.side.synchronize()  # capture time, not serving time
-                    slab.init_pending = False
 
     cls.capture_begin, cls.capture_end = capture_begin, capture_end
     cls._sentinel_guarded = True
@@ -251,7 +258,7 @@ class Drain(threading.Thread):
                             slab.side.wait_stream(torch.cuda.current_stream())
                         with torch.cuda.stream(slab.side):
                             slab.host.copy_(slab.acc, non_blocking=True)
-                            slab.acc[:, MAXIDX].fill_(-1)  # the max is per drain window: current headroom
+                            slab.acc[:, :, MAXIDX].fill_(-1)  # the max is per drain window: current headroom
                             slab.event.record(slab.side)
                         slab.pending = True
                     if wait:
@@ -261,11 +268,18 @@ class Drain(threading.Thread):
             self.ticks += 1
 
 
-def _emit_deltas(slab: Slab, values: list[list[int]]) -> None:
+def reduce_slots(slots: list[list[int]]) -> list[int]:
+    """One site's NPROG slots folded into one row of counters."""
+    cols = list(zip(*slots))
+    return [max(cols[CALLS]), sum(cols[OOB]), sum(cols[TRAIL]), max(cols[MAXIDX]), sum(cols[SEQBAD]),
+            min(cols[FIRST_BAD_CALL]), max(cols[BADVAL]), sum(cols[CONTAINED])]
+
+
+def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
     w = runtime.writer()
     for row, site in enumerate(slab.sites):
-        cur, prev = values[row], slab.prev[row]
-        execs = (cur[TICKETS] - prev[TICKETS]) // GRID
+        cur, prev = reduce_slots(values[row]), slab.prev[row]
+        execs = cur[CALLS] - prev[CALLS]
         if execs <= 0:
             continue
         tag = w.intern(site.name)

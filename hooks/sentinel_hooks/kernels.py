@@ -1,7 +1,7 @@
 """The fused paged-KV probe: one Triton kernel per probed step, capturable into CUDA graphs.
 
-It reads the page table (and seq_lens / cu_seqlens_q) once and folds the results into a row of
-a small int64 accumulator on the device, with atomics. Nothing comes back to the host here: the
+It reads the page table (and seq_lens / cu_seqlens_q) once and folds the results into the site's
+small int64 accumulator on the device, without atomics. Nothing comes back to the host here: the
 drain thread copies the accumulators out asynchronously. Imported only when CUDA and Triton are
 present.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .device import GRID
+from .device import NPROG
 
-# The accumulator row layout (offsets 0..7) is device.py's: TICKETS, OOB, TRAIL, MAXIDX, SEQBAD,
-# FIRST_BAD_CALL, BADVAL, CONTAINED.
+# A slot's 8 counters are device.py's: CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL,
+# CONTAINED (offsets 0..7).
 BLOCK = 1024
 
 
@@ -24,17 +24,22 @@ def _paged_kv_probe(
     seq_ptr, page_size, cu_ptr, cu_len,
     num_pages, contain_page, acc_ptr,
     HAS_SEQ: tl.constexpr, HAS_CU: tl.constexpr, CONTAIN: tl.constexpr,
-    BLOCK: tl.constexpr, GRID: tl.constexpr,
+    BLOCK: tl.constexpr, NPROG: tl.constexpr,
 ):
+    # Each program owns one slot of 8 counters in this site's accumulator row and is the only
+    # writer of it (launches on a stream are ordered), so a plain load + store replaces atomics:
+    # one vector load issued first, one vector store last.
     pid = tl.program_id(0)
-    ticket = tl.atomic_add(acc_ptr + 0, 1)
-    call = ticket // GRID
+    f = tl.arange(0, 8)
+    slot = acc_ptr + pid * 8 + f
+    old = tl.load(slot)
+    calls = tl.sum(tl.where(f == 0, old, 0), axis=0)
     n = n_rows * n_cols
     oob = tl.zeros([BLOCK], dtype=tl.int32)
     trail = tl.zeros([BLOCK], dtype=tl.int32)
     mx = tl.full([BLOCK], -1, dtype=tl.int64)
     badval = tl.full([BLOCK], -1, dtype=tl.int64)
-    for start in range(pid * BLOCK, n, GRID * BLOCK):
+    for start in range(pid * BLOCK, n, NPROG * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < n
         r = offs // n_cols
@@ -56,39 +61,40 @@ def _paged_kv_probe(
             tl.store(ptrs, tl.full([BLOCK], contain_page, dtype=tl.int64).to(pt_ptr.dtype.element_ty), mask=bv)
     seqbad = tl.zeros([BLOCK], dtype=tl.int32)
     if HAS_SEQ:
-        for rs in range(pid * BLOCK, n_rows, GRID * BLOCK):
+        for rs in range(pid * BLOCK, n_rows, NPROG * BLOCK):
             rows = rs + tl.arange(0, BLOCK)
             rm = rows < n_rows
             sl = tl.load(seq_ptr + rows, mask=rm, other=0).to(tl.int64)
             seqbad += (rm & ((sl < 0) | (sl > n_cols.to(tl.int64) * page_size))).to(tl.int32)
     if HAS_CU:
-        for rs in range(pid * BLOCK, cu_len - 1, GRID * BLOCK):
+        for rs in range(pid * BLOCK, cu_len - 1, NPROG * BLOCK):
             rows = rs + tl.arange(0, BLOCK)
             rm = rows < cu_len - 1
             lo = tl.load(cu_ptr + rows, mask=rm, other=0).to(tl.int64)
             hi = tl.load(cu_ptr + rows + 1, mask=rm, other=0).to(tl.int64)
             seqbad += (rm & ((hi < lo) | ((rows == 0) & (lo != 0)))).to(tl.int32)
     n_oob = tl.sum(oob, axis=0).to(tl.int64)
-    tl.atomic_add(acc_ptr + 1, n_oob)
-    tl.atomic_add(acc_ptr + 2, tl.sum(trail, axis=0).to(tl.int64))
-    tl.atomic_max(acc_ptr + 3, tl.max(mx, axis=0))
-    tl.atomic_add(acc_ptr + 4, tl.sum(seqbad, axis=0).to(tl.int64))
-    if n_oob > 0:
-        tl.atomic_min(acc_ptr + 5, call.to(tl.int64))
-        tl.atomic_max(acc_ptr + 6, tl.max(badval, axis=0))
-        if CONTAIN:
-            tl.atomic_add(acc_ptr + 7, n_oob)
+    add = (tl.where(f == 0, 1, 0) + tl.where(f == 1, n_oob, 0)
+           + tl.where(f == 2, tl.sum(trail, axis=0).to(tl.int64), 0)
+           + tl.where(f == 4, tl.sum(seqbad, axis=0).to(tl.int64), 0))
+    if CONTAIN:
+        add += tl.where(f == 7, n_oob, 0)
+    new = old + add
+    new = tl.where(f == 3, tl.maximum(old, tl.max(mx, axis=0)), new)
+    new = tl.where(f == 6, tl.maximum(old, tl.max(badval, axis=0)), new)
+    new = tl.where((f == 5) & (n_oob > 0), tl.minimum(old, calls), new)
+    tl.store(slot, new)
 
 
 def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, acc_row, contain_page, contain):
-    """Enqueue the probe on the current stream. All arguments are device tensors or host ints."""
+    """Enqueue the probe on the current stream. ``acc_row``: the site's (NPROG, 8) int64 slots."""
     n_rows, n_cols = page_table.shape
-    _paged_kv_probe[(GRID,)](
+    _paged_kv_probe[(NPROG,)](
         page_table, page_table.stride(0), page_table.stride(1), n_rows, n_cols,
         seq_lens if seq_lens is not None else page_table, int(page_size or 1),
         cu_seqlens_q if cu_seqlens_q is not None else page_table,
         cu_seqlens_q.shape[0] if cu_seqlens_q is not None else 0,
         int(num_pages), int(contain_page), acc_row,
         HAS_SEQ=seq_lens is not None and bool(page_size), HAS_CU=cu_seqlens_q is not None, CONTAIN=bool(contain),
-        BLOCK=BLOCK, GRID=GRID,
+        BLOCK=BLOCK, NPROG=NPROG,
     )

@@ -114,7 +114,9 @@ def test_graph_replays_are_all_counted(ring):
 
 
 def test_first_call_inside_capture_in_a_fresh_process(tmp_path):
-    """The accumulators are created inside a capture: the graph must not re-initialise them."""
+    """A process whose first probe call comes inside a capture: the host's capture must survive
+    (that graph goes unprobed, counted as a drop); after prepare_cuda() a first call inside a
+    capture is counted on every replay."""
     code = textwrap.dedent("""
         import json, sys, torch
         import paged_attention as pa, sentinel_hooks as sh
@@ -124,31 +126,44 @@ def test_first_call_inside_capture_in_a_fresh_process(tmp_path):
         st = pa.make_step(batch=4, context=256)
         st["page_table"][1, 3] = st["num_pages"] + 7
         st["k_cache"] = torch.cat([st["k_cache"], st["k_cache"][:8]]); st["v_cache"] = torch.cat([st["v_cache"], st["v_cache"][:8]])
-        scratch = torch.zeros(8, dtype=torch.int64, device="cuda")
+        scratch = torch.zeros((16, 8), dtype=torch.int64, device="cuda")
         s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):  # compile the kernels, not through the probe API
             kernels.launch_paged_kv(st["page_table"], st["num_pages"], st["seq_lens"], 16, None, scratch, 0, False)
             pa.paged_decode(st["q"], st["k_cache"], st["v_cache"], st["page_table"], st["seq_lens"], st["out"])
         torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            sh.check_paged_kv(st["page_table"], st["num_pages"], seq_lens=st["seq_lens"], page_size=16, name="fresh")
-            pa.paged_decode(st["q"], st["k_cache"], st["v_cache"], st["page_table"], st["seq_lens"], st["out"])
-        for _ in range(10):
-            g.replay()
-        torch.cuda.synchronize()
+        def capture(name):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                sh.check_paged_kv(st["page_table"], st["num_pages"], seq_lens=st["seq_lens"], page_size=16, name=name)
+                pa.paged_decode(st["q"], st["k_cache"], st["v_cache"], st["page_table"], st["seq_lens"], st["out"])
+            for _ in range(10):
+                g.replay()
+            torch.cuda.synchronize()
+        capture("unprepared")
+        dropped = sh.stats()["dropped"]
+        sh.prepare_cuda()
+        capture("prepared")
         sh.flush()
-        recs = RingReader(sh.stats()["ring"]).tail().records
-        ctx = recs[(recs["kind"] == rf.Kind.CONTEXT) & (recs["code"] == rf.Context.PAGED_KV)]
-        bad = recs[(recs["kind"] == rf.Kind.PROBE) & (recs["code"] == rf.Check.PAGE_TABLE_OOB)]
-        print(json.dumps({"execs": int(ctx["c"].sum()), "oob": int(bad["a"].sum()), "stats": sh.stats()}))
+        reader = RingReader(sh.stats()["ring"])
+        recs = reader.tail().records
+        out = {"dropped_unprepared": dropped, "errors": sh.stats()["errors"]}
+        for name in ("unprepared", "prepared"):
+            tags = [t for t in set(recs["tag"].tolist()) if reader.name(t) == name]
+            r = recs[recs["tag"] == tags[0]] if tags else recs[:0]
+            ctx = r[(r["kind"] == rf.Kind.CONTEXT) & (r["code"] == rf.Context.PAGED_KV)]
+            bad = r[(r["kind"] == rf.Kind.PROBE) & (r["code"] == rf.Check.PAGE_TABLE_OOB)]
+            out[name] = [int(ctx["c"].sum()), int(bad["a"].sum())]
+        print(json.dumps(out))
     """)
     env = dict(os.environ, SENTINEL_DIR=str(tmp_path))
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["execs"] == 10 and out["oob"] == 10, out
-    assert out["stats"]["errors"] == 0, out
+    assert out["unprepared"] == [0, 0] and out["dropped_unprepared"] >= 1, out
+    assert out["prepared"] == [10, 10], out
+    assert out["errors"] == 0, out
+    assert "before capturing" in p.stderr
 
 
 def test_no_host_sync_in_probed_steps(ring):
