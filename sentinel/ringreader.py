@@ -19,9 +19,10 @@ from sentinel_hooks import ringformat as rf
 
 DTYPE = rf.numpy_dtype()
 EMPTY = np.zeros(0, dtype=DTYPE)
-# A slot that stays unreadable this long while later ones are readable, or while its writer
-# lives, was torn (a writer died mid-record, or a hook failed between the two commit markers).
-HOLE_GRACE_S = 1.0
+# A slot that stays unreadable this long while later ones are readable, with its writer alive,
+# is given up as torn. Live writers leave holes only briefly (a thread took a sequence number
+# and has not stored it yet; failed writes are sealed as VOID records), so this is generous.
+HOLE_GRACE_S = 5.0
 LOOKAHEAD = 8
 
 

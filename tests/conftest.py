@@ -25,7 +25,6 @@ PYTHON = str(Path(sys.executable))
 SENTINEL = str(Path(sys.executable).parent / "sentinel")
 TESTS_DIR = Path(__file__).resolve().parent
 HELPERS = TESTS_DIR / "helpers"
-REPO = TESTS_DIR.parent
 
 
 def base_env(**extra: str) -> dict[str, str]:

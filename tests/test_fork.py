@@ -146,14 +146,9 @@ if __name__ == "__main__":
 """
 
 
-_MP_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a multiprocessing worker started with fork or forkserver ends with os._exit(), so the "
-    "hooks' atexit handler never writes the EXIT mark and the daemon reports a clean exit "
-    "(exitcode 0) as 'died'"))
-
-
-@pytest.mark.parametrize("method", ["spawn", pytest.param("fork", marks=_MP_BUG),
-                                    pytest.param("forkserver", marks=_MP_BUG)])
+# fork and forkserver workers leave through os._exit(): the clean exit is marked by a
+# multiprocessing finalizer, not atexit.
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
 def test_multiprocessing_worker_clean_exit_is_exited(h, method):
     script = h.scratch / "mpw.py"
     script.write_text(MP_WORKER)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.ringreader import RingReader
+from sentinel_hooks import ringformat as rf
 
 # The "host program": its stdout and exit code must be the same with or without working hooks.
 PROGRAM = r"""
@@ -62,15 +63,17 @@ def test_unusable_dir_makes_hooks_counted_noops(h, case):
     assert res.returncode == baseline.returncode
     assert res.stdout == baseline.stdout
     assert "Traceback" not in res.stderr
-    # One line saying why the hooks are off, logged once however many calls failed.
+    # One line saying why the hooks are off, logged once however many calls failed, and one for
+    # the caller's own mistake (an unknown identity field), counted as in an active process.
     sentinel_lines = [ln for ln in res.stderr.splitlines() if "sentinel" in ln]
-    assert len(sentinel_lines) == 1 and "hooks disabled" in sentinel_lines[0], res.stderr
+    assert len(sentinel_lines) == 2, res.stderr
+    assert "hooks disabled" in sentinel_lines[0] and "set_identity" in sentinel_lines[1], res.stderr
     assert stats["active"] is False
     assert stats["ring"] is None
     assert stats["noops"] == 6 + 6  # six steps and six events, each a counted no-op
     assert stats["steps"] == 6
     assert stats["disabled_reason"]
-    assert stats["errors"] == 0  # no-op writes cannot fail, whatever their arguments
+    assert stats["errors"] == 1  # the bad set_identity; no-op writes cannot fail, whatever their arguments
     assert not any(Path(h.dir).rglob("*.ring"))
 
 
@@ -87,7 +90,7 @@ def test_out_of_range_values_are_counted_not_raised(h):
     assert stats["noops"] == 0
 
     # The ring agrees: the drops are in its header, the good records are intact, and the slots
-    # the failed packs had claimed are never handed out as records.
+    # the failed packs had claimed are sealed as VOID records, never handed out as events.
     (ring,) = h.rings()
     assert ring.name.split(".")[1] == str(stats["ring"]).split(".")[1] and os.path.samefile(stats["ring"], ring)
     reader = RingReader(str(ring))
@@ -101,6 +104,7 @@ def test_out_of_range_values_are_counted_not_raised(h):
         assert reader.name(int(events["tag"][0])) == "ok"
         assert (recs[recs["kind"] == 1]["a"] == range(1, 7)).all()
         # code=70000, b=-2**64, a=2**70, c="x" fail inside pack_into after taking a sequence number.
-        assert res_tail.torn == 4
+        assert res_tail.torn == 0
+        assert (recs["kind"] == rf.Kind.VOID).sum() == 4
     finally:
         reader.close()

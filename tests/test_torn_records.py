@@ -64,18 +64,17 @@ def test_writer_sigkilled_mid_write_never_yields_torn_records(h):
         assert len(res.records) >= min(top, capacity) - 1
         assert reader.tail(writer_alive=False).records.size == 0  # nothing handed out twice
         reader.close()
-        rings.append((base, ring.name, capacity, res.torn))
+        rings.append((base, ring.name, capacity, res.torn, top))
 
     # The daemon sees each as a crash and counts at most the one torn slot.
-    for base, name, capacity, torn in rings:
+    for base, name, capacity, torn, top in rings:
         d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0))
         try:
             d.poll_once()
             (view,) = d.snapshot.processes
             assert view.ring == name and not view.alive and view.exit == "died"
             assert view.torn == torn
-            if capacity == rf.DEFAULT_CAPACITY:
-                assert view.overwritten == 0
+            assert view.overwritten == max(0, top - capacity)  # a fast writer may lap even a big ring
         finally:
             d.close()
 
@@ -132,8 +131,9 @@ def test_corrupt_seq_end_live_writer_waits_out_the_grace_then_settles(ten_record
         reader.close()
 
 
-def test_failed_pack_leaves_a_torn_slot_never_a_valid_one(sdir):
-    """An out-of-range value makes pack_into fail after ``seq`` was taken: that slot must read as torn."""
+def test_failed_pack_is_sealed_as_void_never_a_valid_event(sdir):
+    """An out-of-range value makes pack_into fail after ``seq`` was taken: the writer seals that
+    slot as a VOID record, so no reader waits on a hole and no half-written event is handed out."""
     w = RingWriter.create(sdir, {"pid": os.getpid(), "host": "t"}, capacity=64)
     try:
         w.emit(rf.Kind.EVENT, 1, 1, 1, 1)
@@ -142,10 +142,11 @@ def test_failed_pack_leaves_a_torn_slot_never_a_valid_one(sdir):
         w.emit(rf.Kind.EVENT, 1, 3, 3, 3)
         reader = RingReader(w.path)
         try:
-            res = reader.tail(writer_alive=False)
-            assert res.records["seq"].tolist() == [1, 3]
-            assert res.records["a"].tolist() == [1, 3]
-            assert res.torn == 1
+            res = reader.tail(writer_alive=True)  # alive: nothing to wait for all the same
+            assert res.records["seq"].tolist() == [1, 2, 3]
+            assert res.records["kind"].tolist() == [rf.Kind.EVENT, rf.Kind.VOID, rf.Kind.EVENT]
+            assert res.records["a"].tolist() == [1, 0, 3]
+            assert res.torn == 0
         finally:
             reader.close()
     finally:

@@ -45,6 +45,7 @@ class Kind(enum.IntEnum):
     COLLECTIVE_COMPLETE = 6
     EXCEPTION = 7
     MARK = 8  # a lifecycle mark (code = Mark)
+    VOID = 9  # a hook call failed after taking this slot: no payload, but no hole either
 
 
 class Mark(enum.IntEnum):

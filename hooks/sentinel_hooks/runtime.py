@@ -9,11 +9,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
 from . import ringformat as rf
-from .writer import RingWriter, identity_from_env
+from .writer import RingWriter, check_identity_fields, identity_from_env
 
 log = logging.getLogger("sentinel_hooks")
 
@@ -42,7 +43,7 @@ class NullWriter:
         return 0
 
     def note_dropped(self, n: int = 1) -> None:
-        self.noops += n
+        self.dropped += n
 
     def set_identity(self, **fields: Any) -> None:
         pass
@@ -97,6 +98,12 @@ def start() -> RingWriter | NullWriter:
             dir_mode = int(os.environ.get("SENTINEL_DIR_MODE", "700"), 8)
             w = RingWriter.create(rf.default_dir(), identity, capacity, file_mode, dir_mode)
             atexit.register(_at_exit)
+            if "multiprocessing" in sys.modules:
+                # Forked multiprocessing children leave through os._exit(), which skips atexit but
+                # runs multiprocessing's finalizers: mark the clean exit there too.
+                import multiprocessing.util
+
+                multiprocessing.util.Finalize(None, _at_exit, exitpriority=-100)
             w.emit(rf.Kind.MARK, rf.Mark.START)
             _writer = w
         except Exception as exc:  # no dir, full disk, bad environment: run on as a no-op
@@ -126,6 +133,7 @@ def failed(where: str, exc: BaseException) -> None:
 
 def set_identity(**fields: Any) -> None:
     """Identity that adapters learn later (rank, framework). Applied now and to a future ring."""
+    check_identity_fields(fields)
     _identity_overrides.update({k: v for k, v in fields.items() if v is not None})
     w = _writer
     if w is not None:

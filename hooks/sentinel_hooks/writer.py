@@ -52,6 +52,12 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def check_identity_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - set(rf.IDENTITY_TEXT) - set(rf.IDENTITY_INT)
+    if unknown:
+        raise KeyError(f"unknown identity fields: {sorted(unknown)}")
+
+
 class RingWriter:
     """Single-process writer of one ring file. Create with :meth:`create`."""
 
@@ -65,6 +71,7 @@ class RingWriter:
         self._seq = itertools.count(1)  # next() is atomic under the GIL: threads get distinct slots
         self._pack = rf.RECORD.pack_into
         self._hb_pack = rf.HEARTBEAT.pack_into
+        self._steps = itertools.count(1)
         self._step = 0
         self._step32 = 0
         self._last_step_ns = 0
@@ -115,13 +122,19 @@ class RingWriter:
     def emit(self, kind: int, code: int = 0, a: int = 0, b: int = 0, c: int = 0, tag: int = 0, aux: int = 0) -> int:
         """Write one record; returns its sequence number. Raises struct.error on out-of-range values."""
         n = next(self._seq)
-        self._pack(self._mm, _RECORDS_OFFSET + ((n - 1) & self._mask) * 64,
-                   n, _time_ns(), self._step32, kind, code, tag, aux, a, b, c, n)
+        off = _RECORDS_OFFSET + ((n - 1) & self._mask) * 64
+        try:
+            self._pack(self._mm, off, n, _time_ns(), self._step32, kind, code, tag, aux, a, b, c, n)
+        except Exception:
+            # A bad value may have left the slot half-written: seal it as VOID so readers see
+            # a whole record, not a hole to wait on. Then let the caller count the failure.
+            self._pack(self._mm, off, n, _time_ns(), self._step32, 9, 0, 0, 0, 0, 0, 0, n)
+            raise
         return n
 
     def step(self) -> int:
         """Heartbeat: bump the step counter in the header and write a STEP record (kind 1)."""
-        s = self._step + 1
+        s = next(self._steps)  # atomic under the GIL: threads that step never lose a count
         now = _time_ns()
         last = self._last_step_ns
         self._step = s
@@ -171,10 +184,7 @@ class RingWriter:
 
     def set_identity(self, **fields: Any) -> None:
         """Update identity fields (rank, framework, ...) once a framework reveals them."""
-        known = set(rf.IDENTITY_TEXT) | set(rf.IDENTITY_INT)
-        unknown = set(fields) - known
-        if unknown:
-            raise KeyError(f"unknown identity fields: {sorted(unknown)}")
+        check_identity_fields(fields)
         self.identity.update({k: v for k, v in fields.items() if v is not None})
         created = rf.HEADER.unpack_from(self._mm, 0)[[n for n, _ in rf.HEADER_FIELDS].index("created_ns")]
         header = rf.pack_header(self.identity, self.capacity, created)
