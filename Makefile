@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
-.PHONY: demo test test-long lint bench tools gpu clean
+.PHONY: demo test test-long lint bench tools clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,10 @@ test-long: $(STAMP) tools
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# CPU benchmarks; the GPU ones run on a CUDA machine with `bash tests/gpu/run.sh` (see bench/RESULTS.md).
 bench: $(STAMP)
 	$(PY) bench/datapath.py
+	$(PY) bench/probes_cpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/out

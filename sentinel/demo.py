@@ -1,7 +1,9 @@
 """`sentinel demo`: the daemon and a real hooked PyTorch workload, live, on this machine.
 
-Three "ranks" of a tiny paged-KV decode loop run under `sentinel run`. One is SIGKILLed halfway
-(as an OOM kill or a fatal fault would), and the daemon shows it while it happens.
+Three "ranks" of a tiny paged-KV decode loop run under `sentinel run`, each calling the probes
+every step. Rank 0 is healthy. Rank 1 gets seed 000's off-by-one page index, then seed 001's
+DP-padding batch mismatch. Rank 2 runs on seed 002's degenerate KV stride and is SIGKILLed
+part-way (as an OOM kill or a fatal fault would). The daemon shows each as it happens.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .injection import injected_env
 from .status import collect, render_table
 
 WORLD = 3
+SCENARIOS = {0: ["healthy"], 1: ["offbyone", "dp_padding"], 2: ["stride"]}
 
 
 def _free_port() -> int:
@@ -32,14 +35,34 @@ def _free_port() -> int:
 
 def _line(daemon: Daemon, t: float) -> str:
     parts = []
-    procs = sorted(daemon.snapshot.processes, key=lambda p: p.identity.get("rank", 0))
-    for p in procs:
-        rank = p.identity.get("rank")
-        if p.alive:
-            parts.append(f"rank {rank}: step {p.step:5d}  alive")
-        else:
-            parts.append(f"rank {rank}: step {p.step:5d}  {p.exit.upper()}")
+    for p in sorted(daemon.snapshot.processes, key=lambda p: p.identity.get("rank", 0)):
+        state = "alive" if p.alive else p.exit.upper()
+        room = f" headroom {p.headroom[0]:>3}" if p.headroom else ""
+        bad = sum(p.violations.values())
+        parts.append(f"r{p.identity.get('rank')} step {p.step:5d} {state}{room} viol {bad}")
     return f"  t={t:4.1f}s  " + " | ".join(parts) if parts else f"  t={t:4.1f}s  (waiting for rings)"
+
+
+def _events(daemon: Daemon, seen: set) -> list[str]:
+    """New things worth a line of their own: a check failing for the first time, a death."""
+    out = []
+    for p in daemon.snapshot.processes:
+        rank = p.identity.get("rank")
+        for check in sorted(p.violations):
+            if p.violations[check] and (p.ring, check) not in seen:
+                seen.add((p.ring, check))
+                out.append(f"  !! rank {rank}: {check} (seen by step {p.step})")
+        if not p.alive and (p.ring, "end") not in seen:
+            seen.add((p.ring, "end"))
+            out.append(f"  !! rank {rank}: process {p.exit} at step {p.step}; its ring keeps its last records")
+    return out
+
+
+def _short(line: str) -> str:
+    # Drop empty labels so the lines fit a terminal.
+    import re
+
+    return re.sub(r',?\b\w+=""', "", line).replace("{,", "{")
 
 
 def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
@@ -57,23 +80,33 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     print(f"  SENTINEL_DIR  {base}")
     print(f"  metrics       {metrics_url}")
     print(f"  workload      {WORLD} ranks of a paged-KV decode loop (PyTorch, CPU), hooked by `sentinel run`")
-    print(f"                rank {WORLD - 1} is SIGKILLed after {duration / 2:.0f}s\n")
+    print("                rank 0 healthy; rank 1 gets an off-by-one page index (seed 000), then a DP-padding")
+    print("                batch mismatch (seed 001); rank 2 runs on a degenerate KV stride (seed 002) and is")
+    print(f"                SIGKILLed after {duration * 0.6:.0f}s\n")
 
     procs = []
     env = injected_env(base)
     for rank in range(WORLD):
         e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), SENTINEL_JOB="demo")
         cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(duration)]
+        for scenario in SCENARIOS[rank]:
+            cmd += ["--scenario", scenario]
         if rank == WORLD - 1:
-            cmd += ["--die-after", str(duration / 2)]
+            cmd += ["--die-after", str(duration * 0.6)]
         procs.append(subprocess.Popen(cmd, env=e))
 
     t0 = time.monotonic()
     deadline = t0 + duration + 30
+    seen: set = set()
+    ticks = 0
     try:
         while time.monotonic() < deadline:
-            time.sleep(1.0)
-            print(_line(daemon, time.monotonic() - t0), flush=True)
+            time.sleep(0.5)
+            ticks += 1
+            for line in _events(daemon, seen):
+                print(line, flush=True)
+            if ticks % 4 == 0:
+                print(_line(daemon, time.monotonic() - t0), flush=True)
             if all(p.poll() is not None for p in procs):
                 break
     finally:
@@ -91,19 +124,30 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
         daemon.close()
         server.shutdown()
 
-    print("\nWhat the daemon exported (a few of the series):")
+    print("\nWhat the daemon exported (a few of the series; all at /metrics):")
     for line in metrics.splitlines():
-        if line.startswith(("sentinel_process_alive", "sentinel_process_step{", "sentinel_processes")):
-            print("  " + line)
+        if line.startswith(("sentinel_process_alive", "sentinel_processes", "sentinel_page_table_headroom_pages")) or (
+            line.startswith("sentinel_invariant_violations_total") and not line.rstrip().endswith(" 0.0")
+        ):
+            print("  " + _short(line))
     print("\n`sentinel status` now:")
     print("  " + render_table(collect(base)).replace("\n", "\n  "))
     died = [p for p in daemon.snapshot.processes if p.exit == "died"]
     print("\nSummary")
     print(f"  {len(daemon.snapshot.processes)} processes seen, {len(died)} died: "
           + ", ".join(f"rank {p.identity.get('rank')} at step {p.step}" for p in died))
+    for p in sorted(daemon.snapshot.processes, key=lambda p: p.identity.get("rank", 0)):
+        found = ", ".join(f"{k} x{v}" for k, v in sorted(p.violations.items()) if v) or "no violations"
+        room = f"; page-table headroom {p.headroom[0]} of {p.headroom[1]} pages" if p.headroom else ""
+        print(f"  rank {p.identity.get('rank')}: {found}{room}")
     print(f"  records read: {daemon.ingested}; their last records stay in {os.path.join(base, 'rings')}")
     print("\nWhere to look next")
     print(f"  sentinel status --dir {base}")
     print(f"  sentinel daemon --dir {base} --listen 127.0.0.1:9464   # then curl 127.0.0.1:9464/metrics")
     print(f"  {os.path.join(base, 'daemon.log')}   (the daemon's JSON log)")
-    return 0 if len(died) == 1 else 1
+    caught = {check for p in daemon.snapshot.processes for check, n in p.violations.items() if n}
+    expected = {"page_table_oob", "batch_mismatch", "degenerate_stride", "tma_misaligned"}
+    if len(died) != 1 or not expected <= caught:
+        print(f"\nthe demo did not see what it should: died={len(died)}, caught={sorted(caught)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,8 +1,17 @@
 """The demo's serving workload: a tiny paged-KV decode loop in PyTorch, on CPU.
 
-Runs in a child process under `sentinel run`, so the hooks arrive by injection, not by import.
-(The daemon never imports this module; torch is only needed here.) Without torch it still steps,
-with plain Python arithmetic standing in for the model, and says so.
+Runs in a child process under `sentinel run`, so `sentinel_hooks` arrives by injection. (The
+daemon never imports this module; torch is only needed here.) Each step it calls the probes the
+way an engine adapter would: check_paged_kv on the page table, check_strides on the KV view the
+kernel gets, note_batch with the token budget. A scenario injects one of the seed faults:
+
+  healthy     nothing wrong
+  offbyone    seed 000: from 25 % of the run, one page index == num_pages (read silently: the
+              buffer has a spare page, as in the real bug)
+  dp_padding  seed 001: from 50 % of the run, batch_size is padded by 2 past the metadata rows
+  stride      seed 002: the KV view has a size-1 head dim with stride 1 (not TMA-aligned)
+
+Without torch it still steps (heartbeat only) and says so.
 """
 
 from __future__ import annotations
@@ -13,11 +22,14 @@ import signal
 import sys
 import time
 
+SCENARIOS = ("healthy", "offbyone", "dp_padding", "stride")
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--step-ms", type=float, default=5.0, help="target step time")
+    p.add_argument("--scenario", action="append", choices=SCENARIOS, default=[])
     p.add_argument("--die-after", type=float, default=0.0, help="SIGKILL itself after this many seconds (0 = never)")
     args = p.parse_args(argv)
 
@@ -29,24 +41,43 @@ def main(argv: list[str] | None = None) -> int:
         torch = None
         print("demo workload: torch not installed, stepping without a model", file=sys.stderr)
 
+    scen = set(args.scenario)
+    budget = 256
     if torch is not None:
-        torch.set_num_threads(1)  # three ranks share a small machine
+        torch.set_num_threads(1)  # several ranks share a small machine
         torch.manual_seed(int(os.environ.get("RANK", "0")))
-        num_pages, page_size, heads, head_dim, batch = 256, 16, 4, 32, 8
-        k_cache = torch.randn(num_pages, page_size, heads, head_dim)
-        page_table = torch.randint(0, num_pages, (batch, 8), dtype=torch.int32)
+        num_pages, page_size, heads, head_dim, batch, width = 256, 16, 4, 32, 8, 8
+        # One spare page past num_pages: an off-by-one index reads it silently, as on a GPU.
+        k_cache = torch.randn(num_pages + 1, page_size, heads, head_dim)
+        page_table = torch.randint(0, num_pages, (batch, width), dtype=torch.int32)
+        seq_lens = torch.randint(page_size, width * page_size + 1, (batch,), dtype=torch.int32)
         q = torch.randn(batch, heads, head_dim)
+        if "stride" in scen:
+            # TP splitting left one KV head per rank, and a size-1 dim got stride 1 (seed 002).
+            kv_view = k_cache.as_strided((num_pages + 1, page_size, 1, head_dim),
+                                         (page_size * heads * head_dim, heads * head_dim, 1, 1))
+        else:
+            kv_view = k_cache[:, :, :1, :]
 
     start = time.monotonic()
     period = args.step_ms / 1000.0
     next_t = start
-    while time.monotonic() - start < args.duration:
+    while (t := time.monotonic() - start) < args.duration:
         if torch is not None:
+            if "offbyone" in scen and t >= args.duration * 0.25:
+                page_table[3, 0] = num_pages
+            bsz = batch + (2 if "dp_padding" in scen and t >= args.duration * 0.5 else 0)
+            sentinel_hooks.check_paged_kv(page_table, num_pages, seq_lens=seq_lens, page_size=page_size,
+                                          batch_size=bsz, name="demo.attn")
+            sentinel_hooks.check_strides(kv_view, name="demo.kv_cache")
+            tokens = int(seq_lens.sum())
+            sentinel_hooks.note_batch(tokens, token_budget=budget * page_size, graph_sizes=(1, 2, 4, 8),
+                                      batch_size=bsz)
             k = k_cache[page_table.long()].flatten(1, 2)  # (batch, pages*page_size, heads, dim)
             scores = torch.einsum("bhd,bthd->bht", q, k).softmax(-1)
             q = q + 0.01 * torch.einsum("bht,bthd->bhd", scores, k)
         sentinel_hooks.step()
-        if args.die_after and time.monotonic() - start >= args.die_after:
+        if args.die_after and t >= args.die_after:
             os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or a fatal fault looks like
         next_t += period
         delay = next_t - time.monotonic()
