@@ -52,8 +52,11 @@ def main() -> int:
         probes = recs[recs["kind"] == rf.Kind.PROBE]
         assert len(probes) == 1 and reader.name(int(probes["tag"][0])) == "bad" and probes["b"][0] == num_pages
         progress(f"check_paged_kv {batch}x{width}")
-        med, lo, hi = per_call_us(lambda: sh.check_paged_kv(pt, num_pages, seq_lens=seq, page_size=16,
-                                                             cu_seqlens_q=cu, batch_size=batch, name="clean"))
+        def call(pt=pt, num_pages=num_pages, seq=seq, cu=cu, batch=batch) -> None:
+            sh.check_paged_kv(pt, num_pages, seq_lens=seq, page_size=16, cu_seqlens_q=cu, batch_size=batch,
+                              name="clean")
+
+        med, lo, hi = per_call_us(call)
         rows.append((f"check_paged_kv, table {batch}x{width} int32, seq_lens + cu_seqlens_q", med, lo, hi))
         reader.tail()
     kv = torch.empty(1024, 16, 8, 128, dtype=torch.bfloat16)
