@@ -21,7 +21,7 @@ from . import runtime
 
 # Accumulators (int64): per probe site, NPROG slots of NFIELDS counters, one slot per program of
 # the kernel's fixed grid. Each program is the only writer of its slot. kernels.py uses these offsets.
-CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL, CONTAINED = range(8)
+CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX, BADMIN = range(8)
 NFIELDS = 8
 NPROG = 16
 MAX_SITES = 128
@@ -58,8 +58,9 @@ class Slab:
         with torch.cuda.stream(side):  # fills from scalars: no host-to-device copy, no sync
             self.acc = torch.zeros((MAX_SITES, NPROG, NFIELDS), dtype=torch.int64, device=device)
             self.acc[:, :, MAXIDX].fill_(-1)
-            self.acc[:, :, BADVAL].fill_(-1)
+            self.acc[:, :, BADMAX].fill_(-1)
             self.acc[:, :, FIRST_BAD_CALL].fill_(INT64_MAX)
+            self.acc[:, :, BADMIN].fill_(INT64_MAX)
         self.side = side
         self.host = None  # pinned buffer, made by the drain thread (outside any capture)
         self.event = None
@@ -108,7 +109,7 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
             return None
         row = len(slab.sites)
         slab.sites.append(site)
-        slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, 0])
+        slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, INT64_MAX])
         site.rows[idx] = row
     _ensure_drain(torch)
     return slab.acc[row]
@@ -145,10 +146,15 @@ def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, p
     bad = (v < 0) | (v >= num_pages)
     if seq_lens is not None and page_size:
         sl = seq_lens.long()
+        n_seq = min(sl.shape[0], n_rows)
         cols = torch.arange(n_cols, device=v.device)
-        valid = cols.unsqueeze(0) * page_size < sl[:n_rows].unsqueeze(1) if sl.shape[0] >= n_rows else \
-            torch.zeros_like(bad)
+        # Rows past the end of seq_lens have no valid prefix: all their entries count as trailing.
+        valid = torch.zeros_like(bad)
+        valid[:n_seq] = cols.unsqueeze(0) * page_size < sl[:n_seq].unsqueeze(1)
         seqbad = ((sl < 0) | (sl > n_cols * page_size)).sum()
+    elif seq_lens is not None:
+        valid = torch.ones_like(bad)
+        seqbad = (seq_lens < 0).sum()
     else:
         valid = torch.ones_like(bad)
         seqbad = torch.zeros((), dtype=torch.int64, device=v.device)
@@ -157,14 +163,21 @@ def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, p
         seqbad = seqbad + (cu[1:] < cu[:-1]).sum() + (cu[0] != 0).long()
     bv = bad & valid
     neg1 = torch.full((), -1, dtype=torch.int64, device=v.device)
+    big = torch.full((), INT64_MAX, dtype=torch.int64, device=v.device)
     return {
         "oob": bv.sum(),
         "trail": (bad & ~valid).sum(),
         "max": torch.where(valid, v, neg1).max() if v.numel() else neg1,
-        "badval": torch.where(bv, v, neg1).max() if v.numel() else neg1,
+        "badmax": torch.where(bv, v, neg1).max() if v.numel() else neg1,
+        "badmin": torch.where(bv, v, big).min() if v.numel() else big,
         "seqbad": seqbad,
         "bad_mask": bv,
     }
+
+
+def offending_index(badmax: int, badmin: int, num_pages: int) -> int:
+    """The offending index to report: the largest past the end, else the most negative."""
+    return badmax if badmax >= num_pages else (badmin if badmin < 0 else badmax)
 
 
 def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
@@ -178,10 +191,10 @@ def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_l
     slot[TRAIL:TRAIL + 1].add_(s["trail"])
     torch.maximum(slot[MAXIDX:MAXIDX + 1], s["max"], out=slot[MAXIDX:MAXIDX + 1])
     slot[SEQBAD:SEQBAD + 1].add_(s["seqbad"])
-    torch.maximum(slot[BADVAL:BADVAL + 1], s["badval"], out=slot[BADVAL:BADVAL + 1])
+    torch.maximum(slot[BADMAX:BADMAX + 1], s["badmax"], out=slot[BADMAX:BADMAX + 1])
+    torch.minimum(slot[BADMIN:BADMIN + 1], s["badmin"], out=slot[BADMIN:BADMIN + 1])
     if contain:
         page_table.masked_fill_(s["bad_mask"], contain_page)
-        slot[CONTAINED:CONTAINED + 1].add_(s["oob"])
 
 
 # -- capture guard ---------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def reduce_slots(slots: list[list[int]]) -> list[int]:
     """One site's NPROG slots folded into one row of counters."""
     cols = list(zip(*slots))
     return [max(cols[CALLS]), sum(cols[OOB]), sum(cols[TRAIL]), max(cols[MAXIDX]), sum(cols[SEQBAD]),
-            min(cols[FIRST_BAD_CALL]), max(cols[BADVAL]), sum(cols[CONTAINED])]
+            min(cols[FIRST_BAD_CALL]), max(cols[BADMAX]), min(cols[BADMIN])]
 
 
 def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
@@ -289,7 +302,7 @@ def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
                              (rf.Check.SEQLENS_INVALID, SEQBAD)):
             delta = cur[field] - prev[field]
             if delta > 0:
-                offending = cur[BADVAL] if field == OOB else -1
+                offending = offending_index(cur[BADMAX], cur[BADMIN], num_pages) if field == OOB else -1
                 first = cur[FIRST_BAD_CALL] if field == OOB else -1
                 w.emit(rf.Kind.PROBE, check, delta, offending, num_pages, tag, min(first, 0xFFFFFFFF) & 0xFFFFFFFF)
         slab.prev[row] = cur

@@ -13,17 +13,18 @@ import triton.language as tl
 
 from .device import NPROG
 
-# A slot's 8 counters are device.py's: CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADVAL,
-# CONTAINED (offsets 0..7).
+# A slot's 8 counters are device.py's: CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX,
+# BADMIN (offsets 0..7).
+INT64_MAX = 9223372036854775807
 BLOCK = 1024
 
 
 @triton.jit
 def _paged_kv_probe(
     pt_ptr, stride_r, stride_c, n_rows, n_cols,
-    seq_ptr, page_size, cu_ptr, cu_len,
+    seq_ptr, n_seq, page_size, cu_ptr, cu_len,
     num_pages, contain_page, acc_ptr,
-    HAS_SEQ: tl.constexpr, HAS_CU: tl.constexpr, CONTAIN: tl.constexpr,
+    HAS_SEQ: tl.constexpr, HAS_PS: tl.constexpr, HAS_CU: tl.constexpr, CONTAIN: tl.constexpr,
     BLOCK: tl.constexpr, NPROG: tl.constexpr,
 ):
     # Each program owns one slot of 8 counters in this site's accumulator row and is the only
@@ -38,7 +39,8 @@ def _paged_kv_probe(
     oob = tl.zeros([BLOCK], dtype=tl.int32)
     trail = tl.zeros([BLOCK], dtype=tl.int32)
     mx = tl.full([BLOCK], -1, dtype=tl.int64)
-    badval = tl.full([BLOCK], -1, dtype=tl.int64)
+    badmax = tl.full([BLOCK], -1, dtype=tl.int64)
+    badmin = tl.full([BLOCK], INT64_MAX, dtype=tl.int64)
     for start in range(pid * BLOCK, n, NPROG * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         m = offs < n
@@ -46,8 +48,9 @@ def _paged_kv_probe(
         c = offs - r * n_cols
         ptrs = pt_ptr + r.to(tl.int64) * stride_r + c.to(tl.int64) * stride_c
         v = tl.load(ptrs, mask=m, other=0).to(tl.int64)
-        if HAS_SEQ:
-            sl = tl.load(seq_ptr + r, mask=m, other=0).to(tl.int64)
+        if HAS_SEQ and HAS_PS:
+            # Rows past the end of seq_lens have no valid prefix (and must not be read from it).
+            sl = tl.load(seq_ptr + r, mask=m & (r < n_seq), other=0).to(tl.int64)
             valid = m & (c.to(tl.int64) * page_size < sl)
         else:
             valid = m
@@ -56,16 +59,20 @@ def _paged_kv_probe(
         oob += bv.to(tl.int32)
         trail += (bad & m & (valid == 0)).to(tl.int32)
         mx = tl.maximum(mx, tl.where(valid, v, -1))
-        badval = tl.maximum(badval, tl.where(bv, v, -1))
+        badmax = tl.maximum(badmax, tl.where(bv, v, -1))
+        badmin = tl.minimum(badmin, tl.where(bv, v, INT64_MAX))
         if CONTAIN:
             tl.store(ptrs, tl.full([BLOCK], contain_page, dtype=tl.int64).to(pt_ptr.dtype.element_ty), mask=bv)
     seqbad = tl.zeros([BLOCK], dtype=tl.int32)
     if HAS_SEQ:
-        for rs in range(pid * BLOCK, n_rows, NPROG * BLOCK):
+        for rs in range(pid * BLOCK, n_seq, NPROG * BLOCK):
             rows = rs + tl.arange(0, BLOCK)
-            rm = rows < n_rows
+            rm = rows < n_seq
             sl = tl.load(seq_ptr + rows, mask=rm, other=0).to(tl.int64)
-            seqbad += (rm & ((sl < 0) | (sl > n_cols.to(tl.int64) * page_size))).to(tl.int32)
+            if HAS_PS:
+                seqbad += (rm & ((sl < 0) | (sl > n_cols.to(tl.int64) * page_size))).to(tl.int32)
+            else:
+                seqbad += (rm & (sl < 0)).to(tl.int32)
     if HAS_CU:
         for rs in range(pid * BLOCK, cu_len - 1, NPROG * BLOCK):
             rows = rs + tl.arange(0, BLOCK)
@@ -77,11 +84,10 @@ def _paged_kv_probe(
     add = (tl.where(f == 0, 1, 0) + tl.where(f == 1, n_oob, 0)
            + tl.where(f == 2, tl.sum(trail, axis=0).to(tl.int64), 0)
            + tl.where(f == 4, tl.sum(seqbad, axis=0).to(tl.int64), 0))
-    if CONTAIN:
-        add += tl.where(f == 7, n_oob, 0)
     new = old + add
     new = tl.where(f == 3, tl.maximum(old, tl.max(mx, axis=0)), new)
-    new = tl.where(f == 6, tl.maximum(old, tl.max(badval, axis=0)), new)
+    new = tl.where(f == 6, tl.maximum(old, tl.max(badmax, axis=0)), new)
+    new = tl.where(f == 7, tl.minimum(old, tl.min(badmin, axis=0)), new)
     new = tl.where((f == 5) & (n_oob > 0), tl.minimum(old, calls), new)
     tl.store(slot, new)
 
@@ -91,10 +97,11 @@ def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, ac
     n_rows, n_cols = page_table.shape
     _paged_kv_probe[(NPROG,)](
         page_table, page_table.stride(0), page_table.stride(1), n_rows, n_cols,
-        seq_lens if seq_lens is not None else page_table, int(page_size or 1),
+        seq_lens if seq_lens is not None else page_table, seq_lens.shape[0] if seq_lens is not None else 0,
+        int(page_size or 1),
         cu_seqlens_q if cu_seqlens_q is not None else page_table,
         cu_seqlens_q.shape[0] if cu_seqlens_q is not None else 0,
         int(num_pages), int(contain_page), acc_row,
-        HAS_SEQ=seq_lens is not None and bool(page_size), HAS_CU=cu_seqlens_q is not None, CONTAIN=bool(contain),
+        HAS_SEQ=seq_lens is not None, HAS_PS=bool(page_size), HAS_CU=cu_seqlens_q is not None, CONTAIN=bool(contain),
         BLOCK=BLOCK, NPROG=NPROG,
     )

@@ -17,6 +17,7 @@ Apart from ``SentinelViolation`` in trap mode, nothing here raises into the call
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -30,7 +31,7 @@ from .device import Site
 
 _config: ProbeConfig | None = None
 _sites: dict[tuple[str, str], Site] = {}
-_graph_sets: dict[int, tuple[Any, frozenset[int]]] = {}
+_evidence_seq = itertools.count(1)
 
 
 class SentinelViolation(RuntimeError):
@@ -157,8 +158,9 @@ def _paged_kv_direct(torch: Any, w: Any, cfg: ProbeConfig, name: str, page_table
                      seq_lens: Any, page_size: int | None, cu_seqlens_q: Any, contain: bool) -> None:
     """CPU (and trap mode): compute now, write records now."""
     s = device.paged_kv_stats(torch, page_table, num_pages, seq_lens, page_size, cu_seqlens_q)
-    oob, trail, mx, badval, seqbad = (int(x) for x in torch.stack(
-        [s["oob"], s["trail"], s["max"], s["badval"], s["seqbad"]]).tolist())
+    oob, trail, mx, badmax, badmin, seqbad = (int(x) for x in torch.stack(
+        [s["oob"], s["trail"], s["max"], s["badmax"], s["badmin"], s["seqbad"]]).tolist())
+    badval = device.offending_index(badmax, badmin, num_pages)
     tag = w.intern(name)
     w.emit(rf.Kind.CONTEXT, rf.Context.PAGED_KV, mx, num_pages, 1, tag, page_table.shape[0])
     evidence = None
@@ -287,26 +289,13 @@ def note_batch(num_tokens: int, *, token_budget: int | None = None, graph_sizes:
             elif n > token_budget:
                 flags |= rf.BATCH_OVER_BUDGET
         size = n if batch_size is None else int(batch_size)
-        if graph_sizes is not None:
-            sizes = _graph_set(graph_sizes)
-            flags |= rf.BATCH_GRAPH_KNOWN | (rf.BATCH_GRAPH_HIT if size in sizes else 0)
+        if graph_sizes is not None:  # membership on the engine's own list: it may grow in place
+            flags |= rf.BATCH_GRAPH_KNOWN | (rf.BATCH_GRAPH_HIT if size in graph_sizes else 0)
         w = runtime.writer()
         w.emit(rf.Kind.CONTEXT, rf.Context.BATCH, n, -1 if token_budget is None else int(token_budget), flags,
                w.intern(name), size & 0xFFFFFFFF)
     except Exception as exc:
         runtime.failed("note_batch", exc)
-
-
-def _graph_set(graph_sizes: Iterable[int]) -> frozenset[int]:
-    # Engines pass the same list every step: cache its frozenset by identity.
-    cached = _graph_sets.get(id(graph_sizes))
-    if cached is not None and cached[0] is graph_sizes:
-        return cached[1]
-    sizes = frozenset(int(s) for s in graph_sizes)
-    if len(_graph_sets) > 64:
-        _graph_sets.clear()
-    _graph_sets[id(graph_sizes)] = (graph_sizes, sizes)
-    return sizes
 
 
 # -- evidence ----------------------------------------------------------------------------------------
@@ -317,7 +306,8 @@ def save_evidence(check: str, name: str, details: dict[str, Any]) -> str | None:
         folder = os.path.join(rf.default_dir(), "evidence")
         os.makedirs(folder, mode=0o700, exist_ok=True)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64]
-        path = os.path.join(folder, f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{check}-{safe}.json")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        path = os.path.join(folder, f"{stamp}-{os.getpid()}-{next(_evidence_seq)}-{check}-{safe}.json")
         doc = {"check": check, "name": name, "pid": os.getpid(), "time": time.time(),
                **{k: _jsonable(v) for k, v in details.items()}}
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
