@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from sentinel_hooks import ringformat as rf
 
 from .discovery import Discovery
+from .hangs import Hang, HangConfig, HangDetector
 from .journal import Journal, journal_path
 from .ringreader import RingReader
 from .state import ProcessState, Snapshot
 
 log = logging.getLogger("sentinel.daemon")
 VIOLATION_LOG_S = 10.0
+LAST_RECORDS_ON_RESUME = 4096  # re-read (not re-counted) after a restart, to rebuild context
 
 
 @dataclass
@@ -32,6 +34,7 @@ class DaemonConfig:
     keep_dead: int = 256  # dead processes kept in memory and in metrics (all stay in the journal)
     allowed_uids: set[int] | None = field(default_factory=lambda: {os.getuid()})
     use_events: bool = True
+    hang: HangConfig = field(default_factory=HangConfig)
 
 
 class Daemon:
@@ -56,6 +59,10 @@ class Daemon:
         if self.states:
             log.info("journal loaded", extra={"processes": len(self.states), "resuming": len(resumed)})
         self.discovery = Discovery(self.rings_dir, config.rescan_interval, config.use_events)
+        self.detector = HangDetector(config.hang)
+        self.hangs: dict[tuple[str, str, int], Hang] = {}
+        self._open_hangs = self.journal.open_hangs()  # hangs open before a restart: not new again
+        self.hangs_total = self.journal.hang_counts()
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -79,6 +86,7 @@ class Daemon:
             self.states[name] = state
             log.info("ring attached", extra={"ring": name, "pid": reader.header["pid"], "rank": reader.header["rank"]})
         else:
+            state.rebuild(reader.recent(state.last_seq, LAST_RECORDS_ON_RESUME), reader.name)
             log.info("ring resumed", extra={"ring": name, "after_seq": state.last_seq})
         state.apply_header(reader.header)
         self.readers[name] = reader
@@ -97,6 +105,7 @@ class Daemon:
         for name, reader in list(self.readers.items()):
             self._tail(name, reader)
         self._settle_missing()
+        self._check_hangs()
         self.polls += 1
         self._last_poll_s = time.perf_counter() - t0
         self._publish()
@@ -115,7 +124,7 @@ class Daemon:
             return
         state.apply_header(header)
         if len(result.records):
-            state.ingest(result.records)
+            state.ingest(result.records, reader.name)
             self.ingested += len(result.records)
             if state.new_violations:
                 self._log_violations(state, reader)
@@ -169,9 +178,39 @@ class Daemon:
                 if not s.dirty:
                     del self.states[s.ring]
 
+    def _check_hangs(self) -> None:
+        now = time.time()
+        found = {h.key: h for h in self.detector.evaluate(self.states.values(), now)}
+        for key, hang in found.items():
+            if key not in self.hangs:
+                try:
+                    new = self.journal.record_hang(hang) and key not in self._open_hangs
+                except Exception:
+                    log.exception("journal write failed for a hang")
+                    new = key not in self._open_hangs
+                if new:
+                    g = (hang.job, hang.group)
+                    self.hangs_total[g] = self.hangs_total.get(g, 0) + 1
+                log.error("collective hang", extra={
+                    "job": hang.job, "group": hang.group, "seq": hang.seq, "kind": hang.kind,
+                    "culprits": [c.rank for c in hang.culprits], "reasons": [c.reason for c in hang.culprits],
+                    "details": [c.detail for c in hang.culprits], "waiting": list(hang.waiting),
+                    "stalled_s": round(now - hang.since, 1), "threshold_s": round(hang.threshold_s, 1),
+                    "summary": hang.summary(),
+                })
+        for key in set(self.hangs) - set(found):
+            log.info("collective hang resolved", extra={"job": key[0], "group": key[1], "seq": key[2]})
+            try:
+                self.journal.resolve_hang(key, now)
+            except Exception:
+                log.exception("journal write failed for a hang")
+        self.hangs = found
+
     def _publish(self) -> None:
         self.snapshot = Snapshot(
             processes=tuple(s.snapshot() for s in self.states.values()),
+            hangs=tuple(self.hangs.values()),
+            hangs_total=dict(self.hangs_total),
             rejected=dict(self.rejected),
             ingested=self.ingested,
             polls=self.polls,

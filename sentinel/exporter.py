@@ -93,6 +93,7 @@ class SentinelCollector(Collector):
             dropped.add_metric(lv, p.dropped)
         yield from (info, alive, step, beat, p99, records, over, torn, dropped)
         yield from _probe_metrics(snap, labels)
+        yield from _collective_metrics(snap, labels)
 
         rejected = CounterMetricFamily(
             "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
@@ -152,6 +153,40 @@ def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
             if p.token_budget >= 0:
                 budget.add_metric(lv, p.token_budget)
     yield from (viol, headroom, capacity, execs, batch, tokens, budget)
+
+
+def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
+    enq = GaugeMetricFamily("sentinel_collective_last_enqueued_seq",
+                            "Sequence number of the last collective this rank enqueued, per process group.",
+                            labels=labels + ["group"])
+    done = GaugeMetricFamily("sentinel_collective_last_completed_seq",
+                             "Sequence number of the last collective this rank completed, per process group.",
+                             labels=labels + ["group"])
+    for p in snap.processes:
+        lv = process_labels(p.identity)
+        for name, g in sorted(p.groups.items()):
+            enq.add_metric(lv + [name], g["last_enqueued"])
+            done.add_metric(lv + [name], g["last_completed"])
+    yield from (enq, done)
+    stalled = GaugeMetricFamily("sentinel_collective_hang_stalled_seconds",
+                                "Present while a process group is hung: seconds since it last made progress.",
+                                labels=["job", "group"])
+    seqg = GaugeMetricFamily("sentinel_collective_hang_seq", "The collective a hung group is stuck at.",
+                             labels=["job", "group"])
+    culprit = GaugeMetricFamily("sentinel_collective_hang_culprit",
+                                "A rank blamed for a current hang (value 1), with why: died, host_stall, behind, missing.",
+                                labels=["job", "group", "rank", "group_rank", "reason"])
+    now = snap.taken_at
+    for h in snap.hangs:
+        stalled.add_metric([h.job, h.group], max(0.0, now - h.since))
+        seqg.add_metric([h.job, h.group], h.seq)
+        for c in h.culprits:
+            culprit.add_metric([h.job, h.group, str(c.rank), str(c.group_rank), c.reason], 1)
+    total = CounterMetricFamily("sentinel_collective_hangs", "Collective hangs detected (journaled once each).",
+                                labels=["job", "group"])
+    for (job, group), n in sorted(snap.hangs_total.items()):
+        total.add_metric([job, group], n)
+    yield from (stalled, seqg, culprit, total)
 
 
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -38,6 +38,20 @@ CREATE TABLE IF NOT EXISTS processes (
     extra TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hangs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    culprits TEXT NOT NULL,
+    waiting TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    since REAL NOT NULL,
+    detected_at REAL NOT NULL,
+    resolved_at REAL,
+    UNIQUE (job, grp, seq)
+);
 """
 SCHEMA_VERSION = "1"
 
@@ -99,6 +113,39 @@ class Journal:
 
     def rows(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM processes ORDER BY first_seen")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur]
+
+    def record_hang(self, hang: Any) -> bool:
+        """Journal a detected hang once (a restarted daemon re-detecting it adds nothing).
+        Returns True if it is new."""
+        culprits = json.dumps([c.__dict__ for c in hang.culprits])
+        with self.db:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, culprits, waiting, summary, since, detected_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (hang.job, hang.group, hang.seq, hang.kind, culprits, json.dumps(list(hang.waiting)),
+                 hang.summary(), hang.since, hang.detected_at),
+            )
+            if cur.rowcount == 0:  # known: refresh what we know of it, keep it open
+                self.db.execute("UPDATE hangs SET culprits = ?, summary = ?, resolved_at = NULL "
+                                "WHERE job = ? AND grp = ? AND seq = ?",
+                                (culprits, hang.summary(), hang.job, hang.group, hang.seq))
+        return cur.rowcount > 0
+
+    def resolve_hang(self, key: tuple[str, str, int], when: float) -> None:
+        with self.db:
+            self.db.execute("UPDATE hangs SET resolved_at = ? WHERE job = ? AND grp = ? AND seq = ? "
+                            "AND resolved_at IS NULL", (when, *key))
+
+    def hang_counts(self) -> dict[tuple[str, str], int]:
+        return {(job, grp): n for job, grp, n in self.db.execute("SELECT job, grp, COUNT(*) FROM hangs GROUP BY job, grp")}
+
+    def open_hangs(self) -> set[tuple[str, str, int]]:
+        return {tuple(r) for r in self.db.execute("SELECT job, grp, seq FROM hangs WHERE resolved_at IS NULL")}
+
+    def hang_rows(self, limit: int = 50) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM hangs ORDER BY id DESC LIMIT ?", (limit,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur]
 

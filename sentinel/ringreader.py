@@ -189,6 +189,17 @@ class RingReader:
         self.last_seq = top
         return TailResult(recs[ok], overwritten, int(bad.size))
 
+    def recent(self, upto: int, n: int) -> np.ndarray:
+        """Valid records with sequence numbers in (upto - n, upto]: context for a resumed reader."""
+        first = max(1, upto - min(n, self.capacity) + 1)
+        if upto < first:
+            return EMPTY
+        expected = np.arange(first, upto + 1, dtype=np.uint64)
+        idx = (expected - np.uint64(1)).astype(np.int64) & self._mask
+        recs = self.slots[idx]
+        ok = (recs["seq"] == expected) & (recs["seq_end"] == expected) & (self._seq_col[idx] == expected)
+        return recs[ok]
+
     def close(self) -> None:
         self.slots = self._seq_col = None  # release the buffer exports before unmapping
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,26 @@ STEP_WINDOW = 1024  # step durations kept for percentiles
 
 def kind_name(kind: int) -> str:
     return KIND_NAMES.get(kind, "unknown")
+
+
+@dataclass
+class GroupProgress:
+    """One process's progress in one process group: the hang detector's input."""
+
+    size: int = -1
+    group_rank: int = -1
+    global_rank: int = -1
+    last_enqueued: int = 0
+    last_enqueued_ns: int = 0
+    last_op: int = 0
+    last_completed: int = 0
+    last_completed_ns: int = 0
+    durations_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def view(self) -> dict[str, Any]:
+        return {"size": self.size, "group_rank": self.group_rank, "last_enqueued": self.last_enqueued,
+                "last_completed": self.last_completed, "last_enqueued_ns": self.last_enqueued_ns,
+                "last_completed_ns": self.last_completed_ns, "last_op": self.last_op}
 
 
 @dataclass
@@ -54,9 +75,12 @@ class ProcessState:
     token_budget: int = -1
     headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
     new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
+    groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
 
-    def ingest(self, recs: np.ndarray) -> None:
-        """Fold a batch of valid records in. Vectorised: no Python loop per record."""
+    def ingest(self, recs: np.ndarray, names: Callable[[int], str] | None = None) -> None:
+        """Fold a batch of valid records in. Vectorised: no Python loop per record.
+
+        ``names`` resolves string-table tags (the ring reader's); needed for collectives."""
         n = len(recs)
         if not n:
             return
@@ -72,6 +96,45 @@ class ProcessState:
         self.dirty = True
         if self.by_kind[rf.Kind.PROBE] or self.by_kind[rf.Kind.CONTEXT]:
             self._ingest_probes(recs)
+        if self.by_kind[rf.Kind.COLLECTIVE_ENQUEUE] and names is not None:
+            self._ingest_collectives(recs, names)
+
+    def rebuild(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
+        """Restore derived context (last records, step times, collective progress) from records
+        already counted before a daemon restart. Counters are left alone."""
+        if not len(recs):
+            return
+        b = recs["b"]
+        self.step_ns = b[(recs["kind"] == rf.Kind.STEP) & (b > 0)][-STEP_WINDOW:].astype(np.int64)
+        self.last = recs[-LAST_RECORDS:].copy()
+        self._ingest_collectives(recs, names)
+
+    def _ingest_collectives(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
+        kind = recs["kind"]
+        coll = recs[(kind == rf.Kind.COLLECTIVE_ENQUEUE) | (kind == rf.Kind.COLLECTIVE_COMPLETE)]
+        if not len(coll):
+            return
+        for tag in np.unique(coll["tag"]).tolist():
+            name = names(tag) or f"tag{tag}"
+            name = name[3:] if name.startswith("pg:") else name
+            g = self.groups.get(name)
+            if g is None:
+                g = self.groups[name] = GroupProgress()
+            mine = coll[coll["tag"] == tag]
+            enq = mine[mine["kind"] == rf.Kind.COLLECTIVE_ENQUEUE]
+            info = enq[enq["code"] == 0]
+            if len(info):
+                g.size, g.group_rank, g.global_rank = (int(x) for x in info[-1][["a", "b", "c"]].tolist())
+            ops = enq[enq["code"] != 0]
+            if len(ops):
+                last = ops[-1]
+                g.last_enqueued, g.last_enqueued_ns, g.last_op = int(last["a"]), int(last["ts_ns"]), int(last["code"])
+                g.group_rank = int(last["c"])
+            done = mine[mine["kind"] == rf.Kind.COLLECTIVE_COMPLETE]
+            if len(done):
+                last = done[-1]
+                g.last_completed, g.last_completed_ns = int(last["a"]), int(last["ts_ns"])
+                g.durations_ns = np.concatenate((g.durations_ns, done["b"][-STEP_WINDOW:]))[-STEP_WINDOW:]
 
     def _ingest_probes(self, recs: np.ndarray) -> None:
         kind = recs["kind"]
@@ -172,6 +235,7 @@ class ProcessState:
             batch=dict(self.batch),
             last_tokens=self.last_tokens,
             token_budget=self.token_budget,
+            groups={name: g.view() for name, g in self.groups.items()},
         )
 
 
@@ -198,6 +262,7 @@ class ProcessView:
     batch: dict[str, int] = field(default_factory=dict)
     last_tokens: int = -1
     token_budget: int = -1
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()
@@ -227,6 +292,7 @@ class ProcessView:
             "violations": self.violations,
             "page_table_headroom": None if self.headroom is None else self.headroom[0],
             "probe_executions": self.probe_execs,
+            "groups": self.groups,
         }
 
 
@@ -237,6 +303,8 @@ def _opt(v: Any) -> Any:
 @dataclass(frozen=True)
 class Snapshot:
     processes: tuple[ProcessView, ...] = ()
+    hangs: tuple[Any, ...] = ()
+    hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     ingested: int = 0
     polls: int = 0

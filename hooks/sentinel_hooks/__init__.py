@@ -25,7 +25,7 @@ from .probes import SentinelViolation, check_paged_kv, check_strides, configure,
 from .ringformat import Check, Kind
 
 __all__ = [
-    "step", "event", "set_identity", "stats", "flush", "prepare_cuda", "Kind", "Check",
+    "step", "event", "set_identity", "stats", "flush", "prepare_cuda", "trace_collectives", "Kind", "Check",
     "check_paged_kv", "check_strides", "note_batch", "configure", "SentinelViolation",
 ]
 __version__ = "0.1.0"
@@ -57,6 +57,20 @@ def set_identity(**fields: Any) -> None:
         runtime.set_identity(**fields)
     except Exception as exc:
         runtime.failed("set_identity", exc)
+
+
+def trace_collectives() -> bool:
+    """Record every torch.distributed collective (enqueue and completion) in the ring.
+
+    ``sentinel run`` does this by itself; call it when using the hooks without injection.
+    Returns True when tracing is on."""
+    try:
+        from . import collectives
+
+        return collectives.install()
+    except Exception as exc:
+        runtime.failed("trace_collectives", exc)
+        return False
 
 
 def prepare_cuda(device: Any = None) -> None:

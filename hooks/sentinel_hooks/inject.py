@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from . import runtime
+from . import importhook, runtime
 
 armed = False
 
@@ -22,5 +22,14 @@ def arm() -> None:
     try:
         if os.environ.get("SENTINEL_EAGER", "") not in ("", "0"):
             runtime.start()
+        if os.environ.get("SENTINEL_COLLECTIVES", "1") not in ("", "0"):
+            # Hook torch.distributed once torch as a whole has finished importing.
+            importhook.when_imported("torch", lambda _m: importhook.when_imported("torch.distributed", _trace))
     except Exception as exc:
         runtime.failed("arm", exc)
+
+
+def _trace(_module: object) -> None:
+    from . import collectives
+
+    collectives.install()

@@ -1,0 +1,137 @@
+"""Live collective-hang detection from per-rank collective sequence numbers.
+
+The same "missing ranks" reasoning as PyTorch Flight Recorder's analyser, but live: in a
+process group, the first collective some ranks enqueued and others never did is where the group
+is stuck, and the ranks that never enqueued it are the culprits. Stacks alone mislead: a waiting
+NCCL rank's collective call returns at once and it blocks later, at a sync.
+
+A group is hung when none of its members has completed a collective for T seconds while one is
+outstanding. T adapts to the workload: the larger of a floor and ``multiplier`` x the p99 of
+the group's recent collective durations (and of its members' step times), so a long prefill or a
+slow first step does not alert.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .state import ProcessState
+
+
+@dataclass(frozen=True)
+class Culprit:
+    rank: int  # global rank (-1 when unknown)
+    group_rank: int
+    reason: str  # died | host_stall | behind | missing
+    last_enqueued: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Hang:
+    job: str
+    group: str
+    seq: int  # the first collective not enqueued by every rank (or not completed by any)
+    kind: str  # missing_ranks | all_enqueued
+    culprits: tuple[Culprit, ...]
+    waiting: tuple[int, ...]  # global ranks that enqueued ``seq`` and wait on it
+    since: float  # wall time the group last made progress
+    threshold_s: float
+    detected_at: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.job, self.group, self.seq)
+
+    def summary(self) -> str:
+        who = ", ".join(f"rank {c.rank} ({c.reason})" for c in self.culprits) or "no rank missing"
+        return (f"collective hang in job {self.job or '-'} group {self.group} at collective #{self.seq}: "
+                f"{who}; waiting: {', '.join(map(str, self.waiting)) or '-'}")
+
+
+@dataclass
+class HangConfig:
+    floor_s: float = 5.0  # never alert sooner than this
+    multiplier: float = 10.0  # x p99 of collective durations and of step times
+    dead_grace_s: float = 600.0  # dead members keep counting for this long (they are culprits)
+
+
+class HangDetector:
+    def __init__(self, config: HangConfig | None = None) -> None:
+        self.config = config or HangConfig()
+
+    def evaluate(self, states: Iterable[ProcessState], now: float | None = None) -> list[Hang]:
+        now = time.time() if now is None else now
+        groups: dict[tuple[str, str], list[ProcessState]] = {}
+        for s in states:
+            if not s.alive and now - s.ended_at > self.config.dead_grace_s:
+                continue
+            for name in s.groups:
+                groups.setdefault((s.identity.get("job", ""), name), []).append(s)
+        hangs = []
+        for (job, name), members in groups.items():
+            hang = self._group(job, name, members, now)
+            if hang is not None:
+                hangs.append(hang)
+        return hangs
+
+    def threshold(self, members: list[ProcessState], name: str) -> float:
+        samples = [m.groups[name].durations_ns for m in members if len(m.groups[name].durations_ns)]
+        samples += [m.step_ns for m in members if len(m.step_ns)]
+        p99 = float(np.percentile(np.concatenate(samples), 99)) / 1e9 if samples else 0.0
+        return max(self.config.floor_s, self.config.multiplier * p99)
+
+    def _group(self, job: str, name: str, members: list[ProcessState], now: float) -> Hang | None:
+        prog = [(m, m.groups[name]) for m in members]
+        if not any(g.last_enqueued > g.last_completed for _, g in prog):
+            return None
+        last_done_ns = max(g.last_completed_ns for _, g in prog)
+        lowest = min(g.last_enqueued for _, g in prog)
+        highest = max(g.last_enqueued for _, g in prog)
+        if lowest < highest:
+            seq, kind = lowest + 1, "missing_ranks"
+        else:
+            seq, kind = lowest, "all_enqueued"
+        # Progress clock: the last completion, or (before any) the first enqueue of ``seq``.
+        first_enq_ns = min((g.last_enqueued_ns for _, g in prog if g.last_enqueued >= seq), default=0)
+        since_ns = max(last_done_ns, first_enq_ns)
+        threshold = self.threshold(members, name)
+        if not since_ns or now - since_ns / 1e9 < threshold:
+            return None
+        culprits = []
+        seen_ranks = set()
+        for m, g in prog:
+            seen_ranks.add(g.group_rank)
+            if kind == "missing_ranks" and g.last_enqueued < seq:
+                culprits.append(self._culprit(m, g, now, threshold))
+            elif kind == "all_enqueued" and not m.alive:
+                culprits.append(self._culprit(m, g, now, threshold))
+        size = max(g.size for _, g in prog)
+        for r in range(size if size > 0 else 0):
+            if r not in seen_ranks:
+                culprits.append(Culprit(-1, r, "missing", 0, f"group rank {r} has no ring in this job"))
+        waiting = tuple(sorted(_rank(m) for m, g in prog if g.last_enqueued >= seq and g.last_completed < seq))
+        return Hang(job, name, seq, kind, tuple(sorted(culprits, key=lambda c: c.rank)), waiting,
+                    since_ns / 1e9, threshold)
+
+    def _culprit(self, m: ProcessState, g, now: float, threshold: float) -> Culprit:  # noqa: ANN001
+        rank = _rank(m)
+        beat_age = now - m.last_step_ns / 1e9 if m.last_step_ns else None
+        if not m.alive:
+            return Culprit(rank, g.group_rank, "died", g.last_enqueued,
+                           f"process {m.exit} at step {m.step}, after collective #{g.last_enqueued}")
+        if g.last_enqueued <= g.last_completed and (beat_age is None or beat_age >= threshold):
+            age = "never stepped" if beat_age is None else f"heartbeat stopped {beat_age:.0f}s ago"
+            return Culprit(rank, g.group_rank, "host_stall", g.last_enqueued,
+                           f"{age}, no collective outstanding: a stuck host loop")
+        return Culprit(rank, g.group_rank, "behind", g.last_enqueued,
+                       f"alive at step {m.step}, last enqueued collective #{g.last_enqueued}")
+
+
+def _rank(m: ProcessState) -> int:
+    r = m.identity.get("rank")
+    return -1 if r is None else int(r)

@@ -1,0 +1,33 @@
+"""A torch.distributed (gloo) job for the hang tests: every rank steps and all-reduces; one rank
+(the straggler) stops joining at collective HANG_AT, by sleeping or by dying.
+
+    python gloo_ranks.py PORT STEPS HANG_AT STRAGGLER MODE      (RANK and WORLD_SIZE from the env)
+MODE: sleep (a stuck host loop) | die (SIGKILL) | none (no hang)
+"""
+
+import datetime
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import sentinel_hooks
+
+port, steps, hang_at, straggler, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                        timeout=datetime.timedelta(seconds=float(os.environ.get("GLOO_TIMEOUT_S", "120"))))
+x = torch.ones(16)
+for i in range(1, steps + 1):
+    sentinel_hooks.step()
+    if mode != "none" and rank == straggler and i == hang_at:
+        if mode == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(3600)
+    dist.all_reduce(x)
+    time.sleep(0.02)
+print("done", rank, flush=True)
+dist.destroy_process_group()
