@@ -20,6 +20,7 @@ import urllib.request
 from . import logjson
 from .daemon import Daemon, DaemonConfig
 from .exporter import build_registry, serve
+from .hangs import HangConfig
 from .injection import injected_env
 from .status import collect, render_table
 
@@ -58,6 +59,49 @@ def _events(daemon: Daemon, seen: set) -> list[str]:
     return out
 
 
+def _hang_phase(daemon: Daemon, env: dict, duration: float) -> str:
+    """Three gloo ranks all-reduce every step; rank 1 stops joining at collective #30."""
+    print("\nPhase 2: a collective hang. 3 gloo ranks all-reduce every step; rank 1 stops joining")
+    print("collective #30 (its host loop is stuck). PyTorch would wait for its timeout (10 min by default).\n")
+    port = _free_port()
+    procs = []
+    for rank in range(WORLD):
+        e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), SENTINEL_JOB="demo-tp")
+        cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(duration), "--gloo-port", str(port),
+               "--hang-rank", "1", "--hang-at", "30", "--step-ms", "20"]
+        # stderr off: when the demo stops them, the waiting ranks' gloo reports the lost peer.
+        procs.append(subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL))
+    t0 = time.monotonic()
+    blocked_at = None
+    result = "no hang was named (unexpected)"
+    try:
+        while time.monotonic() - t0 < duration + 10:
+            time.sleep(0.2)
+            if blocked_at is None and any(
+                p.identity.get("job") == "demo-tp" and p.groups.get("0", {}).get("last_enqueued") == 30
+                for p in daemon.snapshot.processes
+            ):
+                blocked_at = time.monotonic()
+                print(f"  t={blocked_at - t0:4.1f}s  ranks 0 and 2 enqueued collective #30 and wait", flush=True)
+            hang = next((h for h in daemon.snapshot.hangs if h.job == "demo-tp"), None)
+            if hang is not None:
+                took = time.monotonic() - (blocked_at or t0)
+                who = ", ".join(f"rank {c.rank} ({c.reason}: {c.detail})" for c in hang.culprits)
+                print(f"  !! collective hang in group {hang.group} at #{hang.seq}: {who}", flush=True)
+                print(f"     named {took:.1f}s after the others blocked (threshold {hang.threshold_s:.1f}s, adaptive)")
+                result = f"collective hang at #{hang.seq}: culprit " + ", ".join(f"rank {c.rank}" for c in hang.culprits) + \
+                    f", named in {took:.1f}s"
+                break
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        print("  (the demo stops the three hung ranks now)")
+        time.sleep(0.5)  # let the daemon see them go
+    return result
+
+
 def _short(line: str) -> str:
     # Drop empty labels so the lines fit a terminal.
     import re
@@ -70,7 +114,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     os.makedirs(base, mode=0o700, exist_ok=True)
     port = _free_port()
     logjson.setup("info", open(os.path.join(base, "daemon.log"), "a"))  # keep the live view readable
-    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1))
+    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1, hang=HangConfig(floor_s=3.0)))
     server, _ = serve(build_registry(lambda: daemon.snapshot), "127.0.0.1", port)
     stop = threading.Event()
     poller = threading.Thread(target=daemon.run, args=(stop,), name="sentinel-daemon", daemon=True)
@@ -115,39 +159,44 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
                 p.kill()
             p.wait()
         time.sleep(0.3)  # let the daemon take its last poll of the final records
-        stop.set()
-        poller.join(timeout=5)
-        try:
-            metrics = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-        except OSError as exc:
-            metrics = f"(scrape failed: {exc})"
-        daemon.close()
-        server.shutdown()
+
+    hang_line = _hang_phase(daemon, env, min(20.0, duration))
+    try:
+        metrics = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    except OSError as exc:
+        metrics = f"(scrape failed: {exc})"
+    stop.set()
+    poller.join(timeout=5)
+    daemon.close()
+    server.shutdown()
 
     print("\nWhat the daemon exported (a few of the series; all at /metrics):")
     for line in metrics.splitlines():
-        if line.startswith(("sentinel_process_alive", "sentinel_processes", "sentinel_page_table_headroom_pages")) or (
+        if line.startswith(("sentinel_processes", "sentinel_page_table_headroom_pages", "sentinel_collective_hang")) or (
             line.startswith("sentinel_invariant_violations_total") and not line.rstrip().endswith(" 0.0")
         ):
             print("  " + _short(line))
     print("\n`sentinel status` now:")
     print("  " + render_table(collect(base)).replace("\n", "\n  "))
-    died = [p for p in daemon.snapshot.processes if p.exit == "died"]
+    phase1 = [p for p in daemon.snapshot.processes if p.identity.get("job") == "demo"]
+    died = [p for p in phase1 if p.exit == "died"]
     print("\nSummary")
-    print(f"  {len(daemon.snapshot.processes)} processes seen, {len(died)} died: "
+    print(f"  phase 1: {len(phase1)} ranks, {len(died)} died: "
           + ", ".join(f"rank {p.identity.get('rank')} at step {p.step}" for p in died))
     for p in sorted(daemon.snapshot.processes, key=lambda p: p.identity.get("rank", 0)):
         found = ", ".join(f"{k} x{v}" for k, v in sorted(p.violations.items()) if v) or "no violations"
         room = f"; page-table headroom {p.headroom[0]} of {p.headroom[1]} pages" if p.headroom else ""
-        print(f"  rank {p.identity.get('rank')}: {found}{room}")
+        if p.identity.get("job") == "demo":
+            print(f"  rank {p.identity.get('rank')}: {found}{room}")
+    print(f"  phase 2: {hang_line}")
     print(f"  records read: {daemon.ingested}; their last records stay in {os.path.join(base, 'rings')}")
     print("\nWhere to look next")
     print(f"  sentinel status --dir {base}")
     print(f"  sentinel daemon --dir {base} --listen 127.0.0.1:9464   # then curl 127.0.0.1:9464/metrics")
     print(f"  {os.path.join(base, 'daemon.log')}   (the daemon's JSON log)")
-    caught = {check for p in daemon.snapshot.processes for check, n in p.violations.items() if n}
+    caught = {check for p in phase1 for check, n in p.violations.items() if n}
     expected = {"page_table_oob", "batch_mismatch", "degenerate_stride", "tma_misaligned"}
-    if len(died) != 1 or not expected <= caught:
+    if len(died) != 1 or not expected <= caught or "culprit rank 1" not in hang_line:
         print(f"\nthe demo did not see what it should: died={len(died)}, caught={sorted(caught)}", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,10 @@ kernel gets, note_batch with the token budget. A scenario injects one of the see
   dp_padding  seed 001: from 50 % of the run, batch_size is padded by 2 past the metadata rows
   stride      seed 002: the KV view has a size-1 head dim with stride 1 (not TMA-aligned)
 
+With --gloo-port, the ranks form a torch.distributed (gloo) group and all-reduce every step;
+--hang-rank stops joining at collective --hang-at (seed 002's ending: one rank stops, the others
+wait in the collective).
+
 Without torch it still steps (heartbeat only) and says so.
 """
 
@@ -31,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-ms", type=float, default=5.0, help="target step time")
     p.add_argument("--scenario", action="append", choices=SCENARIOS, default=[])
     p.add_argument("--die-after", type=float, default=0.0, help="SIGKILL itself after this many seconds (0 = never)")
+    p.add_argument("--gloo-port", type=int, default=0, help="all-reduce every step over gloo (RANK/WORLD_SIZE)")
+    p.add_argument("--hang-rank", type=int, default=-1)
+    p.add_argument("--hang-at", type=int, default=0)
     args = p.parse_args(argv)
+    if args.gloo_port:
+        return _collectives(args)
 
     import sentinel_hooks  # put on the path by `sentinel run`
 
@@ -83,6 +92,31 @@ def main(argv: list[str] | None = None) -> int:
         delay = next_t - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+    return 0
+
+
+def _collectives(args: argparse.Namespace) -> int:
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    import sentinel_hooks
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.gloo_port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    x = torch.ones(1024)
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < args.duration:
+        i += 1
+        sentinel_hooks.step()
+        if rank == args.hang_rank and i == args.hang_at:
+            time.sleep(args.duration)  # a stuck host loop: it never joins collective #hang_at
+        dist.all_reduce(x)
+        time.sleep(args.step_ms / 1000.0)
     return 0
 
 

@@ -1,0 +1,15 @@
+"""`sentinel demo` (what `make demo` runs) ends by itself, with what it promises to show."""
+
+import subprocess
+
+from conftest import SENTINEL, base_env
+
+
+def test_demo_runs_and_catches_every_scenario(tmp_path):
+    res = subprocess.run([SENTINEL, "demo", "--duration", "8", "--dir", str(tmp_path / "d")], env=base_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    for needle in ("rank 1: page_table_oob", "rank 1: batch_mismatch", "rank 2: degenerate_stride",
+                   "rank 2: process died", "collective hang in group 0 at #30: rank 1", "Where to look next"):
+        assert needle in out, needle
