@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 
 from sentinel_hooks import ringformat as rf
 
+from . import catalog as catalog_mod
+from . import faults
+from .coredumps import CoreCollector, is_core_name
 from .discovery import Discovery
 from .hangs import Hang, HangConfig, HangDetector
 from .journal import Journal, journal_path
+from .nvml import NvmlMonitor
 from .ringreader import RingReader
 from .state import ProcessState, Snapshot
 
@@ -35,6 +39,13 @@ class DaemonConfig:
     allowed_uids: set[int] | None = field(default_factory=lambda: {os.getuid()})
     use_events: bool = True
     hang: HangConfig = field(default_factory=HangConfig)
+    cuda_gdb: str | None = None  # the debugger to run (default: cuda-gdb on PATH or in CUDA_HOME)
+    gdb_timeout_s: float = 60.0
+    cores_max_bytes: int = 2 << 30
+    cores_per_signature: int = 3  # the first, the latest, and one more
+    catalogs: list[str] = field(default_factory=list)  # extra known-issue files
+    nvml: bool = True
+    crash_grace_s: float = 10.0  # how long a dead process's GPU coredump may take to appear
 
 
 class Daemon:
@@ -60,6 +71,21 @@ class Daemon:
             log.info("journal loaded", extra={"processes": len(self.states), "resuming": len(resumed)})
         self.discovery = Discovery(self.rings_dir, config.rescan_interval, config.use_events)
         self.detector = HangDetector(config.hang)
+        user_catalog = os.path.join(config.base_dir, "catalog.toml")
+        self.catalog = catalog_mod.load(([user_catalog] if os.path.exists(user_catalog) else []) + config.catalogs)
+        self.cores_dir = os.path.join(config.base_dir, "cores")
+        self.collector = CoreCollector(self.cores_dir, config.cuda_gdb, config.gdb_timeout_s,
+                                       max_bytes=config.cores_max_bytes, keep_per_signature=config.cores_per_signature)
+        self.core_discovery = Discovery(self.cores_dir, config.rescan_interval, config.use_events, is_core_name)
+        self.fault_counts = self.journal.fault_counts()
+        self.triage_seconds: list[float] = []
+        self._pending_crashes: dict[str, float] = {}  # ring -> deadline for its coredump to show up
+        self._crash_checked: set[str] = set()
+        self.nvml = NvmlMonitor(config.nvml)
+        self.nvml.start()
+        self.gpus: tuple = ()
+        self.xid_counts = self.journal.xid_counts()
+        self._next_gpu_sample = 0.0
         self.hangs: dict[tuple[str, str, int], Hang] = {}
         self._open_hangs = self.journal.open_hangs()  # hangs open before a restart: not new again
         self.hangs_total = self.journal.hang_counts()
@@ -106,6 +132,7 @@ class Daemon:
             self._tail(name, reader)
         self._settle_missing()
         self._check_hangs()
+        self._collect_faults()
         self.polls += 1
         self._last_poll_s = time.perf_counter() - t0
         self._publish()
@@ -154,6 +181,8 @@ class Daemon:
         state.new_violations.clear()
 
     def _end(self, state: ProcessState, how: str) -> None:
+        if how == "died" and state.ring not in self._crash_checked:
+            self._pending_crashes[state.ring] = time.monotonic() + self.config.crash_grace_s
         state.alive = False
         state.exit = how
         state.ended_at = time.time()
@@ -206,11 +235,135 @@ class Daemon:
                 log.exception("journal write failed for a hang")
         self.hangs = found
 
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _names(self, state: ProcessState | None):  # noqa: ANN202
+        """A tag -> name resolver for a process's records (its ring may already be closed)."""
+        if state is None:
+            return lambda tag: ""
+        reader = self.readers.get(state.ring)
+        if reader is not None:
+            return reader.name
+        try:
+            reader = RingReader(os.path.join(self.rings_dir, state.ring))
+        except (rf.RingFormatError, OSError):
+            return lambda tag: ""
+        cache: dict[int, str] = {}
+        for tag in set(state.last["tag"].tolist()) | set(state.last["aux"].tolist()):
+            cache[tag] = reader.name(tag)
+        reader.close()
+        return lambda tag: cache.get(tag, "")
+
+    def _state_for_pid(self, host: str, pid: int | None) -> ProcessState | None:
+        if pid is None:
+            return None
+        found = [s for s in self.states.values() if s.identity.get("pid") == pid
+                 and (not host or s.identity.get("host", "").replace("_", "") == host.replace("_", "")
+                      or s.identity.get("host") == host)]
+        return max(found, key=lambda s: s.created_ns) if found else None
+
+    def _collect_faults(self) -> None:
+        self.collector.offer(self.core_discovery.poll())
+        self.collector.poll()
+        while True:
+            try:
+                res = self.collector.results.get_nowait()
+            except Exception:
+                break
+            self.collector.in_flight -= 1
+            state = self._state_for_pid(res.host, res.pid)
+            if state is not None:
+                self._crash_checked.add(state.ring)
+                self._pending_crashes.pop(state.ring, None)
+            rec = faults.from_core(res.report, res.path, state, self._names(state), self.config.base_dir,
+                                   self.catalog, res.notes)
+            rec.triage_seconds = res.seconds
+            self.triage_seconds.append(res.seconds)
+            self._journal_fault(rec)
+            self._retain(rec.signature)
+        now = time.monotonic()
+        for ring, deadline in list(self._pending_crashes.items()):
+            state = self.states.get(ring)
+            if state is None:
+                del self._pending_crashes[ring]
+                continue
+            pid = state.identity.get("pid")
+            if self.collector.pending_for(pid) or self.collector.in_flight:
+                continue  # its GPU coredump is still being written or read
+            if now < deadline:
+                continue
+            del self._pending_crashes[ring]
+            self._crash_checked.add(ring)
+            self._journal_fault(faults.from_crash(state, self._names(state), self.config.base_dir, self.catalog))
+        while True:
+            try:
+                ev = self.nvml.events.get_nowait()
+            except Exception:
+                break
+            self._on_xid(ev)
+        if self.nvml.ok and now >= self._next_gpu_sample:
+            self._next_gpu_sample = now + 2.0
+            self.gpus = tuple(self.nvml.sample())
+
+    def _journal_fault(self, rec: faults.FaultRecord) -> None:
+        try:
+            rec.id = self.journal.record_fault(rec)
+        except Exception:
+            log.exception("journal write failed for a fault")
+        if rec.id is None:
+            return  # known already (a restarted daemon meeting the same dump)
+        key = (rec.signature, rec.exception_class, rec.kernel_family)
+        self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
+        ident = rec.identity or {}
+        log.error("fault", extra={
+            "fault_id": rec.id, "signature": rec.signature, "source": rec.source, "exception": rec.exception,
+            "kernel": rec.kernel, "top_frame": rec.top_frame, "pid": ident.get("pid"), "rank": ident.get("rank"),
+            "known_issue": rec.known_issue["id"] if rec.known_issue else None, "evidence": rec.evidence,
+            "core": rec.core_path, "triage_s": round(rec.triage_seconds, 2),
+        })
+
+    def _retain(self, signature: str) -> None:
+        surplus = self.journal.surplus_cores(signature, self.config.cores_per_signature)
+        deleted = []
+        for _fid, path in surplus:
+            try:
+                os.unlink(path)
+                deleted.append(path)
+            except FileNotFoundError:
+                deleted.append(path)
+            except OSError:
+                pass
+        deleted += self.collector.enforce_retention(self.journal.cores_to_spare())
+        if deleted:
+            self.journal.mark_core_deleted(deleted)
+            log.info("coredumps deleted by retention", extra={"count": len(deleted), "signature": signature})
+
+    def _on_xid(self, ev) -> None:  # noqa: ANN001
+        info = self.catalog.xid(ev.xid)
+        procs = [s for s in self.states.values() if s.identity.get("pid") in ev.pids]
+        try:
+            self.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at)
+        except Exception:
+            log.exception("journal write failed for an XID")
+        key = (ev.gpu, ev.xid)
+        self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
+        log.error("gpu xid", extra={
+            "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "name": info.name, "severity": info.severity,
+            "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
+            "ranks": [s.identity.get("rank") for s in procs],
+        })
+
     def _publish(self) -> None:
         self.snapshot = Snapshot(
             processes=tuple(s.snapshot() for s in self.states.values()),
             hangs=tuple(self.hangs.values()),
             hangs_total=dict(self.hangs_total),
+            faults=dict(self.fault_counts),
+            xids=dict(self.xid_counts),
+            gpus=self.gpus,
+            coredump_bytes=self.collector.total_bytes(),
+            triage_count=len(self.triage_seconds),
+            triage_sum=sum(self.triage_seconds),
             rejected=dict(self.rejected),
             ingested=self.ingested,
             polls=self.polls,
@@ -245,6 +398,9 @@ class Daemon:
         finally:
             self.persist()
             self.discovery.close()
+            self.core_discovery.close()
+            self.collector.close()
+            self.nvml.close()
             for reader in self.readers.values():
                 reader.close()
             self.readers.clear()

@@ -1,4 +1,4 @@
-"""Finding ring files as they appear: watchdog file-system events, plus a periodic rescan.
+"""Finding files as they appear (rings, coredumps): watchdog file-system events, plus a periodic rescan.
 
 Events make discovery prompt; the rescan is the safety net for missed events (an overflowed
 inotify queue, a filesystem without events, a daemon started after the rings).
@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import time
+from collections.abc import Callable
 
 from sentinel_hooks import ringformat as rf
 
@@ -22,8 +23,10 @@ def is_ring_name(name: str) -> bool:
 
 
 class Discovery:
-    def __init__(self, rings_dir: str, rescan_interval: float = 5.0, use_events: bool = True) -> None:
+    def __init__(self, rings_dir: str, rescan_interval: float = 5.0, use_events: bool = True,
+                 predicate: Callable[[str], bool] = is_ring_name) -> None:
         self.rings_dir = rings_dir
+        self.predicate = predicate
         self.rescan_interval = rescan_interval
         self._events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._next_rescan = 0.0
@@ -67,14 +70,14 @@ class Discovery:
             except queue.Empty:
                 break
             name = os.path.basename(path)
-            if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.rings_dir) and is_ring_name(name):
+            if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.rings_dir) and self.predicate(name):
                 names.add(name)
         now = time.monotonic() if now is None else now
         if now >= self._next_rescan:
             self._next_rescan = now + self.rescan_interval
             try:
                 with os.scandir(self.rings_dir) as it:
-                    names.update(e.name for e in it if is_ring_name(e.name))
+                    names.update(e.name for e in it if self.predicate(e.name))
             except FileNotFoundError:
                 pass
         return names

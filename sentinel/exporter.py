@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
@@ -94,6 +94,7 @@ class SentinelCollector(Collector):
         yield from (info, alive, step, beat, p99, records, over, torn, dropped)
         yield from _probe_metrics(snap, labels)
         yield from _collective_metrics(snap, labels)
+        yield from _fault_metrics(snap)
 
         rejected = CounterMetricFamily(
             "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
@@ -187,6 +188,27 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
     for (job, group), n in sorted(snap.hangs_total.items()):
         total.add_metric([job, group], n)
     yield from (stalled, seqg, culprit, total)
+
+
+def _fault_metrics(snap: Snapshot) -> Iterator:
+    faults = CounterMetricFamily("sentinel_faults", "Fault records journaled, by signature.",
+                                 labels=["signature", "exception", "kernel_family"])
+    for (sig, exc, fam), n in sorted(snap.faults.items()):
+        faults.add_metric([sig, exc, fam], n)
+    xids = CounterMetricFamily("sentinel_gpu_xid_errors", "NVML XID events, by GPU and XID.", labels=["gpu", "xid"])
+    for (gpu, xid), n in sorted(snap.xids.items()):
+        xids.add_metric([gpu, str(xid)], n)
+    util = GaugeMetricFamily("sentinel_gpu_utilization_ratio", "GPU utilisation (NVML), 0..1.", labels=["gpu", "uuid"])
+    mem = GaugeMetricFamily("sentinel_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu", "uuid"])
+    for g in snap.gpus:
+        util.add_metric([g.gpu, g.uuid], g.utilization)
+        mem.add_metric([g.gpu, g.uuid], g.memory_used)
+    yield from (faults, xids, util, mem)
+    yield GaugeMetricFamily("sentinel_coredump_bytes", "Bytes of GPU coredumps kept under SENTINEL_DIR/cores.",
+                            value=snap.coredump_bytes)
+    triage = SummaryMetricFamily("sentinel_triage_duration_seconds", "cuda-gdb time per coredump.",
+                                 count_value=snap.triage_count, sum_value=snap.triage_sum)
+    yield triage
 
 
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

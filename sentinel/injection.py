@@ -73,6 +73,13 @@ def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool =
     parts = [inject, root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env["SENTINEL_DIR"] = base_dir
+    if env.get("SENTINEL_COREDUMP", "1") not in ("0", ""):
+        # Also for non-Python processes of the command. The user's own settings win.
+        from sentinel_hooks.crash import coredump_env
+
+        for key, value in coredump_env(base_dir).items():
+            env.setdefault(key, value)
+        os.makedirs(os.path.join(base_dir, "cores"), mode=0o700, exist_ok=True)
     if eager:
         env["SENTINEL_EAGER"] = "1"
     return env

@@ -38,6 +38,27 @@ CREATE TABLE IF NOT EXISTS processes (
     extra TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS faults (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    signature TEXT NOT NULL,
+    source TEXT NOT NULL,
+    exception_class TEXT NOT NULL,
+    kernel_family TEXT NOT NULL,
+    known_issue TEXT,
+    core_path TEXT NOT NULL,
+    core_deleted INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faults_signature ON faults (signature, id);
+CREATE TABLE IF NOT EXISTS xids (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gpu TEXT NOT NULL,
+    xid INTEGER NOT NULL,
+    pids TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS hangs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job TEXT NOT NULL,
@@ -148,6 +169,66 @@ class Journal:
         cur = self.db.execute("SELECT * FROM hangs ORDER BY id DESC LIMIT ?", (limit,))
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur]
+
+    def record_fault(self, rec: Any) -> int | None:
+        """Journal a fault once (by its dedupe key). Returns its id, or None if it was known."""
+        with self.db:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO faults (dedupe_key, signature, source, exception_class, kernel_family, "
+                "known_issue, core_path, created_at, record) VALUES (?,?,?,?,?,?,?,?,?)",
+                (rec.dedupe_key, rec.signature, rec.source, rec.exception_class, rec.kernel_family,
+                 rec.known_issue["id"] if rec.known_issue else None, rec.core_path, rec.created_at,
+                 json.dumps(rec.as_dict(), default=str)),
+            )
+        return cur.lastrowid if cur.rowcount else None
+
+    def fault(self, fault_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT id, record, core_deleted FROM faults WHERE id = ?", (fault_id,)).fetchone()
+        if row is None:
+            return None
+        rec = json.loads(row[1])
+        rec["id"] = row[0]
+        if row[2]:
+            rec.setdefault("notes", []).append("coredump deleted by retention")
+        return rec
+
+    def faults(self, limit: int = 50) -> list[dict[str, Any]]:
+        out = []
+        for fid, rec in self.db.execute("SELECT id, record FROM faults ORDER BY id DESC LIMIT ?", (limit,)):
+            d = json.loads(rec)
+            d["id"] = fid
+            out.append(d)
+        return out
+
+    def fault_counts(self) -> dict[tuple[str, str, str], int]:
+        q = "SELECT signature, exception_class, kernel_family, COUNT(*) FROM faults GROUP BY 1, 2, 3"
+        return {(sig, exc, fam): n for sig, exc, fam, n in self.db.execute(q)}
+
+    def cores_to_spare(self) -> set[str]:
+        """The first and the latest coredump of each signature: retention never deletes them."""
+        q = ("SELECT core_path FROM faults WHERE core_path != '' AND core_deleted = 0 AND id IN "
+             "(SELECT MIN(id) FROM faults WHERE core_path != '' GROUP BY signature UNION "
+             "SELECT MAX(id) FROM faults WHERE core_path != '' GROUP BY signature)")
+        return {r[0] for r in self.db.execute(q)}
+
+    def surplus_cores(self, signature: str, keep: int) -> list[tuple[int, str]]:
+        """Cores of ``signature`` beyond the first and the newest ``keep - 1``: (id, path), to delete."""
+        rows = self.db.execute("SELECT id, core_path FROM faults WHERE signature = ? AND core_path != '' "
+                               "AND core_deleted = 0 ORDER BY id", (signature,)).fetchall()
+        if len(rows) <= keep:
+            return []
+        return rows[1: len(rows) - (keep - 1)]
+
+    def mark_core_deleted(self, paths: list[str]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE faults SET core_deleted = 1 WHERE core_path = ?", [(p,) for p in paths])
+
+    def record_xid(self, gpu: str, xid: int, pids: list[int], at: float) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO xids (gpu, xid, pids, at) VALUES (?,?,?,?)", (gpu, xid, json.dumps(pids), at))
+
+    def xid_counts(self) -> dict[tuple[str, int], int]:
+        return {(g, x): n for g, x, n in self.db.execute("SELECT gpu, xid, COUNT(*) FROM xids GROUP BY 1, 2")}
 
     def forget(self, rings: list[str]) -> None:
         with self.db:

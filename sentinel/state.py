@@ -305,6 +305,12 @@ class Snapshot:
     processes: tuple[ProcessView, ...] = ()
     hangs: tuple[Any, ...] = ()
     hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)
+    faults: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    xids: dict[tuple[str, int], int] = field(default_factory=dict)
+    gpus: tuple[Any, ...] = ()
+    coredump_bytes: int = 0
+    triage_count: int = 0
+    triage_sum: float = 0.0
     rejected: dict[str, int] = field(default_factory=dict)
     ingested: int = 0
     polls: int = 0

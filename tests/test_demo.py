@@ -1,13 +1,8 @@
 """`sentinel demo` (what `make demo` runs) ends by itself, with what it promises to show."""
 
-import subprocess
 
-from conftest import SENTINEL, base_env
-
-
-def test_demo_runs_and_catches_every_scenario(tmp_path):
-    res = subprocess.run([SENTINEL, "demo", "--duration", "8", "--dir", str(tmp_path / "d")], env=base_env(),
-                         capture_output=True, text=True, timeout=120)
+def test_demo_runs_and_catches_every_scenario(h, tmp_path):
+    res = h.run([h.sentinel, "demo", "--duration", "8", "--dir", str(tmp_path / "d")], env=h.env(), timeout=150)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
     for needle in ("rank 1: page_table_oob", "rank 1: batch_mismatch", "rank 2: degenerate_stride",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from . import importhook, runtime
+from . import crash, importhook, runtime
 
 armed = False
 
@@ -20,6 +20,9 @@ def arm() -> None:
         return
     armed = True
     try:
+        crash.setup_coredumps()  # before CUDA initialises: it reads these once
+        crash.setup_faulthandler()
+        crash.setup_excepthook()
         if os.environ.get("SENTINEL_EAGER", "") not in ("", "0"):
             runtime.start()
         if os.environ.get("SENTINEL_COLLECTIVES", "1") not in ("", "0"):

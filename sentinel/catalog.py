@@ -1,0 +1,185 @@
+"""The known-issue catalog: evidence -> root cause, remediation, upstream reference.
+
+Built-in entries live in sentinel/data/catalog.toml. Users extend them with their own TOML file
+(same format); an entry with the same id replaces the built-in one. A bad file is rejected with
+a message naming the file and the entry, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "catalog.toml")
+ISSUE_KEYS = {"id", "title", "seed", "root_cause", "remediation", "reference", "runbook", "match"}
+MATCH_KEYS = {"exception", "kernel", "evidence", "evidence_any"}
+
+
+class CatalogError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    id: str
+    title: str
+    root_cause: str = ""
+    remediation: str = ""
+    reference: str = ""
+    runbook: str = ""
+    seed: str = ""
+    exception: tuple[str, ...] = ()
+    kernel: re.Pattern | None = None
+    evidence: tuple[str, ...] = ()
+    evidence_any: tuple[str, ...] = ()
+
+    def conditions(self) -> int:
+        return bool(self.exception) + bool(self.kernel) + len(self.evidence) + bool(self.evidence_any)
+
+    def matches(self, exception_class: str, kernel_family: str, evidence: set[str]) -> bool:
+        if self.exception and exception_class not in self.exception:
+            return False
+        if self.kernel is not None and not self.kernel.search(kernel_family or ""):
+            return False
+        if any(e not in evidence for e in self.evidence):
+            return False
+        if self.evidence_any and not any(e in evidence for e in self.evidence_any):
+            return False
+        return self.conditions() > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "root_cause": self.root_cause, "remediation": self.remediation,
+                "reference": self.reference, "runbook": self.runbook, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class XidInfo:
+    code: int
+    name: str
+    severity: str = "critical"
+    meaning: str = ""
+    action: str = ""
+
+
+@dataclass
+class Catalog:
+    issues: list[KnownIssue] = field(default_factory=list)
+    xids: dict[int, XidInfo] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def match(self, exception_class: str, kernel_family: str, evidence: set[str]) -> KnownIssue | None:
+        best = None
+        for issue in self.issues:
+            if issue.matches(exception_class, kernel_family, evidence) and (
+                best is None or issue.conditions() > best.conditions()
+            ):
+                best = issue
+        return best
+
+    def xid(self, code: int) -> XidInfo:
+        return self.xids.get(code) or XidInfo(code, f"XID {code}", "warning", "Not in the catalog.", "See NVIDIA's XID list.")
+
+
+def _text(value: Any, where: str, key: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CatalogError(f"{where}: {key} must be a string")
+    return value
+
+
+def _strs(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CatalogError(f"{where}: {key} must be a string or a list of strings")
+    return tuple(value)
+
+
+def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
+    """Parse and validate one catalog document. Raises CatalogError with a clear message."""
+    try:
+        doc = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{source}: not valid TOML: {exc}") from None
+    cat = Catalog(sources=[source])
+    unknown_top = set(doc) - {"issue", "xid"}
+    if unknown_top:
+        raise CatalogError(f"{source}: unknown sections {sorted(unknown_top)} (expected [[issue]] and [[xid]])")
+    issues = doc.get("issue", [])
+    if not isinstance(issues, list):
+        raise CatalogError(f"{source}: 'issue' must be an array of tables ([[issue]])")
+    seen = set()
+    for i, entry in enumerate(issues):
+        where = f"{source}: issue #{i + 1}"
+        if not isinstance(entry, dict):
+            raise CatalogError(f"{where}: must be a table")
+        if "id" not in entry or not isinstance(entry["id"], str) or not entry["id"]:
+            raise CatalogError(f"{where}: needs a non-empty string id")
+        where = f"{source}: issue {entry['id']!r}"
+        if entry["id"] in seen:
+            raise CatalogError(f"{where}: duplicate id")
+        seen.add(entry["id"])
+        extra = set(entry) - ISSUE_KEYS
+        if extra:
+            raise CatalogError(f"{where}: unknown keys {sorted(extra)}")
+        match = entry.get("match", {})
+        if not isinstance(match, dict) or set(match) - MATCH_KEYS:
+            raise CatalogError(f"{where}: [issue.match] may only hold {sorted(MATCH_KEYS)}")
+        kernel = None
+        if "kernel" in match:
+            try:
+                kernel = re.compile(_text(match["kernel"], where, "match.kernel"), re.I)
+            except re.error as exc:
+                raise CatalogError(f"{where}: match.kernel is not a valid regex: {exc}") from None
+        issue = KnownIssue(
+            id=entry["id"], title=_text(entry.get("title"), where, "title") or entry["id"],
+            root_cause=_text(entry.get("root_cause"), where, "root_cause"),
+            remediation=_text(entry.get("remediation"), where, "remediation"),
+            reference=_text(entry.get("reference"), where, "reference"),
+            runbook=_text(entry.get("runbook"), where, "runbook"), seed=_text(entry.get("seed"), where, "seed"),
+            exception=_strs(match.get("exception"), where, "match.exception"), kernel=kernel,
+            evidence=_strs(match.get("evidence"), where, "match.evidence"),
+            evidence_any=_strs(match.get("evidence_any"), where, "match.evidence_any"),
+        )
+        if issue.conditions() == 0:
+            raise CatalogError(f"{where}: [issue.match] has no condition; it would match every fault")
+        cat.issues.append(issue)
+    xids = doc.get("xid", [])
+    if not isinstance(xids, list):
+        raise CatalogError(f"{source}: 'xid' must be an array of tables ([[xid]])")
+    for i, entry in enumerate(xids):
+        where = f"{source}: xid #{i + 1}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("code"), int):
+            raise CatalogError(f"{where}: needs an integer code")
+        sev = entry.get("severity", "critical")
+        if sev not in ("critical", "warning", "info"):
+            raise CatalogError(f"{where}: severity must be critical, warning or info")
+        cat.xids[entry["code"]] = XidInfo(entry["code"], _text(entry.get("name"), where, "name") or f"XID {entry['code']}",
+                                          sev, _text(entry.get("meaning"), where, "meaning"),
+                                          _text(entry.get("action"), where, "action"))
+    return cat
+
+
+def load(extra: list[str] | None = None) -> Catalog:
+    """The built-in catalog, extended by ``extra`` files in order (later entries replace earlier)."""
+    with open(BUILTIN, "rb") as f:
+        cat = parse(f.read(), BUILTIN)
+    for path in extra or []:
+        with open(path, "rb") as f:
+            more = parse(f.read(), path)
+        ids = {i.id for i in more.issues}
+        cat.issues = [i for i in cat.issues if i.id not in ids] + more.issues
+        cat.xids.update(more.xids)
+        cat.sources.append(path)
+    return cat

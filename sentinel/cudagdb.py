@@ -1,0 +1,124 @@
+"""Running cuda-gdb on a GPU coredump, and parsing what it prints.
+
+The debugger runs in batch mode with a fixed argument list (never a shell) and a timeout. The
+parser takes any transcript, also one a user saved by hand, and never raises: what it cannot
+find stays empty.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+
+GDB_COMMANDS = ("info cuda kernels", "bt", "info cuda devices", "x/4i $pc")
+
+
+@dataclass
+class GdbReport:
+    exception: str = ""  # e.g. "Warp Illegal Address", "Warp Assert"
+    kernel: str = ""  # the faulting kernel's name, as cuda-gdb prints it (templates included)
+    pc: str = ""
+    function: str = ""  # where the PC is (the kernel or a device function)
+    source_file: str = ""
+    source_line: int | None = None
+    grid: str = ""  # launch dims, e.g. "(512,1,1)"
+    block_dim: str = ""
+    focus_block: str = ""  # the faulting thread's coordinates
+    focus_thread: str = ""
+    device: int | None = None
+    sm: int | None = None
+    warp: int | None = None
+    lane: int | None = None
+    gpu_name: str = ""
+    assertion: str = ""  # a device-side assert's message, when printed
+    errors: list[str] = field(default_factory=list)  # what cuda-gdb said went wrong
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.exception or self.kernel)
+
+
+_EXC = re.compile(r"CUDA Exception:\s*(.+?)\s*$", re.M)
+_PC = re.compile(r"exception was triggered at PC\s+(0x[0-9a-fA-F]+)\s+(.*?)\s*(?:\((\S+?):(\d+)\))?\s*$", re.M)
+_FOCUS = re.compile(
+    r"\[Current focus set to CUDA kernel \d+, grid \d+, block (\([\d,\s]+\)), thread (\([\d,\s]+\)), "
+    r"device (\d+), sm (\d+), warp (\d+), lane (\d+)\]"
+)
+_FRAME0 = re.compile(r"^#0\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(.+?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*\(.*?\)"
+                     r"(?:\s+at\s+(\S+?):(\d+))?\s*$", re.M)
+_KERNELS_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+\d+\s+\d+\s+\w+\s+0x[0-9a-fA-F]+\s+(\([\d,\s]+\))\s+(\([\d,\s]+\))\s+(.+?)\s*$",
+                          re.M)
+_DEVICE_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+(NVIDIA .+?)\s{2,}", re.M)
+_ASSERT = re.compile(r"(?:^|\n)[^\n]*?(Assertion [`'\"].+?[`'\"] failed\.?|Assertion failed\.?)", re.S)
+_ERRLINE = re.compile(r"^(?:Error|warning: Error|.*?: No such file|.*?not a CUDA core|.*?Failed to).*$", re.M | re.I)
+
+
+def parse(text: str) -> GdbReport:
+    r = GdbReport()
+    if not isinstance(text, str):
+        return r
+    if m := _EXC.search(text):
+        r.exception = m.group(1)
+    if m := _PC.search(text):
+        r.pc, r.function = m.group(1), m.group(2).strip()
+        if m.group(3):
+            r.source_file, r.source_line = m.group(3), int(m.group(4))
+    if m := _FOCUS.search(text):
+        r.focus_block, r.focus_thread = _dims(m.group(1)), _dims(m.group(2))
+        r.device, r.sm, r.warp, r.lane = (int(m.group(i)) for i in (3, 4, 5, 6))
+    if m := _FRAME0.search(text):
+        r.kernel = m.group(1).strip()
+        r.grid, r.block_dim = _dims(m.group(2)), _dims(m.group(3))
+        if m.group(4) and not r.source_file:
+            r.source_file, r.source_line = m.group(4), int(m.group(5))
+    if m := _KERNELS_ROW.search(text):
+        if not r.grid:
+            r.grid, r.block_dim = _dims(m.group(1)), _dims(m.group(2))
+        if not r.kernel:
+            r.kernel = re.sub(r"\(\)$", "", m.group(3).strip())
+    if not r.kernel and r.function:
+        r.kernel = r.function
+    if m := _DEVICE_ROW.search(text):
+        r.gpu_name = m.group(1).strip()
+    if m := _ASSERT.search(text):
+        r.assertion = m.group(1).strip()
+        if not r.exception:
+            r.exception = "Assertion failed"
+    r.errors = [ln.strip() for ln in _ERRLINE.findall(text)][:5]
+    return r
+
+
+def _dims(s: str) -> str:
+    return s.replace(" ", "")
+
+
+def find_cuda_gdb(configured: str | None = None) -> str | None:
+    """The cuda-gdb to run: the configured command, else cuda-gdb on PATH or in CUDA's usual homes."""
+    if configured:
+        return shutil.which(configured) or (configured if os.access(configured, os.X_OK) else None)
+    found = shutil.which("cuda-gdb")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and os.access(os.path.join(root, "bin", "cuda-gdb"), os.X_OK):
+            return os.path.join(root, "bin", "cuda-gdb")
+    return None
+
+
+def run(core: str, exe: str, timeout_s: float = 60.0) -> tuple[str, float]:
+    """Run cuda-gdb in batch mode on ``core``. Returns (transcript, seconds). Raises on timeout."""
+    argv = [exe, "-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off",
+            "-ex", f"target cudacore {core}"]
+    for cmd in GDB_COMMANDS:
+        argv += ["-ex", cmd]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                          errors="replace")
+    return proc.stdout + ("\n" + proc.stderr if proc.stderr else ""), time.monotonic() - t0

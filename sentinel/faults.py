@@ -1,0 +1,245 @@
+"""Fault records: what on-call needs a minute after a crash, built from every piece of evidence.
+
+Sources: a GPU coredump read by cuda-gdb, a process that died (its faulthandler traceback and the
+exception text its hooks recorded), an NVML XID event. Each record gets a stable signature, the
+process identity, its last ring records, and its known-issue match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sentinel_hooks import ringformat as rf
+
+from . import fingerprint
+from .catalog import Catalog
+from .cudagdb import GdbReport
+from .state import CHECK_LABELS, ProcessState, kind_name
+
+FAULTHANDLER_MAX = 64 * 1024
+
+
+@dataclass
+class FaultRecord:
+    source: str  # coredump | process_crash | xid
+    exception: str  # the exception as reported (cuda-gdb, CUDA error text, signal, XID name)
+    exception_class: str
+    kernel: str = ""
+    kernel_family: str = ""
+    top_frame: str = ""
+    signature: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
+    known_issue: dict[str, Any] | None = None
+    cuda_error: str = ""  # the Python-side error text ("CUDA error: an illegal memory access ...")
+    faulthandler: str = ""
+    last_records: list[dict[str, Any]] = field(default_factory=list)
+    gdb: dict[str, Any] = field(default_factory=dict)
+    core_path: str = ""
+    core_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    triage_seconds: float = 0.0
+    id: int | None = None
+    dedupe_key: str = ""
+
+    def finish(self, catalog: Catalog) -> FaultRecord:
+        self.exception_class = fingerprint.exception_class(self.exception)
+        self.kernel_family = fingerprint.kernel_family(self.kernel) if self.kernel else ""
+        self.signature = fingerprint.signature(self.exception, self.kernel, self.top_frame)
+        match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence))
+        self.known_issue = match.as_dict() if match else None
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaultRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def evidence_from(state: ProcessState | None) -> list[str]:
+    """Evidence keys for catalog matching, from what the process's hooks reported."""
+    if state is None:
+        return []
+    ev = {check for check, n in state.violations.items() if n}
+    room = state.min_headroom()
+    if room is not None and room[0] <= 0:
+        ev.add("page_table_at_capacity")
+    last = state.last
+    if len(last):
+        ctx = last[(last["kind"] == rf.Kind.CONTEXT) & (last["code"] == rf.Context.BATCH)]
+        if len(ctx) and bool(((ctx["c"] & rf.BATCH_AT_BUDGET) != 0).any()):
+            ev.add("token_budget_boundary")
+        probes = last[last["kind"] == rf.Kind.PROBE]
+        ev.update(CHECK_LABELS.get(int(c), "unknown") for c in np.unique(probes["code"]).tolist())
+    return sorted(ev)
+
+
+def render_records(recs: np.ndarray, names: Callable[[int], str], limit: int = 32) -> list[dict[str, Any]]:
+    """The last records as readable dicts (newest last)."""
+    out = []
+    for r in recs[-limit:].tolist():
+        seq, ts, step, kind, code, tag, aux, a, b, c, _ = r
+        d: dict[str, Any] = {"seq": seq, "time": round(ts / 1e9, 6), "step": step, "kind": kind_name(kind)}
+        if kind == rf.Kind.PROBE:
+            d["check"] = CHECK_LABELS.get(code, str(code))
+        elif kind == rf.Kind.CONTEXT:
+            d["context"] = {rf.Context.PAGED_KV: "paged_kv", rf.Context.BATCH: "batch"}.get(code, str(code))
+        elif kind == rf.Kind.EXCEPTION:
+            d["text"] = names(tag)
+            d["frame"] = names(aux)
+            out.append(d)
+            continue
+        else:
+            d["code"] = code
+        if tag:
+            d["name"] = names(tag)
+        d.update(a=a, b=b, c=c)
+        if aux:
+            d["aux"] = aux
+        out.append(d)
+    return out
+
+
+def exception_texts(state: ProcessState | None, names: Callable[[int], str]) -> tuple[str, str]:
+    """(exception text, top in-app frame) of the last EXCEPTION record, if the hooks wrote one."""
+    if state is None or not len(state.last):
+        return "", ""
+    exc = state.last[state.last["kind"] == rf.Kind.EXCEPTION]
+    if not len(exc):
+        return "", ""
+    r = exc[-1]
+    return names(int(r["tag"])), names(int(r["aux"]))
+
+
+_FH_HEADER = re.compile(r"Fatal Python error: (.+)")
+_FH_FRAME = re.compile(r'File "(.+?)", line (\d+) in (\S+)')
+
+
+def read_faulthandler(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read(FAULTHANDLER_MAX)
+    except OSError:
+        return ""
+
+
+def faulthandler_summary(text: str) -> tuple[str, str]:
+    """(fatal error, top in-app frame of the current thread) from a faulthandler dump."""
+    if not text:
+        return "", ""
+    err = m.group(1).strip() if (m := _FH_HEADER.search(text)) else ""
+    block = text.split("Current thread", 1)[1] if "Current thread" in text else text
+    block = re.split(r"\n\s*\n|Thread 0x", block, maxsplit=1)[0]
+    for fm in _FH_FRAME.finditer(block):  # innermost first
+        fname = fm.group(1)
+        if "site-packages" not in fname and "/lib/python" not in fname:
+            return err, f"{fname}:{fm.group(2)} in {fm.group(3)}"
+    return err, ""
+
+
+def faulthandler_path(base_dir: str, host: str, pid: int) -> str:
+    return os.path.join(base_dir, "faults", f"faulthandler_{host}_{pid}.log")
+
+
+def from_core(report: GdbReport, core_path: str, state: ProcessState | None, names: Callable[[int], str],
+              base_dir: str, catalog: Catalog, notes: list[str] | None = None) -> FaultRecord:
+    ident = dict(state.identity) if state else {}
+    cuda_error, frame = exception_texts(state, names)
+    fh = read_faulthandler(faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1))) if ident else ""
+    if not frame:
+        frame = faulthandler_summary(fh)[1]
+    try:
+        size = os.path.getsize(core_path)
+    except OSError:
+        size = 0
+    rec = FaultRecord(
+        source="coredump", exception=report.exception or cuda_error or "unreadable coredump",
+        exception_class="", kernel=report.kernel, top_frame=frame, identity=ident, evidence=evidence_from(state),
+        cuda_error=cuda_error, faulthandler=fh,
+        last_records=render_records(state.last, names) if state is not None else [],
+        gdb=report.as_dict(), core_path=core_path, core_bytes=size, notes=list(notes or []),
+        dedupe_key=f"core:{os.path.basename(core_path)}",
+    )
+    return rec.finish(catalog)
+
+
+def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, catalog: Catalog) -> FaultRecord:
+    """A process that died with no GPU coredump: its Python-side evidence."""
+    ident = dict(state.identity)
+    cuda_error, frame = exception_texts(state, names)
+    fh = read_faulthandler(faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1)))
+    fatal, fh_frame = faulthandler_summary(fh)
+    exception = cuda_error or fatal or "died without a word (SIGKILL or OOM kill?)"
+    notes = []
+    if not (cuda_error or fatal):
+        notes.append("no exception text and no faulthandler output: the process was killed (SIGKILL, OOM) "
+                     "or exited through os._exit")
+    rec = FaultRecord(
+        source="process_crash", exception=exception, exception_class="", top_frame=frame or fh_frame,
+        identity=ident, evidence=evidence_from(state), cuda_error=cuda_error, faulthandler=fh,
+        last_records=render_records(state.last, names), notes=notes,
+        dedupe_key=f"crash:{state.ring}",
+    )
+    return rec.finish(catalog)
+
+
+def render_report(rec: FaultRecord) -> str:
+    """A report for a person: what, where, known issue, evidence, where to look."""
+    ident = rec.identity or {}
+    lines = [f"Fault {rec.id if rec.id is not None else ''}  signature {rec.signature}  ({rec.source})".replace("  (", " (")]
+    lines.append(f"  exception   {rec.exception}  [{rec.exception_class}]")
+    if rec.kernel:
+        lines.append(f"  kernel      {rec.kernel}")
+        lines.append(f"  family      {rec.kernel_family}")
+    g = rec.gdb or {}
+    if g.get("pc"):
+        where = f"{g.get('source_file')}:{g.get('source_line')}" if g.get("source_file") else ""
+        lines.append(f"  at          PC {g['pc']} {g.get('function', '')} {where}".rstrip())
+    if g.get("focus_block"):
+        lines.append(f"  thread      block {g['focus_block']} thread {g['focus_thread']} of grid {g.get('grid')} "
+                     f"x {g.get('block_dim')}, device {g.get('device')} SM {g.get('sm')} warp {g.get('warp')} "
+                     f"lane {g.get('lane')}")
+    if rec.top_frame:
+        lines.append(f"  python      {rec.top_frame}")
+    if rec.cuda_error and rec.cuda_error != rec.exception:
+        lines.append(f"  error text  {rec.cuda_error}")
+    if ident:
+        lines.append(f"  process     pid {ident.get('pid')} rank {ident.get('rank')} job {ident.get('job') or '-'} "
+                     f"host {ident.get('host')} {('pod ' + ident['pod']) if ident.get('pod') else ''}".rstrip())
+    ki = rec.known_issue
+    if ki:
+        lines.append(f"  known issue {ki['id']}: {ki['title']}")
+        if ki.get("root_cause"):
+            lines.append(f"    cause     {ki['root_cause']}")
+        if ki.get("remediation"):
+            lines.append(f"    fix       {ki['remediation']}")
+        if ki.get("reference"):
+            lines.append(f"    reference {ki['reference']}")
+        if ki.get("runbook"):
+            lines.append(f"    runbook   {ki['runbook']}")
+    else:
+        lines.append("  known issue none matched")
+    if rec.evidence:
+        lines.append(f"  evidence    {', '.join(rec.evidence)}")
+    if rec.last_records:
+        lines.append("  last records")
+        for r in rec.last_records[-8:]:
+            detail = {k: v for k, v in r.items() if k not in ("seq", "time", "kind", "step")}
+            lines.append(f"    step {r['step']:>7}  {r['kind']:<8} {json.dumps(detail)}")
+    if rec.core_path:
+        lines.append(f"  coredump    {rec.core_path} ({rec.core_bytes} bytes)")
+    for note in rec.notes:
+        lines.append(f"  note        {note}")
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""Stable fault signatures: the exception class, the kernel family and the top in-app frame.
+
+Like an error tracker's fingerprint: the same fault from two runs (other PCs, other addresses,
+other tile-size variants of the same kernel) gets one signature; a different kernel or a
+different failure gets another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_EXCEPTIONS = (
+    (r"misaligned", "misaligned_address"),
+    (r"out.of.range", "out_of_range_address"),
+    (r"illegal address|illegal memory access", "illegal_address"),
+    (r"illegal instruction", "illegal_instruction"),
+    (r"assert", "device_assert"),
+    (r"hardware stack overflow", "stack_overflow"),
+    (r"invalid (pc|program counter)", "invalid_pc"),
+    (r"segmentation fault|sigsegv", "sigsegv"),
+    (r"aborted|sigabrt", "sigabrt"),
+    (r"bus error|sigbus", "sigbus"),
+    (r"floating.point|sigfpe", "sigfpe"),
+    (r"killed|sigkill", "killed"),
+    (r"out of memory", "out_of_memory"),
+)
+
+
+def exception_class(text: str) -> str:
+    """A short, stable class for an exception text (cuda-gdb's, a CUDA error, a signal)."""
+    low = (text or "").lower()
+    for pattern, name in _EXCEPTIONS:
+        if re.search(pattern, low):
+            return name
+    word = re.sub(r"[^a-z0-9]+", "_", low).strip("_")
+    return word[:40] or "unknown"
+
+
+def _strip_brackets(name: str, open_: str, close: str) -> str:
+    out, depth = [], 0
+    for ch in name:
+        if ch == open_:
+            depth += 1
+        elif ch == close:
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def kernel_family(name: str) -> str:
+    """A kernel name without template arguments, parameters, and configuration suffixes.
+
+    ``fmhaSm100fKernel_QkvE4m3OBfloat16H128PagedKvP64...`` -> ``fmhaSm100fKernel``;
+    ``at::native::vectorized_gather_kernel<16, long>`` -> ``at::native::vectorized_gather_kernel``;
+    ``cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_128x128_32x3_tn_align8`` ->
+    ``cutlass_80_tensorop_bf16_s16816gemm_relu_bf16``.
+    """
+    n = (name or "").strip()
+    n = _strip_brackets(n, "<", ">")
+    n = _strip_brackets(n, "(", ")")
+    n = n.replace("void ", "").strip()
+    n = re.sub(r"(Kernel)_[A-Za-z0-9_]+$", r"\1", n)  # generated variants: <Family>Kernel_<config>
+    n = re.sub(r"_[A-Za-z]*\d+x\d+(x\d+)?(_.*)?$", "", n)  # tile sizes and everything after them
+    n = re.sub(r"_(sm|SM)\d+[a-z]?$", "", n)
+    n = re.sub(r"_\d+$", "", n)  # generated-kernel counters (triton_poi_fused_add_0)
+    return n or "unknown"
+
+
+def signature(exception: str, kernel: str, top_frame: str = "") -> str:
+    """12 hex digits over (exception class, kernel family, top in-app frame without line number)."""
+    frame = re.sub(r":\d+", "", top_frame or "")  # a moved line must not split a signature
+    key = "|".join((exception_class(exception), kernel_family(kernel) if kernel else "-", frame))
+    return hashlib.sha1(key.encode()).hexdigest()[:12]

@@ -1,0 +1,129 @@
+"""NVML: GPU XID events (a thread blocked in nvmlEventSetWait) and per-GPU utilisation and memory.
+
+On a machine without NVIDIA's driver it is off, and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("sentinel.nvml")
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    gpu: str  # index as a string (a bounded metric label)
+    uuid: str
+    xid: int
+    pids: tuple[int, ...]  # compute processes on that GPU when the event arrived
+    at: float
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    gpu: str
+    uuid: str
+    name: str
+    utilization: float  # 0..1
+    memory_used: int
+    memory_total: int
+
+
+class NvmlMonitor:
+    def __init__(self, enabled: bool = True) -> None:
+        self.ok = False
+        self.reason = ""
+        self.events: queue.SimpleQueue[XidEvent] = queue.SimpleQueue()
+        self._nv: Any = None
+        self._handles: list[Any] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not enabled:
+            self.reason = "disabled"
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nv = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            self.ok = True
+        except Exception as exc:  # no driver, no library, no GPU
+            self.reason = f"{type(exc).__name__}: {exc}"
+            log.info("NVML unavailable: GPU utilisation, memory and XID events are off", extra={"reason": self.reason})
+
+    def start(self) -> None:
+        if self.ok and self._thread is None:
+            self._thread = threading.Thread(target=self._watch_xids, name="sentinel-nvml", daemon=True)
+            self._thread.start()
+
+    def _watch_xids(self) -> None:
+        nv = self._nv
+        try:
+            evset = nv.nvmlEventSetCreate()
+        except Exception as exc:
+            log.warning("NVML event set unavailable; XID events are off", extra={"error": str(exc)})
+            return
+        registered = 0
+        for i, h in enumerate(self._handles):
+            try:
+                nv.nvmlDeviceRegisterEvents(h, nv.nvmlEventTypeXidCriticalError, evset)
+                registered += 1
+            except Exception as exc:
+                log.warning("XID events not supported on this GPU", extra={"gpu": i, "error": str(exc)})
+        if not registered:
+            return
+        log.info("watching XID events", extra={"gpus": registered})
+        while not self._stop.is_set():
+            try:
+                data = nv.nvmlEventSetWait_v2(evset, 1000)
+            except nv.NVMLError as exc:
+                if getattr(exc, "value", None) == nv.NVML_ERROR_TIMEOUT:
+                    continue
+                log.warning("NVML event wait failed", extra={"error": str(exc)})
+                time.sleep(1.0)
+                continue
+            try:
+                handle = data.device
+                idx = nv.nvmlDeviceGetIndex(handle)
+                uuid = _s(nv.nvmlDeviceGetUUID(handle))
+                try:
+                    pids = tuple(p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(handle))
+                except Exception:
+                    pids = ()
+                self.events.put(XidEvent(str(idx), uuid, int(data.eventData), pids, time.time()))
+            except Exception as exc:
+                log.warning("could not read an XID event", extra={"error": str(exc)})
+
+    def sample(self) -> list[GpuSample]:
+        if not self.ok:
+            return []
+        nv, out = self._nv, []
+        for i, h in enumerate(self._handles):
+            try:
+                util = nv.nvmlDeviceGetUtilizationRates(h)
+                mem = nv.nvmlDeviceGetMemoryInfo(h)
+                out.append(GpuSample(str(i), _s(nv.nvmlDeviceGetUUID(h)), _s(nv.nvmlDeviceGetName(h)),
+                                     util.gpu / 100.0, int(mem.used), int(mem.total)))
+            except Exception:
+                continue
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self.ok:
+            try:
+                self._nv.nvmlShutdown()
+            except Exception:
+                pass
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
