@@ -32,10 +32,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     logjson.setup(args.log_level)
     allowed = None if args.any_owner else {os.getuid(), *args.allow_uid}
-    daemon = Daemon(DaemonConfig(
-        base_dir=os.path.abspath(args.dir), poll_interval=args.poll_interval,
-        rescan_interval=args.rescan_interval, allowed_uids=allowed,
-    ))
+    from .catalog import CatalogError
+    from .hangs import HangConfig
+
+    try:
+        daemon = Daemon(DaemonConfig(
+            base_dir=os.path.abspath(args.dir), poll_interval=args.poll_interval,
+            rescan_interval=args.rescan_interval, allowed_uids=allowed,
+            hang=HangConfig(floor_s=args.hang_floor, multiplier=args.hang_multiplier),
+            cuda_gdb=args.cuda_gdb, gdb_timeout_s=args.gdb_timeout, cores_max_bytes=int(args.cores_max_mb * 2**20),
+            cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
+        ))
+    except (CatalogError, OSError) as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 2
     host, port = args.listen
     try:
         server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port)
@@ -102,6 +112,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, base_dir=args.dir)
 
 
+def cmd_triage(args: argparse.Namespace) -> int:
+    from . import catalog as catalog_mod
+    from . import cudagdb, faults
+    from .journal import Journal, journal_path
+
+    try:
+        cat = catalog_mod.load(args.catalog)
+    except (catalog_mod.CatalogError, OSError) as exc:
+        print(f"sentinel triage: {exc}", file=sys.stderr)
+        return 2
+    if args.fault is not None:
+        path = journal_path(args.dir)
+        if not os.path.exists(path):
+            print(f"sentinel triage: no journal at {path}", file=sys.stderr)
+            return 2
+        j = Journal(path)
+        try:
+            d = j.fault(args.fault)
+        finally:
+            j.close()
+        if d is None:
+            print(f"sentinel triage: no fault {args.fault} in {path}", file=sys.stderr)
+            return 1
+        rec = faults.FaultRecord.from_dict(d)
+    elif args.list:
+        path = journal_path(args.dir)
+        j = Journal(path)
+        try:
+            rows = j.faults(limit=args.list)
+        finally:
+            j.close()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for d in rows:
+                ki = (d.get("known_issue") or {}).get("id", "-")
+                print(f"{d['id']:>5}  {d['signature']}  {d['exception_class']:<22} {d.get('kernel_family') or '-':<36} "
+                      f"known: {ki}")
+        return 0
+    else:
+        if args.cuda_gdb_output:
+            try:
+                text = open(args.cuda_gdb_output, errors="replace").read()
+            except OSError as exc:
+                print(f"sentinel triage: {exc}", file=sys.stderr)
+                return 2
+            report, core, notes = cudagdb.parse(text), "", []
+        elif args.core:
+            if not os.path.isfile(args.core):
+                print(f"sentinel triage: no such file: {args.core}", file=sys.stderr)
+                return 2
+            exe = cudagdb.find_cuda_gdb(args.cuda_gdb)
+            if exe is None:
+                print("sentinel triage: cuda-gdb not found (pass --cuda-gdb PATH); `sentinel doctor` explains",
+                      file=sys.stderr)
+                return 2
+            try:
+                text, _secs = cudagdb.run(args.core, exe, args.timeout)
+            except Exception as exc:
+                print(f"sentinel triage: cuda-gdb failed: {exc}", file=sys.stderr)
+                return 1
+            report, core, notes = cudagdb.parse(text), os.path.abspath(args.core), []
+        else:
+            print("sentinel triage: give a CORE file, --cuda-gdb-output FILE, --fault ID or --list", file=sys.stderr)
+            return 2
+        if not report.ok:
+            notes.append("no CUDA exception or kernel found in the transcript: " + ("; ".join(report.errors) or
+                         "is it a cuda-gdb transcript of a GPU coredump?"))
+        rec = faults.from_core(report, core, None, lambda tag: "", args.dir, cat, notes)
+        rec.source = "coredump" if core else "transcript"
+    if args.json:
+        print(json.dumps(rec.as_dict(), indent=2, default=str))
+    else:
+        print(faults.render_report(rec))
+    return 0 if rec.exception_class != "unknown" else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import checks, render
+
+    rows = checks(os.path.abspath(args.dir), args.cuda_gdb)
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
+    return 1 if any(r["status"] == "fail" for r in rows) else 0
+
+
 def cmd_install_hooks(args: argparse.Namespace) -> int:
     from .injection import install_hooks
 
@@ -130,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--allow-uid", type=int, action="append", default=[],
                    help="also accept rings owned by this uid (repeatable; default: only the daemon's own uid)")
     d.add_argument("--any-owner", action="store_true", help="accept rings owned by any user")
+    d.add_argument("--hang-floor", type=float, default=5.0,
+                   help="never call a collective hang sooner than this many seconds (default: 5)")
+    d.add_argument("--hang-multiplier", type=float, default=10.0,
+                   help="hang threshold = max(floor, this x p99 collective/step time) (default: 10)")
+    d.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run on coredumps (default: from PATH / CUDA_HOME)")
+    d.add_argument("--gdb-timeout", type=float, default=60.0, help="seconds per cuda-gdb run (default: 60)")
+    d.add_argument("--cores-max-mb", type=float, default=2048, help="disk cap for kept coredumps (default: 2048)")
+    d.add_argument("--cores-per-signature", type=int, default=3,
+                   help="coredumps kept per fault signature: the first, the latest and the rest (default: 3)")
+    d.add_argument("--catalog", action="append", default=[], metavar="FILE",
+                   help="extra known-issue catalog (TOML; repeatable). DIR/catalog.toml is read too")
+    d.add_argument("--no-nvml", action="store_true", help="do not use NVML (XID events, GPU utilisation)")
     d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=cmd_daemon)
 
@@ -150,6 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--duration", type=float, default=20.0, help="seconds of workload (default: 20)")
     m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
     m.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("triage", help="explain a fault: a GPU coredump, a saved cuda-gdb transcript, or a journaled fault",
+                       usage="sentinel triage [CORE | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]")
+    t.add_argument("core", nargs="?", help="a GPU coredump (.nvcudmp) to read with cuda-gdb")
+    t.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
+    t.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
+    t.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
+    t.add_argument("--dir", default=default_dir, help="SENTINEL_DIR with the journal (default: %(default)s)")
+    t.add_argument("--catalog", action="append", default=[], metavar="FILE", help="extra known-issue catalog")
+    t.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run")
+    t.add_argument("--timeout", type=float, default=60.0, help="cuda-gdb timeout in seconds")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=cmd_triage)
+
+    o = sub.add_parser("doctor", help="check cuda-gdb, ptrace, the coredump environment, NVML and SENTINEL_DIR")
+    o.add_argument("--dir", default=default_dir, help="SENTINEL_DIR (default: %(default)s)")
+    o.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to check")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=cmd_doctor)
 
     i = sub.add_parser("install-hooks", help="copy the hooks package to DEST (for an init container)")
     i.add_argument("dest", help="destination folder, e.g. a shared volume")

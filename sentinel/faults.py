@@ -198,7 +198,8 @@ def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, 
 def render_report(rec: FaultRecord) -> str:
     """A report for a person: what, where, known issue, evidence, where to look."""
     ident = rec.identity or {}
-    lines = [f"Fault {rec.id if rec.id is not None else ''}  signature {rec.signature}  ({rec.source})".replace("  (", " (")]
+    head = f"Fault {rec.id}" if rec.id is not None else "Fault"
+    lines = [f"{head}  signature {rec.signature}  ({rec.source})"]
     lines.append(f"  exception   {rec.exception}  [{rec.exception_class}]")
     if rec.kernel:
         lines.append(f"  kernel      {rec.kernel}")

@@ -1,0 +1,91 @@
+"""`sentinel doctor`: can this machine give Sentinel the evidence it needs?"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from sentinel_hooks import ringformat as rf
+from sentinel_hooks.crash import coredump_env
+
+from . import cudagdb
+
+
+def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, ok: bool | None, detail: str, fix: str = "") -> None:
+        out.append({"check": name, "status": "ok" if ok else ("warn" if ok is None else "fail"),
+                    "detail": detail, "fix": fix})
+
+    exe = cudagdb.find_cuda_gdb(gdb)
+    if exe:
+        add("cuda-gdb", True, exe)
+    else:
+        add("cuda-gdb", False, "not found on PATH or in CUDA_HOME/bin",
+            "install the CUDA toolkit's cuda-gdb in the sidecar, or pass --cuda-gdb PATH; faults are still "
+            "journaled, without a GPU backtrace")
+    scope = "/proc/sys/kernel/yama/ptrace_scope"
+    try:
+        level = int(open(scope).read().strip())
+        add("ptrace", level <= 1, f"kernel.yama.ptrace_scope = {level}",
+            "" if level <= 1 else "py-spy needs ptrace: set ptrace_scope to 0 or 1, or run the sidecar with SYS_PTRACE")
+    except OSError:
+        add("ptrace", None, "no Yama ptrace_scope (ptrace governed by capabilities only)",
+            "in Kubernetes, give the sidecar SYS_PTRACE and shareProcessNamespace for py-spy")
+    wanted = coredump_env(base_dir)
+    mine = {k: os.environ.get(k) for k in wanted}
+    if all(mine.values()):
+        add("coredump env", True, f"set in this environment; dumps go to {mine['CUDA_COREDUMP_FILE']}")
+    else:
+        add("coredump env", None, "not set here (expected outside a hooked process)",
+            "`sentinel run` and the hooks set them in serving processes; with your own launcher, export: "
+            + " ".join(f"{k}={v}" for k, v in wanted.items()))
+    if os.path.isdir(base_dir):
+        writable = os.access(base_dir, os.W_OK)
+        add("SENTINEL_DIR", writable, f"{base_dir} ({'writable' if writable else 'not writable'})",
+            "" if writable else "make it writable by the serving processes and the daemon (mode 0700, one uid)")
+    else:
+        parent = os.path.dirname(os.path.abspath(base_dir)) or "/"
+        add("SENTINEL_DIR", None if os.access(parent, os.W_OK) else False,
+            f"{base_dir} does not exist yet (the daemon and the hooks create it)",
+            "" if os.access(parent, os.W_OK) else f"{parent} is not writable: choose another --dir")
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        n = pynvml.nvmlDeviceGetCount()
+        try:
+            evset = pynvml.nvmlEventSetCreate()
+            pynvml.nvmlDeviceRegisterEvents(pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, evset)
+            xid = "XID event registration works"
+        except Exception as exc:
+            xid = f"XID events unavailable ({exc})"
+        add("NVML", True, f"{n} GPU(s); {xid}")
+        pynvml.nvmlShutdown()
+    except Exception as exc:
+        add("NVML", None, f"unavailable ({type(exc).__name__}: {exc})",
+            "on a GPU node, mount the driver's libnvidia-ml into the sidecar (no GPU request needed)")
+    try:
+        import watchdog  # noqa: F401
+
+        add("watchdog", True, "file events for rings and coredumps")
+    except ImportError:
+        add("watchdog", None, "missing: discovery falls back to rescans", "pip install watchdog")
+    add("python", sys.version_info >= (3, 10), sys.version.split()[0])
+    return out
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+    lines = []
+    for r in rows:
+        lines.append(f"[{marks[r['status']]}] {r['check']:<13} {r['detail']}")
+        if r["fix"] and r["status"] != "ok":
+            lines.append(f"       {'':<13} -> {r['fix']}")
+    return "\n".join(lines)
+
+
+def default_dir() -> str:
+    return rf.default_dir()

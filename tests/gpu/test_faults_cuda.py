@@ -1,0 +1,81 @@
+"""A real CUDA fault under `sentinel run` becomes a journaled fault record: the right kernel, the
+right exception, the catalog match, within 20 s of the fault. Skipped without CUDA or cuda-gdb."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+
+from sentinel import cudagdb  # noqa: E402
+from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
+
+if cudagdb.find_cuda_gdb() is None:
+    pytest.skip("needs cuda-gdb", allow_module_level=True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FAULTY = textwrap.dedent(r"""
+    import sys, time, torch
+    import paged_attention as pa
+    import sentinel_hooks as sh
+    num_pages, page = 8657, 64
+    cache = torch.randn(num_pages * page, device="cuda", dtype=torch.bfloat16)
+    table = torch.randint(0, num_pages, (512,), device="cuda", dtype=torch.int32)
+    out = torch.empty(512 * page, device="cuda", dtype=torch.bfloat16)
+    for step in range(20):
+        sh.step()
+        sh.check_paged_kv(table.view(-1, 1), num_pages, name="attn")
+        pa.paged_gather[(512,)](table, cache, out, PAGE=page)
+    table[7] = num_pages            # seed 000: silent off-by-one; the probe sees it
+    sh.check_paged_kv(table.view(-1, 1), num_pages, name="attn")
+    sh.flush()
+    table[9] = 2**30                # then the read that faults
+    print("FAULT_AT", time.time(), flush=True)
+    pa.paged_gather[(512,)](table, cache, out, PAGE=page)
+    torch.cuda.synchronize()
+""")
+
+
+def test_real_fault_becomes_a_triaged_record(tmp_path):
+    base = str(tmp_path / "s")
+    d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, crash_grace_s=30))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--", sys.executable, "-c", FAULTY],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        rec = None
+        while time.monotonic() < deadline and rec is None:
+            d.poll_once()
+            rows = [r for r in d.journal.faults() if r["source"] == "coredump"]
+            rec = rows[0] if rows else None
+            time.sleep(0.2)
+        journaled_at = time.time()
+        out, err = proc.communicate(timeout=60)
+        assert rec is not None, f"no coredump fault journaled; child stderr: {err[-2000:]}"
+        fault_at = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("FAULT_AT")))
+        took = journaled_at - fault_at
+        assert rec["exception_class"] == "illegal_address", rec["exception"]
+        assert rec["kernel_family"] == "paged_gather"
+        assert rec["known_issue"]["id"] == "paged-kv-page-index-off-by-one", rec["known_issue"]
+        assert "page_table_oob" in rec["evidence"]
+        assert rec["identity"]["pid"] == proc.pid or rec["identity"]["pid"] > 0
+        assert "illegal memory access" in rec["cuda_error"].lower() or rec["cuda_error"] == ""
+        assert any(r.get("check") == "page_table_oob" for r in rec["last_records"])
+        print(json.dumps({"fault_to_record_s": round(took, 2), "triage_s": rec["triage_seconds"],
+                          "core_bytes": rec["core_bytes"], "signature": rec["signature"]}))
+        assert took < 20, took
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        d.close()
