@@ -46,6 +46,7 @@ class GdbReport:
 
 
 _EXC = re.compile(r"CUDA Exception:\s*(.+?)\s*$", re.M)
+_SIGNAL = re.compile(r"Program terminated with signal (SIG\w+), (.+?)\.?\s*$", re.M)
 _PC = re.compile(r"exception was triggered at PC\s+(0x[0-9a-fA-F]+)\s+(.*?)\s*(?:\((\S+?):(\d+)\))?\s*$", re.M)
 _FOCUS = re.compile(
     r"\[Current focus set to CUDA kernel \d+, grid \d+, block (\([\d,\s]+\)), thread (\([\d,\s]+\)), "
@@ -91,6 +92,8 @@ def parse(text: str) -> GdbReport:
         r.assertion = m.group(1).strip()
         if not r.exception:
             r.exception = "Assertion failed"
+    if not r.exception and (m := _SIGNAL.search(text)):
+        r.exception = f"{m.group(1)}: {m.group(2)}"  # e.g. a trap instruction: SIGTRAP
     r.errors = [ln.strip() for ln in _ERRLINE.findall(text)][:5]
     return r
 

@@ -23,6 +23,7 @@ _EXCEPTIONS = (
     (r"bus error|sigbus", "sigbus"),
     (r"floating.point|sigfpe", "sigfpe"),
     (r"killed|sigkill", "killed"),
+    (r"sigtrap|breakpoint trap", "trap"),
     (r"out of memory", "out_of_memory"),
 )
 

@@ -32,15 +32,60 @@ def hooks_digest() -> str:
         h.update(os.path.relpath(path, HOOKS_PACKAGE).encode())
         with open(path, "rb") as f:
             h.update(f.read())
+    for name, text in sorted(_dist_info_files().items()):
+        h.update(name.encode())
+        h.update(text.encode())
     return h.hexdigest()[:12]
 
 
+def _dist_info_name() -> str:
+    return f"sentinel_hooks-{sentinel_hooks.__version__}.dist-info"
+
+
+def _dist_info_files() -> dict[str, str]:
+    """A minimal dist-info for the copied hooks: importlib.metadata finds it on PYTHONPATH, so the
+    frameworks' plugin entry points (vllm.general_plugins, sglang.srt.plugins) load the adapters
+    with nothing installed in the serving environment."""
+    from sentinel_hooks.adapters import ENTRY_POINTS
+
+    entry_points = "".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in sorted(eps.items())) + "\n"
+        for group, eps in sorted(ENTRY_POINTS.items())
+    )
+    metadata = (f"Metadata-Version: 2.1\nName: sentinel-hooks\nVersion: {sentinel_hooks.__version__}\n"
+                "Summary: Sentinel's in-process hooks, copied by `sentinel run` / `sentinel install-hooks`.\n")
+    return {"METADATA": metadata, "entry_points.txt": entry_points, "top_level.txt": "sentinel_hooks\n"}
+
+
+def _install_dist_info(dest_root: str) -> None:
+    final = os.path.join(dest_root, _dist_info_name())
+    if os.path.isdir(final):
+        return
+    tmp = tempfile.mkdtemp(prefix=".dist-info-", dir=dest_root)
+    try:
+        os.chmod(tmp, 0o755)
+        for name, text in _dist_info_files().items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(tmp, name), 0o644)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):  # lost a race to a concurrent run: theirs is identical
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def install_hooks(dest_root: str) -> str:
-    """Copy the hooks package to ``dest_root/sentinel_hooks`` atomically; returns ``dest_root``."""
+    """Copy the hooks package to ``dest_root/sentinel_hooks`` atomically, with its dist-info (the
+    plugin entry points) next to it; returns ``dest_root``."""
     final = os.path.join(dest_root, "sentinel_hooks")
     if os.path.isdir(final):
+        _install_dist_info(dest_root)
         return dest_root
     os.makedirs(dest_root, mode=0o755, exist_ok=True)
+    _install_dist_info(dest_root)
     tmp = tempfile.mkdtemp(prefix=".hooks-", dir=dest_root)
     try:
         os.chmod(tmp, 0o755)  # readable by a serving container running as another user

@@ -30,6 +30,13 @@ def arm() -> None:
             importhook.when_imported("torch", lambda _m: importhook.when_imported("torch.distributed", _trace))
     except Exception as exc:
         runtime.failed("arm", exc)
+    try:
+        # Framework adapters (vLLM, SGLang): post-import hooks only; they never import a framework.
+        from . import adapters
+
+        adapters.arm()
+    except Exception as exc:
+        runtime.failed("arm adapters", exc)
 
 
 def _trace(_module: object) -> None:

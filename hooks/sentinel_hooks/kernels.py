@@ -15,7 +15,7 @@ from .device import NPROG
 
 # A slot's 8 counters are device.py's: CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX,
 # BADMIN (offsets 0..7).
-INT64_MAX = 9223372036854775807
+INT64_MAX = tl.constexpr(9223372036854775807)  # a constexpr: compiled kernels may not read plain globals
 BLOCK = 1024
 
 

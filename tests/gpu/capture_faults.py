@@ -104,8 +104,11 @@ def main(out_dir: str) -> int:
         env = dict(os.environ, CUDA_ENABLE_COREDUMP_ON_EXCEPTION="1", CUDA_ENABLE_CPU_COREDUMP_ON_EXCEPTION="0",
                    CUDA_COREDUMP_FILE=os.path.join(cores, "core_%h_%p_%t.nvcudmp"),
                    CUDA_COREDUMP_GENERATION_FLAGS=SKIP_FLAGS)
+        script = os.path.join(cores, f"{name.replace('-', '_')}.py")  # Triton needs its kernels in a file
+        with open(script, "w") as f:
+            f.write(code)
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+        p = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=240)
         run_s = time.monotonic() - t0
         files = glob.glob(os.path.join(cores, "*.nvcudmp"))
         if not files:

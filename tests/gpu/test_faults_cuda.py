@@ -50,7 +50,9 @@ def test_real_fault_becomes_a_triaged_record(tmp_path):
     base = str(tmp_path / "s")
     d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, crash_grace_s=30))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--", sys.executable, "-c", FAULTY],
+    script = tmp_path / "faulty.py"  # Triton wants its kernels in a file
+    script.write_text(FAULTY)
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--", sys.executable, str(script)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240

@@ -1,0 +1,86 @@
+"""Framework adapters: the probes at vLLM's and SGLang's own choke points, with no code change.
+
+``arm()`` (called by ``sentinel_hooks.inject.arm()``, so by the injected ``sitecustomize`` and by
+the frameworks' plugin entry points) registers each adapter's post-import hooks. Nothing here
+imports a framework: an adapter patches a module when the serving process imports it.
+
+    SENTINEL_ADAPTERS   comma list of adapters to arm (default: all of ADAPTERS); "none" arms none
+
+Each adapter fails soft (see base.py): a hook point missing in a framework version it does not
+know disables it with one warning and a counted adapter error; the framework runs on untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from .. import runtime
+
+# name -> module holding ADAPTER (an Adapter instance) and register() (the plugin entry point)
+ADAPTERS = {
+    "vllm": "sentinel_hooks.adapters.vllm",
+    "sglang": "sentinel_hooks.adapters.sglang",
+}
+
+# The frameworks' plugin entry points, as declared in pyproject.toml. ``sentinel run`` and
+# ``sentinel install-hooks`` also write them into a dist-info next to the copied hooks, so the
+# plugin route works from PYTHONPATH alone, with nothing installed in the serving environment.
+ENTRY_POINTS = {
+    "vllm.general_plugins": {"sentinel": "sentinel_hooks.adapters.vllm:register"},
+    "sglang.srt.plugins": {"sentinel": "sentinel_hooks.adapters.sglang:register"},
+}
+
+
+def enabled(env: dict[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    raw = env.get("SENTINEL_ADAPTERS", "").strip().lower()
+    if not raw or raw == "all":
+        return list(ADAPTERS)
+    if raw in ("none", "0", "off"):
+        return []
+    wanted = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in ADAPTERS]
+    if unknown:
+        runtime.log_once("adapters-env", "SENTINEL_ADAPTERS names unknown adapters %s; known: %s",
+                         unknown, ", ".join(ADAPTERS))
+    return [n for n in wanted if n in ADAPTERS]
+
+
+def get(name: str) -> Any:
+    """The adapter instance ``name`` (imports its module, never its framework)."""
+    return importlib.import_module(ADAPTERS[name]).ADAPTER
+
+
+def arm(only: Iterable[str] | None = None, force: bool = False) -> list[str]:
+    """Instrument the enabled adapters (``only``: a subset). Returns the names armed. Never raises.
+
+    ``force`` arms the adapters in ``only`` even when SENTINEL_ADAPTERS leaves them out (a
+    framework's plugin entry point that the user enabled), unless SENTINEL_ADAPTERS is "none"."""
+    armed = []
+    names = enabled()
+    if only is not None:
+        only = list(only)
+        none = os.environ.get("SENTINEL_ADAPTERS", "").strip().lower() in ("none", "0", "off")
+        names = [n for n in only if n in ADAPTERS and (n in names or (force and not none))]
+    for name in names:
+        try:
+            if get(name).instrument():
+                armed.append(name)
+        except Exception as exc:
+            runtime.failed(f"adapter {name}", exc)
+    return armed
+
+
+def status() -> list[dict[str, Any]]:
+    """Each imported adapter's state: active, disabled (why), errors, the framework version seen."""
+    import sys
+
+    out = []
+    for module in ADAPTERS.values():
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, "ADAPTER"):
+            out.append(mod.ADAPTER.status())
+    return out

@@ -1,0 +1,69 @@
+"""A tiny vLLM engine on CPU, for the adapter tests (tests/test_vllm_engine.py).
+
+    python vllm_engine.py MODEL_DIR
+
+Writes a tiny Llama config (2 layers, hidden 128, 4 heads, 2 KV heads, head_dim 32, vocab 512)
+into MODEL_DIR and runs it with dummy weights, no tokenizer, eager mode. Prints JSON lines:
+``{"event": "ready", "pid": ..., "children": {pid: name}}`` once the engine is up,
+``{"event": "generated", "outputs": [[token ids], ...]}`` or ``{"event": "error", ...}``.
+With SENTINEL_TEST_GO_FILE set it then waits (up to 120 s) for that file, so the test can
+scrape the daemon while the engine's processes are alive. Knows nothing of Sentinel.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+    "vocab_size": 512, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "hidden_act": "silu", "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+}
+PROMPTS = [[1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]
+MAX_TOKENS = 8
+
+
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def main():
+    model_dir = sys.argv[1]
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(CONFIG, f)
+    import psutil
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, enforce_eager=True,
+              max_model_len=512, dtype="bfloat16", seed=0)
+    children = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            children[child.pid] = child.name()
+        except psutil.Error:
+            pass
+    emit(event="ready", pid=os.getpid(), children=children)
+    params = SamplingParams(max_tokens=MAX_TOKENS, detokenize=False, temperature=0.0)
+    try:
+        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+    except Exception as exc:  # the trap test: the engine died of a SentinelViolation in the worker
+        emit(event="error", type=type(exc).__name__, message=str(exc)[:4000])
+        sys.stdout.flush()
+        os._exit(3)
+    emit(event="generated", outputs=[list(o.outputs[0].token_ids) for o in outs])
+    go = os.environ.get("SENTINEL_TEST_GO_FILE")
+    if go:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()

