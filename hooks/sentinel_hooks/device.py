@@ -160,15 +160,19 @@ def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, p
         seqbad = torch.zeros((), dtype=torch.int64, device=v.device)
     if cu_seqlens_q is not None and cu_seqlens_q.shape[0] > 0:
         cu = cu_seqlens_q.long()
-        seqbad = seqbad + (cu[1:] < cu[:-1]).sum() + (cu[0] != 0).long()
+        # One count per entry i: cu[i+1] < cu[i], or (for i == 0) cu[0] != 0.
+        bad_cu = torch.zeros(cu.shape[0], dtype=torch.bool, device=cu.device)
+        bad_cu[:-1] = cu[1:] < cu[:-1]
+        bad_cu[0] |= cu[0] != 0
+        seqbad = seqbad + bad_cu.sum()
     bv = bad & valid
     neg1 = torch.full((), -1, dtype=torch.int64, device=v.device)
     big = torch.full((), INT64_MAX, dtype=torch.int64, device=v.device)
     return {
         "oob": bv.sum(),
         "trail": (bad & ~valid).sum(),
-        "max": torch.where(valid, v, neg1).max() if v.numel() else neg1,
-        "badmax": torch.where(bv, v, neg1).max() if v.numel() else neg1,
+        "max": torch.where(valid, v, neg1).max().clamp(min=-1) if v.numel() else neg1,  # -1: none read
+        "badmax": torch.where(bv, v, neg1).max().clamp(min=-1) if v.numel() else neg1,
         "badmin": torch.where(bv, v, big).min() if v.numel() else big,
         "seqbad": seqbad,
         "bad_mask": bv,

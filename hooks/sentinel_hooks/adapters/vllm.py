@@ -37,10 +37,11 @@ from typing import Any
 from .. import probes, runtime
 from .base import Adapter, AdapterDrift, HookPoint
 
-# Modules that import canonicalize_singleton_dim_strides by name (vLLM 0.32.0), and the
-# defining module, for importers to come.
+# Modules that import canonicalize_singleton_dim_strides by name (vLLM 0.32.0). Each binding is
+# patched, not the defining module (vllm.utils.torch_utils): an importer would then bind our
+# wrapper under the wrong site name, and keep it after uninstrument(). tests/test_vllm_adapter.py
+# checks that this list covers every importer in the installed source.
 CANONICALIZE_SITES = (
-    "vllm.utils.torch_utils",
     "vllm.v1.attention.backends.flash_attn",
     "vllm.v1.attention.backends.flash_attn_diffkv",
     "vllm.v1.attention.backends.flashinfer",
@@ -50,6 +51,76 @@ CANONICALIZE_SITES = (
     "vllm.models.qwen4_exp.amd.qsa",
 )
 CANONICALIZE = "canonicalize_singleton_dim_strides"
+
+# Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_vllm_adapter.py
+# resolves each one in the installed vLLM source, so a release that moves one fails in CI.
+RELIES_ON: tuple[tuple[str, str], ...] = (
+    ("vllm", "__version__"),
+    ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
+    ("vllm.v1.worker.utils", "AttentionGroup.get_metadata_builder"),
+    ("vllm.v1.worker.utils", "AttentionGroup.backend"),
+    ("vllm.v1.worker.utils", "AttentionGroup.layer_names"),
+    ("vllm.v1.worker.utils", "AttentionGroup.kv_cache_spec"),
+    ("vllm.v1.worker.utils", "AttentionGroup.kv_cache_group_id"),
+    ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_size"),
+    ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_stride"),
+    ("vllm.v1.kv_cache_interface", "KVCacheSpec.block_size"),
+    ("vllm.v1.attention.backend", "AttentionMetadataBuilder.vllm_config"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata.block_table_tensor"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata.seq_lens"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata.query_start_loc"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata.num_reqs"),
+    ("vllm.v1.attention.backend", "CommonAttentionMetadata.num_actual_tokens"),
+    ("vllm.model_executor.layers.attention_layer_base", "AttentionLayerBase.kv_cache"),
+    ("vllm.config.compilation", "CompilationConfig.static_forward_context"),
+    ("vllm.config.compilation", "CompilationConfig.cudagraph_capture_sizes"),
+    ("vllm.config.cache", "CacheConfig.num_gpu_blocks"),
+    ("vllm.config.scheduler", "SchedulerConfig.max_num_batched_tokens"),
+    ("vllm.config.parallel", "ParallelConfig.data_parallel_rank"),
+    ("vllm.config.vllm", "VllmConfig.compilation_config"),
+    ("vllm.config.vllm", "VllmConfig.cache_config"),
+    ("vllm.config.vllm", "VllmConfig.scheduler_config"),
+    ("vllm.config.vllm", "VllmConfig.parallel_config"),
+    # metadata the backends build (what the kernels read)
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.block_table"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.seq_lens"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.query_start_loc"),
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.num_actual_tokens"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionMetadata.block_table"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionMetadata.seq_lens"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionMetadata.query_start_loc"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionMetadata.num_actual_tokens"),
+    ("vllm.v1.attention.backends.triton_attn", "TritonAttentionMetadata.block_table"),
+    ("vllm.v1.attention.backends.triton_attn", "TritonAttentionMetadata.seq_lens"),
+    ("vllm.v1.attention.backends.triton_attn", "TritonAttentionMetadata.query_start_loc"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferMetadata.prefill"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferMetadata.decode"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferMetadata.num_prefills"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferMetadata.num_decodes"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferMetadata.num_actual_tokens"),
+    ("vllm.v1.attention.backends.flashinfer", "TRTLLMPrefill.block_tables"),
+    ("vllm.v1.attention.backends.flashinfer", "TRTLLMPrefill.seq_lens"),
+    ("vllm.v1.attention.backends.flashinfer", "TRTLLMPrefill.cum_seq_lens_q"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferTrtllmAPIDecode.block_tables"),
+    ("vllm.v1.attention.backends.flashinfer", "FlashInferTrtllmAPIDecode.seq_lens"),
+    # heartbeat and identity
+    ("vllm.v1.worker.worker_base", "WorkerWrapperBase.execute_model"),
+    ("vllm.v1.worker.worker_base", "WorkerWrapperBase.worker"),
+    ("vllm.v1.worker.worker_base", "WorkerBase.rank"),
+    ("vllm.v1.worker.worker_base", "WorkerBase.local_rank"),
+    ("vllm.v1.worker.worker_base", "WorkerBase.vllm_config"),
+    ("vllm.v1.engine.core", "EngineCore.step"),
+    ("vllm.v1.engine.core", "EngineCore.step_with_batch_queue"),
+    ("vllm.v1.engine.core", "EngineCore.vllm_config"),
+    ("vllm.distributed.parallel_state", "_WORLD"),
+    ("vllm.distributed.parallel_state", "_TP"),
+    ("vllm.distributed.parallel_state", "_PP"),
+    ("vllm.distributed.parallel_state", "_DP"),
+    ("vllm.distributed.parallel_state", "GroupCoordinator.rank"),
+    ("vllm.distributed.parallel_state", "GroupCoordinator.local_rank"),
+    ("vllm.distributed.parallel_state", "GroupCoordinator.world_size"),
+    ("vllm.distributed.parallel_state", "GroupCoordinator.rank_in_group"),
+) + tuple((m, CANONICALIZE) for m in ("vllm.utils.torch_utils", *CANONICALIZE_SITES))
 
 # What the adapter reads at run time, checked once per object type (drift is caught on the
 # first step, not in the middle of one).

