@@ -31,7 +31,37 @@ def main(src: str) -> int:
                f"{title}. Raw: `bench/results/{key}.json`; the GPU test log beside it.\n{body}")
     update_results_md(key, section)
     print(f"recorded {key}")
+    record_faults(src, result["date"], slug, result["device"])
     return 0
+
+
+def record_faults(src: str, date: str, slug: str, device: str) -> None:
+    """The fault-to-record time (from the GPU test log) and the coredump captures, if present."""
+    cap = os.path.join(src, "transcripts", "capture_faults.json")
+    tests = os.path.join(src, "gpu-tests.log")
+    lines = []
+    if os.path.exists(tests):
+        for ln in open(tests):
+            if ln.startswith('{"fault_to_record_s"'):
+                d = json.loads(ln)
+                lines.append(f"- A real illegal-address fault under `sentinel run` became a journaled, catalog-matched "
+                             f"fault record {d['fault_to_record_s']} s after the faulting launch (goal: 20 s). "
+                             f"cuda-gdb took {d['triage_s']:.2f} s of that, on a {d['core_bytes']} byte dump.")
+    if os.path.exists(cap):
+        with open(cap) as f:
+            rows = json.load(f)["rows"]
+        lines += ["", "Coredumps of real faults (skip_* generation flags), and cuda-gdb on each:", "",
+                  "| fault | dump bytes | fault run s (dump written) | cuda-gdb s | exception | kernel |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['fault']} | {r.get('dump_bytes')} | {r.get('run_s')} | {r.get('gdb_s')} | "
+                         f"{r.get('exception')} | `{r.get('kernel')}` |")
+        lines += ["", "The manual path's floor, for comparison: writing the dump (the fault run) plus one cuda-gdb run."]
+    if lines:
+        key = f"{date}-{slug}-gpu-faults"
+        update_results_md(key, f"## {date}: GPU faults to triaged records on {device} (`tests/gpu/`)\n\n"
+                          + "\n".join(lines) + "\n")
+        print(f"recorded {key}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ class CoreCollector:
         self.results: queue.SimpleQueue[TriageResult] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[PendingCore | None] = queue.SimpleQueue()
         self.in_flight = 0
+        self.queued: set[str] = set()  # handed to the worker, result not yet taken: never deleted
         self.errors = 0
         self._worker = threading.Thread(target=self._run, name="sentinel-triage", daemon=True)
         self._worker.start()
@@ -107,7 +108,13 @@ class CoreCollector:
                 del self.pending[name]
                 self.seen.add(name)
                 self.in_flight += 1
+                self.queued.add(pc.path)
                 self._work.put(pc)
+
+    def taken(self, path: str) -> None:
+        """The daemon has journaled this dump's result: retention may now consider it."""
+        self.queued.discard(path)
+        self.in_flight -= 1
 
     def pending_for(self, pid: int) -> bool:
         return any(p.pid == pid for p in self.pending.values())
@@ -152,8 +159,8 @@ class CoreCollector:
         for p in sorted(sizes, key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0):
             if total <= self.max_bytes:
                 break
-            if p in keep or os.path.basename(p) in self.pending:
-                continue
+            if p in keep or p in self.queued or os.path.basename(p) in self.pending:
+                continue  # spared, or not triaged yet
             try:
                 os.unlink(p)
                 total -= sizes[p]

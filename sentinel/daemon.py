@@ -270,7 +270,7 @@ class Daemon:
                 res = self.collector.results.get_nowait()
             except Exception:
                 break
-            self.collector.in_flight -= 1
+            self.collector.taken(res.path)
             state = self._state_for_pid(res.host, res.pid)
             if state is not None:
                 self._crash_checked.add(state.ring)

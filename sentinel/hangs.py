@@ -107,9 +107,9 @@ class HangDetector:
         for m, g in prog:
             seen_ranks.add(g.group_rank)
             if kind == "missing_ranks" and g.last_enqueued < seq:
-                culprits.append(self._culprit(m, g, now, threshold))
+                culprits.append(self._culprit(m, g, now, since_ns))
             elif kind == "all_enqueued" and not m.alive:
-                culprits.append(self._culprit(m, g, now, threshold))
+                culprits.append(self._culprit(m, g, now, since_ns))
         size = max(g.size for _, g in prog)
         for r in range(size if size > 0 else 0):
             if r not in seen_ranks:
@@ -118,13 +118,14 @@ class HangDetector:
         return Hang(job, name, seq, kind, tuple(sorted(culprits, key=lambda c: c.rank)), waiting,
                     since_ns / 1e9, threshold)
 
-    def _culprit(self, m: ProcessState, g, now: float, threshold: float) -> Culprit:  # noqa: ANN001
+    def _culprit(self, m: ProcessState, g, now: float, since_ns: int) -> Culprit:  # noqa: ANN001
         rank = _rank(m)
         beat_age = now - m.last_step_ns / 1e9 if m.last_step_ns else None
         if not m.alive:
             return Culprit(rank, g.group_rank, "died", g.last_enqueued,
                            f"process {m.exit} at step {m.step}, after collective #{g.last_enqueued}")
-        if g.last_enqueued <= g.last_completed and (beat_age is None or beat_age >= threshold):
+        # No step since the group got stuck, and nothing outstanding: its host loop is stuck.
+        if g.last_enqueued <= g.last_completed and m.last_step_ns <= since_ns + 1_000_000_000:
             age = "never stepped" if beat_age is None else f"heartbeat stopped {beat_age:.0f}s ago"
             return Culprit(rank, g.group_rank, "host_stall", g.last_enqueued,
                            f"{age}, no collective outstanding: a stuck host loop")

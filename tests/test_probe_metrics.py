@@ -30,9 +30,9 @@ sh.check_paged_kv(torch.tensor([[100, 101, 5, -1], [7, 8, 500, -3]], dtype=torch
                   seq_lens=torch.tensor([64, 32]), **kv)
 # 2. batch_mismatch x1 (batch_size 5, table 2 rows)
 sh.check_paged_kv(torch.tensor([[1, 2], [3, 4]]), P, batch_size=5, name="attn")
-# 3. seqlens_invalid x4: -1 and 65 > 64, cu_seqlens_q starting at 1 and going down
+# 3. seqlens_invalid x4: -1 and 65 > 64, cu_seqlens_q starting at 1, and going down at 2 -> 1
 sh.check_paged_kv(torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), P, seq_lens=torch.tensor([-1, 65]),
-                  cu_seqlens_q=torch.tensor([1, 0, 2]), **kv)
+                  cu_seqlens_q=torch.tensor([1, 2, 1]), **kv)
 # 4. capacity_mismatch x1
 sh.check_paged_kv(torch.tensor([[0, 1, 2, 3]]), P, allocator_capacity=P + 1, **kv)
 # 5. a clean call last: this site's current headroom

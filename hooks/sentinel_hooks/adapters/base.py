@@ -20,6 +20,7 @@ Only ``SentinelViolation`` (trap mode) ever leaves a patched function; that is t
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -61,7 +62,8 @@ class Adapter:
         self.errors = 0
         self.framework_version: str | None = None
         self.patched_modules: list[str] = []
-        self._patches: list[tuple[Any, str, Any]] = []  # (owner, attribute, what owner.__dict__ held)
+        self._patches: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, what it held, our wrapper)
+        self._propagated: list[tuple[Any, Any]] = []  # (wrapper, original) bound by name elsewhere too
         self._generation = 0
         self._lock = threading.RLock()
 
@@ -101,9 +103,12 @@ class Adapter:
             self.instrumented = False
             self._generation += 1
             patches, self._patches = self._patches, []
+            propagated, self._propagated = self._propagated, []
             self.patched_modules = []
-        for owner, attr, saved in reversed(patches):
+        for owner, attr, saved, wrapper in reversed(patches):
             try:
+                if getattr(owner, attr, None) is not wrapper:
+                    continue  # someone wrapped over us since: leave theirs (ours passes through now)
                 if saved is _MISSING:
                     delattr(owner, attr)
                 else:
@@ -111,6 +116,12 @@ class Adapter:
             except Exception as exc:  # pragma: no cover - restoring a plain attribute does not fail
                 runtime.log_once(f"adapter-restore:{self.name}:{attr}", "%s adapter: could not restore %s (%s)",
                                  self.name, attr, exc)
+        for wrapper, original in propagated:  # modules that imported the wrapper by name meanwhile
+            for _name, module, attr in _bindings_of(wrapper):
+                try:
+                    setattr(module, attr, original)
+                except Exception:  # pragma: no cover
+                    pass
 
     def status(self) -> dict[str, Any]:
         return {"adapter": self.name, "active": self.active, "instrumented": self.instrumented,
@@ -164,7 +175,25 @@ class Adapter:
         wrapper.__sentinel_original__ = current  # type: ignore[attr-defined]
         with self._lock:
             setattr(owner, attr, wrapper)
-            self._patches.append((owner, attr, raw))
+            self._patches.append((owner, attr, raw, wrapper))
+
+    def patch_everywhere(self, module: ModuleType, attr: str,
+                         make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Patch a module-level function where it is defined and in every module that already
+        bound it by name (``from m import f``); modules importing it later bind the wrapper.
+        ``uninstrument()`` puts the original back everywhere, those later bindings included."""
+        self.patch(module, attr, make_wrapper)
+        wrapper = getattr(module, attr)
+        original = getattr(wrapper, "__sentinel_original__", None)
+        if original is None:
+            return
+        with self._lock:
+            self._propagated.append((wrapper, original))
+        for _name, other, other_attr in _bindings_of(original):
+            if other is not module:
+                setattr(other, other_attr, wrapper)
+                with self._lock:
+                    self._patches.append((other, other_attr, original, wrapper))
 
     def error(self, what: str, exc: BaseException | None = None) -> None:
         """Count one adapter error and log it once (per kind)."""
@@ -201,3 +230,15 @@ class Adapter:
         except Exception as exc:
             self.fail(where, exc)
             return None
+
+
+def _bindings_of(obj: Any) -> list[tuple[str, ModuleType, str]]:
+    """(module name, module, attribute) for every loaded module attribute that is ``obj``."""
+    out = []
+    for name, module in list(sys.modules.items()):
+        try:
+            items = list(vars(module).items())
+        except TypeError:
+            continue
+        out.extend((name, module, attr) for attr, value in items if value is obj)
+    return out

@@ -1,11 +1,106 @@
-"""The SGLang adapter (placeholder until its hook points are written)."""
+"""The SGLang adapter: the probes at SGLang's own choke points, with no change to SGLang's code.
+
+Written against the source of sglang 0.5.23 (the wheel on PyPI). Where it patches, each when
+SGLang imports the module (the attention backend, the KV pool and the CUDA-graph runners all
+live in the scheduler process; TP workers are not separate processes):
+
+- TRT-LLM MHA (``TRTLLMHAAttnBackend``, the SM100 default):
+  - ``init_forward_metadata`` (eager) and ``init_forward_metadata_in_graph`` (recorded into the
+    decode CUDA graph, where TRT-LLM fills ``page_table``; it runs on every replay, and so does
+    the probe's fused kernel when the probe is captured with it). ``page_table`` is checked
+    against the real K buffer's pages (``k_buffer[0].shape[0] // page_size``; that buffer has
+    ``size + page_size`` rows) over the region ``cache_seqlens`` reads, ``swa_page_table``
+    against the SWA pool's; rows against ``forward_batch.batch_size`` (the padded size under DP
+    padding; the real one is in ``_original_batch_size``), ``cu_seqlens_q``; the allocator's
+    capacity (``size_full``, ``size_swa``; never ``size``, which is their minimum for SWA)
+    against the buffer's pages.
+  - ``init_forward_metadata_out_graph`` is deliberately *not* probed for TRT-LLM: before a replay
+    it only selects the static metadata, whose buffers still hold the previous step's values.
+- FlashInfer (``FlashInferAttnBackend``): ``init_forward_metadata`` (eager) and
+  ``init_forward_metadata_out_graph`` (it refills the metadata outside the graph, before every
+  replay). FlashInfer keeps no page table (page size 1, CSR indices inside its wrappers), so the
+  probe checks the token slots its kernels read, ``req_to_token[req_pool_indices, :seq_len]``,
+  against the K buffer's rows.
+- ``sglang.kernels.ops.attention.utils.canonicalize_stride`` (and its by-name binding in
+  trtllm_mha_backend): ``check_strides`` sees the paged KV view before SGLang silently repairs a
+  size-1 dimension's stride (seed 002). Record only: the original always runs.
+- ``ModelRunner.forward``: the heartbeat, ``note_batch``, and the identity (TP/PP/DP rank from
+  ``sglang.srt.runtime_context.get_parallel()``, read at the first forward: SGLang publishes the
+  ranks after plugins load).
+
+Entry point: ``sglang.srt.plugins``: ``sentinel = sentinel_hooks.adapters.sglang:register``. It
+arms the same lazy, fail-soft patches (not SGLang's HookRegistry, which would import every
+target module in every process at start-up and could not be undone per hook point).
+"""
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
+from typing import Any
 
-from .. import runtime
+from .. import probes, runtime
 from .base import Adapter, HookPoint
+
+RUNNER = "sglang.srt.model_executor.model_runner"
+TRTLLM = "sglang.srt.layers.attention.trtllm_mha_backend"
+FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
+CANONICALIZE_MODULE = "sglang.kernels.ops.attention.utils"
+CANONICALIZE = "canonicalize_stride"
+
+# Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_sglang_source.py
+# resolves each one in the sglang wheel's source, so a release that moves one fails in CI.
+RELIES_ON: tuple[tuple[str, str], ...] = (
+    ("sglang", "__version__"),
+    ("sglang.srt.plugins", "GENERAL_PLUGINS_GROUP"),
+    ("sglang.srt.plugins", "load_plugins"),
+    (RUNNER, "ModelRunner.forward"),
+    (RUNNER, "ModelRunner.token_to_kv_pool_allocator"),
+    (RUNNER, "ModelRunner.gpu_id"),
+    ("sglang.srt.runtime_context", "get_parallel"),
+    ("sglang.srt.runtime_context", "get_schedule"),
+    ("sglang.srt.runtime_context", "get_exec"),
+    ("sglang.srt.arg_groups.fields.parallel", "Parallel.tp_rank"),
+    ("sglang.srt.arg_groups.fields.parallel", "Parallel.pp_rank"),
+    ("sglang.srt.arg_groups.fields.parallel", "Parallel.dp_rank"),
+    ("sglang.srt.arg_groups.fields.parallel", "Parallel.launch_world_rank"),
+    ("sglang.srt.arg_groups.fields.parallel", "Parallel.launch_world_size"),
+    ("sglang.srt.arg_groups.fields.schedule", "Schedule.chunked_prefill_size"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.batch_size"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch._original_batch_size"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.input_ids"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.req_pool_indices"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.seq_lens"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.seq_lens_cpu"),
+    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.max_seq_len_host"),
+    ("sglang.srt.model_executor.runner.decode_cuda_graph_runner", "build_replay_fb_view"),
+    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata"),
+    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_in_graph"),
+    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_out_graph"),
+    (TRTLLM, "TRTLLMHAAttnBackend.forward_metadata"),
+    (TRTLLM, "TRTLLMHAAttnBackend.page_size"),
+    (TRTLLM, "TRTLLMHAAttnBackend._swa_kv_pool"),
+    (TRTLLM, "TRTLLMHAAttnBackend.token_to_kv_pool"),
+    (TRTLLM, "TRTLLMMHAMetadata.page_table"),
+    (TRTLLM, "TRTLLMMHAMetadata.swa_page_table"),
+    (TRTLLM, "TRTLLMMHAMetadata.cache_seqlens_int32"),
+    (TRTLLM, "TRTLLMMHAMetadata.cu_seqlens_q"),
+    (TRTLLM, CANONICALIZE),
+    (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata"),
+    (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata_out_graph"),
+    (FLASHINFER, "FlashInferAttnBackend.token_to_kv_pool"),
+    (FLASHINFER, "FlashInferAttnBackend.req_to_token_pool"),
+    (FLASHINFER, "FlashInferAttnBackend.page_size"),
+    ("sglang.srt.mem_cache.memory_pool", "MHATokenToKVPool.k_buffer"),
+    ("sglang.srt.mem_cache.memory_pool", "KVCache.page_size"),
+    ("sglang.srt.mem_cache.memory_pool", "ReqToTokenPool.req_to_token"),
+    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.full_kv_pool"),
+    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.swa_kv_pool"),
+    ("sglang.srt.mem_cache.allocator.base", "BaseTokenToKVPoolAllocator.size_full"),
+    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_full"),
+    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_swa"),
+    (CANONICALIZE_MODULE, CANONICALIZE),
+)
 
 
 class SGLangAdapter(Adapter):
@@ -14,18 +109,268 @@ class SGLangAdapter(Adapter):
     distributions = ("sglang",)
     verified_versions = ("0.5.23",)
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()  # .runner: the ModelRunner in forward; .depth: inside a hook
+        self._identity_done = False
+
     def hook_points(self) -> list[HookPoint]:
-        return [HookPoint("sglang", self._on_sglang)]
+        return [
+            HookPoint("sglang", self._on_sglang),
+            HookPoint(RUNNER, self._patch_runner),
+            HookPoint(TRTLLM, self._patch_trtllm),
+            HookPoint(FLASHINFER, self._patch_flashinfer),
+            HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, required=False),
+        ]
+
+    # -- hook points -------------------------------------------------------------------------------
 
     def _on_sglang(self, module: ModuleType) -> None:
-        self.framework_version = str(getattr(module, "__version__", "") or "")
-        runtime.set_identity(framework="sglang", framework_version=self.framework_version[:31])
+        version = str(getattr(module, "__version__", "") or "")
+        if not version:
+            import importlib.metadata
+
+            try:
+                version = importlib.metadata.version("sglang")
+            except importlib.metadata.PackageNotFoundError:
+                version = ""
+        self.framework_version = version
+        if version not in self.verified_versions:
+            runtime.log_once("adapter-version:sglang", "sglang adapter: sglang %s is not a version it was verified "
+                             "against (%s); patching anyway, and it disables itself if a hook point is missing",
+                             version or "unknown", ", ".join(self.verified_versions))
+        runtime.set_identity(framework="sglang", framework_version=version[:31])
+
+    def _patch_runner(self, module: ModuleType) -> None:
+        self.require(module, "ModelRunner")
+        adapter = self
+
+        def make(original):
+            def forward(runner, *args, **kwargs):
+                if not adapter.active:
+                    return original(runner, *args, **kwargs)
+                local = adapter._local
+                previous, local.runner = getattr(local, "runner", None), runner
+                if not adapter._identity_done:
+                    adapter._identity_done = True
+                    adapter.guard("ModelRunner identity", adapter._identity, runner)
+                fb = args[0] if args else kwargs.get("forward_batch")
+                adapter.guard("ModelRunner.forward", adapter._note_batch, fb)
+                try:
+                    return original(runner, *args, **kwargs)
+                finally:
+                    local.runner = previous
+                    if adapter.active:
+                        _heartbeat()
+
+            return forward
+
+        self.patch(module.ModelRunner, "forward", make)
+
+    def _patch_trtllm(self, module: ModuleType) -> None:
+        self.require(module, "TRTLLMHAAttnBackend")
+        cls = module.TRTLLMHAAttnBackend
+        self.require(cls, "init_forward_metadata", "init_forward_metadata_in_graph")
+        for method in ("init_forward_metadata", "init_forward_metadata_in_graph"):
+            self.patch(cls, method, self._metadata_wrapper(f"TRTLLMHAAttnBackend.{method}", self._check_trtllm))
+        if hasattr(module, CANONICALIZE):  # bound by name: patched here too (propagation covers it)
+            self._canonicalize_binding(module)
+
+    def _patch_flashinfer(self, module: ModuleType) -> None:
+        self.require(module, "FlashInferAttnBackend")
+        cls = module.FlashInferAttnBackend
+        self.require(cls, "init_forward_metadata", "init_forward_metadata_out_graph")
+        for method in ("init_forward_metadata", "init_forward_metadata_out_graph"):
+            self.patch(cls, method, self._metadata_wrapper(f"FlashInferAttnBackend.{method}", self._check_flashinfer))
+
+    def _patch_canonicalize(self, module: ModuleType) -> None:
+        self.require(module, CANONICALIZE)
+        self.patch_everywhere(module, CANONICALIZE, self._canonicalize_wrapper)
+
+    def _canonicalize_binding(self, module: ModuleType) -> None:
+        current = getattr(module, CANONICALIZE)
+        if getattr(current, "__sentinel_adapter__", None) != self.name:
+            self.patch(module, CANONICALIZE, self._canonicalize_wrapper)
+
+    def _canonicalize_wrapper(self, original):
+        adapter = self
+        site = "sglang.canonicalize_stride"
+        tripped = []
+
+        def canonicalize_stride(tensor, *args, **kwargs):
+            if adapter.active and not tripped:
+                try:
+                    # Degenerate size-1 strides only: that is what SGLang repairs here, silently.
+                    probes.check_strides(tensor, name=site, tma=False)
+                except probes.SentinelViolation:
+                    tripped.append(True)  # trap: record (and evidence) once, never raise
+                except Exception as exc:  # pragma: no cover - check_strides does not raise
+                    runtime.failed(site, exc)
+            return original(tensor, *args, **kwargs)
+
+        return canonicalize_stride
+
+    def _metadata_wrapper(self, where: str, check):
+        adapter = self
+
+        def make(original):
+            def init_metadata(backend, *args, **kwargs):
+                local = adapter._local
+                depth = getattr(local, "depth", 0)
+                local.depth = depth + 1
+                try:
+                    result = original(backend, *args, **kwargs)
+                finally:
+                    local.depth = depth
+                # The outermost hook checks (a backend's eager path may call its graph halves).
+                if adapter.active and depth == 0:
+                    fb = args[0] if args else kwargs.get("forward_batch")
+                    adapter.guard(where, check, backend, fb)
+                return result
+
+            return init_metadata
+
+        return make
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def _allocator(self) -> Any:
+        runner = getattr(self._local, "runner", None)
+        return getattr(runner, "token_to_kv_pool_allocator", None)
+
+    def _check_trtllm(self, backend: Any, fb: Any) -> None:
+        md = backend.forward_metadata
+        if md is None or fb is None:
+            return
+        table = md.page_table
+        if table is None:
+            return
+        page_size = int(backend.page_size)
+        pool = backend.token_to_kv_pool
+        swa_pool = getattr(backend, "_swa_kv_pool", None)
+        full = getattr(swa_pool if swa_pool is not None else pool, "full_kv_pool", None) or pool
+        pages = _pool_pages(full, page_size)
+        if pages is None:
+            return
+        alloc = self._allocator()
+        bs = int(fb.batch_size)
+        seq_lens = md.cache_seqlens_int32
+        cap = _alloc_pages(alloc, "size_full", page_size)
+        probes.check_paged_kv(table, pages, seq_lens=seq_lens, page_size=page_size, batch_size=bs,
+                              cu_seqlens_q=md.cu_seqlens_q, allocator_capacity=cap, name="sglang.trtllm")
+        swa_table = getattr(md, "swa_page_table", None)
+        if swa_table is not None and swa_pool is not None:
+            swa_pages = _pool_pages(swa_pool.swa_kv_pool, page_size)
+            if swa_pages is not None:
+                probes.check_paged_kv(swa_table, swa_pages, seq_lens=seq_lens, page_size=page_size, batch_size=bs,
+                                      allocator_capacity=_alloc_pages(alloc, "size_swa", page_size),
+                                      name="sglang.trtllm.swa")
+
+    def _check_flashinfer(self, backend: Any, fb: Any) -> None:
+        if fb is None:
+            return
+        rpi, seq_lens = getattr(fb, "req_pool_indices", None), getattr(fb, "seq_lens", None)
+        if rpi is None or seq_lens is None:
+            return
+        max_len = getattr(fb, "max_seq_len_host", None)
+        if not isinstance(max_len, int):
+            cpu = getattr(fb, "seq_lens_cpu", None)
+            if cpu is None or cpu.numel() == 0:
+                return  # no host-side bound: reading it would sync
+            max_len = int(cpu.max())
+        pool = backend.token_to_kv_pool
+        full = getattr(pool, "full_kv_pool", None) or pool
+        page_size = int(backend.page_size)
+        pages = _pool_pages(full, page_size)
+        if pages is None:
+            return
+        slots = pages * page_size  # FlashInfer reads token slots (its page size is 1)
+        req_to_token = backend.req_to_token_pool.req_to_token
+        width = max(1, min(int(max_len), int(req_to_token.shape[1])))
+        # The slots each request's kernel reads; rows clamped so a bad request index cannot fault here.
+        table = req_to_token[rpi.long().clamp(0, req_to_token.shape[0] - 1), :width]
+        alloc = self._allocator()
+        size_full = getattr(alloc, "size_full", None)
+        probes.check_paged_kv(table, slots, seq_lens=seq_lens, page_size=1, batch_size=int(fb.batch_size),
+                              allocator_capacity=int(size_full) + 1 if isinstance(size_full, int) else None,
+                              name="sglang.flashinfer")
+
+    def _note_batch(self, fb: Any) -> None:
+        if fb is None:
+            return
+        ids = getattr(fb, "input_ids", None)
+        tokens = int(ids.shape[0]) if ids is not None and hasattr(ids, "shape") else int(fb.batch_size)
+        budget, graph_sizes = None, None
+        try:
+            from sglang.srt import runtime_context as rc
+
+            chunk = rc.get_schedule().chunked_prefill_size
+            budget = int(chunk) if isinstance(chunk, int) and chunk > 0 else None
+            graph_sizes = rc.get_exec().graph.cuda_graph_bs_decode
+        except Exception:  # context only: the probes do not depend on it
+            pass
+        probes.note_batch(tokens, token_budget=budget, graph_sizes=graph_sizes,
+                          batch_size=int(fb.batch_size), name="sglang.batch")
+
+    def _identity(self, runner: Any) -> None:
+        fields: dict[str, Any] = {}
+        gpu = getattr(runner, "gpu_id", None)
+        if isinstance(gpu, int):
+            fields["local_rank"] = gpu
+        try:
+            from sglang.srt.runtime_context import get_parallel
+
+            p = get_parallel()
+            for key, attr in (("tp_rank", "tp_rank"), ("pp_rank", "pp_rank"), ("dp_rank", "dp_rank"),
+                              ("rank", "launch_world_rank"), ("world_size", "launch_world_size")):
+                try:
+                    value = getattr(p, attr)
+                except Exception:
+                    continue
+                if isinstance(value, int):
+                    fields[key] = value
+        except Exception as exc:  # identity is best effort: the probes do not depend on it
+            runtime.log_once("adapter-identity:sglang", "sglang adapter: no parallel context for the identity (%s)",
+                             exc)
+        if fields:
+            runtime.set_identity(**fields)
+
+
+def _pool_pages(pool: Any, page_size: int) -> int | None:
+    """Pages the pool's K buffer really holds (what a page id must stay below)."""
+    buffers = getattr(pool, "k_buffer", None)
+    if not buffers:
+        return None
+    k = buffers[0]
+    if not hasattr(k, "shape") or k.dim() < 3:
+        return None
+    if k.dim() == 4:  # HND: [num_pages, heads, page_size, head_dim]
+        return int(k.shape[0])
+    return int(k.shape[0]) // max(1, page_size)  # NHD: size + page_size token rows
+
+
+def _alloc_pages(alloc: Any, attr: str, page_size: int) -> int | None:
+    """Page ids the allocator may hand out, page 0 (the padding page) included."""
+    size = getattr(alloc, attr, None) if alloc is not None else None
+    if not isinstance(size, int):
+        return None
+    return size // max(1, page_size) + 1
+
+
+def _heartbeat() -> None:
+    try:
+        w = runtime._writer
+        (w if w is not None else runtime.start()).step()
+    except Exception as exc:
+        runtime.failed("step", exc)
 
 
 ADAPTER = SGLangAdapter()
 
 
 def register() -> None:
+    """The ``sglang.srt.plugins`` entry point: SGLang calls it in every process it starts (filtered
+    by ``SGLANG_PLUGINS``). Arms the hooks as ``sentinel run`` does."""
     try:
         from .. import inject
 
@@ -33,5 +378,5 @@ def register() -> None:
         from . import arm
 
         arm(only=("sglang",), force=True)
-    except Exception as exc:
+    except Exception as exc:  # a plugin must never break SGLang's start-up
         runtime.failed("sglang plugin register", exc)

@@ -1,0 +1,369 @@
+"""From a fault to a fingerprinted, explained record: cuda-gdb transcripts of real GPU faults
+(tests/fixtures/cuda-gdb, captured on an H100), signatures, the known-issue catalog, the coredump
+collector end to end, retention under a storm, bad dumps, and Python-side crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel import catalog, cudagdb, fingerprint
+from sentinel.daemon import Daemon, DaemonConfig
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cuda-gdb"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cuda-gdb-illegal-address-h100.txt"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / f"cuda-gdb-{name}.txt").read_text()
+
+
+# -- the parser on real transcripts ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, exception, kernel, family", [
+    ("illegal-address", "Warp Illegal Address", "paged_gather", "paged_gather"),
+    ("illegal-address-in-graph", "Warp Illegal Address", "paged_gather", "paged_gather"),
+    ("misaligned-address", "Warp Misaligned Address", "misaligned_load", "misaligned_load"),
+    ("device-assert", "Assertion failed", "void at::native::vectorized_gather_kernel<16, long>"
+     "(char*, char*, long*, int, long, long, long, long, bool)", "at::native::vectorized_gather_kernel"),
+    ("trap", "SIGTRAP: Trace/breakpoint trap", "sentinel_trap_kernel", "sentinel_trap_kernel"),
+])
+def test_parse_real_transcripts(name, exception, kernel, family):
+    r = cudagdb.parse(fixture(name))
+    assert r.exception == exception
+    assert r.kernel == kernel
+    assert fingerprint.kernel_family(r.kernel) == family
+    assert r.grid and r.block_dim and r.focus_block and r.focus_thread
+    assert r.device == 0 and r.sm is not None and r.gpu_name == "NVIDIA H100 80GB HBM3"
+
+
+def test_parse_illegal_address_details():
+    r = cudagdb.parse(fixture("illegal-address"))
+    assert r.pc.startswith("0x") and r.function == "paged_gather"
+    assert (r.source_file, r.source_line) == ("illegal_address.py", 8)
+    assert (r.grid, r.block_dim, r.focus_block, r.focus_thread) == ("(512,1,1)", "(128,1,1)", "(7,0,0)", "(0,0,0)")
+    assert (r.sm, r.warp, r.lane) == (131, 0, 0)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/reference is not beside this checkout")
+def test_parse_the_design_notes_reference_transcript():
+    r = cudagdb.parse(REFERENCE.read_text())
+    assert (r.exception, r.kernel, r.source_line, r.sm) == ("Warp Illegal Address", "paged_gather", 9, 131)
+
+
+@pytest.mark.parametrize("text", ["", "garbage\n" * 50, "CUDA Exception:", "#0 in <<<(", "\x00\xff" * 100])
+def test_parse_never_raises(text):
+    r = cudagdb.parse(text)
+    assert isinstance(r, cudagdb.GdbReport)
+
+
+# -- signatures --------------------------------------------------------------------------------------
+
+def test_same_fault_two_runs_one_signature_and_different_faults_differ():
+    eager = cudagdb.parse(fixture("illegal-address"))
+    graph = cudagdb.parse(fixture("illegal-address-in-graph"))  # another run, another PC, inside a graph
+    assert eager.pc != graph.pc
+    frame = "serve.py:120 in decode"
+    assert fingerprint.signature(eager.exception, eager.kernel, frame) == \
+        fingerprint.signature(graph.exception, graph.kernel, "serve.py:121 in decode")  # a moved line too
+    mis = cudagdb.parse(fixture("misaligned-address"))
+    sigs = {fingerprint.signature(r.exception, r.kernel, frame) for r in (eager, mis, cudagdb.parse(fixture("trap")),
+                                                                          cudagdb.parse(fixture("device-assert")))}
+    assert len(sigs) == 4
+    assert fingerprint.signature(eager.exception, eager.kernel, frame) != \
+        fingerprint.signature(eager.exception, eager.kernel, "other.py:1 in step")
+
+
+def test_kernel_families_group_variants():
+    a = "fmhaSm100fKernel_QkvE4m3OBfloat16HQk128HV128SeparateQkvP64VarSeqQ128Kv128PersistentSwapsAbForGen"
+    b = "fmhaSm100fKernel_QkvBfloat16OBfloat16HQk64HV64PagedKvP32VarSeqQ64Kv128StaticKeepsAbForGen"
+    assert fingerprint.kernel_family(a) == fingerprint.kernel_family(b) == "fmhaSm100fKernel"
+    assert fingerprint.signature("Warp Illegal Address", a) == fingerprint.signature("Warp Illegal Address", b)
+    assert fingerprint.kernel_family("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_128x128_32x3_tn_align8") == \
+        "cutlass_80_tensorop_bf16_s16816gemm_relu_bf16"
+    assert fingerprint.kernel_family("triton_poi_fused_add_0") == fingerprint.kernel_family("triton_poi_fused_add_7")
+
+
+# -- the catalog -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, kernel, evidence, expected", [
+    ("illegal_address", "fmhaSm100fKernel", {"page_table_oob"}, "paged-kv-page-index-off-by-one"),
+    ("illegal_address", "fmhaSm100fKernel", {"page_table_at_capacity"}, "paged-kv-page-index-off-by-one"),
+    ("illegal_address", "flash_fwd_kernel", {"batch_mismatch"}, "dp-padding-batch-mismatch"),
+    ("illegal_instruction", "fmhaSm90Kernel", {"degenerate_stride", "tma_misaligned"}, "degenerate-stride-tma"),
+    ("illegal_address", "triton_red_fused", {"token_budget_boundary"}, "token-budget-boundary"),
+    ("device_assert", "at::native::vectorized_gather_kernel", set(), "index-out-of-bounds-assert"),
+    ("illegal_address", "paged_gather", set(), None),
+    ("misaligned_address", "gemm", {"batch_mismatch"}, None),
+])
+def test_builtin_catalog_matches_the_seed_classes(exc, kernel, evidence, expected):
+    cat = catalog.load()
+    m = cat.match(exc, kernel, evidence)
+    assert (m.id if m else None) == expected
+    if m:
+        assert m.root_cause and m.remediation and m.reference and m.runbook
+
+
+def test_catalog_xids_cover_the_documented_codes():
+    cat = catalog.load()
+    assert {13, 31, 43, 48, 63, 64, 74, 79, 94, 95, 119} <= set(cat.xids)
+    assert cat.xid(79).severity == "critical" and cat.xid(63).severity == "warning"
+    assert cat.xid(12345).name == "XID 12345"
+
+
+def test_user_catalog_extends_and_replaces(tmp_path):
+    extra = tmp_path / "mine.toml"
+    extra.write_text('''
+[[issue]]
+id = "paged-kv-page-index-off-by-one"
+title = "Our allocator bug"
+[issue.match]
+exception = ["illegal_address"]
+evidence = ["page_table_oob"]
+
+[[issue]]
+id = "our-moe-kernel"
+title = "MoE routing kernel reads past the expert table"
+[issue.match]
+kernel = "fused_moe"
+''')
+    cat = catalog.load([str(extra)])
+    assert cat.match("illegal_address", "fmha", {"page_table_oob"}).title == "Our allocator bug"
+    assert cat.match("illegal_address", "fused_moe_kernel", set()).id == "our-moe-kernel"
+    assert sum(i.id == "paged-kv-page-index-off-by-one" for i in cat.issues) == 1
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("[[issue]\n", "not valid TOML"),
+    ("[[issue]]\ntitle = 'x'\n[issue.match]\nkernel='a'\n", "needs a non-empty string id"),
+    ("[[issue]]\nid = 'x'\n[issue.match]\nkernel = '('\n", "not a valid regex"),
+    ("[[issue]]\nid = 'x'\nbogus = 1\n[issue.match]\nkernel='a'\n", "unknown keys"),
+    ("[[issue]]\nid = 'x'\n", "no condition"),
+    ("[[issue]]\nid = 'x'\n[issue.match]\nexception = 3\n", "string or a list"),
+    ("[[xid]]\ncode = 'x'\n", "integer code"),
+    ("[what]\n", "unknown sections"),
+])
+def test_bad_catalogs_are_rejected_clearly(doc, message):
+    with pytest.raises(catalog.CatalogError) as info:
+        catalog.parse(doc, "mine.toml")
+    assert message in str(info.value) and "mine.toml" in str(info.value)
+
+
+# -- the collector, end to end -------------------------------------------------------------------
+
+def _debugger(tmp_path: Path) -> str:
+    """cuda-gdb's stand-in for CI (see tests/helpers/fake_cuda_gdb.py); the GPU suite runs the real one."""
+    exe = tmp_path / "cuda-gdb"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'helpers' / 'fake_cuda_gdb.py'} \"$@\"\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe)
+
+
+def _write_core(base: str, pid: int, fixture_name: str | None, size: int = 4096, t: int = 0) -> str:
+    cores = os.path.join(base, "cores")
+    os.makedirs(cores, exist_ok=True)
+    path = os.path.join(cores, f"core_{socket.gethostname()}_{pid}_{t or int(time.time())}.nvcudmp")
+    body = f"TRANSCRIPT cuda-gdb-{fixture_name}.txt\n".encode() if fixture_name else b"\x7fELF garbage"
+    with open(path, "wb") as f:
+        f.write(body + b"\0" * max(0, size - len(body)))
+    return path
+
+
+def _poll(d: Daemon, pred, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d.poll_once()
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+FAULTING = r"""
+import os, sys, torch, sentinel_hooks as sh
+table = torch.randint(0, 100, (8, 4), dtype=torch.int32)
+for _ in range(5):
+    sh.step()
+    sh.check_paged_kv(table, 100, name="attn")
+table[3, 1] = 100   # the off-by-one the probe sees
+sh.check_paged_kv(table, 100, name="attn")
+print(os.getpid(), flush=True)
+sys.stdin.readline()          # the test writes the "coredump" now, as the driver would
+raise RuntimeError("CUDA error: an illegal memory access was encountered")
+"""
+
+
+def test_coredump_becomes_a_matched_fault_record(h, tmp_path):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, cuda_gdb=_debugger(tmp_path),
+                            nvml=False))
+    try:
+        proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", FAULTING], env=h.env(),
+                       stdin=__import__("subprocess").PIPE, text=True)
+        pid = int(proc.stdout.readline())
+        _poll(d, lambda: any(s.violations.get("page_table_oob") for s in d.states.values()))
+        core = _write_core(h.dir, pid, "illegal-address", size=200_000)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 1
+        rows = _poll(d, lambda: [r for r in d.journal.faults() if r["source"] == "coredump"])
+        rec = rows[0]
+        assert rec["exception"] == "Warp Illegal Address" and rec["exception_class"] == "illegal_address"
+        assert rec["kernel"] == "paged_gather" and rec["kernel_family"] == "paged_gather"
+        assert rec["known_issue"]["id"] == "paged-kv-page-index-off-by-one"
+        assert "page_table_oob" in rec["evidence"]
+        assert rec["cuda_error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+        assert rec["top_frame"].startswith("<string>:") and rec["identity"]["pid"] == pid
+        assert rec["core_path"] == core and rec["core_bytes"] == 200_000
+        assert any(r.get("check") == "page_table_oob" for r in rec["last_records"])
+        assert rec["gdb"]["sm"] == 131
+        # One record for the death, not two: the coredump's record stands for the crash.
+        time.sleep(0.5)
+        d.poll_once()
+        assert [r["source"] for r in d.journal.faults()] == ["coredump"]
+        # Exported, and shown by `sentinel triage --fault`.
+        d._publish()
+        from prometheus_client import generate_latest
+
+        from sentinel.exporter import build_registry
+
+        text = generate_latest(build_registry(lambda: d.snapshot)).decode()
+        assert (f'sentinel_faults_total{{exception="illegal_address",kernel_family="paged_gather",'
+                f'signature="{rec["signature"]}"}} 1.0') in text
+        assert "sentinel_triage_duration_seconds_count 1.0" in text
+        d.persist()
+    finally:
+        d.close()
+    res = h.run([h.sentinel, "triage", "--dir", h.dir, "--fault", str(rec["id"]), "--json"], env=h.env())
+    out = json.loads(res.stdout)
+    assert {"exception", "kernel", "signature", "known_issue"} <= set(out)
+    assert out["known_issue"]["id"] == "paged-kv-page-index-off-by-one"
+    human = h.run([h.sentinel, "triage", "--dir", h.dir, "--fault", str(rec["id"])], env=h.env()).stdout
+    assert "Warp Illegal Address" in human and "known issue paged-kv-page-index-off-by-one" in human
+
+
+def test_storm_of_50_dumps_stays_under_the_cap_and_journals_every_fault(h, tmp_path):
+    cap = 1_000_000
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, cuda_gdb=_debugger(tmp_path),
+                            cores_max_bytes=cap, cores_per_signature=3, nvml=False))
+    try:
+        names = ["illegal-address", "misaligned-address"]
+        for i in range(50):
+            _write_core(h.dir, 900000 + i, names[i % 2], size=120_000, t=1_000_000 + i)
+        peak = 0
+
+        def all_in() -> bool:
+            nonlocal peak
+            peak = max(peak, d.collector.total_bytes())
+            return len(d.journal.faults(limit=100)) == 50
+        _poll(d, all_in, timeout=120)
+        left = sorted(os.listdir(os.path.join(h.dir, "cores")))
+        used = sum(os.path.getsize(os.path.join(h.dir, "cores", n)) for n in left)
+        assert used <= cap, (used, left)
+        assert len(left) <= 6  # at most 3 per signature
+        counts = d.journal.fault_counts()
+        assert sorted(counts.values()) == [25, 25] and len(counts) == 2
+        # The first and the latest of each signature are kept.
+        for sig in {k[0] for k in counts}:
+            rows = [r for r in d.journal.faults(limit=100) if r["signature"] == sig]
+            first, latest = min(rows, key=lambda r: r["id"]), max(rows, key=lambda r: r["id"])
+            assert os.path.basename(first["core_path"]) in left and os.path.basename(latest["core_path"]) in left
+        print(f"storm: peak {peak} bytes, cap {cap}")
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "empty-then-written"])
+def test_bad_dumps_are_recorded_not_fatal(h, tmp_path, kind):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, cuda_gdb=_debugger(tmp_path),
+                            nvml=False))
+    try:
+        if kind == "garbage":
+            _write_core(h.dir, 999999, None)
+        elif kind == "truncated":
+            path = _write_core(h.dir, 999998, None)
+            with open(path, "r+b") as f:
+                f.truncate(7)
+        else:
+            path = _write_core(h.dir, 999997, None, size=0)
+        rows = _poll(d, lambda: d.journal.faults())
+        rec = rows[0]
+        assert rec["exception"] == "unreadable coredump"
+        assert any("could not read the dump" in n for n in rec["notes"])
+        assert d.collector.errors >= 1
+    finally:
+        d.close()
+
+
+def test_missing_cuda_gdb_still_records_the_fault(h):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, cuda_gdb="/nonexistent/cuda-gdb",
+                            nvml=False))
+    try:
+        _write_core(h.dir, 999996, "illegal-address")
+        rec = _poll(d, lambda: d.journal.faults())[0]
+        assert any("cuda-gdb not found" in n for n in rec["notes"])
+    finally:
+        d.close()
+
+
+SEGFAULT = r"""
+import ctypes, sentinel_hooks as sh
+def serve_one_step():
+    sh.step()
+    ctypes.string_at(0)   # a native crash: SIGSEGV
+for _ in range(3):
+    serve_one_step()
+"""
+
+
+def test_native_crash_is_recorded_with_faulthandler_evidence(h):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, crash_grace_s=0.2, nvml=False))
+    try:
+        res = h.run([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", SEGFAULT], env=h.env())
+        assert res.returncode == -11
+        rec = _poll(d, lambda: d.journal.faults())[0]
+        assert rec["source"] == "process_crash" and rec["exception_class"] == "sigsegv"
+        assert "Segmentation fault" in rec["exception"] and "serve_one_step" in rec["top_frame"]
+        assert "Fatal Python error: Segmentation fault" in rec["faulthandler"]
+        assert [r["kind"] for r in rec["last_records"]][-1] == "step"
+    finally:
+        d.close()
+
+
+def test_uncaught_exception_text_lands_in_the_record(h):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, crash_grace_s=0.2, nvml=False))
+    try:
+        code = "import sentinel_hooks as sh\nsh.step()\nraise RuntimeError('CUDA error: an illegal memory access')\n"
+        res = h.run([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", code], env=h.env())
+        assert res.returncode == 1 and "Traceback" in res.stderr  # the host's own hook still ran
+        # A clean interpreter exit after an exception: the process "exited", no crash record.
+        _poll(d, lambda: d.states and not next(iter(d.states.values())).alive)
+        assert next(iter(d.states.values())).exit == "exited"
+    finally:
+        d.close()
+
+
+def test_triage_cli_on_a_saved_transcript(h):
+    res = h.run([h.sentinel, "triage", "--cuda-gdb-output", str(FIXTURES / "cuda-gdb-misaligned-address.txt"),
+                 "--json"], env=h.env())
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["exception"] == "Warp Misaligned Address" and out["kernel"] == "misaligned_load"
+    assert len(out["signature"]) == 12 and "known_issue" in out
+    bad = h.run([h.sentinel, "triage", "--cuda-gdb-output", str(h.scratch / "nope.txt")], env=h.env())
+    assert bad.returncode == 2 and "No such file" in bad.stderr
+
+
+def test_doctor_reports_missing_cuda_gdb_with_a_fix(h):
+    res = h.run([h.sentinel, "doctor", "--dir", h.dir, "--json"], env=h.env())
+    rows = {r["check"]: r for r in json.loads(res.stdout)}
+    assert rows["cuda-gdb"]["status"] == "fail" and "--cuda-gdb" in rows["cuda-gdb"]["fix"]
+    assert rows["NVML"]["status"] in ("warn", "ok") and rows["python"]["status"] == "ok"
+    assert res.returncode == 1
