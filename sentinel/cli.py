@@ -93,15 +93,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import collect, render_table
+    from .status import collect, open_hangs, render_hangs, render_table
 
     if not os.path.isdir(args.dir):
         print(f"sentinel status: no such directory: {args.dir}", file=sys.stderr)
         return 2
+    if args.hangs:
+        hangs = open_hangs(args.dir, include_resolved=True)
+        print(json.dumps(hangs, indent=2) if args.json else (render_hangs(hangs, full=True) or "no hangs recorded"))
+        return 0
     rows = collect(args.dir)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        banner = render_hangs(open_hangs(args.dir))
+        if banner:
+            print(banner + "\n")
         print(render_table(rows))
     return 0
 
@@ -251,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="list hooked processes: rank, pid, alive, step, heartbeat, records, drops")
     s.add_argument("--dir", default=default_dir, help="SENTINEL_DIR (default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    s.add_argument("--hangs", action="store_true", help="show recorded collective hangs with their stacks")
     s.set_defaults(func=cmd_status)
 
     m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")

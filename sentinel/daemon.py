@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class Daemon:
         self.hangs: dict[tuple[str, str, int], Hang] = {}
         self._open_hangs = self.journal.open_hangs()  # hangs open before a restart: not new again
         self.hangs_total = self.journal.hang_counts()
+        self.hang_evidence: dict[tuple[str, str, int], dict] = {}
+        self._hang_evidence: queue.SimpleQueue = queue.SimpleQueue()
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Daemon:
             self._tail(name, reader)
         self._settle_missing()
         self._check_hangs()
+        self._store_hang_evidence()
         self._collect_faults()
         self.polls += 1
         self._last_poll_s = time.perf_counter() - t0
@@ -220,6 +224,7 @@ class Daemon:
                 if new:
                     g = (hang.job, hang.group)
                     self.hangs_total[g] = self.hangs_total.get(g, 0) + 1
+                self._gather_hang_evidence(hang)
                 log.error("collective hang", extra={
                     "job": hang.job, "group": hang.group, "seq": hang.seq, "kind": hang.kind,
                     "culprits": [c.rank for c in hang.culprits], "reasons": [c.reason for c in hang.culprits],
@@ -352,6 +357,39 @@ class Daemon:
             "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
             "ranks": [s.identity.get("rank") for s in procs],
         })
+
+    def _gather_hang_evidence(self, hang: Hang) -> None:
+        """Stacks of every local member (py-spy) and GPU state (NVML), off the poll thread."""
+        members = [s for s in self.states.values() if s.alive and hang.group in s.groups
+                   and s.identity.get("job", "") == hang.job]
+        pids = {int(s.identity["pid"]): s.identity.get("rank") for s in members if s.identity.get("pid")}
+
+        def work() -> None:
+            from . import stacks
+
+            ev: dict = {"stacks": {}, "gpus": []}
+            for pid, rank in pids.items():
+                ev["stacks"][f"rank {rank} (pid {pid})"] = stacks.dump(pid)
+            for g in self.nvml.sample():
+                ev["gpus"].append({"gpu": g.gpu, "utilization": g.utilization, "memory_used": g.memory_used,
+                                   "ranks": [pids[p] for p in g.pids if p in pids], "pids": list(g.pids)})
+            self._hang_evidence.put((hang.key, ev))
+
+        threading.Thread(target=work, name="sentinel-hang-evidence", daemon=True).start()
+
+    def _store_hang_evidence(self) -> None:
+        while True:
+            try:
+                key, ev = self._hang_evidence.get_nowait()
+            except queue.Empty:
+                return
+            self.hang_evidence[key] = ev
+            try:
+                self.journal.hang_evidence(key, ev)
+            except Exception:
+                log.exception("journal write failed for hang evidence")
+            log.warning("hang evidence", extra={"job": key[0], "group": key[1], "seq": key[2],
+                                                "stacks": ev["stacks"], "gpus": ev["gpus"]})
 
     def _publish(self) -> None:
         self.snapshot = Snapshot(

@@ -172,7 +172,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
 
     print("\nWhat the daemon exported (a few of the series; all at /metrics):")
     for line in metrics.splitlines():
-        if line.startswith(("sentinel_processes", "sentinel_page_table_headroom_pages", "sentinel_collective_hang")) or (
+        if line.startswith(("sentinel_processes", "sentinel_page_table_headroom_pages", "sentinel_hang_")) or (
             line.startswith("sentinel_invariant_violations_total") and not line.rstrip().endswith(" 0.0")
         ):
             print("  " + _short(line))

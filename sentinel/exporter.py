@@ -157,26 +157,27 @@ def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
 
 
 def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
-    enq = GaugeMetricFamily("sentinel_collective_last_enqueued_seq",
-                            "Sequence number of the last collective this rank enqueued, per process group.",
-                            labels=labels + ["group"])
-    done = GaugeMetricFamily("sentinel_collective_last_completed_seq",
-                             "Sequence number of the last collective this rank completed, per process group.",
-                             labels=labels + ["group"])
+    # One series per rank, group and state, so Prometheus can join ranks across nodes and
+    # compute the skew (deploy/prometheus/ ships that rule).
+    seq = GaugeMetricFamily("sentinel_collective_seq",
+                            "Sequence number of the last collective this rank enqueued / completed, per process group.",
+                            labels=labels + ["pg", "state"])
+    age = GaugeMetricFamily("sentinel_heartbeat_age_seconds", "Seconds since the process's last step.", labels=labels)
     for p in snap.processes:
         lv = process_labels(p.identity)
         for name, g in sorted(p.groups.items()):
-            enq.add_metric(lv + [name], g["last_enqueued"])
-            done.add_metric(lv + [name], g["last_completed"])
-    yield from (enq, done)
-    stalled = GaugeMetricFamily("sentinel_collective_hang_stalled_seconds",
+            seq.add_metric(lv + [name, "enqueued"], g["last_enqueued"])
+            seq.add_metric(lv + [name, "completed"], g["last_completed"])
+        if p.alive and p.last_step_ns:
+            age.add_metric(lv, max(0.0, snap.taken_at - p.last_step_ns / 1e9))
+    yield from (seq, age)
+    stalled = GaugeMetricFamily("sentinel_hang_stalled_seconds",
                                 "Present while a process group is hung: seconds since it last made progress.",
-                                labels=["job", "group"])
-    seqg = GaugeMetricFamily("sentinel_collective_hang_seq", "The collective a hung group is stuck at.",
-                             labels=["job", "group"])
-    culprit = GaugeMetricFamily("sentinel_collective_hang_culprit",
-                                "A rank blamed for a current hang (value 1), with why: died, host_stall, behind, missing.",
-                                labels=["job", "group", "rank", "group_rank", "reason"])
+                                labels=["job", "pg"])
+    seqg = GaugeMetricFamily("sentinel_hang_seq", "The collective a hung group is stuck at.", labels=["job", "pg"])
+    culprit = GaugeMetricFamily("sentinel_hang_culprit",
+                                "1 while this rank is a named culprit of a hang; reason: died, host_stall, behind, missing.",
+                                labels=["job", "pg", "rank", "group_rank", "reason"])
     now = snap.taken_at
     for h in snap.hangs:
         stalled.add_metric([h.job, h.group], max(0.0, now - h.since))
@@ -184,7 +185,7 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
         for c in h.culprits:
             culprit.add_metric([h.job, h.group, str(c.rank), str(c.group_rank), c.reason], 1)
     total = CounterMetricFamily("sentinel_collective_hangs", "Collective hangs detected (journaled once each).",
-                                labels=["job", "group"])
+                                labels=["job", "pg"])
     for (job, group), n in sorted(snap.hangs_total.items()):
         total.add_metric([job, group], n)
     yield from (stalled, seqg, culprit, total)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
+
 from .state import ProcessState
 
 
@@ -37,6 +39,7 @@ class Hang:
     group: str
     seq: int  # the first collective not enqueued by every rank (or not completed by any)
     kind: str  # missing_ranks | all_enqueued
+    op: str  # the waiting ranks' collective (all_reduce, all_gather_into_tensor, ...)
     culprits: tuple[Culprit, ...]
     waiting: tuple[int, ...]  # global ranks that enqueued ``seq`` and wait on it
     since: float  # wall time the group last made progress
@@ -49,7 +52,7 @@ class Hang:
 
     def summary(self) -> str:
         who = ", ".join(f"rank {c.rank} ({c.reason})" for c in self.culprits) or "no rank missing"
-        return (f"collective hang in job {self.job or '-'} group {self.group} at collective #{self.seq}: "
+        return (f"collective hang in job {self.job or '-'} group {self.group} at collective #{self.seq} ({self.op}): "
                 f"{who}; waiting: {', '.join(map(str, self.waiting)) or '-'}")
 
 
@@ -114,8 +117,10 @@ class HangDetector:
         for r in range(size if size > 0 else 0):
             if r not in seen_ranks:
                 culprits.append(Culprit(-1, r, "missing", 0, f"group rank {r} has no ring in this job"))
-        waiting = tuple(sorted(_rank(m) for m, g in prog if g.last_enqueued >= seq and g.last_completed < seq))
-        return Hang(job, name, seq, kind, tuple(sorted(culprits, key=lambda c: c.rank)), waiting,
+        waiting_prog = [(m, g) for m, g in prog if g.last_enqueued >= seq and g.last_completed < seq]
+        waiting = tuple(sorted(_rank(m) for m, _ in waiting_prog))
+        op = OP_NAMES.get(waiting_prog[0][1].last_op, "?") if waiting_prog else "?"
+        return Hang(job, name, seq, kind, op, tuple(sorted(culprits, key=lambda c: c.rank)), waiting,
                     since_ns / 1e9, threshold)
 
     def _culprit(self, m: ProcessState, g, now: float, since_ns: int) -> Culprit:  # noqa: ANN001

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS hangs (
     since REAL NOT NULL,
     detected_at REAL NOT NULL,
     resolved_at REAL,
+    evidence TEXT,
     UNIQUE (job, grp, seq)
 );
 """
@@ -153,6 +154,11 @@ class Journal:
                                 "WHERE job = ? AND grp = ? AND seq = ?",
                                 (culprits, hang.summary(), hang.job, hang.group, hang.seq))
         return cur.rowcount > 0
+
+    def hang_evidence(self, key: tuple[str, str, int], evidence: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute("UPDATE hangs SET evidence = ? WHERE job = ? AND grp = ? AND seq = ?",
+                            (json.dumps(evidence, default=str), *key))
 
     def resolve_hang(self, key: tuple[str, str, int], when: float) -> None:
         with self.db:

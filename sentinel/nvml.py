@@ -32,6 +32,7 @@ class GpuSample:
     utilization: float  # 0..1
     memory_used: int
     memory_total: int
+    pids: tuple[int, ...] = ()  # compute processes on this GPU
 
 
 class NvmlMonitor:
@@ -108,8 +109,12 @@ class NvmlMonitor:
             try:
                 util = nv.nvmlDeviceGetUtilizationRates(h)
                 mem = nv.nvmlDeviceGetMemoryInfo(h)
+                try:
+                    pids = tuple(p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h))
+                except Exception:
+                    pids = ()
                 out.append(GpuSample(str(i), _s(nv.nvmlDeviceGetUUID(h)), _s(nv.nvmlDeviceGetName(h)),
-                                     util.gpu / 100.0, int(mem.used), int(mem.total)))
+                                     util.gpu / 100.0, int(mem.used), int(mem.total), pids))
             except Exception:
                 continue
         return out

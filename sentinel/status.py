@@ -35,6 +35,51 @@ def _journal_rows(base_dir: str) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def open_hangs(base_dir: str, include_resolved: bool = False) -> list[dict[str, Any]]:
+    """Hangs from the journal (open ones first), with their culprits, waiting ranks and evidence."""
+    path = journal_path(base_dir)
+    if not os.path.exists(path):
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            where = "" if include_resolved else "WHERE resolved_at IS NULL"
+            cur = db.execute(f"SELECT * FROM hangs {where} ORDER BY id DESC LIMIT 50")
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r)) for r in cur]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+    for r in rows:
+        for key in ("culprits", "waiting", "evidence"):
+            if r.get(key):
+                r[key] = json.loads(r[key])
+    return rows
+
+
+def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
+    now = time.time()
+    lines = []
+    for hg in hangs:
+        who = ", ".join(f"rank {c['rank']} ({c['reason']})" for c in hg["culprits"]) or "no rank missing"
+        state = "resolved" if hg.get("resolved_at") else f"stalled {_age(now - hg['since']).replace(' ago', '')}"
+        lines.append(f"!! HANG  job {hg['job'] or '-'} pg {hg['grp']} at collective #{hg['seq']}: culprit {who}; "
+                     f"waiting ranks {', '.join(map(str, hg['waiting'])) or '-'}; {state}")
+        for c in hg["culprits"]:
+            lines.append(f"         rank {c['rank']}: {c['detail']}")
+        ev = hg.get("evidence") or {}
+        if full:
+            for who_, stack in (ev.get("stacks") or {}).items():
+                lines.append(f"   stack of {who_}:")
+                lines.extend("     " + ln for ln in str(stack).splitlines())
+            for g in ev.get("gpus") or []:
+                lines.append(f"   gpu {g['gpu']}: {100 * g['utilization']:.0f}% busy, ranks {g['ranks']}")
+        elif ev.get("stacks"):
+            lines.append(f"         stacks of {len(ev['stacks'])} ranks: sentinel status --hangs")
+    return "\n".join(lines)
+
+
 def _opt(v: Any) -> Any:
     return None if v is None or v == -1 else v
 

@@ -3,6 +3,7 @@ under `sentinel run`, and the detector's reasoning on NCCL-shaped progress."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -68,34 +69,80 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
 
         d._publish()
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
-        assert f'sentinel_collective_hang_culprit{{group="0",group_rank="{STRAGGLER}",job="hangtest",' \
+        assert f'sentinel_hang_culprit{{group_rank="{STRAGGLER}",job="hangtest",pg="0",' \
                f'rank="{STRAGGLER}",reason="{reason}"}} 1.0' in text
-        assert 'sentinel_collective_hangs_total{group="0",job="hangtest"} 1.0' in text
-        assert 'sentinel_collective_last_enqueued_seq{' in text
+        assert 'sentinel_collective_hangs_total{job="hangtest",pg="0"} 1.0' in text
+        assert re.search(r'sentinel_collective_seq\{[^}]*job="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
+                         + str(float(HANG_AT)), text)
         d.poll_once()
         assert d.hangs_total == {("hangtest", "0"): 1}
         rows = d.journal.hang_rows()
         assert len(rows) == 1 and rows[0]["seq"] == HANG_AT and rows[0]["resolved_at"] is None
+        assert hang.op == "all_reduce"
+        # With stacks: py-spy dumps of every live local rank, journaled with the hang. (When the
+        # straggler dies, gloo's peers see the closed connection and exit too: no stacks then.)
+        ev = _poll_until(d, lambda dm: dm.hang_evidence.get(hang.key), timeout=30)
+        if mode == "die":
+            return
+        stacks = ev["stacks"]
+        assert any(k.startswith("rank 0 ") for k in stacks) and any(k.startswith("rank 2 ") for k in stacks), stacks
+        if mode == "sleep":
+            assert "gloo_ranks.py" in stacks[next(k for k in stacks if k.startswith(f"rank {STRAGGLER} "))]
+        assert "evidence" in d.journal.hang_rows()[0] and d.journal.hang_rows()[0]["evidence"]
+        status = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env())
+        assert "HANG" in status.stdout and f"culprit rank {STRAGGLER}" in status.stdout, status.stdout
     finally:
         for p in procs:
             p.kill()
         d.close()
 
 
-def test_no_hang_reported_for_a_healthy_job(h):
-    procs = _start_job(h, "none", steps=60)
+def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
+    procs = _start_job(h, "none", steps=2400)  # ~28 ms a step: over a minute of collectives
     d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
                             hang=HangConfig(floor_s=1.0, multiplier=10.0)))
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150
+        t0 = time.monotonic()
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             d.poll_once()
             assert not d.hangs, [x.summary() for x in d.hangs.values()]
             time.sleep(0.1)
         assert all(p.wait(timeout=10) == 0 for p in procs)
+        assert time.monotonic() - t0 >= 60
         d.poll_once()
         groups = [p.groups["0"] for p in d.states.values()]
-        assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 60 for g in groups)
+        assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 2400 for g in groups)
+    finally:
+        d.close()
+
+
+def test_hang_in_a_subgroup_names_its_culprit(h):
+    procs = _start_job(h, "subgroup", world=3)
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
+                            hang=HangConfig(floor_s=2.0, multiplier=10.0)))
+    try:
+        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.values()), None), timeout=90)
+        assert hang.group != "0"  # not the default group
+        assert [c.rank for c in hang.culprits] == [STRAGGLER] and hang.waiting == (0,)
+        assert all(x.group == hang.group for x in d.hangs.values())
+    finally:
+        for p in procs:
+            p.kill()
+        d.close()
+
+
+def test_a_legit_slow_step_does_not_alert(h):
+    procs = _start_job(h, "slow", steps=40)
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
+                            hang=HangConfig(floor_s=5.0, multiplier=10.0)))
+    try:
+        deadline = time.monotonic() + 90
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            d.poll_once()
+            assert not d.hangs, [x.summary() for x in d.hangs.values()]
+            time.sleep(0.1)
+        assert all(p.wait(timeout=10) == 0 for p in procs)
     finally:
         d.close()
 

@@ -22,27 +22,28 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 
-# op name -> (code, position of `group`, position of `async_op`, (position, keyword) of the tensor
-# whose size and dtype are recorded), from torch.distributed's signatures.
-OPS: dict[str, tuple[int, int, int | None, tuple[int, str] | None]] = {
-    "all_reduce": (1, 2, 3, (0, "tensor")),
-    "all_gather": (2, 2, 3, (1, "tensor")),
-    "all_gather_into_tensor": (3, 2, 3, (1, "input_tensor")),
-    "reduce_scatter": (4, 3, 4, (0, "output")),
-    "reduce_scatter_tensor": (5, 3, 4, (1, "input")),
-    "broadcast": (6, 2, 3, (0, "tensor")),
-    "all_to_all": (7, 2, 3, (1, "input_tensor_list")),
-    "all_to_all_single": (8, 4, 5, (1, "input")),
-    "barrier": (9, 0, 1, None),
-    "send": (10, 2, None, (0, "tensor")),
-    "recv": (11, 2, None, (0, "tensor")),
-    "isend": (12, 2, None, (0, "tensor")),
-    "irecv": (13, 2, None, (0, "tensor")),
-    "reduce": (14, 3, 4, (0, "tensor")),
-    "gather": (15, 3, 4, (0, "tensor")),
-    "scatter": (16, 3, 4, (0, "tensor")),
+# op name -> (position of `group`, position of `async_op`, (position, keyword) of the tensor whose
+# size and dtype are recorded), from torch.distributed's signatures. Codes: ringformat.COLLECTIVE_OPS.
+_ARGS: dict[str, tuple[int, int | None, tuple[int, str] | None]] = {
+    "all_reduce": (2, 3, (0, "tensor")),
+    "all_gather": (2, 3, (1, "tensor")),
+    "all_gather_into_tensor": (2, 3, (1, "input_tensor")),
+    "reduce_scatter": (3, 4, (0, "output")),
+    "reduce_scatter_tensor": (3, 4, (1, "input")),
+    "broadcast": (2, 3, (0, "tensor")),
+    "all_to_all": (2, 3, (1, "input_tensor_list")),
+    "all_to_all_single": (4, 5, (1, "input")),
+    "barrier": (0, 1, None),
+    "send": (2, None, (0, "tensor")),
+    "recv": (2, None, (0, "tensor")),
+    "isend": (2, None, (0, "tensor")),
+    "irecv": (2, None, (0, "tensor")),
+    "reduce": (3, 4, (0, "tensor")),
+    "gather": (3, 4, (0, "tensor")),
+    "scatter": (3, 4, (0, "tensor")),
 }
-OP_NAMES = {code: name for name, (code, *_rest) in OPS.items()}
+OPS = {name: (rf.COLLECTIVE_OPS[name], *args) for name, args in _ARGS.items()}
+OP_NAMES = rf.COLLECTIVE_OP_NAMES
 GROUP_INFO = 0  # COLLECTIVE_ENQUEUE with code 0: a = group size, b = rank in group, c = global rank
 ASYNC_ALWAYS = {"isend", "irecv"}
 POLL_S = 0.02

@@ -76,6 +76,15 @@ class Context(enum.IntEnum):
     BATCH = 2  # a: num_tokens, b: token budget (-1: none), c: flags (BATCH_*), aux: batch size
 
 
+# COLLECTIVE_ENQUEUE / COLLECTIVE_COMPLETE records' ``code``: the op. Code 0 on an ENQUEUE record
+# describes the group (a = size, b = rank in group, c = global rank).
+COLLECTIVE_OPS = {
+    "all_reduce": 1, "all_gather": 2, "all_gather_into_tensor": 3, "reduce_scatter": 4,
+    "reduce_scatter_tensor": 5, "broadcast": 6, "all_to_all": 7, "all_to_all_single": 8, "barrier": 9,
+    "send": 10, "recv": 11, "isend": 12, "irecv": 13, "reduce": 14, "gather": 15, "scatter": 16,
+}
+COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
+
 BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
 BATCH_OVER_BUDGET = 2
 BATCH_GRAPH_HIT = 4  # the batch size is one the engine captured a graph for

@@ -2,7 +2,9 @@
 (the straggler) stops joining at collective HANG_AT, by sleeping or by dying.
 
     python gloo_ranks.py PORT STEPS HANG_AT STRAGGLER MODE      (RANK and WORLD_SIZE from the env)
-MODE: sleep (a stuck host loop) | die (SIGKILL) | none (no hang)
+MODE: sleep (a stuck host loop) | die (SIGKILL) | none (no hang) | slow (one legit 4 s step at
+HANG_AT: everyone waits, then all go on) | subgroup (ranks 0 and 1 also all-reduce in a subgroup;
+the straggler stops joining that subgroup's collective at HANG_AT)
 """
 
 import datetime
@@ -21,12 +23,21 @@ rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                         timeout=datetime.timedelta(seconds=float(os.environ.get("GLOO_TIMEOUT_S", "120"))))
 x = torch.ones(16)
+sub = dist.new_group([0, 1]) if mode == "subgroup" else None
 for i in range(1, steps + 1):
     sentinel_hooks.step()
-    if mode != "none" and rank == straggler and i == hang_at:
+    if mode == "slow" and i == hang_at and rank == straggler:
+        time.sleep(4.0)  # a long prefill: slow, not hung
+    elif mode in ("sleep", "die") and rank == straggler and i == hang_at:
         if mode == "die":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(3600)
+    if mode == "subgroup":
+        if rank in (0, 1):
+            if rank == straggler and i == hang_at:
+                time.sleep(3600)
+            dist.all_reduce(x, group=sub)
+        continue
     dist.all_reduce(x)
     time.sleep(0.02)
 print("done", rank, flush=True)
