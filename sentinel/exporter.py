@@ -16,12 +16,14 @@ from . import __version__
 from .state import Snapshot
 
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
-PROCESS_LABELS = ("job", "host", "pod", "namespace", "rank", "local_rank", "pid")
+# The serving job is `job_id`: Prometheus owns `job` (the scrape job).
+PROCESS_LABELS = ("job_id", "host", "pod", "namespace", "rank", "local_rank", "pid")
+_IDENTITY_KEYS = ("job", "host", "pod", "namespace", "rank", "local_rank", "pid")
 
 
 def process_labels(identity: dict) -> list[str]:
     out = []
-    for name in PROCESS_LABELS:
+    for name in _IDENTITY_KEYS:
         v = identity.get(name)
         out.append("" if v is None or v == -1 else str(v))
     return out
@@ -173,11 +175,11 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
     yield from (seq, age)
     stalled = GaugeMetricFamily("sentinel_hang_stalled_seconds",
                                 "Present while a process group is hung: seconds since it last made progress.",
-                                labels=["job", "pg"])
-    seqg = GaugeMetricFamily("sentinel_hang_seq", "The collective a hung group is stuck at.", labels=["job", "pg"])
+                                labels=["job_id", "pg"])
+    seqg = GaugeMetricFamily("sentinel_hang_seq", "The collective a hung group is stuck at.", labels=["job_id", "pg"])
     culprit = GaugeMetricFamily("sentinel_hang_culprit",
                                 "1 while this rank is a named culprit of a hang; reason: died, host_stall, behind, missing.",
-                                labels=["job", "pg", "rank", "group_rank", "reason"])
+                                labels=["job_id", "pg", "rank", "group_rank", "reason"])
     now = snap.taken_at
     for h in snap.hangs:
         stalled.add_metric([h.job, h.group], max(0.0, now - h.since))
@@ -185,7 +187,7 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
         for c in h.culprits:
             culprit.add_metric([h.job, h.group, str(c.rank), str(c.group_rank), c.reason], 1)
     total = CounterMetricFamily("sentinel_collective_hangs", "Collective hangs detected (journaled once each).",
-                                labels=["job", "pg"])
+                                labels=["job_id", "pg"])
     for (job, group), n in sorted(snap.hangs_total.items()):
         total.add_metric([job, group], n)
     yield from (stalled, seqg, culprit, total)

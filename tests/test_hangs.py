@@ -69,10 +69,10 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
 
         d._publish()
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
-        assert f'sentinel_hang_culprit{{group_rank="{STRAGGLER}",job="hangtest",pg="0",' \
+        assert f'sentinel_hang_culprit{{group_rank="{STRAGGLER}",job_id="hangtest",pg="0",' \
                f'rank="{STRAGGLER}",reason="{reason}"}} 1.0' in text
-        assert 'sentinel_collective_hangs_total{job="hangtest",pg="0"} 1.0' in text
-        assert re.search(r'sentinel_collective_seq\{[^}]*job="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
+        assert 'sentinel_collective_hangs_total{job_id="hangtest",pg="0"} 1.0' in text
+        assert re.search(r'sentinel_collective_seq\{[^}]*job_id="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
                          + str(float(HANG_AT)), text)
         d.poll_once()
         assert d.hangs_total == {("hangtest", "0"): 1}
@@ -98,7 +98,7 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
 
 
 def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
-    procs = _start_job(h, "none", steps=2400)  # ~28 ms a step: over a minute of collectives
+    procs = _start_job(h, "none", steps=3000)  # >= 20 ms a step: over a minute of collectives
     d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
                             hang=HangConfig(floor_s=1.0, multiplier=10.0)))
     try:
@@ -112,7 +112,7 @@ def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
         assert time.monotonic() - t0 >= 60
         d.poll_once()
         groups = [p.groups["0"] for p in d.states.values()]
-        assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 2400 for g in groups)
+        assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 3000 for g in groups)
     finally:
         d.close()
 
