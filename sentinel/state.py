@@ -19,6 +19,7 @@ BATCH_COUNTERS = ("steps", "at_token_budget", "over_token_budget", "uncaptured_b
 MAX_KIND = max(KIND_NAMES) + 1
 LAST_RECORDS = 256  # what a fault record gets of a process's final moments
 STEP_WINDOW = 1024  # step durations kept for percentiles
+WARMUP_STEPS = 2  # durations of the first steps (and a group's first collective) are not typical
 
 
 def kind_name(kind: int) -> str:
@@ -89,7 +90,9 @@ class ProcessState:
         kinds = np.minimum(recs["kind"], MAX_KIND)  # unknown kinds land in the last bucket
         self.by_kind += np.bincount(kinds, minlength=MAX_KIND + 1)
         b = recs["b"]
-        durations = b[(recs["kind"] == rf.Kind.STEP) & (b > 0)]  # columns only: no record copies
+        # Step durations for percentiles, columns only (no record copies). The first steps after
+        # start-up (compilation, communicator set-up) would inflate them: skip them.
+        durations = b[(recs["kind"] == rf.Kind.STEP) & (b > 0) & (recs["a"] > WARMUP_STEPS)]
         if len(durations):
             self.step_ns = np.concatenate((self.step_ns, durations[-STEP_WINDOW:]))[-STEP_WINDOW:]
         self.last = np.concatenate((self.last, recs[-LAST_RECORDS:]))[-LAST_RECORDS:]
@@ -105,7 +108,7 @@ class ProcessState:
         if not len(recs):
             return
         b = recs["b"]
-        self.step_ns = b[(recs["kind"] == rf.Kind.STEP) & (b > 0)][-STEP_WINDOW:].astype(np.int64)
+        self.step_ns = b[(recs["kind"] == rf.Kind.STEP) & (b > 0) & (recs["a"] > WARMUP_STEPS)][-STEP_WINDOW:].astype(np.int64)
         self.last = recs[-LAST_RECORDS:].copy()
         self._ingest_collectives(recs, names)
 
@@ -134,7 +137,8 @@ class ProcessState:
             if len(done):
                 last = done[-1]
                 g.last_completed, g.last_completed_ns = int(last["a"]), int(last["ts_ns"])
-                g.durations_ns = np.concatenate((g.durations_ns, done["b"][-STEP_WINDOW:]))[-STEP_WINDOW:]
+                typical = done["b"][done["a"] > 1]  # the first collective sets up the communicator
+                g.durations_ns = np.concatenate((g.durations_ns, typical[-STEP_WINDOW:]))[-STEP_WINDOW:]
 
     def _ingest_probes(self, recs: np.ndarray) -> None:
         kind = recs["kind"]

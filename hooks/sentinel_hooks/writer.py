@@ -35,7 +35,9 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
                 return int(value)
         return None
 
-    job = env.get("SENTINEL_JOB") or env.get("TORCHELASTIC_RUN_ID") or env.get("SLURM_JOB_ID") or ""
+    elastic = env.get("TORCHELASTIC_RUN_ID", "")
+    elastic = "" if elastic == "none" else elastic  # torchrun's placeholder for standalone runs
+    job = env.get("SENTINEL_JOB") or elastic or env.get("SLURM_JOB_ID") or ""
     if not job and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
         job = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
     return {

@@ -65,6 +65,7 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_size"),
     ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_stride"),
     ("vllm.v1.kv_cache_interface", "KVCacheSpec.block_size"),
+    ("vllm.v1.kv_cache_interface", "AttentionSpec"),
     ("vllm.v1.attention.backend", "AttentionMetadataBuilder.vllm_config"),
     ("vllm.v1.attention.backend", "CommonAttentionMetadata.block_table_tensor"),
     ("vllm.v1.attention.backend", "CommonAttentionMetadata.seq_lens"),
@@ -129,10 +130,11 @@ COMMON_FIELDS = ("block_table_tensor", "seq_lens", "query_start_loc", "num_reqs"
 
 
 class _GroupInfo:
-    __slots__ = ("group", "name", "layer", "block_size", "kernel_block_size", "ratio", "vllm_config")
+    __slots__ = ("group", "name", "layer", "block_size", "kernel_block_size", "ratio", "vllm_config", "paged")
 
-    def __init__(self, group: Any, name: str, layer: Any, vllm_config: Any) -> None:
+    def __init__(self, group: Any, name: str, layer: Any, vllm_config: Any, paged: bool) -> None:
         self.group = group  # keeps id(group) stable while cached
+        self.paged = paged  # a paged-attention KV cache (not Mamba state, not attention-free)
         self.name = name
         self.layer = layer
         self.vllm_config = vllm_config
@@ -262,7 +264,7 @@ class VLLMAdapter(Adapter):
                 try:
                     return original(core, *args, **kwargs)
                 finally:
-                    if adapter.active:
+                    if adapter.active and adapter._step == 0:  # in-process worker: its steps beat
                         _heartbeat()
 
             return step
@@ -273,7 +275,8 @@ class VLLMAdapter(Adapter):
 
     def _patch_canonicalize(self, module: ModuleType) -> None:
         self.require(module, CANONICALIZE)
-        site = "vllm.canonicalize." + module.__name__.rsplit(".", 1)[-1]
+        short = module.__name__.removeprefix("vllm.").removeprefix("v1.attention.backends.").removeprefix("models.")
+        site = "vllm.canonicalize." + short  # flash_attn, flashinfer, inkling.amd.attention, ...
         adapter = self
 
         def make(original):
@@ -307,10 +310,11 @@ class VLLMAdapter(Adapter):
         if name in self._names:  # a second attention group (another backend) in this KV-cache group
             backend = getattr(getattr(group, "backend", None), "get_name", lambda: "other")()
             name = f"{name}.{str(backend).lower()}"
-        if ubatch_idx:
-            name = f"{name}.u{int(ubatch_idx)}"
-        self._names.add(name)
-        info = self._groups[id(group)] = _GroupInfo(group, name, layer, vllm_config)
+        self._names.add(name)  # micro-batches (ubatch_idx) share their group's site
+        from vllm.v1.kv_cache_interface import AttentionSpec  # imported by vLLM long before a step
+
+        paged = isinstance(group.kv_cache_spec, AttentionSpec)
+        info = self._groups[id(group)] = _GroupInfo(group, name, layer, vllm_config, paged)
         return info
 
     def _on_metadata(self, group: Any, args: tuple, kwargs: dict, metadata: Any) -> None:
@@ -322,6 +326,8 @@ class VLLMAdapter(Adapter):
             self.require(common, *COMMON_FIELDS)
             self._checked_types.add(type(common))
         info = self._group_info(group, int(ubatch_idx or 0))
+        if not info.paged:
+            return
         kv = info.layer.kv_cache
         if isinstance(kv, list | tuple):  # older layouts: one cache per virtual engine
             kv = kv[0] if kv else None
