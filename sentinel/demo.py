@@ -102,6 +102,30 @@ def _hang_phase(daemon: Daemon, env: dict, duration: float) -> str:
     return result
 
 
+def _crash_phase(daemon: Daemon, env: dict) -> str:
+    """A rank that crashes natively after an off-by-one page index: the fault record."""
+    from .faults import FaultRecord, render_report
+
+    print("\nPhase 3: a crash. A rank serves with an off-by-one page index, then segfaults in native code.")
+    print("The daemon builds the fault record from its faulthandler file and its last ring records.\n")
+    e = dict(env, RANK="0", WORLD_SIZE="1", SENTINEL_JOB="demo-crash")
+    # The off-by-one starts at 25 % of the 2 s run; the crash comes after it, at step 400.
+    cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", "2", "--scenario", "offbyone",
+           "--crash-at", "400", "--step-ms", "2"]
+    proc = subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL)  # its own stderr: the crash itself
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = [r for r in daemon.journal.faults(limit=20) if r["identity"].get("job") == "demo-crash"]
+        if rows:
+            rec = FaultRecord.from_dict(rows[0])
+            print("  " + render_report(rec).replace("\n", "\n  "))
+            print(f"\n  (sentinel triage --dir DIR --fault {rec.id} shows it again; --json for machines)")
+            return f"fault record #{rec.id}: {rec.exception_class} at {rec.top_frame or '?'}, signature {rec.signature}"
+        time.sleep(0.3)
+    return "no fault record was made (unexpected)"
+
+
 def _short(line: str) -> str:
     # Drop empty labels so the lines fit a terminal.
     import re
@@ -114,7 +138,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     os.makedirs(base, mode=0o700, exist_ok=True)
     port = _free_port()
     logjson.setup("info", open(os.path.join(base, "daemon.log"), "a"))  # keep the live view readable
-    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1, hang=HangConfig(floor_s=3.0)))
+    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1, hang=HangConfig(floor_s=3.0), crash_grace_s=1.0))
     server, _ = serve(build_registry(lambda: daemon.snapshot), "127.0.0.1", port)
     stop = threading.Event()
     poller = threading.Thread(target=daemon.run, args=(stop,), name="sentinel-daemon", daemon=True)
@@ -161,6 +185,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
         time.sleep(0.3)  # let the daemon take its last poll of the final records
 
     hang_line = _hang_phase(daemon, env, min(20.0, duration))
+    crash_line = _crash_phase(daemon, env)
     try:
         metrics = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     except OSError as exc:
@@ -189,6 +214,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
         if p.identity.get("job") == "demo":
             print(f"  rank {p.identity.get('rank')}: {found}{room}")
     print(f"  phase 2: {hang_line}")
+    print(f"  phase 3: {crash_line}")
     print(f"  records read: {daemon.ingested}; their last records stay in {os.path.join(base, 'rings')}")
     print("\nWhere to look next")
     print(f"  sentinel status --dir {base}")
@@ -196,7 +222,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     print(f"  {os.path.join(base, 'daemon.log')}   (the daemon's JSON log)")
     caught = {check for p in phase1 for check, n in p.violations.items() if n}
     expected = {"page_table_oob", "batch_mismatch", "degenerate_stride", "tma_misaligned"}
-    if len(died) != 1 or not expected <= caught or "culprit rank 1" not in hang_line:
+    if len(died) != 1 or not expected <= caught or "culprit rank 1" not in hang_line or "sigsegv" not in crash_line:
         print(f"\nthe demo did not see what it should: died={len(died)}, caught={sorted(caught)}", file=sys.stderr)
         return 1
     return 0

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gloo-port", type=int, default=0, help="all-reduce every step over gloo (RANK/WORLD_SIZE)")
     p.add_argument("--hang-rank", type=int, default=-1)
     p.add_argument("--hang-at", type=int, default=0)
+    p.add_argument("--crash-at", type=int, default=0, help="crash natively (SIGSEGV) at this step")
     args = p.parse_args(argv)
     if args.gloo_port:
         return _collectives(args)
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             scores = torch.einsum("bhd,bthd->bht", q, k).softmax(-1)
             q = q + 0.01 * torch.einsum("bht,bthd->bhd", scores, k)
         sentinel_hooks.step()
+        if args.crash_at and sentinel_hooks.stats()["steps"] >= args.crash_at:
+            _native_crash()
         if args.die_after and t >= args.die_after:
             os.kill(os.getpid(), signal.SIGKILL)  # what an OOM kill or a fatal fault looks like
         next_t += period
@@ -93,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         if delay > 0:
             time.sleep(delay)
     return 0
+
+
+def _native_crash() -> None:
+    """What a segfault in a native extension looks like: faulthandler writes the Python stacks."""
+    import ctypes
+
+    ctypes.string_at(0)
 
 
 def _collectives(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -222,10 +223,10 @@ def render_report(rec: FaultRecord) -> str:
     ki = rec.known_issue
     if ki:
         lines.append(f"  known issue {ki['id']}: {ki['title']}")
-        if ki.get("root_cause"):
-            lines.append(f"    cause     {ki['root_cause']}")
-        if ki.get("remediation"):
-            lines.append(f"    fix       {ki['remediation']}")
+        for label, key in (("cause", "root_cause"), ("fix", "remediation")):
+            if ki.get(key):
+                lines.append(textwrap.fill(ki[key], width=100, initial_indent=f"    {label:<10}",
+                                           subsequent_indent=" " * 14))
         if ki.get("reference"):
             lines.append(f"    reference {ki['reference']}")
         if ki.get("runbook"):
@@ -239,6 +240,10 @@ def render_report(rec: FaultRecord) -> str:
         for r in rec.last_records[-8:]:
             detail = {k: v for k, v in r.items() if k not in ("seq", "time", "kind", "step")}
             lines.append(f"    step {r['step']:>7}  {r['kind']:<8} {json.dumps(detail)}")
+    if rec.faulthandler:
+        fh = [ln for ln in rec.faulthandler.splitlines() if ln.strip()][:8]
+        lines.append("  faulthandler")
+        lines.extend(f"    {ln}" for ln in fh)
     if rec.core_path:
         lines.append(f"  coredump    {rec.core_path} ({rec.core_bytes} bytes)")
     for note in rec.notes:
