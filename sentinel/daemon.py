@@ -91,6 +91,10 @@ class Daemon:
         self._open_hangs = self.journal.open_hangs()  # hangs open before a restart: not new again
         self.hangs_total = self.journal.hang_counts()
         self.hang_evidence: dict[tuple[str, str, int], dict] = {}
+        self.fr_dir = os.path.join(config.base_dir, "fr")
+        self.fr_discovery = Discovery(self.fr_dir, config.rescan_interval, config.use_events, lambda n: not n.startswith("."))
+        self.fr_seen: dict[str, float] = {}  # dump path -> mtime read
+        self.fr_rejected = 0
         self._hang_evidence: queue.SimpleQueue = queue.SimpleQueue()
 
     # -- attaching ------------------------------------------------------------------------------
@@ -136,6 +140,7 @@ class Daemon:
         self._settle_missing()
         self._check_hangs()
         self._store_hang_evidence()
+        self._read_flight_recorder()
         self._collect_faults()
         self.polls += 1
         self._last_poll_s = time.perf_counter() - t0
@@ -383,6 +388,7 @@ class Daemon:
                 key, ev = self._hang_evidence.get_nowait()
             except queue.Empty:
                 return
+            ev = {**self.hang_evidence.get(key, {}), **ev}  # keep Flight Recorder dumps read meanwhile
             self.hang_evidence[key] = ev
             try:
                 self.journal.hang_evidence(key, ev)
@@ -390,6 +396,34 @@ class Daemon:
                 log.exception("journal write failed for hang evidence")
             log.warning("hang evidence", extra={"job": key[0], "group": key[1], "seq": key[2],
                                                 "stacks": ev["stacks"], "gpus": ev["gpus"]})
+
+    def _read_flight_recorder(self) -> None:
+        """Attach Flight Recorder dumps (restricted unpickling, never pickle.load) to open hangs."""
+        from . import flight_recorder
+
+        for name in self.fr_discovery.poll():
+            path = os.path.join(self.fr_dir, name)
+            try:
+                mtime = os.path.getmtime(path)
+            except OSError:
+                continue
+            if self.fr_seen.get(path) == mtime or time.time() - mtime < 1.0:
+                continue  # read already, or still being written
+            self.fr_seen[path] = mtime
+            try:
+                summary = flight_recorder.read(path)
+            except Exception as exc:  # unsafe or malformed: refused, counted, never fatal
+                self.fr_rejected += 1
+                log.error("flight recorder dump refused", extra={"file": path, "error": str(exc)})
+                continue
+            log.info("flight recorder dump", extra={"file": path, "groups": summary["groups"]})
+            for key in self.hangs:
+                ev = self.hang_evidence.setdefault(key, {"stacks": {}, "gpus": []})
+                ev.setdefault("flight_recorder", {})[name] = summary
+                try:
+                    self.journal.hang_evidence(key, ev)
+                except Exception:
+                    log.exception("journal write failed for hang evidence")
 
     def _publish(self) -> None:
         self.snapshot = Snapshot(
@@ -402,6 +436,7 @@ class Daemon:
             coredump_bytes=self.collector.total_bytes(),
             triage_count=len(self.triage_seconds),
             triage_sum=sum(self.triage_seconds),
+            fr_rejected=self.fr_rejected,
             rejected=dict(self.rejected),
             ingested=self.ingested,
             polls=self.polls,
@@ -437,6 +472,7 @@ class Daemon:
             self.persist()
             self.discovery.close()
             self.core_discovery.close()
+            self.fr_discovery.close()
             self.collector.close()
             self.nvml.close()
             for reader in self.readers.values():

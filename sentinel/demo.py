@@ -126,6 +126,50 @@ def _crash_phase(daemon: Daemon, env: dict) -> str:
     return "no fault record was made (unexpected)"
 
 
+def _gpu_present() -> bool:
+    try:  # NVML, not torch: the daemon side never imports torch
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+def _gpu_phase(daemon: Daemon, env: dict) -> str:
+    """Where a GPU is present: a real CUDA fault, its coredump read by cuda-gdb, the record."""
+    from .cudagdb import find_cuda_gdb
+    from .faults import FaultRecord, render_report
+
+    if not _gpu_present():
+        return ""
+    print("\nPhase 4: a real CUDA fault. A Triton paged gather serves with an off-by-one page index")
+    print("(silent), then reads a page far out of range. CUDA writes a coredump; cuda-gdb reads it.\n")
+    if find_cuda_gdb() is None:
+        print("  (cuda-gdb not found: the record will have no GPU backtrace; see `sentinel doctor`)")
+    e = dict(env, RANK="0", WORLD_SIZE="1", SENTINEL_JOB="demo-gpu")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel.demo_workload", "--cuda-fault"], env=e,
+                            stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    while time.monotonic() - t0 < 150:
+        rows = [r for r in daemon.journal.faults(limit=20) if r["identity"].get("job") == "demo-gpu"
+                and r["source"] == "coredump"]
+        if rows:
+            rec = FaultRecord.from_dict(rows[0])
+            print("  " + render_report(rec).replace("\n", "\n  "))
+            ki = rec.known_issue["id"] if rec.known_issue else "none"
+            return f"GPU fault record #{rec.id}: {rec.exception} in {rec.kernel_family}, known issue {ki}"
+        time.sleep(0.5)
+    return "no GPU fault record was made (is the coredump environment overridden?)"
+
+
 def _short(line: str) -> str:
     # Drop empty labels so the lines fit a terminal.
     import re
@@ -138,7 +182,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     os.makedirs(base, mode=0o700, exist_ok=True)
     port = _free_port()
     logjson.setup("info", open(os.path.join(base, "daemon.log"), "a"))  # keep the live view readable
-    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1, hang=HangConfig(floor_s=3.0), crash_grace_s=1.0))
+    daemon = Daemon(DaemonConfig(base_dir=base, poll_interval=0.1, hang=HangConfig(floor_s=3.0), crash_grace_s=5.0))
     server, _ = serve(build_registry(lambda: daemon.snapshot), "127.0.0.1", port)
     stop = threading.Event()
     poller = threading.Thread(target=daemon.run, args=(stop,), name="sentinel-daemon", daemon=True)
@@ -186,6 +230,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
 
     hang_line = _hang_phase(daemon, env, min(20.0, duration))
     crash_line = _crash_phase(daemon, env)
+    gpu_line = _gpu_phase(daemon, env)
     try:
         metrics = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     except OSError as exc:
@@ -215,6 +260,8 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
             print(f"  rank {p.identity.get('rank')}: {found}{room}")
     print(f"  phase 2: {hang_line}")
     print(f"  phase 3: {crash_line}")
+    if gpu_line:
+        print(f"  phase 4: {gpu_line}")
     print(f"  records read: {daemon.ingested}; their last records stay in {os.path.join(base, 'rings')}")
     print("\nWhere to look next")
     print(f"  sentinel status --dir {base}")

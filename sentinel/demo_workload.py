@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hang-rank", type=int, default=-1)
     p.add_argument("--hang-at", type=int, default=0)
     p.add_argument("--crash-at", type=int, default=0, help="crash natively (SIGSEGV) at this step")
+    p.add_argument("--cuda-fault", action="store_true", help="a real CUDA fault (needs a GPU and Triton)")
     args = p.parse_args(argv)
+    if args.cuda_fault:
+        from .demo_cuda import main as cuda_fault
+
+        return cuda_fault()
     if args.gloo_port:
         return _collectives(args)
 

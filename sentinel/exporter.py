@@ -212,6 +212,8 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
     triage = SummaryMetricFamily("sentinel_triage_duration_seconds", "cuda-gdb time per coredump.",
                                  count_value=snap.triage_count, sum_value=snap.triage_sum)
     yield triage
+    yield CounterMetricFamily("sentinel_flight_recorder_rejected",
+                              "Flight Recorder dumps refused (unsafe or malformed pickles).", value=snap.fr_rejected)
 
 
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -125,6 +125,13 @@ def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool =
         for key, value in coredump_env(base_dir).items():
             env.setdefault(key, value)
         os.makedirs(os.path.join(base_dir, "cores"), mode=0o700, exist_ok=True)
+    # Where PyTorch's Flight Recorder writes its dumps, when the user enables it
+    # (TORCH_FR_BUFFER_SIZE): the daemon attaches them to the hang they belong to.
+    from .flight_recorder import dump_prefix
+
+    prefix = dump_prefix(base_dir)
+    os.makedirs(os.path.dirname(prefix), mode=0o700, exist_ok=True)
+    env.setdefault("TORCH_FR_DUMP_TEMP_FILE", prefix)
     if eager:
         env["SENTINEL_EAGER"] = "1"
     return env

@@ -315,6 +315,7 @@ class Snapshot:
     coredump_bytes: int = 0
     triage_count: int = 0
     triage_sum: float = 0.0
+    fr_rejected: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     ingested: int = 0
     polls: int = 0

@@ -51,6 +51,7 @@ def main(out_dir: str) -> int:
     with open(prog, "w") as f:
         f.write(RANK_PROGRAM)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TORCH_NCCL_ASYNC_ERROR_HANDLING="1",
+               TORCH_FR_BUFFER_SIZE="2000", TORCH_NCCL_DUMP_ON_TIMEOUT="1",  # Flight Recorder, dumped at the timeout
                PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "hooks"), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "sentinel", "run", "--dir", base, "--", sys.executable, "-m",
            "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", prog]
@@ -79,7 +80,8 @@ def main(out_dir: str) -> int:
                     t_watchdog = time.time()
                     print("PyTorch watchdog fired", flush=True)
             if hang is not None and (t_watchdog is not None or job.poll() is not None):
-                break
+                if d.hang_evidence.get(hang.key, {}).get("flight_recorder") or time.time() - (t_watchdog or 0) > 15:
+                    break
             time.sleep(0.1)
         d._store_hang_evidence()
         time.sleep(2)
@@ -98,7 +100,7 @@ def main(out_dir: str) -> int:
         "culprits": [c.__dict__ for c in hang.culprits] if hang else None,
         "waiting": list(hang.waiting) if hang else None,
         "seq": hang.seq if hang else None, "op": hang.op if hang else None,
-        "gpus": ev.get("gpus"), "stacks": ev.get("stacks"),
+        "gpus": ev.get("gpus"), "stacks": ev.get("stacks"), "flight_recorder": ev.get("flight_recorder"),
     }
     with open(os.path.join(out_dir, "nccl_hang.json"), "w") as f:
         json.dump(result, f, indent=2, default=str)
@@ -106,7 +108,7 @@ def main(out_dir: str) -> int:
     print(f"| Sentinel names the culprit | {result['sentinel_named_s']} |")
     print(f"| PyTorch watchdog (pg timeout 60 s) | {result['pytorch_watchdog_s']} |")
     print("| PyTorch watchdog, default timeout | 600 (on paper) |")
-    print(json.dumps({k: result[k] for k in ("culprits", "waiting", "seq", "op", "gpus")}, default=str))
+    print(json.dumps({k: result[k] for k in ("culprits", "waiting", "seq", "op", "gpus", "flight_recorder")}, default=str))
     ok = result["culprits"] and [c["rank"] for c in result["culprits"]] == [1] and (result["sentinel_named_s"] or 99) <= 10
     return 0 if ok else 1
 
