@@ -93,6 +93,14 @@ def _sampled(cfg: ProbeConfig, site: Site, capturing: bool) -> bool:
     return capturing or cfg.sample_every == 1 or (site.calls - 1) % cfg.sample_every == 0
 
 
+def _host_probe(kind: str, name: str) -> ProbeConfig | None:
+    """The config if this call of a host-side probe is enabled and sampled, else None."""
+    cfg = config()
+    if kind not in cfg.enabled:
+        return None
+    return cfg if _sampled(cfg, _site(kind, name), False) else None
+
+
 def _capturing(torch: Any, tensor: Any) -> bool:
     return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
 
@@ -217,12 +225,8 @@ def check_strides(tensor: Any, *, name: str = "tensor", tma: bool = True) -> Non
     innermost must be a multiple of 16 bytes, the innermost dim contiguous, the base 16-byte
     aligned. Reads metadata only (no device work), so it is free under any mode."""
     try:
-        cfg = config()
-        if "strides" not in cfg.enabled:
-            return
-        site = _site("strides", name)
-        site.calls += 1
-        if cfg.sample_every > 1 and (site.calls - 1) % cfg.sample_every:
+        cfg = _host_probe("strides", name)
+        if cfg is None:
             return
         shape, strides = tuple(tensor.shape), tuple(tensor.stride())
         itemsize = tensor.element_size()
@@ -274,12 +278,7 @@ def note_batch(num_tokens: int, *, token_budget: int | None = None, graph_sizes:
     """Seed 003: record a step's shape context (tokens against the budget; whether the batch size
     is one the engine captured a graph for). Context for correlating faults, never a violation."""
     try:
-        cfg = config()
-        if "batch" not in cfg.enabled:
-            return
-        site = _site("batch", name)
-        site.calls += 1
-        if cfg.sample_every > 1 and (site.calls - 1) % cfg.sample_every:
+        if _host_probe("batch", name) is None:
             return
         n = int(num_tokens)
         flags = 0
