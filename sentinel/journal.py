@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS hangs (
     grp TEXT NOT NULL,
     seq INTEGER NOT NULL,
     kind TEXT NOT NULL,
+    op TEXT NOT NULL DEFAULT '',
     culprits TEXT NOT NULL,
     waiting TEXT NOT NULL,
     summary TEXT NOT NULL,
@@ -144,9 +145,9 @@ class Journal:
         culprits = json.dumps([c.__dict__ for c in hang.culprits])
         with self.db:
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, culprits, waiting, summary, since, detected_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
-                (hang.job, hang.group, hang.seq, hang.kind, culprits, json.dumps(list(hang.waiting)),
+                "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, op, culprits, waiting, summary, since, detected_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (hang.job, hang.group, hang.seq, hang.kind, hang.op, culprits, json.dumps(list(hang.waiting)),
                  hang.summary(), hang.since, hang.detected_at),
             )
             if cur.rowcount == 0:  # known: refresh what we know of it, keep it open

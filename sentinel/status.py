@@ -64,7 +64,8 @@ def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
     for hg in hangs:
         who = ", ".join(f"rank {c['rank']} ({c['reason']})" for c in hg["culprits"]) or "no rank missing"
         state = "resolved" if hg.get("resolved_at") else f"stalled {_age(now - hg['since']).replace(' ago', '')}"
-        lines.append(f"!! HANG  job {hg['job'] or '-'} pg {hg['grp']} at collective #{hg['seq']}: culprit {who}; "
+        lines.append(f"!! HANG  job {hg['job'] or '-'} pg {hg['grp']} at collective #{hg['seq']} ({hg.get('op') or '?'}): "
+                     f"culprit {who}; "
                      f"waiting ranks {', '.join(map(str, hg['waiting'])) or '-'}; {state}")
         for c in hg["culprits"]:
             lines.append(f"         rank {c['rank']}: {c['detail']}")

@@ -3,7 +3,9 @@ under `sentinel run`, and the detector's reasoning on NCCL-shaped progress."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
 import numpy as np
@@ -19,14 +21,22 @@ HANG_AT = 6
 
 
 def _start_job(h, mode: str, steps: int = 40, hang_at: int = HANG_AT, world: int = WORLD):
+    """The ranks, started as a user would: `sentinel run -- torchrun ...`."""
     port = h.free_port()
-    procs = []
-    for rank in range(world):
-        env = h.env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), SENTINEL_JOB="hangtest")
-        argv = [h.sentinel, "run", "--dir", h.dir, "--", h.python, str(h.helpers / "gloo_ranks.py"),
-                str(port), str(steps), str(hang_at), str(STRAGGLER), mode]
-        procs.append(h.spawn(argv, env=env))
-    return procs
+    env = h.env(SENTINEL_JOB="hangtest", OMP_NUM_THREADS="1")
+    argv = [h.sentinel, "run", "--dir", h.dir, "--", h.python, "-m", "torch.distributed.run",
+            "--nproc-per-node", str(world), "--master-port", str(port), "--monitor-interval", "1",
+            str(h.helpers / "gloo_ranks.py"), str(port), str(steps), str(hang_at), str(STRAGGLER), mode]
+    return [h.spawn(argv, env=env, start_new_session=True)]
+
+
+def _stop(procs) -> None:
+    for p in procs:  # torchrun and its ranks: the whole session
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=10)
 
 
 def _poll_until(daemon: Daemon, pred, timeout: float):
@@ -92,8 +102,7 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         status = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env())
         assert "HANG" in status.stdout and f"culprit rank {STRAGGLER}" in status.stdout, status.stdout
     finally:
-        for p in procs:
-            p.kill()
+        _stop(procs)
         d.close()
 
 
@@ -114,6 +123,7 @@ def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
         groups = [p.groups["0"] for p in d.states.values()]
         assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 3000 for g in groups)
     finally:
+        _stop(procs)
         d.close()
 
 
@@ -127,8 +137,7 @@ def test_hang_in_a_subgroup_names_its_culprit(h):
         assert [c.rank for c in hang.culprits] == [STRAGGLER] and hang.waiting == (0,)
         assert all(x.group == hang.group for x in d.hangs.values())
     finally:
-        for p in procs:
-            p.kill()
+        _stop(procs)
         d.close()
 
 
@@ -144,6 +153,7 @@ def test_a_legit_slow_step_does_not_alert(h):
             time.sleep(0.1)
         assert all(p.wait(timeout=10) == 0 for p in procs)
     finally:
+        _stop(procs)
         d.close()
 
 
@@ -163,8 +173,7 @@ def test_restarted_daemon_does_not_count_an_open_hang_twice(h):
         assert d2.hangs_total == {("hangtest", "0"): 1}
         assert len(d2.journal.hang_rows()) == 1
     finally:
-        for p in procs:
-            p.kill()
+        _stop(procs)
         d2.close()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -53,14 +54,26 @@ def engine_env(h, **extra: str) -> dict[str, str]:
                  VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", **extra)
 
 
-class Lines:
-    """Reads a child's stdout on a thread: JSON event lines by event, everything else kept."""
+class Engine:
+    """The engine driver in its own session, its stdout read on a thread (JSON event lines by
+    event, everything kept). ``stop()`` kills the whole session, vLLM's engine core and workers
+    included, which a failed test would otherwise leave behind holding the pipe open."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, h, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = h.spawn(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
         self.events: queue.Queue = queue.Queue()
         self.text: list[str] = []
-        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._t = threading.Thread(target=self._run, args=(self.proc.stdout,), daemon=True)
         self._t.start()
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._t.join(timeout=30)  # EOF once every holder of the pipe is gone
 
     def _run(self, stream) -> None:
         for line in iter(stream.readline, ""):
@@ -100,10 +113,16 @@ def test_observe_real_engine_headroom_and_corruption(h):
     daemon = h.daemon()
     oracle, go = h.scratch / "oracle.jsonl", h.scratch / "go"
     env = engine_env(h, PYTHONPATH=str(PLUGIN_DIR), SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
-                     SENTINEL_TEST_ORACLE=str(oracle), SENTINEL_TEST_GO_FILE=str(go), SENTINEL_JOB="vllm-test")
-    proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), str(ENGINE), str(h.scratch / "model")],
-                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Lines(proc.stdout)
+                     SENTINEL_TEST_ORACLE=str(oracle), SENTINEL_TEST_GO_FILE=str(go))
+    out = Engine(h, [h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), str(ENGINE), str(h.scratch / "model")],
+                 env)
+    try:
+        _observe(h, daemon, out, oracle, go)
+    finally:
+        out.stop()
+
+
+def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
     ready = out.wait("ready", timeout=240)
     generated = out.wait("generated", timeout=120)  # observe mode does not disturb the run
     assert [len(o) for o in generated["outputs"]] == [8, 8], generated
@@ -132,7 +151,7 @@ def test_observe_real_engine_headroom_and_corruption(h):
     text = h.wait_for(settled, timeout=30, what="the daemon to see the live engine core and worker")
     assert set(by_pid(h.samples(text, "sentinel_process_info", framework="vllm"))) == {core, worker}
     (wlab, _), = h.samples(text, "sentinel_process_info", pid=str(worker))
-    assert (wlab["rank"], wlab["local_rank"], wlab["world_size"], wlab["job"]) == ("0", "0", "1", "vllm-test")
+    assert (wlab["rank"], wlab["local_rank"], wlab["world_size"]) == ("0", "0", "1")  # from vLLM's parallel state
 
     assert by_pid(h.samples(text, "sentinel_page_table_headroom_pages")) == {worker: expected_headroom}
     assert by_pid(h.samples(text, "sentinel_page_table_capacity_pages")) == {worker: num_blocks}
@@ -158,7 +177,7 @@ def test_observe_real_engine_headroom_and_corruption(h):
         reader.close()
 
     go.touch()
-    assert proc.wait(timeout=60) == 0, "".join(out.text)[-4000:]
+    assert out.proc.wait(timeout=60) == 0, "".join(out.text)[-4000:]
     log = "".join(out.text)
     assert "vllm adapter" not in log, log[-4000:]  # no adapter warning: every hook point was found
     assert "SentinelViolation" not in log
@@ -174,10 +193,14 @@ def test_trap_through_vllm_plugin_route(h):
     env = engine_env(h, PYTHONPATH=f"{hooks}{os.pathsep}{PLUGIN_DIR}", SENTINEL_DIR=h.dir, SENTINEL_MODE="trap",
                      VLLM_PLUGINS="sentinel,sentinel_test_corrupt", SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
                      SENTINEL_TEST_ORACLE=str(oracle))
-    res = h.run([str(VLLM_PY), str(ENGINE), str(h.scratch / "model")], env=env, timeout=300,
-                stderr=subprocess.STDOUT, capture_output=False, stdout=subprocess.PIPE)
-    log = res.stdout
-    assert res.returncode == 3, log[-6000:]
+    engine = Engine(h, [str(VLLM_PY), str(ENGINE), str(h.scratch / "model")], env)
+    try:
+        rc = engine.proc.wait(timeout=300)
+        engine._t.join(timeout=60)  # the engine core and worker go down with the driver
+    finally:
+        engine.stop()
+    log = "".join(engine.text)
+    assert rc == 3, log[-6000:]
     builds = oracle_lines(oracle)
     num_blocks = builds[-1]["kv_blocks"]
     assert [b["build"] for b in builds] == list(range(1, CORRUPT_AT + 1)) and builds[-1]["corrupted"]

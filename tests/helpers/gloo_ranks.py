@@ -20,7 +20,9 @@ import sentinel_hooks
 
 port, steps, hang_at, straggler, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+# Under torchrun the rendezvous comes from its environment; started alone, from PORT.
+init = "env://" if "TORCHELASTIC_RUN_ID" in os.environ else f"tcp://127.0.0.1:{port}"
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                         timeout=datetime.timedelta(seconds=float(os.environ.get("GLOO_TIMEOUT_S", "120"))))
 x = torch.ones(16)
 sub = dist.new_group([0, 1]) if mode == "subgroup" else None
