@@ -93,7 +93,14 @@ class SentinelCollector(Collector):
             over.add_metric(lv, p.overwritten)
             torn.add_metric(lv, p.torn)
             dropped.add_metric(lv, p.dropped)
-        yield from (info, alive, step, beat, p99, records, over, torn, dropped)
+        adapter = CounterMetricFamily(
+            "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
+            labels=labels + ["adapter"],
+        )
+        for p in snap.processes:
+            for name, n in sorted(p.adapter_errors.items()):
+                adapter.add_metric(process_labels(p.identity) + [name], n)
+        yield from (info, alive, step, beat, p99, records, over, torn, dropped, adapter)
         yield from _probe_metrics(snap, labels)
         yield from _collective_metrics(snap, labels)
         yield from _fault_metrics(snap)

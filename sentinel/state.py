@@ -77,6 +77,7 @@ class ProcessState:
     headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
     new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
+    adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
 
     def ingest(self, recs: np.ndarray, names: Callable[[int], str] | None = None) -> None:
         """Fold a batch of valid records in. Vectorised: no Python loop per record.
@@ -101,6 +102,11 @@ class ProcessState:
             self._ingest_probes(recs)
         if self.by_kind[rf.Kind.COLLECTIVE_ENQUEUE] and names is not None:
             self._ingest_collectives(recs, names)
+        if self.by_kind[rf.Kind.EVENT] and names is not None:
+            errs = recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.ADAPTER_ERROR_EVENT)]
+            for tag, n in zip(errs["tag"].tolist(), errs["a"].tolist()):
+                adapter = (names(tag) or "adapter:unknown").split(":", 1)[-1]
+                self.adapter_errors[adapter] = self.adapter_errors.get(adapter, 0) + int(n)
 
     def rebuild(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
         """Restore derived context (last records, step times, collective progress) from records
@@ -188,12 +194,14 @@ class ProcessState:
         return best
 
     def extra(self) -> dict[str, Any]:
-        return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch}
+        return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
+                "adapter_errors": self.adapter_errors}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
         self.violations = {str(k): int(v) for k, v in dict(extra.get("violations", {})).items()}
         self.probe_execs = int(extra.get("probe_execs", 0))
         self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
+        self.adapter_errors = {str(k): int(v) for k, v in dict(extra.get("adapter_errors", {})).items()}
 
     def apply_header(self, header: dict[str, Any]) -> None:
         identity = {k: header[k] for k in rf.IDENTITY_TEXT + rf.IDENTITY_INT}
@@ -240,6 +248,7 @@ class ProcessState:
             last_tokens=self.last_tokens,
             token_budget=self.token_budget,
             groups={name: g.view() for name, g in self.groups.items()},
+            adapter_errors=dict(self.adapter_errors),
         )
 
 
@@ -267,6 +276,7 @@ class ProcessView:
     last_tokens: int = -1
     token_budget: int = -1
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    adapter_errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()

@@ -119,7 +119,7 @@ def test_bad_rings_rejected_once_counted_exported_and_valid_ring_served(sdir, h,
         for reason, n in want.items():
             assert h.samples(text, "sentinel_rings_rejected_total", reason=reason) == [({"reason": reason}, float(n))]
         assert h.samples(text, "sentinel_process_step", rank="3") == [
-            ({"job": "", "host": "good", "pod": "", "namespace": "", "rank": "3", "local_rank": "",
+            ({"job_id": "", "host": "good", "pod": "", "namespace": "", "rank": "3", "local_rank": "",
               "pid": str(os.getpid())}, 15.0)
         ]
         assert h.samples(text, "sentinel_ring_records_total", rank="3", kind="event")[0][1] == 10.0

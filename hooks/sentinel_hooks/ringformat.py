@@ -85,6 +85,9 @@ COLLECTIVE_OPS = {
 }
 COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
 
+# EVENT records' ``code`` values that Sentinel itself writes (user events use any other code).
+ADAPTER_ERROR_EVENT = 0xFA11  # a framework adapter failed and switched off; a = 1, tag = "adapter:<name>"
+
 BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
 BATCH_OVER_BUDGET = 2
 BATCH_GRAPH_HIT = 4  # the batch size is one the engine captured a graph for

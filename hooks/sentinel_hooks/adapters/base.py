@@ -30,9 +30,9 @@ from .. import importhook, runtime
 from .. import ringformat as rf
 from ..probes import SentinelViolation
 
-# EVENT record code for an adapter error: a = 1, tag = "adapter:<name>". The daemon can count
-# these as sentinel_adapter_errors_total{adapter=<name>} (see the adapters' README notes).
-ADAPTER_ERROR_EVENT = 0xFA11
+# EVENT record code for an adapter error: a = 1, tag = "adapter:<name>". The daemon counts them
+# as sentinel_adapter_errors_total{adapter=<name>}.
+ADAPTER_ERROR_EVENT = rf.ADAPTER_ERROR_EVENT
 
 _MISSING = object()
 
