@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import sentinel_hooks
 
@@ -57,49 +58,44 @@ def _dist_info_files() -> dict[str, str]:
     return {"METADATA": metadata, "entry_points.txt": entry_points, "top_level.txt": "sentinel_hooks\n"}
 
 
-def _install_dist_info(dest_root: str) -> None:
-    final = os.path.join(dest_root, _dist_info_name())
+def _publish_dir(final: str, fill: Callable[[str], None]) -> None:
+    """Build a folder in a temp dir beside ``final``, then rename it into place: readers never see
+    a half-written one. A concurrent run may win the race; its folder is identical."""
     if os.path.isdir(final):
         return
-    tmp = tempfile.mkdtemp(prefix=".dist-info-", dir=dest_root)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(final))
     try:
-        os.chmod(tmp, 0o755)
-        for name, text in _dist_info_files().items():
-            with open(os.path.join(tmp, name), "w") as f:
-                f.write(text)
-            os.chmod(os.path.join(tmp, name), 0o644)
+        os.chmod(tmp, 0o755)  # readable by a serving container running as another user
+        fill(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not os.path.isdir(final):  # lost a race to a concurrent run: theirs is identical
+            if not os.path.isdir(final):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_dist_info(tmp: str) -> None:
+    for name, text in _dist_info_files().items():
+        with open(os.path.join(tmp, name), "w") as f:
+            f.write(text)
+        os.chmod(os.path.join(tmp, name), 0o644)
+
+
+def _copy_package(tmp: str) -> None:
+    for path in _package_files():
+        rel = os.path.relpath(path, HOOKS_PACKAGE)
+        os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(path, os.path.join(tmp, rel))
 
 
 def install_hooks(dest_root: str) -> str:
     """Copy the hooks package to ``dest_root/sentinel_hooks`` atomically, with its dist-info (the
     plugin entry points) next to it; returns ``dest_root``."""
-    final = os.path.join(dest_root, "sentinel_hooks")
-    if os.path.isdir(final):
-        _install_dist_info(dest_root)
-        return dest_root
     os.makedirs(dest_root, mode=0o755, exist_ok=True)
-    _install_dist_info(dest_root)
-    tmp = tempfile.mkdtemp(prefix=".hooks-", dir=dest_root)
-    try:
-        os.chmod(tmp, 0o755)  # readable by a serving container running as another user
-        for path in _package_files():
-            rel = os.path.relpath(path, HOOKS_PACKAGE)
-            os.makedirs(os.path.join(tmp, os.path.dirname(rel)), exist_ok=True)
-            shutil.copy2(path, os.path.join(tmp, rel))
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not os.path.isdir(final):  # lost a race to a concurrent run: theirs is identical
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _publish_dir(os.path.join(dest_root, _dist_info_name()), _write_dist_info)
+    _publish_dir(os.path.join(dest_root, "sentinel_hooks"), _copy_package)
     return dest_root
 
 
