@@ -37,13 +37,14 @@ _triton_ok: bool | None = None
 class Site:
     """A probe call site (a name). On CUDA it owns one accumulator row per device."""
 
-    __slots__ = ("name", "calls", "rows", "kind")
+    __slots__ = ("name", "calls", "rows", "views", "kind")
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
         self.kind = kind
         self.calls = 0
         self.rows: dict[int, int] = {}  # device index -> slab row
+        self.views: dict[int, Any] = {}  # device index -> the row's tensor view, made once
 
 
 class Slab:
@@ -85,10 +86,9 @@ def triton_available() -> bool:
 def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
     """The accumulator row of ``site`` on ``device`` (a view), allocating on first use."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
-    row = site.rows.get(idx)
-    slab = _slabs.get(idx)
-    if row is not None and slab is not None:
-        return slab.acc[row]
+    view = site.views.get(idx)
+    if view is not None:
+        return view  # the steady state: no new tensor object per call
     with _lock:
         slab = _slabs.get(idx)
         if slab is None:
@@ -111,8 +111,9 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         slab.sites.append(site)
         slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, INT64_MAX])
         site.rows[idx] = row
+        site.views[idx] = slab.acc[row]
     _ensure_drain(torch)
-    return slab.acc[row]
+    return site.views[idx]
 
 
 def prepare(torch: Any, device: Any = None) -> None:
