@@ -114,6 +114,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.vllm:
+        from .demo_vllm import run_vllm_demo
+
+        return run_vllm_demo(args.vllm_python, args.dir)
     from .demo import run_demo
 
     return run_demo(duration=args.duration, base_dir=args.dir)
@@ -264,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")
     m.add_argument("--duration", type=float, default=20.0, help="seconds of workload (default: 20)")
     m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
+    m.add_argument("--vllm", action="store_true",
+                   help="instead: a real vLLM engine on CPU under `sentinel run` (needs `make vllm-env`)")
+    m.add_argument("--vllm-python", default=None, help="the vLLM environment's python (default: the cached one)")
     m.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("triage", help="explain a fault: a GPU coredump, a saved cuda-gdb transcript, or a journaled fault",

@@ -1,4 +1,5 @@
-"""A tiny vLLM engine on CPU, for the adapter tests (tests/test_vllm_engine.py).
+"""A tiny vLLM engine on CPU, for `sentinel demo --vllm` and the adapter tests (tests/test_vllm_engine.py).
+Run by the vLLM environment's own Python, as a file: it imports nothing of Sentinel.
 
     python vllm_engine.py MODEL_DIR
 
