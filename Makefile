@@ -27,13 +27,15 @@ $(STAMP): pyproject.toml requirements-dev.txt
 demo: $(STAMP)
 	$(VENV)/bin/sentinel demo
 
-# External tools the tests drive for real: promtool (Prometheus). Installed from Debian when missing.
+# External tools the tests drive for real: promtool (Prometheus) and amtool (Alertmanager).
+# Installed from Debian when missing.
 tools:
-	@command -v promtool >/dev/null || { \
+	@{ command -v promtool && command -v amtool; } >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing prometheus tools from Debian"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "promtool missing: apt-get install prometheus (the promtool tests will fail)"; fi; }
+	    echo "installing prometheus and alertmanager tools from Debian"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "promtool/amtool missing: apt-get install prometheus prometheus-alertmanager"; fi; }
 
 vllm-env:
 	@$(FRAMEWORK_ENV) PYTHON=$(PYTHON) bash tests/helpers/vllm_env.sh

@@ -322,7 +322,7 @@ class Daemon:
             log.exception("journal write failed for a fault")
         if rec.id is None:
             return  # known already (a restarted daemon meeting the same dump)
-        key = (rec.signature, rec.exception_class, rec.kernel_family)
+        key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "")
         self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
         ident = rec.identity or {}
         log.error("fault", extra={

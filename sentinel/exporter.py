@@ -201,10 +201,10 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
 
 
 def _fault_metrics(snap: Snapshot) -> Iterator:
-    faults = CounterMetricFamily("sentinel_faults", "Fault records journaled, by signature.",
-                                 labels=["signature", "exception", "kernel_family"])
-    for (sig, exc, fam), n in sorted(snap.faults.items()):
-        faults.add_metric([sig, exc, fam], n)
+    faults = CounterMetricFamily("sentinel_faults", "Fault records journaled, by signature (and its known issue).",
+                                 labels=["signature", "exception", "kernel_family", "known_issue"])
+    for (sig, exc, fam, ki), n in sorted(snap.faults.items()):
+        faults.add_metric([sig, exc, fam, ki], n)
     xids = CounterMetricFamily("sentinel_gpu_xid_errors", "NVML XID events, by GPU and XID.", labels=["gpu", "xid"])
     for (gpu, xid), n in sorted(snap.xids.items()):
         xids.add_metric([gpu, str(xid)], n)

@@ -207,9 +207,10 @@ class Journal:
             out.append(d)
         return out
 
-    def fault_counts(self) -> dict[tuple[str, str, str], int]:
-        q = "SELECT signature, exception_class, kernel_family, COUNT(*) FROM faults GROUP BY 1, 2, 3"
-        return {(sig, exc, fam): n for sig, exc, fam, n in self.db.execute(q)}
+    def fault_counts(self) -> dict[tuple[str, str, str, str], int]:
+        q = ("SELECT signature, exception_class, kernel_family, COALESCE(known_issue, ''), COUNT(*) FROM faults "
+             "GROUP BY 1, 2, 3, 4")
+        return {(sig, exc, fam, ki): n for sig, exc, fam, ki, n in self.db.execute(q)}
 
     def cores_to_spare(self) -> set[str]:
         """The first and the latest coredump of each signature: retention never deletes them."""

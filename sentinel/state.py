@@ -319,7 +319,7 @@ class Snapshot:
     processes: tuple[ProcessView, ...] = ()
     hangs: tuple[Any, ...] = ()
     hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)
-    faults: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    faults: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     xids: dict[tuple[str, int], int] = field(default_factory=dict)
     gpus: tuple[Any, ...] = ()
     coredump_bytes: int = 0

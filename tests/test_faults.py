@@ -236,7 +236,7 @@ def test_coredump_becomes_a_matched_fault_record(h, tmp_path):
 
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
         assert (f'sentinel_faults_total{{exception="illegal_address",kernel_family="paged_gather",'
-                f'signature="{rec["signature"]}"}} 1.0') in text
+                f'known_issue="paged-kv-page-index-off-by-one",signature="{rec["signature"]}"}} 1.0') in text
         assert "sentinel_triage_duration_seconds_count 1.0" in text
         d.persist()
     finally:
