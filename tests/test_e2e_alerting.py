@@ -1,0 +1,158 @@
+"""End to end with the real servers: a hooked workload trips an invariant, the daemon exports it,
+a real Prometheus evaluates the shipped rules and fires, a real Alertmanager routes it with the
+shipped routes to a pager webhook (a local HTTP receiver standing in for PagerDuty): one page per
+group, with the runbook in it; and when the fault stops, the page resolves.
+
+Only the test config is short: scrape and evaluation every second, rule windows of 20 s instead
+of minutes (rewritten in a temp copy of the rules), Alertmanager's group timers in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS = shutil.which("prometheus")
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+pytestmark = pytest.mark.skipif(
+    (PROMETHEUS is None or ALERTMANAGER is None) and not os.environ.get("CI"),
+    reason="prometheus / alertmanager not installed (make tools)",
+)
+
+WORKLOAD = r"""
+import os, time, torch, sentinel_hooks as sh
+table = torch.randint(0, 100, (8, 4), dtype=torch.int32)
+bad_until = time.time() + float(os.environ["BAD_FOR_S"])
+end = time.time() + float(os.environ["RUN_FOR_S"])
+while time.time() < end:
+    table[2, 1] = 100 if time.time() < bad_until else 5   # the off-by-one, then the fix
+    sh.check_paged_kv(table, 100, name="attn")
+    sh.step()
+    time.sleep(0.05)
+"""
+
+
+class Pager(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Pager.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _short_rules(tmp: Path) -> Path:
+    text = (REPO / "deploy" / "prometheus" / "sentinel-alerts.rules.yml").read_text()
+    text = re.sub(r"\[(5|10|15)m\]", "[20s]", text)
+    text = re.sub(r"offset 10m", "offset 20s", text)
+    text = re.sub(r"for: \d+m", "for: 2s", text)
+    out = tmp / "alerts.rules.yml"
+    out.write_text(text)
+    shutil.copy(REPO / "deploy" / "prometheus" / "collective-skew.rules.yml", tmp / "skew.rules.yml")
+    return out
+
+
+def _am_config(tmp: Path, pager_url: str) -> Path:
+    """The shipped routes, grouping and inhibitions; receivers pointed at the local pager."""
+    text = (REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text()
+    text = text.replace("group_wait: 30s", "group_wait: 1s").replace("group_interval: 5m", "group_interval: 2s")
+    text = re.sub(r"    pagerduty_configs:\n(?:      .*\n|        .*\n|          .*\n)+", "", text)
+    text = re.sub(r"url: http://\S+", f"url: {pager_url}", text)
+    out = tmp / "alertmanager.yml"
+    out.write_text(text)
+    return out
+
+
+def _wait(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_fault_pages_once_per_group_with_runbook_and_resolves(h, tmp_path):
+    assert PROMETHEUS and ALERTMANAGER, "CI must install prometheus and prometheus-alertmanager (make tools)"
+    Pager.received = []
+    pager = HTTPServer(("127.0.0.1", 0), Pager)
+    threading.Thread(target=pager.serve_forever, daemon=True).start()
+    procs: list[subprocess.Popen] = []
+    try:
+        daemon = h.daemon()
+        am_port, prom_port = h.free_port(), h.free_port()
+        am_cfg = _am_config(tmp_path, f"http://127.0.0.1:{pager.server_port}/pager")
+        procs.append(subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={am_cfg}", f"--storage.path={tmp_path / 'am'}",
+             f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "am.log", "w")))
+        rules = _short_rules(tmp_path)
+        prom_cfg = tmp_path / "prometheus.yml"
+        prom_cfg.write_text(f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s, external_labels: {{cluster: test}}}}
+rule_files: [{rules}, {tmp_path / 'skew.rules.yml'}]
+alerting:
+  alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]
+scrape_configs:
+  - job_name: sentinel
+    static_configs: [{{targets: ['127.0.0.1:{daemon.port}']}}]
+""")
+        procs.append(subprocess.Popen(
+            [PROMETHEUS, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "w")))
+
+        # Two ranks of one job trip the same check; after 12 s the table is fixed.
+        for rank in (0, 1):
+            env = h.env(RANK=str(rank), SENTINEL_JOB="e2e", BAD_FOR_S="12", RUN_FOR_S="90")
+            h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", WORKLOAD], env=env)
+
+        def alert_state(name: str):
+            try:
+                data = json.loads(h.fetch(f"http://127.0.0.1:{prom_port}/api/v1/alerts"))
+            except OSError:
+                return None
+            return [a for a in data["data"]["alerts"] if a["labels"]["alertname"] == name]
+
+        _wait(lambda: alert_state("SentinelPageIndexOutOfBounds"), 60, "the alert in Prometheus")
+        firing = _wait(lambda: [m for m in Pager.received if m["status"] == "firing" and m["receiver"] == "pager"],
+                       60, "a page")
+        page = firing[0]
+        assert page["receiver"] == "pager"
+        assert page["groupLabels"]["alertname"] == "SentinelPageIndexOutOfBounds"
+        assert {a["labels"]["rank"] for a in page["alerts"]} == {"0", "1"}  # both ranks, one page
+        assert page["commonAnnotations"]["runbook_url"] == "docs/runbooks/page-index-out-of-bounds.md"
+        assert page["commonLabels"]["severity"] == "critical"
+
+        # The fault stops: the alert resolves in Prometheus, and the pager is told.
+        _wait(lambda: [m for m in Pager.received if m["status"] == "resolved" and m["receiver"] == "pager"
+                       and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds"], 90, "the resolution")
+        assert not alert_state("SentinelPageIndexOutOfBounds")
+        pages = [m for m in Pager.received if m["receiver"] == "pager"
+                 and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds" and m["status"] == "firing"]
+        # One page per group: repeats only when the group's alerts change (a rank joining it).
+        assert len(pages) <= 2, [len(p["alerts"]) for p in pages]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pager.shutdown()
