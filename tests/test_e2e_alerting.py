@@ -139,6 +139,24 @@ scrape_configs:
         assert page["commonAnnotations"]["runbook_url"] == "docs/runbooks/page-index-out-of-bounds.md"
         assert page["commonLabels"]["severity"] == "critical"
 
+        # The dashboards' queries, on the same live Prometheus during the fault: each is accepted,
+        # and those this scenario feeds (invariants, headroom, processes, heartbeats) show series.
+        import sys
+
+        sys.path.insert(0, str(REPO / "dashboards"))
+        import build
+        from test_dashboards import promql
+
+        fed = {"Page-table headroom by pod (pages left)", "Invariant violations by check", "Hooked processes",
+               "Heartbeat age per rank (s)", "Page-table headroom per rank", "Violations per rank and check"}
+        for _dash, title, _kind, queries in build.PANELS:
+            for expr, _legend in queries:
+                url = f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + __import__("urllib.parse").parse.quote(promql(expr))
+                data = json.loads(h.fetch(url))
+                assert data["status"] == "success", (title, data)
+                if title in fed:
+                    assert data["data"]["result"], (title, expr)
+
         # The fault stops: the alert resolves in Prometheus, and the pager is told.
         _wait(lambda: [m for m in Pager.received if m["status"] == "resolved" and m["receiver"] == "pager"
                        and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds"], 90, "the resolution")
