@@ -256,3 +256,14 @@ def h(sdir: str, tmp_path: Path) -> Iterator[Harness]:
         yield harness
     finally:
         harness.cleanup()
+
+
+@pytest.fixture
+def promtool_path() -> str:
+    """promtool, or a skip (a failure when CI is set: CI must install it with `make tools`)."""
+    path = shutil.which("promtool") or ("/usr/bin/promtool" if os.access("/usr/bin/promtool", os.X_OK) else None)
+    if path:
+        return path
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail("promtool is not installed and CI is set: install it (make tools / apt-get install prometheus)")
+    pytest.skip("promtool is not installed (apt-get install prometheus); not failing because CI is not set")

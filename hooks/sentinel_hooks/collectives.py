@@ -209,7 +209,7 @@ _DTYPES = {
 }
 
 
-def install(dist_module: Any = None) -> bool:
+def install() -> bool:
     """Wrap torch.distributed's collectives (idempotent). Returns True when installed."""
     global _installed, _dist, _torch
     if _installed:
