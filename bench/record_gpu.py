@@ -1,6 +1,6 @@
 """Record a GPU run's results (fetched from the device) in bench/RESULTS.md and bench/results/.
 
-    python bench/record_gpu.py DIR      # DIR holds gpu_probes.json / gpu_probes.md from tests/gpu/run.sh
+    python bench/record_gpu.py DIR      # DIR: the results of tests/gpu/run.sh or bench/gpu.sh
 """
 
 from __future__ import annotations
@@ -32,7 +32,24 @@ def main(src: str) -> int:
     update_results_md(key, section)
     print(f"recorded {key}")
     record_faults(src, result["date"], slug, result["device"])
+    for name, title in (("gpu_scaling", "GPU probe cost against batch size and table width"),
+                        ("sanitizer", "detection and cost against compute-sanitizer memcheck")):
+        record_table(src, name, title, result["date"], slug, result["device"])
     return 0
+
+
+def record_table(src: str, name: str, title: str, date: str, slug: str, device: str) -> None:
+    """A benchmark that wrote NAME.json and NAME.md (bench/gpu.sh), if present."""
+    js, md = os.path.join(src, f"{name}.json"), os.path.join(src, f"{name}.md")
+    if not (os.path.exists(js) and os.path.exists(md)):
+        return
+    key = f"{date}-{slug}-{name.replace('_', '-')}"
+    shutil.copy(js, os.path.join(RESULTS_DIR, f"{key}.json"))
+    with open(md) as f:
+        head, _, body = f.read().partition("\n")
+    update_results_md(key, f"## {date}: {title} on {device} (`bench/{name}.py`)\n\n{head}. "
+                      f"Raw: `bench/results/{key}.json`.\n{body}")
+    print(f"recorded {key}")
 
 
 def record_faults(src: str, date: str, slug: str, device: str) -> None:

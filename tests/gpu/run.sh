@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED=1
 status=0
 python3 -m pytest -q -s -p no:cacheprovider --confcutdir=tests/gpu tests/gpu "$@" 2>&1 | tee "$WORK/gpu-tests.log" || status=1
 python3 tests/gpu/capture_faults.py "$WORK/transcripts" 2>&1 | tee "$WORK/capture.log" || status=1
-python3 bench/gpu_probes.py --out "$WORK" 2>&1 | tee "$WORK/gpu-bench.log" || status=1
+bash bench/gpu.sh "$WORK" || status=1
 tar czf "$OUT/results.tgz" -C "$WORK" .
-cp "$WORK/gpu-tests.log" "$WORK/gpu-bench.log" "$WORK/capture.log" "$OUT/" 2>/dev/null
+cp "$WORK"/*.log "$OUT/" 2>/dev/null
 exit $status
