@@ -23,12 +23,17 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 # (dashboard, panel title, kind, [(query, legend)])
 PANELS: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     ("fleet", "CUDA faults by signature", "timeseries",
-     [("sum by (signature, exception, kernel_family, known_issue) (increase(sentinel_faults_total[$__rate_interval]))",
+     # A signature's series is born at 1 with its first fault, which increase() alone never shows:
+     # a series that did not exist one interval ago counts whole, older ones by their increase.
+     [("sum by (signature, exception, kernel_family, known_issue) ((sentinel_faults_total unless sentinel_faults_total"
+       " offset $__rate_interval) or increase(sentinel_faults_total[$__rate_interval]))",
        "{{exception}} in {{kernel_family}} ({{known_issue}})")]),
     ("fleet", "Collective hangs: culprits now", "table",
      [("sentinel_hang_culprit == 1", "")]),
     ("fleet", "Hangs detected", "timeseries",
-     [("sum by (job_id, pg) (increase(sentinel_collective_hangs_total[$__rate_interval]))", "{{job_id}} pg {{pg}}")]),
+     [("sum by (job_id, pg) ((sentinel_collective_hangs_total unless sentinel_collective_hangs_total offset"
+       " $__rate_interval) or increase(sentinel_collective_hangs_total[$__rate_interval]))",
+       "{{job_id}} pg {{pg}}")]),
     ("fleet", "Page-table headroom by pod (pages left)", "timeseries",
      [("min by (pod) (sentinel_page_table_headroom_pages)", "{{pod}}")]),
     ("fleet", "Invariant violations by check", "timeseries",

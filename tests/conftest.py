@@ -91,10 +91,11 @@ def ring_files(base: str | os.PathLike) -> list[Path]:
 class DaemonProc:
     """A `sentinel daemon` subprocess on a free port."""
 
-    def __init__(self, base_dir: str, port: int, log_path: Path) -> None:
+    def __init__(self, base_dir: str, port: int, log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.base_dir = base_dir
         self.port = port
         self.log_path = log_path
+        self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -106,7 +107,7 @@ class DaemonProc:
         self._log = log
         self.proc = subprocess.Popen(
             [SENTINEL, "daemon", "--dir", self.base_dir, "--listen", f"127.0.0.1:{self.port}",
-             "--poll-interval", "0.05", "--rescan-interval", "0.25", "--log-level", "debug"],
+             "--poll-interval", "0.05", "--rescan-interval", "0.25", "--log-level", "debug", *self.args],
             env=base_env(), stdout=log, stderr=log, start_new_session=True,
         )
 
@@ -214,8 +215,9 @@ class Harness:
         assert res.returncode == 0, res.stderr
         return json.loads(res.stdout)
 
-    def daemon(self, base_dir: str | None = None, port: int | None = None) -> DaemonProc:
-        d = DaemonProc(base_dir or self.dir, port or free_port(), self.scratch / f"daemon{len(self.daemons)}.log")
+    def daemon(self, base_dir: str | None = None, port: int | None = None, args: tuple[str, ...] = ()) -> DaemonProc:
+        """A `sentinel daemon` subprocess; ``args`` are extra command-line options."""
+        d = DaemonProc(base_dir or self.dir, port or free_port(), self.scratch / f"daemon{len(self.daemons)}.log", args)
         self.daemons.append(d)
         return d.start()
 
