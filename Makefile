@@ -50,10 +50,15 @@ test-long: $(STAMP) tools
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# CPU benchmarks; the GPU ones run on a CUDA machine with `bash tests/gpu/run.sh` (see bench/RESULTS.md).
+# CPU benchmarks (data path, probe cost, daemon scaling, hang detection), each a dated section of
+# bench/RESULTS.md. The GPU ones run on a CUDA machine in one call: `bash bench/gpu.sh` (or
+# `bash tests/gpu/run.sh`, the GPU tests and then the benchmarks); record them here with
+# `python bench/record_gpu.py OUTDIR`.
 bench: $(STAMP)
 	$(PY) bench/datapath.py
 	$(PY) bench/probes_cpu.py
+	$(PY) bench/scaling.py
+	$(PY) bench/hangs_cpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/out

@@ -64,6 +64,12 @@ def record_faults(src: str, date: str, slug: str, device: str) -> None:
                 lines.append(f"- A real illegal-address fault under `sentinel run` became a journaled, catalog-matched "
                              f"fault record {d['fault_to_record_s']} s after the faulting launch (goal: 20 s). "
                              f"cuda-gdb took {d['triage_s']:.2f} s of that, on a {d['core_bytes']} byte dump.")
+                if d.get("dump_written_s") is not None:
+                    floor = d["dump_written_s"] + d["triage_s"]
+                    lines.append(f"- The manual path's floor for the same fault: the dump finished {d['dump_written_s']} s "
+                                 f"after the launch, plus one cuda-gdb run ({d['triage_s']:.2f} s) = {floor:.2f} s, "
+                                 f"before anyone reads it. Sentinel's record came {d['fault_to_record_s'] / floor:.2f}x "
+                                 f"that floor, {d['fault_to_record_s'] - floor:+.2f} s (its poll and journaling).")
     if os.path.exists(cap):
         with open(cap) as f:
             rows = json.load(f)["rows"]
