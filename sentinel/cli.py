@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import shutil
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 from sentinel_hooks import ringformat as rf
 
@@ -30,6 +32,24 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import Daemon, DaemonConfig
     from .exporter import build_registry, serve
 
+    web = None
+    if args.web_config:
+        from .webconfig import WebConfigError, load
+
+        try:
+            web = load(args.web_config)
+        except WebConfigError as exc:
+            print(f"sentinel daemon: --web-config {args.web_config}: {exc}", file=sys.stderr)
+            return 2
+    group = None
+    if args.group:
+        from sentinel_hooks.writer import resolve_group
+
+        try:
+            group = resolve_group(args.group)
+        except ValueError as exc:
+            print(f"sentinel daemon: --group: {exc}", file=sys.stderr)
+            return 2
     logjson.setup(args.log_level)
     allowed = None if args.any_owner else {os.getuid(), *args.allow_uid}
     from .catalog import CatalogError
@@ -42,32 +62,38 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             hang=HangConfig(floor_s=args.hang_floor, multiplier=args.hang_multiplier),
             cuda_gdb=args.cuda_gdb, gdb_timeout_s=args.gdb_timeout, cores_max_bytes=int(args.cores_max_mb * 2**20),
             cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
+            group=group,
         ))
     except (CatalogError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 2
     host, port = args.listen
     try:
-        server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port)
+        server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port, web)
     except OSError as exc:
         log.error("cannot listen", extra={"listen": f"{host}:{port}", "error": str(exc)})
         daemon.close()
         return 2
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        # No logging here: a signal that lands while the main thread writes a log line would make
+        # this write reentrant, raise, and lose the stop. The line is written once the loop ends.
+        received.append(signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("daemon started", extra={
-        "dir": daemon.config.base_dir, "metrics": f"http://{host}:{server.server_port}/metrics",
-        "version": __version__,
+        "dir": daemon.config.base_dir, "metrics": f"{web.scheme if web else 'http'}://{host}:{server.server_port}/metrics",
+        "basic_auth": bool(web and web.users), "group": group, "version": __version__,
     })
     try:
         daemon.run(stop)
     finally:
+        if received:
+            log.info("stopping", extra={"signal": signal.Signals(received[0]).name})
         daemon.close()
         server.shutdown()
         log.info("daemon stopped", extra={"ingested": daemon.ingested})
@@ -75,8 +101,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .injection import injected_env
-
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -87,9 +111,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     if exe is None:
         print(f"sentinel run: command not found: {cmd[0]}", file=sys.stderr)
         return 127
-    env = injected_env(args.dir, eager=args.eager)
+    try:
+        env = _hooked_env(args)
+    except (OSError, ValueError) as exc:
+        # The command runs all the same, as it would without Sentinel: one line says why unobserved.
+        print(f"sentinel: running {cmd[0]} without hooks: cannot prepare {args.dir} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        env = dict(os.environ)
     os.execve(exe, cmd, env)
     return 0  # not reached
+
+
+def _hooked_env(args: argparse.Namespace) -> dict[str, str]:
+    from sentinel_hooks.writer import FsPolicy
+
+    from .injection import injected_env, prepare
+
+    # The folders the hooked processes and the daemon share get SENTINEL_GROUP's modes and group
+    # (private by default) before injected_env finds them there.
+    policy = FsPolicy.from_env()
+    base = os.path.abspath(args.dir)
+    for sub in ("", "fr") + (("cores",) if os.environ.get("SENTINEL_COREDUMP", "1") not in ("0", "") else ()):
+        policy.make_dirs(os.path.join(base, sub))
+    with _code_umask():
+        env = injected_env(args.dir, eager=args.eager)
+        _compile(prepare(base))
+    return env
+
+
+def _compile(root: str) -> None:
+    """Byte-compile the hooks copy now, under _code_umask: otherwise the command's first Python
+    process makes its __pycache__ folders, with whatever umask the command runs under."""
+    import compileall
+
+    compileall.compile_dir(root, quiet=2)
+
+
+@contextlib.contextmanager
+def _code_umask() -> Iterator[None]:
+    """The hooks copy is code on the command's PYTHONPATH: never writable by the group or others,
+    whatever the caller's umask (restored before the command runs)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -211,7 +277,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_install_hooks(args: argparse.Namespace) -> int:
     from .injection import install_hooks
 
-    root = install_hooks(os.path.abspath(args.dest))
+    with _code_umask():
+        root = install_hooks(os.path.abspath(args.dest))
+        _compile(root)
     print(f"hooks installed in {root}; put on PYTHONPATH: {os.path.join(root, 'sentinel_hooks', '_inject')}:{root}")
     return 0
 
@@ -236,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--allow-uid", type=int, action="append", default=[],
                    help="also accept rings owned by this uid (repeatable; default: only the daemon's own uid)")
     d.add_argument("--any-owner", action="store_true", help="accept rings owned by any user")
+    d.add_argument("--group", default=os.environ.get("SENTINEL_GROUP") or None, metavar="NAME|GID",
+                   help="share what the daemon creates with this group (setgid dirs 2770, files 0640), as the hooks "
+                        "do with SENTINEL_GROUP (default: $SENTINEL_GROUP, else private: 0700 / 0600)")
+    d.add_argument("--web-config", metavar="FILE", default=None,
+                   help="TLS and basic auth for /metrics, in Prometheus's web-config format (tls_server_config, "
+                        "basic_auth_users); see deploy/README.md")
     d.add_argument("--hang-floor", type=float, default=5.0,
                    help="never call a collective hang sooner than this many seconds (default: 5)")
     d.add_argument("--hang-multiplier", type=float, default=10.0,

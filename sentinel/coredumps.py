@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -18,14 +20,28 @@ from dataclasses import dataclass
 import psutil
 
 from sentinel_hooks.crash import CORE_PREFIX, CORE_SUFFIX
+from sentinel_hooks.writer import FsPolicy
 
 from . import cudagdb
 
 log = logging.getLogger("sentinel.coredumps")
 
 
+# The names CUDA writes (core_<host>_<pid>_<time>.nvcudmp): nothing else reaches cuda-gdb, whose
+# command line the name becomes part of (no spaces, quotes, newlines or separators).
+_CORE_NAME = re.compile(re.escape(CORE_PREFIX) + r"[A-Za-z0-9._-]+" + re.escape(CORE_SUFFIX) + r"\Z")
+
+
 def is_core_name(name: str) -> bool:
-    return name.startswith(CORE_PREFIX) and name.endswith(CORE_SUFFIX) and "/" not in name
+    return bool(_CORE_NAME.match(name))
+
+
+def _regular_size(path: str) -> int:
+    """The size of a regular file; OSError for a symlink, a FIFO, a directory, or nothing there."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"not a regular file: {path}")
+    return st.st_size
 
 
 def parse_core_name(name: str) -> tuple[str, int | None]:
@@ -61,7 +77,7 @@ class TriageResult:
 
 class CoreCollector:
     def __init__(self, cores_dir: str, gdb: str | None = None, timeout_s: float = 60.0, stable_s: float = 3.0,
-                 max_bytes: int = 2 << 30, keep_per_signature: int = 2) -> None:
+                 max_bytes: int = 2 << 30, keep_per_signature: int = 2, policy: FsPolicy | None = None) -> None:
         self.cores_dir = cores_dir
         self.gdb = cudagdb.find_cuda_gdb(gdb)
         self.timeout_s = timeout_s
@@ -77,7 +93,7 @@ class CoreCollector:
         self.errors = 0
         self._worker = threading.Thread(target=self._run, name="sentinel-triage", daemon=True)
         self._worker.start()
-        os.makedirs(cores_dir, mode=0o700, exist_ok=True)
+        (policy or FsPolicy()).make_dirs(cores_dir)
         if self.gdb is None:
             log.warning("cuda-gdb not found: GPU coredumps are kept and journaled without a backtrace "
                         "(install the CUDA toolkit's cuda-gdb or pass --cuda-gdb); `sentinel doctor` checks")
@@ -96,9 +112,12 @@ class CoreCollector:
         now = time.monotonic() if now is None else now
         for name, pc in list(self.pending.items()):
             try:
-                size = os.path.getsize(pc.path)
-            except OSError:
-                del self.pending[name]  # vanished
+                size = _regular_size(pc.path)
+            except OSError as exc:
+                del self.pending[name]  # vanished, or not a file cuda-gdb may be pointed at
+                if os.path.lexists(pc.path):
+                    self.seen.add(name)
+                    log.warning("coredump ignored", extra={"file": pc.path, "error": str(exc)})
                 continue
             if size != pc.size:
                 pc.size, pc.stable_since = size, now
@@ -151,7 +170,7 @@ class CoreCollector:
         sizes = {}
         for p in files:
             try:
-                sizes[p] = os.path.getsize(p)
+                sizes[p] = _regular_size(p)
             except OSError:
                 pass
         total = sum(sizes.values())
@@ -170,11 +189,17 @@ class CoreCollector:
         return deleted
 
     def total_bytes(self) -> int:
+        total = 0
         try:
-            return sum(os.path.getsize(os.path.join(self.cores_dir, n)) for n in os.listdir(self.cores_dir)
-                       if is_core_name(n))
+            names = [n for n in os.listdir(self.cores_dir) if is_core_name(n)]
         except OSError:
             return 0
+        for n in names:
+            try:
+                total += _regular_size(os.path.join(self.cores_dir, n))
+            except OSError:
+                pass
+        return total
 
     def close(self) -> None:
         self._work.put(None)

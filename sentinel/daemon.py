@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
 
 from sentinel_hooks import ringformat as rf
+from sentinel_hooks.writer import FsPolicy
 
 from . import catalog as catalog_mod
 from . import faults
@@ -47,14 +50,38 @@ class DaemonConfig:
     catalogs: list[str] = field(default_factory=list)  # extra known-issue files
     nvml: bool = True
     crash_grace_s: float = 10.0  # how long a dead process's GPU coredump may take to appear
+    group: int | None = None  # share what the daemon creates with this gid (setgid dirs 2770, files 0640)
+
+
+def _own_regular_file(path: str) -> bool:
+    """Whether DIR/catalog.toml may be read: a regular file (not a symlink) of this user or root. In a
+    SENTINEL_DIR shared with a group, a hooked process could plant one; --catalog FILE is explicit."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if stat.S_ISREG(st.st_mode) and st.st_uid in (os.geteuid(), 0):
+        return True
+    log.warning("ignored, not a regular file of this user (use --catalog FILE)", extra={"file": path})
+    return False
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on ``path``'s filesystem (-1: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
 
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.rings_dir = rf.rings_dir(config.base_dir)
-        os.makedirs(self.rings_dir, mode=0o700, exist_ok=True)
-        self.journal = Journal(journal_path(config.base_dir))
+        self.fs_policy = FsPolicy.for_group(config.group)
+        self.fs_policy.make_dirs(self.rings_dir)
+        self.journal = Journal(journal_path(config.base_dir), self.fs_policy)
         self.states: dict[str, ProcessState] = {}
         self.readers: dict[str, RingReader] = {}
         self.rejected: dict[str, int] = {}
@@ -73,10 +100,11 @@ class Daemon:
         self.discovery = Discovery(self.rings_dir, config.rescan_interval, config.use_events)
         self.detector = HangDetector(config.hang)
         user_catalog = os.path.join(config.base_dir, "catalog.toml")
-        self.catalog = catalog_mod.load(([user_catalog] if os.path.exists(user_catalog) else []) + config.catalogs)
+        self.catalog = catalog_mod.load(([user_catalog] if _own_regular_file(user_catalog) else []) + config.catalogs)
         self.cores_dir = os.path.join(config.base_dir, "cores")
         self.collector = CoreCollector(self.cores_dir, config.cuda_gdb, config.gdb_timeout_s,
-                                       max_bytes=config.cores_max_bytes, keep_per_signature=config.cores_per_signature)
+                                       max_bytes=config.cores_max_bytes, keep_per_signature=config.cores_per_signature,
+                                       policy=self.fs_policy)
         self.core_discovery = Discovery(self.cores_dir, config.rescan_interval, config.use_events, is_core_name)
         self.fault_counts = self.journal.fault_counts()
         self.triage_seconds: list[float] = []
@@ -255,7 +283,7 @@ class Daemon:
         if reader is not None:
             return reader.name
         try:
-            reader = RingReader(os.path.join(self.rings_dir, state.ring))
+            reader = RingReader(os.path.join(self.rings_dir, state.ring), self.config.allowed_uids)
         except (rf.RingFormatError, OSError):
             return lambda tag: ""
         cache: dict[int, str] = {}
@@ -336,6 +364,9 @@ class Daemon:
         surplus = self.journal.surplus_cores(signature, self.config.cores_per_signature)
         deleted = []
         for _fid, path in surplus:
+            if not self._in_cores_dir(path):
+                log.warning("retention skipped a core path outside the cores folder", extra={"path": path})
+                continue
             try:
                 os.unlink(path)
                 deleted.append(path)
@@ -347,6 +378,11 @@ class Daemon:
         if deleted:
             self.journal.mark_core_deleted(deleted)
             log.info("coredumps deleted by retention", extra={"count": len(deleted), "signature": signature})
+
+    def _in_cores_dir(self, path: str) -> bool:
+        # Journal rows name the files to delete: only a core file directly in cores/ ever is.
+        return (os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.cores_dir)
+                and is_core_name(os.path.basename(path)))
 
     def _on_xid(self, ev) -> None:  # noqa: ANN001
         info = self.catalog.xid(ev.xid)
@@ -404,14 +440,14 @@ class Daemon:
         for name in self.fr_discovery.poll():
             path = os.path.join(self.fr_dir, name)
             try:
-                mtime = os.path.getmtime(path)
+                mtime = os.lstat(path).st_mtime
             except OSError:
                 continue
             if self.fr_seen.get(path) == mtime or time.time() - mtime < 1.0:
                 continue  # read already, or still being written
             self.fr_seen[path] = mtime
             try:
-                summary = flight_recorder.read(path)
+                summary = flight_recorder.summarize(flight_recorder.loads(self._read_fr_file(path)))
             except Exception as exc:  # unsafe or malformed: refused, counted, never fatal
                 self.fr_rejected += 1
                 log.error("flight recorder dump refused", extra={"file": path, "error": str(exc)})
@@ -424,6 +460,19 @@ class Daemon:
                     self.journal.hang_evidence(key, ev)
                 except Exception:
                     log.exception("journal write failed for hang evidence")
+
+    def _read_fr_file(self, path: str) -> bytes:
+        """A dump's bytes: a regular file of an allowed owner, never through a symlink, never a FIFO."""
+        from .flight_recorder import MAX_BYTES
+
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise pickle.UnpicklingError("not a regular file")
+            if self.config.allowed_uids is not None and st.st_uid not in self.config.allowed_uids:
+                raise pickle.UnpicklingError(f"owned by uid {st.st_uid}, not an allowed owner")
+            return f.read(MAX_BYTES + 1)
 
     def _publish(self) -> None:
         self.snapshot = Snapshot(

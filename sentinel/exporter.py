@@ -7,6 +7,7 @@ No locks, no per-sample bookkeeping (the prometheus/client_python custom-collect
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
@@ -14,6 +15,9 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .state import Snapshot
+
+if TYPE_CHECKING:
+    from .webconfig import WebConfig
 
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
 # The serving job is `job_id`: Prometheus owns `job` (the scrape job).
@@ -232,6 +236,14 @@ def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
     return registry
 
 
-def serve(registry: CollectorRegistry, host: str, port: int) -> tuple:
-    """Serve /metrics on host:port in a background thread. Returns (server, thread)."""
-    return start_http_server(port, addr=host, registry=registry)
+def serve(registry: CollectorRegistry, host: str, port: int, web_config: WebConfig | None = None) -> tuple:
+    """Serve /metrics on host:port in a background thread. Returns (server, thread).
+
+    With a web config (``--web-config``): its TLS and basic auth (see sentinel/webconfig.py)."""
+    if web_config is None:
+        return start_http_server(port, addr=host, registry=registry)
+    from prometheus_client import make_wsgi_app
+
+    from .webconfig import serve as serve_with
+
+    return serve_with(make_wsgi_app(registry), host, port, web_config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import textwrap
 import time
 from collections.abc import Callable
@@ -129,11 +130,20 @@ _FH_FRAME = re.compile(r'File "(.+?)", line (\d+) in (\S+)')
 
 
 def read_faulthandler(path: str) -> str:
+    """The dump's text: a regular file only, never through a symlink (a hooked process writes in
+    that folder), never blocking on a FIFO. Empty when there is none."""
     try:
-        with open(path, errors="replace") as f:
-            return f.read(FAULTHANDLER_MAX)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):  # ValueError: a NUL in the path
         return ""
+    with os.fdopen(fd, "rb") as f:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link could name a file elsewhere
+                return ""
+            return f.read(FAULTHANDLER_MAX).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
 
 def faulthandler_summary(text: str) -> tuple[str, str]:
@@ -151,7 +161,9 @@ def faulthandler_summary(text: str) -> tuple[str, str]:
 
 
 def faulthandler_path(base_dir: str, host: str, pid: int) -> str:
-    return os.path.join(base_dir, "faults", f"faulthandler_{host}_{pid}.log")
+    # host and pid come from the ring header: keep them to one name inside faults/.
+    name = f"faulthandler_{host}_{pid}.log".replace(os.sep, "_").replace("\0", "_")
+    return os.path.join(base_dir, "faults", name)
 
 
 def from_core(report: GdbReport, core_path: str, state: ProcessState | None, names: Callable[[int], str],

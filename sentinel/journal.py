@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from sentinel_hooks.writer import FsPolicy
+
 from .state import MAX_KIND, ProcessState
 
 SCHEMA = """
@@ -80,14 +82,26 @@ SCHEMA_VERSION = "1"
 
 
 class Journal:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, policy: FsPolicy | None = None) -> None:
+        """Open (or create) the journal. A new one gets ``policy``'s mode and group (default 0600);
+        so do its -wal and -shm files, which SQLite creates with the database file's mode. The
+        daemon passes its policy, which an existing journal is brought to as well."""
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        own = policy or FsPolicy()
+        own.make_dirs(os.path.dirname(path) or ".")
         try:
-            os.chmod(path, 0o600)
-        except OSError:
-            pass
+            # Never through a symlink: SQLite would follow one and write wherever it points.
+            os.close(own.create_file(path, os.O_RDWR | os.O_EXCL))
+        except FileExistsError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if policy is not None:
+                    policy.own(fd, policy.file_mode)
+            except OSError:
+                pass  # not ours to change (another user's journal, read by `sentinel triage`)
+            finally:
+                os.close(fd)
+        self.db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)

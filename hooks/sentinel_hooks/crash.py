@@ -20,6 +20,7 @@ from typing import Any
 
 from . import ringformat as rf
 from . import runtime
+from .writer import FsPolicy
 
 # Small dumps, written fast: the skip flags drop memory contents, yet cuda-gdb still names the
 # exception, the kernel, the PC and the thread (measured on H100: 0.9-5.5 MB instead of 40 MB).
@@ -56,8 +57,27 @@ def coredump_env(base: str) -> dict[str, str]:
     }
 
 
+def _cannot_write(what: str, exc: Exception) -> None:
+    """One line, never an exception: SENTINEL_DIR (or a folder in it) cannot be written. When the
+    rings cannot be made there either, the hooks turn into counted no-ops now, and that line is the
+    only one the process gets."""
+    base = rf.default_dir()
+    reason = f"{type(exc).__name__}: {exc}"
+    rings = rf.rings_dir(base)
+    try:
+        usable = os.access(rings if os.path.isdir(rings) else base, os.W_OK | os.X_OK)
+    except Exception:
+        usable = False
+    if usable:
+        runtime.log_once("crash:" + what, "%s off, could not write in %s (%s)", what, base, reason)
+    else:
+        runtime.disable(reason)
+
+
 def setup_coredumps(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Set the coredump variables in ``env`` (os.environ by default). Returns what was set."""
+    """Set the coredump variables in ``env`` (os.environ by default). Returns what was set.
+
+    Nothing is set when SENTINEL_DIR/cores cannot be made: CUDA then behaves as it would without us."""
     env = os.environ if env is None else env
     if env.get("SENTINEL_COREDUMP", "1") in ("0", ""):
         return {}
@@ -65,7 +85,11 @@ def setup_coredumps(env: dict[str, str] | None = None) -> dict[str, str]:
     wanted = coredump_env(base)
     applied = {k: v for k, v in wanted.items() if k not in env}
     if applied:
-        os.makedirs(cores_dir(base), mode=0o700, exist_ok=True)
+        try:
+            FsPolicy.from_env().make_dirs(cores_dir(base))
+        except (OSError, ValueError) as exc:
+            _cannot_write("GPU coredumps", exc)
+            return {}
         env.update(applied)
     return applied
 
@@ -79,9 +103,14 @@ def setup_faulthandler() -> str | None:
     import faulthandler
 
     folder = faults_dir()
-    os.makedirs(folder, mode=0o700, exist_ok=True)
     path = os.path.join(folder, f"faulthandler_{socket.gethostname()}_{os.getpid()}.log")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        policy = FsPolicy.from_env()
+        policy.make_dirs(folder)
+        fd = policy.create_file(path, os.O_WRONLY | os.O_TRUNC)
+    except (OSError, ValueError) as exc:
+        _cannot_write("crash tracebacks", exc)
+        return None
     _faulthandler_file = os.fdopen(fd, "w")
     faulthandler.enable(file=_faulthandler_file, all_threads=True)
     atexit.register(_drop_empty_faulthandler_file, path)

@@ -28,6 +28,7 @@ from . import device, runtime
 from . import ringformat as rf
 from .config import ProbeConfig
 from .device import Site
+from .writer import FsPolicy
 
 _config: ProbeConfig | None = None
 _sites: dict[tuple[str, str], Site] = {}
@@ -303,13 +304,14 @@ def save_evidence(check: str, name: str, details: dict[str, Any]) -> str | None:
     """Write what a trap saw as JSON (never pickle) under SENTINEL_DIR/evidence/. Returns the path."""
     try:
         folder = os.path.join(rf.default_dir(), "evidence")
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        policy = FsPolicy.from_env()
+        policy.make_dirs(folder)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64]
         stamp = time.strftime("%Y%m%dT%H%M%S")
         path = os.path.join(folder, f"{stamp}-{os.getpid()}-{next(_evidence_seq)}-{check}-{safe}.json")
         doc = {"check": check, "name": name, "pid": os.getpid(), "time": time.time(),
                **{k: _jsonable(v) for k, v in details.items()}}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = policy.create_file(path, os.O_WRONLY | os.O_EXCL)
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
         return path

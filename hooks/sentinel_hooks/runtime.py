@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from . import ringformat as rf
-from .writer import RingWriter, check_identity_fields, identity_from_env
+from .writer import FsPolicy, RingWriter, check_identity_fields, identity_from_env
 
 log = logging.getLogger("sentinel_hooks")
 
@@ -94,9 +94,8 @@ def start() -> RingWriter | NullWriter:
                 capacity = rf.DEFAULT_CAPACITY
             identity = identity_from_env()
             identity.update(_identity_overrides)
-            file_mode = int(os.environ.get("SENTINEL_FILE_MODE", "600"), 8)
-            dir_mode = int(os.environ.get("SENTINEL_DIR_MODE", "700"), 8)
-            w = RingWriter.create(rf.default_dir(), identity, capacity, file_mode, dir_mode)
+            policy = FsPolicy.from_env()  # SENTINEL_GROUP, SENTINEL_DIR_MODE, SENTINEL_FILE_MODE
+            w = RingWriter.create(rf.default_dir(), identity, capacity, policy.file_mode, policy.dir_mode, policy.gid)
             atexit.register(_at_exit)
             if "multiprocessing" in sys.modules:
                 # Forked multiprocessing children leave through os._exit(), which skips atexit but
@@ -110,6 +109,18 @@ def start() -> RingWriter | NullWriter:
             _writer = NullWriter(f"{type(exc).__name__}: {exc}")
             log_once("start", "hooks disabled, could not open a ring in %s (%s)", rf.default_dir(), _writer.reason)
         return _writer
+
+
+def disable(reason: str) -> None:
+    """SENTINEL_DIR cannot be used (found before the first ring, e.g. by the crash set-up): every
+    hook becomes a counted no-op, with the same single line a failed ring start logs."""
+    global _writer
+    with _start_lock:
+        if _writer is not None and not isinstance(_writer, NullWriter):
+            return  # a ring is open already: the hooks work
+        if _writer is None:
+            _writer = NullWriter(reason)
+    log_once("start", "hooks disabled, could not write in %s (%s)", rf.default_dir(), reason)
 
 
 def writer() -> RingWriter | NullWriter:

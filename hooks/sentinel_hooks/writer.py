@@ -9,12 +9,14 @@ process dies, however it dies, which is how the daemon tells a dead writer from 
 from __future__ import annotations
 
 import fcntl
+import functools
 import itertools
 import mmap
 import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import ringformat as rf
@@ -54,6 +56,100 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+# -- who may read what: modes and group of everything Sentinel creates under SENTINEL_DIR ------------
+
+GROUP_DIR_MODE = 0o2770  # setgid: entries made inside inherit the group; the group may add and read
+GROUP_FILE_MODE = 0o640  # the writer writes, the group (the sidecar) reads
+
+
+@functools.lru_cache(maxsize=8)
+def resolve_group(value: str | int) -> int:
+    """A group name or numeric gid -> gid (looked up once per process). Raises ValueError."""
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    import grp
+
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {text!r}") from None
+
+
+@dataclass(frozen=True)
+class FsPolicy:
+    """Modes (and group) for the directories and files Sentinel creates under SENTINEL_DIR.
+
+    Private by default: dirs 0700, files 0600. With a group (SENTINEL_GROUP for the hooks,
+    ``sentinel daemon --group``) they are shared with that group only: setgid dirs 2770 and files
+    0640, owned by the group. Modes are set exactly, whatever the process's umask; directories
+    and files that already exist are left as they are."""
+
+    dir_mode: int = 0o700
+    file_mode: int = 0o600
+    gid: int | None = None
+
+    @classmethod
+    def for_group(cls, group: str | int | None, dir_mode: int | None = None, file_mode: int | None = None) -> FsPolicy:
+        gid = None if group is None or str(group).strip() == "" else resolve_group(group)
+        shared = gid is not None
+        return cls(dir_mode=dir_mode if dir_mode is not None else (GROUP_DIR_MODE if shared else 0o700),
+                   file_mode=file_mode if file_mode is not None else (GROUP_FILE_MODE if shared else 0o600),
+                   gid=gid)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> FsPolicy:
+        """From SENTINEL_GROUP, SENTINEL_DIR_MODE and SENTINEL_FILE_MODE (octal). Raises ValueError."""
+        env = os.environ if env is None else env
+        dmode, fmode = env.get("SENTINEL_DIR_MODE", "").strip(), env.get("SENTINEL_FILE_MODE", "").strip()
+        return cls.for_group(env.get("SENTINEL_GROUP"), int(dmode, 8) if dmode else None,
+                             int(fmode, 8) if fmode else None)
+
+    def own(self, path: str | int, mode: int) -> None:
+        """Give ``path`` (or an open fd) this policy's group, then exactly ``mode``."""
+        # chown first: changing the group may clear the setgid bit, chmod then sets the exact mode.
+        if isinstance(path, int):
+            if self.gid is not None:
+                os.fchown(path, -1, self.gid)
+            os.fchmod(path, mode)
+        else:
+            if self.gid is not None:
+                os.chown(path, -1, self.gid, follow_symlinks=False)
+            os.chmod(path, mode)
+
+    def make_dirs(self, path: str) -> None:
+        """``mkdir -p``: each directory created here gets this policy's mode and group."""
+        missing, p = [], os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)  # private until its mode and group are set
+            except FileExistsError:
+                if os.path.isdir(d):
+                    continue  # made meanwhile by another process: theirs, left as it is
+                raise
+            self.own(d, self.dir_mode)
+
+    def create_file(self, path: str, flags: int) -> int:
+        """Open a new file (O_CREAT, never through a symlink) with this policy's mode and group; an fd."""
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.own(fd, self.file_mode)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        return fd
+
+
 def check_identity_fields(fields: dict[str, Any]) -> None:
     unknown = set(fields) - set(rf.IDENTITY_TEXT) - set(rf.IDENTITY_INT)
     if unknown:
@@ -91,19 +187,23 @@ class RingWriter:
         capacity: int = rf.DEFAULT_CAPACITY,
         file_mode: int = 0o600,
         dir_mode: int = 0o700,
+        gid: int | None = None,
     ) -> RingWriter:
-        """Create, allocate and map a new ring under ``base_dir/rings``. Raises OSError on failure."""
+        """Create, allocate and map a new ring under ``base_dir/rings``. Raises OSError on failure.
+
+        ``file_mode``, ``dir_mode`` and ``gid`` are set exactly (see FsPolicy), whatever the umask."""
         identity = dict(identity_from_env() if identity is None else identity)
         identity.setdefault("pid", os.getpid())
         created = _time_ns()
         rdir = rf.rings_dir(base_dir)
-        os.makedirs(rdir, mode=dir_mode, exist_ok=True)
+        policy = FsPolicy(dir_mode=dir_mode, file_mode=file_mode, gid=gid)
+        policy.make_dirs(rdir)
         host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(identity.get("host", "")))[:64]
         name = f"{host or 'host'}.{identity['pid']}.{created}{rf.RING_SUFFIX}"
         final = os.path.join(rdir, name)
         tmp = os.path.join(rdir, "." + name + ".tmp")  # readers skip dot files until the rename
         size = rf.file_size(capacity)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, file_mode)
+        fd = policy.create_file(tmp, os.O_RDWR | os.O_EXCL)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.posix_fallocate(fd, 0, size)
