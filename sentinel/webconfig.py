@@ -217,15 +217,16 @@ def load(path: str) -> WebConfig:
 # -- serving -------------------------------------------------------------------------------------
 
 def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """The server's SSL context, built by prometheus_client. Raises WebConfigError."""
-    from prometheus_client.exposition import _get_ssl_ctx
-
+    """The server's SSL context (the standard library's, as prometheus_client builds it for its own
+    TLS option). Raises WebConfigError."""
     for key, path in (("cert_file", tls.cert_file), ("key_file", tls.key_file), ("client_ca_file", tls.client_ca_file)):
         if path is not None and not os.path.isfile(path):
             raise WebConfigError(f"tls_server_config.{key}: no such file: {path}")
     try:
-        ctx = _get_ssl_ctx(tls.cert_file, tls.key_file, ssl.PROTOCOL_TLS_SERVER, tls.client_ca_file, None,
-                           tls.client_auth == ssl.CERT_REQUIRED)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if tls.client_ca_file is not None:
+            ctx.load_verify_locations(cafile=tls.client_ca_file)
+        ctx.load_cert_chain(certfile=tls.cert_file, keyfile=tls.key_file)
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise WebConfigError(f"tls_server_config: {exc}") from None
     ctx.verify_mode = tls.client_auth
