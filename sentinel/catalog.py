@@ -112,6 +112,8 @@ def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
         doc = tomllib.loads(data.decode() if isinstance(data, bytes) else data)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise CatalogError(f"{source}: not valid TOML: arrays or tables nested too deeply") from None
     cat = Catalog(sources=[source])
     unknown_top = set(doc) - {"issue", "xid"}
     if unknown_top:
@@ -140,7 +142,7 @@ def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
         if "kernel" in match:
             try:
                 kernel = re.compile(_text(match["kernel"], where, "match.kernel"), re.I)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((...
                 raise CatalogError(f"{where}: match.kernel is not a valid regex: {exc}") from None
         issue = KnownIssue(
             id=entry["id"], title=_text(entry.get("title"), where, "title") or entry["id"],

@@ -45,20 +45,27 @@ class GdbReport:
         return bool(self.exception or self.kernel)
 
 
-_EXC = re.compile(r"CUDA Exception:\s*(.+?)\s*$", re.M)
-_SIGNAL = re.compile(r"Program terminated with signal (SIG\w+), (.+?)\.?\s*$", re.M)
-_PC = re.compile(r"exception was triggered at PC\s+(0x[0-9a-fA-F]+)\s+(.*?)\s*(?:\((\S+?):(\d+)\))?\s*$", re.M)
+# The transcript may hold names the faulting process chose (kernels, files), so every pattern runs
+# in linear time on any text: no lazy or optional part followed by a trailing ``\s*$`` that the
+# engine can re-split in many ways (a 2 KB line of spaces took 15 s). Line ends are trimmed in code.
+_EXC = re.compile(r"CUDA Exception:\s*([^\n]+)")
+_SIGNAL = re.compile(r"Program terminated with signal (SIG\w+), ([^\n]+)")
+_PC = re.compile(r"exception was triggered at PC\s+(0x[0-9a-fA-F]+)\s+([^\n]*)")
+_LINE_END = re.compile(r":(\d+)\)$")  # the end of "(file.py:8)"
 _FOCUS = re.compile(
     r"\[Current focus set to CUDA kernel \d+, grid \d+, block (\([\d,\s]+\)), thread (\([\d,\s]+\)), "
     r"device (\d+), sm (\d+), warp (\d+), lane (\d+)\]"
 )
-_FRAME0 = re.compile(r"^#0\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(.+?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*\(.*?\)"
-                     r"(?:\s+at\s+(\S+?):(\d+))?\s*$", re.M)
-_KERNELS_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+\d+\s+\d+\s+\w+\s+0x[0-9a-fA-F]+\s+(\([\d,\s]+\))\s+(\([\d,\s]+\))\s+(.+?)\s*$",
+_FRAME0 = re.compile(r"^#0\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(\S[^\n]*?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*\(([^\n]*)",
+                     re.M)
+_FRAME_AT = re.compile(r"\)\s+at\s+(\S+?):(\d+)$")
+_KERNELS_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+\d+\s+\d+\s+\w+\s+0x[0-9a-fA-F]+\s+(\([\d,\s]+\))\s+(\([\d,\s]+\))\s+([^\n]+)",
                           re.M)
 _DEVICE_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+(NVIDIA .+?)\s{2,}", re.M)
-_ASSERT = re.compile(r"(?:^|\n)[^\n]*?(Assertion [`'\"].+?[`'\"] failed\.?|Assertion failed\.?)", re.S)
+# A device assert's message is one source line; bounded, so text full of "Assertion `" stays linear.
+_ASSERT = re.compile(r"Assertion [`'\"].{1,512}?[`'\"] failed\.?|Assertion failed\.?", re.S)
 _ERRLINE = re.compile(r"^(?:Error|warning: Error|.*?: No such file|.*?not a CUDA core|.*?Failed to).*$", re.M | re.I)
+MAX_DIGITS = 18  # larger numbers are not coordinates or line numbers (and int() refuses > 4300 digits)
 
 
 def parse(text: str) -> GdbReport:
@@ -66,19 +73,25 @@ def parse(text: str) -> GdbReport:
     if not isinstance(text, str):
         return r
     if m := _EXC.search(text):
-        r.exception = m.group(1)
+        r.exception = m.group(1).strip()
     if m := _PC.search(text):
         r.pc, r.function = m.group(1), m.group(2).strip()
-        if m.group(3):
-            r.source_file, r.source_line = m.group(3), int(m.group(4))
+        where = _location(r.function)
+        if where:
+            r.function, r.source_file, r.source_line = where
     if m := _FOCUS.search(text):
         r.focus_block, r.focus_thread = _dims(m.group(1)), _dims(m.group(2))
-        r.device, r.sm, r.warp, r.lane = (int(m.group(i)) for i in (3, 4, 5, 6))
-    if m := _FRAME0.search(text):
+        r.device, r.sm, r.warp, r.lane = (_int(m.group(i)) for i in (3, 4, 5, 6))
+    for m in _FRAME0.finditer(text):
+        args = m.group(4).rstrip()  # after the "(" of the argument list: "...)" or "...) at file:line"
+        at = None if args.endswith(")") else _FRAME_AT.search(args)
+        if not args.endswith(")") and at is None:
+            continue
         r.kernel = m.group(1).strip()
         r.grid, r.block_dim = _dims(m.group(2)), _dims(m.group(3))
-        if m.group(4) and not r.source_file:
-            r.source_file, r.source_line = m.group(4), int(m.group(5))
+        if at and not r.source_file:
+            r.source_file, r.source_line = at.group(1), _int(at.group(2))
+        break
     if m := _KERNELS_ROW.search(text):
         if not r.grid:
             r.grid, r.block_dim = _dims(m.group(1)), _dims(m.group(2))
@@ -89,13 +102,32 @@ def parse(text: str) -> GdbReport:
     if m := _DEVICE_ROW.search(text):
         r.gpu_name = m.group(1).strip()
     if m := _ASSERT.search(text):
-        r.assertion = m.group(1).strip()
+        r.assertion = m.group(0).strip()
         if not r.exception:
             r.exception = "Assertion failed"
     if not r.exception and (m := _SIGNAL.search(text)):
-        r.exception = f"{m.group(1)}: {m.group(2)}"  # e.g. a trap instruction: SIGTRAP
+        what = m.group(2).rstrip()
+        r.exception = f"{m.group(1)}: {what[:-1] if what.endswith('.') else what}"  # e.g. a trap instruction: SIGTRAP
     r.errors = [ln.strip() for ln in _ERRLINE.findall(text)][:5]
     return r
+
+
+def _location(rest: str) -> tuple[str, str, int | None] | None:
+    """("fn", "file.py", 8) from "fn  (file.py:8)": the "(file:line)" must end the text and hold no space."""
+    end = _LINE_END.search(rest)
+    if end is None:
+        return None
+    head = rest[: end.start()]
+    token = head.split()[-1] if head and not head[-1].isspace() else ""
+    p = token.find("(")
+    if p < 0 or p == len(token) - 1:
+        return None
+    cut = len(head) - len(token) + p
+    return rest[:cut].strip(), token[p + 1:], _int(end.group(1))
+
+
+def _int(digits: str) -> int | None:
+    return int(digits) if len(digits) <= MAX_DIGITS else None
 
 
 def _dims(s: str) -> str:

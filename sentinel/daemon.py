@@ -123,6 +123,7 @@ class Daemon:
         self.fr_discovery = Discovery(self.fr_dir, config.rescan_interval, config.use_events, lambda n: not n.startswith("."))
         self.fr_seen: dict[str, float] = {}  # dump path -> mtime read
         self.fr_rejected = 0
+        self.gdb_rejected = 0  # cuda-gdb transcripts with no exception or kernel in them
         self._hang_evidence: queue.SimpleQueue = queue.SimpleQueue()
 
     # -- attaching ------------------------------------------------------------------------------
@@ -309,6 +310,8 @@ class Daemon:
             except Exception:
                 break
             self.collector.taken(res.path)
+            if res.transcript and not res.report.ok:
+                self.gdb_rejected += 1
             state = self._state_for_pid(res.host, res.pid)
             if state is not None:
                 self._crash_checked.add(state.ring)
@@ -486,6 +489,7 @@ class Daemon:
             triage_count=len(self.triage_seconds),
             triage_sum=sum(self.triage_seconds),
             fr_rejected=self.fr_rejected,
+            gdb_rejected=self.gdb_rejected,
             rejected=dict(self.rejected),
             ingested=self.ingested,
             polls=self.polls,

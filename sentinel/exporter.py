@@ -74,6 +74,10 @@ class SentinelCollector(Collector):
             labels=labels,
         )
         torn = CounterMetricFamily("sentinel_ring_torn_records", "Slots that never held a valid record.", labels=labels)
+        bad = CounterMetricFamily(
+            "sentinel_ring_bad_records", "Valid records refused for out-of-range values (a group size, a negative count).",
+            labels=labels,
+        )
         dropped = CounterMetricFamily(
             "sentinel_hook_dropped_records", "Hook calls that became counted no-ops in the process.", labels=labels
         )
@@ -96,6 +100,7 @@ class SentinelCollector(Collector):
                 records.add_metric(lv + [kind], n)
             over.add_metric(lv, p.overwritten)
             torn.add_metric(lv, p.torn)
+            bad.add_metric(lv, p.bad_records)
             dropped.add_metric(lv, p.dropped)
         adapter = CounterMetricFamily(
             "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
@@ -104,7 +109,7 @@ class SentinelCollector(Collector):
         for p in snap.processes:
             for name, n in sorted(p.adapter_errors.items()):
                 adapter.add_metric(process_labels(p.identity) + [name], n)
-        yield from (info, alive, step, beat, p99, records, over, torn, dropped, adapter)
+        yield from (info, alive, step, beat, p99, records, over, torn, bad, dropped, adapter)
         yield from _probe_metrics(snap, labels)
         yield from _collective_metrics(snap, labels)
         yield from _fault_metrics(snap)
@@ -225,6 +230,9 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
     yield triage
     yield CounterMetricFamily("sentinel_flight_recorder_rejected",
                               "Flight Recorder dumps refused (unsafe or malformed pickles).", value=snap.fr_rejected)
+    yield CounterMetricFamily("sentinel_cudagdb_transcripts_rejected",
+                              "cuda-gdb transcripts with no CUDA exception or kernel in them (not a GPU coredump, "
+                              "truncated); the fault is journaled without the debugger's view.", value=snap.gdb_rejected)
 
 
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -14,18 +14,57 @@ import pickle
 from typing import Any
 
 MAX_BYTES = 64 << 20
+MAX_TUPLE_DEPTH = 100  # dumps nest tuples one or two deep
+MAX_TEXT = 256  # characters of a dump's string kept in the summary
+MAX_GROUPS = 4096
 
 
 class UnsafeDump(pickle.UnpicklingError):
     """A dump that asked for something outside the allow-list."""
 
 
-class _Restricted(pickle.Unpickler):
+def _then_check_tuple(load: Any) -> Any:
+    def run(self: _Restricted) -> None:
+        load(self)
+        self._check_tuple()
+
+    return run
+
+
+class _Restricted(pickle._Unpickler):
+    """The pure-Python unpickler (``pickle._Unpickler``), so that single opcodes can be refused.
+
+    The C one cannot be: it takes extension codes (EXT1/2/4) from copyreg's process-wide cache
+    without asking find_class, so a global some other code once unpickled would come back; and
+    hashing a tuple nested a million deep (a 1 MB dump) overflows the C stack: a segfault."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self._depths: dict[int, tuple[tuple, int]] = {}  # id -> (the tuple, kept alive; its depth)
+
     def find_class(self, module: str, name: str) -> Any:  # every global, class or function
         raise UnsafeDump(f"refused global {module}.{name}: Flight Recorder dumps hold only plain data")
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeDump("refused a persistent id")
+
+    def _refuse_extension(self) -> None:
+        raise UnsafeDump("refused an extension code (a global from copyreg's registry)")
+
+    def _check_tuple(self) -> None:
+        t = self.stack[-1]
+        depth = 1 + max((self._depths[id(x)][1] for x in t if type(x) is tuple and id(x) in self._depths), default=0)
+        if depth > MAX_TUPLE_DEPTH:
+            raise pickle.UnpicklingError(f"tuples nested deeper than {MAX_TUPLE_DEPTH}")
+        self._depths[id(t)] = (t, depth)
+
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
+        dispatch[_op[0]] = _then_check_tuple(dispatch[_op[0]])
+    del _op
 
 
 def loads(data: bytes) -> Any:
@@ -42,7 +81,10 @@ def loads(data: bytes) -> Any:
 
 def summarize(doc: Any) -> dict[str, Any]:
     """Per process group: the last enqueued and completed collective sequence ids, and the last
-    entries, from a dump's ``entries`` (the analyser's view, for the hang record)."""
+    entries, from a dump's ``entries`` (the analyser's view, for the hang record).
+
+    Only plain, bounded values are kept: the summary goes into logs and the journal, and a dump
+    may hold a structure whose text is exponential (shared references) or deeper than repr allows."""
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         raise pickle.UnpicklingError("not a Flight Recorder dump: no 'entries' list")
     groups: dict[str, dict[str, Any]] = {}
@@ -50,16 +92,36 @@ def summarize(doc: Any) -> dict[str, Any]:
         if not isinstance(e, dict):
             continue
         pg = e.get("process_group")
-        key = str(pg[0] if isinstance(pg, list | tuple) and pg else pg if pg is not None else "0")
-        g = groups.setdefault(key, {"last_enqueued": 0, "last_completed": 0, "last": []})
-        seq = e.get("collective_seq_id")
-        if isinstance(seq, int):
+        name = _scalar(pg[0] if isinstance(pg, list | tuple) and pg else pg if pg is not None else "0")
+        if name is None:
+            continue  # not a process group name: skipped like a non-dict entry
+        g = groups.get(str(name))
+        if g is None:
+            if len(groups) >= MAX_GROUPS:
+                raise pickle.UnpicklingError(f"not a Flight Recorder dump: more than {MAX_GROUPS} process groups")
+            g = groups[str(name)] = {"last_enqueued": 0, "last_completed": 0, "last": []}
+        seq = _scalar(e.get("collective_seq_id"))
+        if isinstance(seq, int) and not isinstance(seq, bool):
             g["last_enqueued"] = max(g["last_enqueued"], seq)
             if e.get("state") == "completed":
                 g["last_completed"] = max(g["last_completed"], seq)
-        g["last"] = (g["last"] + [{k: e.get(k) for k in ("collective_seq_id", "profiling_name", "state")}])[-3:]
-    status = doc.get("pg_status") if isinstance(doc.get("pg_status"), dict) else {}
-    return {"version": doc.get("version"), "groups": groups, "pg_status": status}
+        g["last"] = (g["last"] + [{k: _scalar(e.get(k)) for k in ("collective_seq_id", "profiling_name", "state")}])[-3:]
+    status: dict[str, Any] = {}
+    if isinstance(doc.get("pg_status"), dict):
+        for k, v in list(doc["pg_status"].items())[:MAX_GROUPS]:
+            if _scalar(k) is not None and isinstance(v, dict):
+                status[str(_scalar(k))] = {str(_scalar(k2)): _scalar(v2) for k2, v2 in list(v.items())[:64]
+                                           if _scalar(k2) is not None}
+    return {"version": _scalar(doc.get("version")), "groups": groups, "pg_status": status}
+
+
+def _scalar(v: Any) -> str | int | float | bool | None:
+    """``v`` if it is a plain scalar (a string cut to MAX_TEXT, an int within 64 bits), else None."""
+    if isinstance(v, str):
+        return v[:MAX_TEXT]
+    if isinstance(v, int):
+        return v if -(1 << 63) <= v < 1 << 63 else None
+    return v if isinstance(v, float) else None
 
 
 def read(path: str) -> dict[str, Any]:

@@ -24,6 +24,12 @@ EMPTY = np.zeros(0, dtype=DTYPE)
 # and has not stored it yet; failed writes are sealed as VOID records), so this is generous.
 HOLE_GRACE_S = 5.0
 LOOKAHEAD = 8
+# Sequence numbers and header counters end up in signed 64-bit journal columns; a writer never
+# gets near this (2**63 records). A slot whose seq is larger, or names another slot, holds no record
+# of this ring (a corrupt or hostile write): it is read as empty, never as "the writer lapped us".
+MAX_SEQ = (1 << 63) - 1
+_U64_HEADER = ("created_ns", "step", "last_step_ns", "dropped", "strings_used", "exit_ns")
+_SCAN_CHUNK = 1 << 16
 
 
 @dataclass
@@ -51,7 +57,7 @@ class RingReader:
             if st.st_size < rf.HEADER_SIZE:
                 raise rf.RingFormatError("truncated", f"file is {st.st_size} bytes, smaller than a header")
             head = os.pread(fd, rf.HEADER_SIZE, 0)
-            self.header = rf.unpack_header(head)
+            self.header = parse_header(head)
             self.capacity = self.header["capacity"]
             need = rf.file_size(self.capacity)
             if st.st_size < need:
@@ -73,7 +79,7 @@ class RingReader:
 
     def refresh_header(self) -> dict:
         """Re-read the header (identity may be updated; heartbeat and counters always are)."""
-        self.header = rf.unpack_header(self._mm[: rf.HEADER_SIZE])
+        self.header = parse_header(self._mm[: rf.HEADER_SIZE])
         return self.header
 
     def name(self, tag: int) -> str:
@@ -104,15 +110,16 @@ class RingReader:
         """
         seqs, mask, cap = self._seq_col, self._mask, self.capacity
         if full_scan:
-            return int(seqs.max())
+            return self._max_seq()
         n = self.last_seq + 1
 
         def at(x: int) -> int:
-            return int(seqs[(x - 1) & mask])
+            v = int(seqs[(x - 1) & mask])
+            return v if v <= MAX_SEQ and (v - x) & mask == 0 else 0  # else not a record of this slot
 
         v = at(n)
         if v > n:
-            return int(seqs.max())  # lapped: the slot already holds a later record
+            return self._max_seq()  # lapped: the slot already holds a later record
         if v < n:
             # Nothing at n yet; a slot a little further on may be written already (another
             # thread took seq n and has not stored it yet): look a few slots ahead.
@@ -126,7 +133,7 @@ class RingReader:
         while True:
             probe = lo + step
             if probe - self.last_seq > cap:
-                return int(seqs.max())
+                return self._max_seq()
             if at(probe) >= probe:
                 lo, step = probe, step * 2
             else:
@@ -139,6 +146,17 @@ class RingReader:
             else:
                 hi = mid
         return lo
+
+    def _max_seq(self) -> int:
+        """The highest sequence number in any slot that can hold it (see MAX_SEQ)."""
+        best = 0
+        for start in range(0, self.capacity, _SCAN_CHUNK):
+            seqs = self._seq_col[start : start + _SCAN_CHUNK]
+            slots = np.arange(start, start + len(seqs), dtype=np.uint64)
+            ok = (seqs <= MAX_SEQ) & (((seqs - np.uint64(1)) & np.uint64(self._mask)) == slots)
+            if ok.any():
+                best = max(best, int(seqs[ok].max()))
+        return best
 
     # -- records --------------------------------------------------------------------------------
 
@@ -207,3 +225,13 @@ class RingReader:
         except (BufferError, ValueError):
             pass
         os.close(self._fd)
+
+
+def parse_header(buf: bytes | memoryview | mmap.mmap) -> dict:
+    """``ringformat.unpack_header``, plus what the daemon needs: counters that fit a signed 64-bit
+    journal column. Raises RingFormatError (``reason`` bad_header for those)."""
+    header = rf.unpack_header(buf)
+    for key in _U64_HEADER:
+        if header[key] > MAX_SEQ:
+            raise rf.RingFormatError("bad_header", f"header {key} is {header[key]}, beyond a signed 64-bit value")
+    return header

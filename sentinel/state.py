@@ -20,6 +20,11 @@ MAX_KIND = max(KIND_NAMES) + 1
 LAST_RECORDS = 256  # what a fault record gets of a process's final moments
 STEP_WINDOW = 1024  # step durations kept for percentiles
 WARMUP_STEPS = 2  # durations of the first steps (and a group's first collective) are not typical
+# Bounds on record values the daemon acts on. A record outside them is refused and counted as bad
+# (a hostile or corrupt writer): a group size of 2**40 made the hang detector list 2**40 missing
+# ranks, a negative count would make a counter go down.
+MAX_GROUP_SIZE = 1 << 16
+MAX_COUNT = 1 << 32  # violations, probe executions, adapter errors in one record
 
 
 def kind_name(kind: int) -> str:
@@ -78,6 +83,7 @@ class ProcessState:
     new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
+    bad_records: int = 0  # valid records whose values are out of bounds: refused, not applied
 
     def ingest(self, recs: np.ndarray, names: Callable[[int], str] | None = None) -> None:
         """Fold a batch of valid records in. Vectorised: no Python loop per record.
@@ -101,9 +107,9 @@ class ProcessState:
         if self.by_kind[rf.Kind.PROBE] or self.by_kind[rf.Kind.CONTEXT]:
             self._ingest_probes(recs)
         if self.by_kind[rf.Kind.COLLECTIVE_ENQUEUE] and names is not None:
-            self._ingest_collectives(recs, names)
+            self.bad_records += self._ingest_collectives(recs, names)
         if self.by_kind[rf.Kind.EVENT] and names is not None:
-            errs = recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.ADAPTER_ERROR_EVENT)]
+            errs = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.ADAPTER_ERROR_EVENT)], "a")
             for tag, n in zip(errs["tag"].tolist(), errs["a"].tolist()):
                 adapter = (names(tag) or "adapter:unknown").split(":", 1)[-1]
                 self.adapter_errors[adapter] = self.adapter_errors.get(adapter, 0) + int(n)
@@ -118,11 +124,21 @@ class ProcessState:
         self.last = recs[-LAST_RECORDS:].copy()
         self._ingest_collectives(recs, names)
 
-    def _ingest_collectives(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
+    def _in_bounds(self, recs: np.ndarray, column: str) -> np.ndarray:
+        """``recs`` whose ``column`` is a count (0 <= v < MAX_COUNT); the others are counted as bad."""
+        ok = (recs[column] >= 0) & (recs[column] < MAX_COUNT)
+        if ok.all():
+            return recs
+        self.bad_records += int(len(ok) - ok.sum())
+        return recs[ok]
+
+    def _ingest_collectives(self, recs: np.ndarray, names: Callable[[int], str]) -> int:
+        """Fold collective records into group progress. Returns how many were refused as bad."""
         kind = recs["kind"]
         coll = recs[(kind == rf.Kind.COLLECTIVE_ENQUEUE) | (kind == rf.Kind.COLLECTIVE_COMPLETE)]
+        bad = 0
         if not len(coll):
-            return
+            return bad
         for tag in np.unique(coll["tag"]).tolist():
             name = names(tag) or f"tag{tag}"
             name = name[3:] if name.startswith("pg:") else name
@@ -132,6 +148,10 @@ class ProcessState:
             mine = coll[coll["tag"] == tag]
             enq = mine[mine["kind"] == rf.Kind.COLLECTIVE_ENQUEUE]
             info = enq[enq["code"] == 0]
+            fits = (info["a"] >= 1) & (info["a"] <= MAX_GROUP_SIZE) & (info["b"] >= 0) & (info["b"] < info["a"])
+            if not fits.all():  # a size or rank no group has: not applied
+                bad += int(len(fits) - fits.sum())
+                info = info[fits]
             if len(info):
                 g.size, g.group_rank, g.global_rank = (int(x) for x in info[-1][["a", "b", "c"]].tolist())
             ops = enq[enq["code"] != 0]
@@ -145,10 +165,11 @@ class ProcessState:
                 g.last_completed, g.last_completed_ns = int(last["a"]), int(last["ts_ns"])
                 typical = done["b"][done["a"] > 1]  # the first collective sets up the communicator
                 g.durations_ns = np.concatenate((g.durations_ns, typical[-STEP_WINDOW:]))[-STEP_WINDOW:]
+        return bad
 
     def _ingest_probes(self, recs: np.ndarray) -> None:
         kind = recs["kind"]
-        probes = recs[kind == rf.Kind.PROBE]
+        probes = self._in_bounds(recs[kind == rf.Kind.PROBE], "a")
         if len(probes):
             counts = np.bincount(probes["code"], weights=probes["a"], minlength=len(CHECK_LABELS) + 1)
             for code, n in enumerate(counts.tolist()):
@@ -161,7 +182,7 @@ class ProcessState:
         ctx = recs[kind == rf.Kind.CONTEXT]
         if not len(ctx):
             return
-        pk = ctx[ctx["code"] == rf.Context.PAGED_KV]
+        pk = self._in_bounds(ctx[ctx["code"] == rf.Context.PAGED_KV], "c")
         if len(pk):
             self.probe_execs += int(pk["c"].sum())
             tags, last_idx = np.unique(pk["tag"][::-1], return_index=True)
@@ -195,13 +216,14 @@ class ProcessState:
 
     def extra(self) -> dict[str, Any]:
         return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
-                "adapter_errors": self.adapter_errors}
+                "adapter_errors": self.adapter_errors, "bad_records": self.bad_records}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
         self.violations = {str(k): int(v) for k, v in dict(extra.get("violations", {})).items()}
         self.probe_execs = int(extra.get("probe_execs", 0))
         self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
         self.adapter_errors = {str(k): int(v) for k, v in dict(extra.get("adapter_errors", {})).items()}
+        self.bad_records = int(extra.get("bad_records", 0))
 
     def apply_header(self, header: dict[str, Any]) -> None:
         identity = {k: header[k] for k in rf.IDENTITY_TEXT + rf.IDENTITY_INT}
@@ -237,6 +259,7 @@ class ProcessState:
             records=self.records,
             overwritten=self.overwritten,
             torn=self.torn,
+            bad_records=self.bad_records,
             dropped=self.dropped,
             kinds=self.kinds(),
             step_p99_s=self.step_p99_s(),
@@ -265,6 +288,7 @@ class ProcessView:
     records: int
     overwritten: int
     torn: int
+    bad_records: int
     dropped: int
     kinds: dict[str, int]
     step_p99_s: float | None
@@ -326,6 +350,7 @@ class Snapshot:
     triage_count: int = 0
     triage_sum: float = 0.0
     fr_rejected: int = 0
+    gdb_rejected: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     ingested: int = 0
     polls: int = 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 MODES = ("observe", "trap", "contain")
 PROBES = ("paged_kv", "strides", "batch")
+INT32_MAX = (1 << 31) - 1
 
 
 @dataclass
@@ -34,23 +35,28 @@ class ProbeConfig:
             if mode in MODES:
                 cfg.mode = mode
             else:
-                problems.append(f"SENTINEL_MODE={mode!r} is not one of {', '.join(MODES)}; using observe")
-        for key, attr, low in (("SENTINEL_SAMPLE_EVERY", "sample_every", 1), ("SENTINEL_CONTAIN_PAGE", "contain_page", 0),
-                               ("SENTINEL_DRAIN_MS", "drain_ms", 1)):
+                problems.append(f"SENTINEL_MODE={mode[:40]!r} is not one of {', '.join(MODES)}; using observe")
+        # Upper bounds too: a page index is written into int32 page tables; the drain period becomes
+        # a float of seconds (10**400 ms raised OverflowError there, failing every device probe call).
+        for key, attr, low, high in (("SENTINEL_SAMPLE_EVERY", "sample_every", 1, INT32_MAX),
+                                     ("SENTINEL_CONTAIN_PAGE", "contain_page", 0, INT32_MAX),
+                                     ("SENTINEL_DRAIN_MS", "drain_ms", 1, 3_600_000)):
             raw = env.get(key, "").strip()
             if raw:
                 try:
                     value = int(raw)
-                    if value < low:
+                    if not low <= value <= high:
                         raise ValueError
                     setattr(cfg, attr, value)
                 except ValueError:
-                    problems.append(f"{key}={raw!r} is not an integer >= {low}; using {getattr(cfg, attr)}")
+                    problems.append(f"{key}={raw[:40]!r} is not an integer from {low} to {high}; "
+                                    f"using {getattr(cfg, attr)}")
         checks = env.get("SENTINEL_CHECKS", "").strip()
         if checks:
             wanted = {c.strip() for c in checks.split(",") if c.strip()}
             unknown = wanted - set(PROBES)
             if unknown:
-                problems.append(f"SENTINEL_CHECKS names unknown probes {sorted(unknown)}; known: {', '.join(PROBES)}")
+                problems.append(f"SENTINEL_CHECKS names unknown probes {sorted(u[:40] for u in unknown)[:8]}; "
+                                f"known: {', '.join(PROBES)}")
             cfg.enabled = frozenset(wanted & set(PROBES))
         return cfg, problems
