@@ -69,7 +69,8 @@ def record_faults(src: str, date: str, slug: str, device: str) -> None:
                     lines.append(f"- The manual path's floor for the same fault: the dump finished {d['dump_written_s']} s "
                                  f"after the launch, plus one cuda-gdb run ({d['triage_s']:.2f} s) = {floor:.2f} s, "
                                  f"before anyone reads it. Sentinel's record came {d['fault_to_record_s'] / floor:.2f}x "
-                                 f"that floor, {d['fault_to_record_s'] - floor:+.2f} s (its poll and journaling).")
+                                 f"that floor, {d['fault_to_record_s'] - floor:+.2f} s: it waits for the faulting process to exit and "
+                                 f"the dump to stay unchanged for 0.5 s, so cuda-gdb never reads a half-written dump.")
     if os.path.exists(cap):
         with open(cap) as f:
             rows = json.load(f)["rows"]
