@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -25,6 +26,26 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def finite_float(minimum: float, inclusive: bool = False):
+    """An argparse type: a finite float above ``minimum`` (or at it, when ``inclusive``)."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(x) or x < minimum or (x == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if inclusive else '>'} {minimum:g}, "
+                                             f"got {value!r}")
+        return x
+    return parse
+
+
+def positive_int(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -298,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=default_dir, help="SENTINEL_DIR to watch (default: %(default)s)")
     d.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9464),
                    help="HOST:PORT for /metrics (default: 127.0.0.1:9464)")
-    d.add_argument("--poll-interval", type=float, default=0.2, help="seconds between ring polls (default: 0.2)")
-    d.add_argument("--rescan-interval", type=float, default=5.0,
+    d.add_argument("--poll-interval", type=finite_float(0), default=0.2, help="seconds between ring polls (default: 0.2)")
+    d.add_argument("--rescan-interval", type=finite_float(0, inclusive=True), default=5.0,
                    help="seconds between directory rescans, the safety net for missed file events (default: 5)")
     d.add_argument("--allow-uid", type=int, action="append", default=[],
                    help="also accept rings owned by this uid (repeatable; default: only the daemon's own uid)")
@@ -310,14 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--web-config", metavar="FILE", default=None,
                    help="TLS and basic auth for /metrics, in Prometheus's web-config format (tls_server_config, "
                         "basic_auth_users); see deploy/README.md")
-    d.add_argument("--hang-floor", type=float, default=5.0,
+    d.add_argument("--hang-floor", type=finite_float(0), default=5.0,
                    help="never call a collective hang sooner than this many seconds (default: 5)")
-    d.add_argument("--hang-multiplier", type=float, default=10.0,
+    d.add_argument("--hang-multiplier", type=finite_float(0), default=10.0,
                    help="hang threshold = max(floor, this x p99 collective/step time) (default: 10)")
     d.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run on coredumps (default: from PATH / CUDA_HOME)")
-    d.add_argument("--gdb-timeout", type=float, default=60.0, help="seconds per cuda-gdb run (default: 60)")
-    d.add_argument("--cores-max-mb", type=float, default=2048, help="disk cap for kept coredumps (default: 2048)")
-    d.add_argument("--cores-per-signature", type=int, default=3,
+    d.add_argument("--gdb-timeout", type=finite_float(0), default=60.0, help="seconds per cuda-gdb run (default: 60)")
+    d.add_argument("--cores-max-mb", type=finite_float(0), default=2048, help="disk cap for kept coredumps (default: 2048)")
+    d.add_argument("--cores-per-signature", type=positive_int, default=3,
                    help="coredumps kept per fault signature: the first, the latest and the rest (default: 3)")
     d.add_argument("--catalog", action="append", default=[], metavar="FILE",
                    help="extra known-issue catalog (TOML; repeatable). DIR/catalog.toml is read too")
@@ -340,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")
-    m.add_argument("--duration", type=float, default=20.0, help="seconds of workload (default: 20)")
+    m.add_argument("--duration", type=finite_float(0), default=20.0, help="seconds of workload (default: 20)")
     m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
     m.add_argument("--vllm", action="store_true",
                    help="instead: a real vLLM engine on CPU under `sentinel run` (needs `make vllm-env`)")
@@ -356,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dir", default=default_dir, help="SENTINEL_DIR with the journal (default: %(default)s)")
     t.add_argument("--catalog", action="append", default=[], metavar="FILE", help="extra known-issue catalog")
     t.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run")
-    t.add_argument("--timeout", type=float, default=60.0, help="cuda-gdb timeout in seconds")
+    t.add_argument("--timeout", type=finite_float(0), default=60.0, help="cuda-gdb timeout in seconds")
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=cmd_triage)
 

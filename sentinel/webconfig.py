@@ -123,7 +123,7 @@ def _path(section: str, key: str, value: Any, base_dir: str) -> str:
 
 
 def _version(key: str, value: Any) -> ssl.TLSVersion:
-    if value not in TLS_VERSIONS:
+    if not isinstance(value, str) or value not in TLS_VERSIONS:
         raise WebConfigError(f"tls_server_config.{key} must be one of {', '.join(TLS_VERSIONS)}, got {value!r}")
     return TLS_VERSIONS[value]
 
@@ -138,6 +138,9 @@ def _parse_tls(doc: Any, base_dir: str) -> TLSConfig | None:
         if key not in doc:
             raise WebConfigError(f"tls_server_config.{key} is required")
     auth_name = doc.get("client_auth_type", "NoClientCert")
+    if not isinstance(auth_name, str):
+        raise WebConfigError(f"tls_server_config.client_auth_type must be one of {', '.join(CLIENT_AUTH)}, "
+                             f"got {auth_name!r}")
     if auth_name in UNSUPPORTED:
         raise WebConfigError(f"tls_server_config.client_auth_type {auth_name} is not supported by sentinel: "
                              f"{UNSUPPORTED[auth_name]}; use VerifyClientCertIfGiven or RequireAndVerifyClientCert")

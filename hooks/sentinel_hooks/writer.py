@@ -13,6 +13,7 @@ import functools
 import itertools
 import mmap
 import os
+import re
 import socket
 import threading
 import time
@@ -31,9 +32,11 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
 
     def first_int(*names: str) -> int | None:
+        # A launcher value that is not a plain int32 (a typo, '--1', '²', a huge number) is taken as
+        # unset: the identity field is then empty, and the ring is still created.
         for name in names:
             value = env.get(name, "").strip()
-            if value.lstrip("-").isdigit():
+            if value.isascii() and re.fullmatch(r"-?[0-9]{1,10}", value) and -2**31 <= int(value) < 2**31:
                 return int(value)
         return None
 

@@ -101,23 +101,21 @@ def test_probe_env_loop_long() -> None:
     _probe_env_loop(150_000, seed=42)
 
 
-@pytest.mark.xfail(strict=True, reason="sentinel_hooks/writer.py (not part of this change): identity_from_env takes "
-                   "str.isdigit() values int() refuses (RANK='\u00b2', '--1') and ranks beyond the header's int32, so "
-                   "the ring is not created and the hooks run as a counted no-op for the whole process")
 @pytest.mark.parametrize("value", ["\u00b2", "--1", "9999999999"])
 def test_identity_env_never_stops_the_ring(value: str) -> None:
     identity = identity_from_env({"RANK": value, "LOCAL_RANK": value, "WORLD_SIZE": value})
+    assert identity["rank"] is None and identity["world_size"] is None
     rf.pack_header(identity, 1024, 1)
 
 
 def test_bad_launcher_rank_leaves_the_process_running(h) -> None:  # noqa: ANN001 - the harness fixture
-    # What the xfail above costs today: one clear line and counted no-ops, never an exception.
+    # A RANK the identity cannot hold is taken as unset: the ring is created, the hooks record.
     code = "import sentinel_hooks as sh\nfor _ in range(3): sh.step()\nimport json; print(json.dumps(sh.stats()))\n"
     res = h.run_py(code, env=h.hooked_env(RANK="\u00b2"))
     assert res.returncode == 0, res.stderr
     stats = json.loads(res.stdout)
-    assert "invalid literal for int()" in stats["disabled_reason"]
-    assert [ln for ln in res.stderr.splitlines() if "hooks disabled" in ln] and "Traceback" not in res.stderr
+    assert stats["active"] and stats["steps"] == 3 and stats["disabled_reason"] is None, stats
+    assert "Traceback" not in res.stderr
     count("config")
 
 
@@ -189,9 +187,10 @@ def test_malformed_option_exits_2(h, args: tuple[str, ...]) -> None:  # noqa: AN
     count("config")
 
 
-@pytest.mark.xfail(strict=True, reason="sentinel/cli.py (not part of this change) takes any float: nan and inf "
-                   "--cores-max-mb raise a traceback (exit 1); an argparse type with a range would make it exit 2")
-@pytest.mark.parametrize("value", ["nan", "inf"])
-def test_out_of_range_option_exits_2(h, value: str) -> None:  # noqa: ANN001
-    res = _daemon_start(h, "--cores-max-mb", value)
+@pytest.mark.parametrize("option,value", [("--cores-max-mb", "nan"), ("--cores-max-mb", "inf"),
+                                          ("--poll-interval", "-1"), ("--rescan-interval", "nan"),
+                                          ("--hang-floor", "0"), ("--gdb-timeout", "-inf"),
+                                          ("--cores-per-signature", "0")])
+def test_out_of_range_option_exits_2(h, option: str, value: str) -> None:  # noqa: ANN001
+    res = _daemon_start(h, option, value)
     assert res.returncode == 2 and "Traceback" not in res.stderr

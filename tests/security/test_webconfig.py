@@ -73,6 +73,10 @@ BAD = {
     "a user with a colon": (f"basic_auth_users: {{'a:b': '{HASH}'}}", "not a valid user name"),
     "users not a mapping": ("basic_auth_users: [a, b]", "must be a mapping"),
     "not a mapping": ("- a\n- b", "expected a mapping"),
+    "min_version a list": ("tls_server_config: {cert_file: c, key_file: k, min_version: [1]}",
+                           "min_version must be one of"),
+    "client_auth_type a list": ("tls_server_config: {cert_file: c, key_file: k, client_auth_type: [x]}",
+                                "client_auth_type must be one of"),
     "not YAML": ("tls_server_config: {cert_file: [", "not valid YAML"),
 }
 
