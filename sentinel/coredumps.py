@@ -90,6 +90,8 @@ class CoreCollector:
         self._work: queue.SimpleQueue[PendingCore | None] = queue.SimpleQueue()
         self.in_flight = 0
         self.queued: set[str] = set()  # handed to the worker, result not yet taken: never deleted
+        self.largest = 0  # the biggest dump seen: retention keeps that much room under the cap
+        self.grew = False  # a dump appeared or grew since the daemon last enforced the cap
         self.errors = 0
         self._worker = threading.Thread(target=self._run, name="sentinel-triage", daemon=True)
         self._worker.start()
@@ -121,6 +123,7 @@ class CoreCollector:
                 continue
             if size != pc.size:
                 pc.size, pc.stable_since = size, now
+                self.largest, self.grew = max(self.largest, size), True
             writer_gone = pc.pid is not None and not _alive(pc.pid)
             stable = size > 0 and now - pc.stable_since >= self.stable_s
             if (writer_gone and now - pc.stable_since >= 0.5) or stable:
@@ -161,8 +164,9 @@ class CoreCollector:
             self.results.put(TriageResult(pc.path, pc.host, pc.pid, report, transcript, seconds, notes, time.time()))
 
     def enforce_retention(self, keep: set[str]) -> list[str]:
-        """Delete dump files (oldest first) until under the byte cap, sparing ``keep`` paths.
-        Returns the deleted paths."""
+        """Delete dump files (oldest first) until the folder has room under the byte cap for one more
+        dump as big as the largest seen: dumps are written, then triaged, and count against the cap
+        all along. Spares ``keep`` paths and dumps not triaged yet. Returns the deleted paths."""
         try:
             files = [os.path.join(self.cores_dir, n) for n in os.listdir(self.cores_dir) if is_core_name(n)]
         except OSError:
@@ -174,9 +178,11 @@ class CoreCollector:
             except OSError:
                 pass
         total = sum(sizes.values())
+        self.largest = max([self.largest, *sizes.values()])
+        limit = self.max_bytes - min(self.largest, self.max_bytes)
         deleted = []
         for p in sorted(sizes, key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0):
-            if total <= self.max_bytes:
+            if total <= limit:
                 break
             if p in keep or p in self.queued or os.path.basename(p) in self.pending:
                 continue  # spared, or not triaged yet

@@ -26,11 +26,15 @@ from .hangs import Hang, HangConfig, HangDetector
 from .journal import Journal, journal_path
 from .nvml import NvmlMonitor
 from .ringreader import RingReader
-from .state import ProcessState, Snapshot
+from .state import LAST_RECORDS, ProcessState, Snapshot
 
 log = logging.getLogger("sentinel.daemon")
 VIOLATION_LOG_S = 10.0
 LAST_RECORDS_ON_RESUME = 4096  # re-read (not re-counted) after a restart, to rebuild context
+CLOSE_BACKLOG = 256  # rings queued for the closer thread at most
+# Time a poll spends opening new rings at most: a burst of files (thousands of short-lived
+# processes) is worked through over several polls and never stalls the tailing of known ones.
+ATTACH_BUDGET_S = 0.1
 
 
 @dataclass
@@ -88,9 +92,11 @@ class Daemon:
         self._rejected_files: set[str] = set()
         self.ingested = 0
         self.polls = 0
+        self.journal_errors = 0  # journal writes that failed (a full disk): exported, retried
         self._last_poll_s = 0.0
         self._next_persist = 0.0
         self._violation_logged: dict[tuple[str, str], float] = {}
+        self._to_attach: dict[str, None] = {}  # rings found, not opened yet, in the order found
         self.snapshot = Snapshot(taken_at=time.time())
         for state in self.journal.load():
             self.states[state.ring] = state
@@ -109,7 +115,9 @@ class Daemon:
         self.fault_counts = self.journal.fault_counts()
         self.triage_seconds: list[float] = []
         self._pending_crashes: dict[str, float] = {}  # ring -> deadline for its coredump to show up
-        self._crash_checked: set[str] = set()
+        for state in self.states.values():
+            if state.exit == "died" and not state.crash_checked:
+                self._recheck_crash(state)
         self.nvml = NvmlMonitor(config.nvml)
         self.nvml.start()
         self.gpus: tuple = ()
@@ -125,6 +133,10 @@ class Daemon:
         self.fr_rejected = 0
         self.gdb_rejected = 0  # cuda-gdb transcripts with no exception or kernel in them
         self._hang_evidence: queue.SimpleQueue = queue.SimpleQueue()
+        # The last close of a deleted ring frees its blocks, milliseconds each on a journaling
+        # filesystem: rings are closed off the poll thread, so a burst of exits never stalls polling.
+        self._to_close: queue.SimpleQueue[RingReader | None] = queue.SimpleQueue()
+        threading.Thread(target=self._close_rings, name="sentinel-ring-close", daemon=True).start()
 
     # -- attaching ------------------------------------------------------------------------------
 
@@ -162,7 +174,14 @@ class Daemon:
 
     def poll_once(self) -> None:
         t0 = time.perf_counter()
-        for name in self.discovery.poll():
+        for name in self.discovery.poll():  # a rescan lists the known ones too: queue only the new
+            state = self.states.get(name)
+            if name not in self.readers and name not in self._rejected_files and (state is None or state.alive):
+                self._to_attach.setdefault(name, None)
+        budget = t0 + ATTACH_BUDGET_S
+        while self._to_attach and time.perf_counter() < budget:
+            name = next(iter(self._to_attach))
+            del self._to_attach[name]
             self._attach(name)
         for name, reader in list(self.readers.items()):
             self._tail(name, reader)
@@ -183,7 +202,7 @@ class Daemon:
             result = reader.tail(writer_alive=alive)
         except (rf.RingFormatError, OSError, ValueError) as exc:
             # The file changed under us (truncated, overwritten): keep what we had, stop reading.
-            self.readers.pop(name).close()
+            self._close_ring(self.readers.pop(name))
             self._reject(name, getattr(exc, "reason", "unreadable"), str(exc))
             self._end(state, "unknown")
             return
@@ -199,8 +218,21 @@ class Daemon:
             state.dirty = True
         state.last_seq = reader.last_seq
         if not alive:
-            self.readers.pop(name).close()
+            self._close_ring(self.readers.pop(name))
             self._end(state, "exited" if header["exit_ns"] else "died")
+
+    def _close_ring(self, reader: RingReader) -> None:
+        if self._to_close.qsize() < CLOSE_BACKLOG:
+            self._to_close.put(reader)
+        else:  # the closer is behind: close here rather than let fds and mappings pile up
+            reader.close()
+
+    def _close_rings(self) -> None:
+        while (reader := self._to_close.get()) is not None:
+            try:
+                reader.close()
+            except Exception:
+                log.exception("closing a ring failed")
 
     def _log_violations(self, state: ProcessState, reader: RingReader) -> None:
         # One line per process and check every VIOLATION_LOG_S: a violation every step must
@@ -219,7 +251,7 @@ class Daemon:
         state.new_violations.clear()
 
     def _end(self, state: ProcessState, how: str) -> None:
-        if how == "died" and state.ring not in self._crash_checked:
+        if how == "died" and not state.crash_checked:
             self._pending_crashes[state.ring] = time.monotonic() + self.config.crash_grace_s
         state.alive = False
         state.exit = how
@@ -231,6 +263,20 @@ class Daemon:
             extra={"ring": state.ring, "pid": state.identity.get("pid"), "rank": state.identity.get("rank"),
                    "how": how, "step": state.step, "records": state.records},
         )
+
+    def _recheck_crash(self, state: ProcessState) -> None:
+        """A process seen dying by a daemon that was killed before it wrote the crash record: wait
+        out what is left of the grace, with the ring's last records back as the evidence."""
+        left = state.ended_at + self.config.crash_grace_s - time.time()
+        self._pending_crashes[state.ring] = time.monotonic() + max(0.0, left)
+        try:
+            reader = RingReader(os.path.join(self.rings_dir, state.ring), self.config.allowed_uids)
+        except (rf.RingFormatError, OSError):
+            return  # the ring is gone: the record says what the journal knows
+        try:
+            state.last = reader.recent(state.last_seq, LAST_RECORDS).copy()
+        finally:
+            reader.close()
 
     def _settle_missing(self) -> None:
         # Processes the journal says were running whose ring is gone: we cannot know how they ended.
@@ -253,7 +299,7 @@ class Daemon:
                 try:
                     new = self.journal.record_hang(hang) and key not in self._open_hangs
                 except Exception:
-                    log.exception("journal write failed for a hang")
+                    self._journal_failed("journal write failed for a hang")
                     new = key not in self._open_hangs
                 if new:
                     g = (hang.job, hang.group)
@@ -271,7 +317,7 @@ class Daemon:
             try:
                 self.journal.resolve_hang(key, now)
             except Exception:
-                log.exception("journal write failed for a hang")
+                self._journal_failed("journal write failed for a hang")
         self.hangs = found
 
     # -- faults ---------------------------------------------------------------------------------
@@ -304,6 +350,9 @@ class Daemon:
     def _collect_faults(self) -> None:
         self.collector.offer(self.core_discovery.poll())
         self.collector.poll()
+        if self.collector.grew:  # a dump is landing: make room under the cap now, not after its triage
+            self.collector.grew = False
+            self._retain()
         while True:
             try:
                 res = self.collector.results.get_nowait()
@@ -314,7 +363,7 @@ class Daemon:
                 self.gdb_rejected += 1
             state = self._state_for_pid(res.host, res.pid)
             if state is not None:
-                self._crash_checked.add(state.ring)
+                state.crash_checked = state.dirty = True
                 self._pending_crashes.pop(state.ring, None)
             rec = faults.from_core(res.report, res.path, state, self._names(state), self.config.base_dir,
                                    self.catalog, res.notes)
@@ -334,7 +383,7 @@ class Daemon:
             if now < deadline:
                 continue
             del self._pending_crashes[ring]
-            self._crash_checked.add(ring)
+            state.crash_checked = state.dirty = True
             self._journal_fault(faults.from_crash(state, self._names(state), self.config.base_dir, self.catalog))
         while True:
             try:
@@ -350,7 +399,7 @@ class Daemon:
         try:
             rec.id = self.journal.record_fault(rec)
         except Exception:
-            log.exception("journal write failed for a fault")
+            self._journal_failed("journal write failed for a fault")
         if rec.id is None:
             return  # known already (a restarted daemon meeting the same dump)
         key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "")
@@ -363,8 +412,8 @@ class Daemon:
             "core": rec.core_path, "triage_s": round(rec.triage_seconds, 2),
         })
 
-    def _retain(self, signature: str) -> None:
-        surplus = self.journal.surplus_cores(signature, self.config.cores_per_signature)
+    def _retain(self, signature: str | None = None) -> None:
+        surplus = self.journal.surplus_cores(signature, self.config.cores_per_signature) if signature else []
         deleted = []
         for _fid, path in surplus:
             if not self._in_cores_dir(path):
@@ -379,7 +428,10 @@ class Daemon:
                 pass
         deleted += self.collector.enforce_retention(self.journal.cores_to_spare())
         if deleted:
-            self.journal.mark_core_deleted(deleted)
+            try:
+                self.journal.mark_core_deleted(deleted)
+            except Exception:
+                self._journal_failed("journal write failed for deleted coredumps")
             log.info("coredumps deleted by retention", extra={"count": len(deleted), "signature": signature})
 
     def _in_cores_dir(self, path: str) -> bool:
@@ -393,7 +445,7 @@ class Daemon:
         try:
             self.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at)
         except Exception:
-            log.exception("journal write failed for an XID")
+            self._journal_failed("journal write failed for an XID")
         key = (ev.gpu, ev.xid)
         self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
         log.error("gpu xid", extra={
@@ -432,7 +484,7 @@ class Daemon:
             try:
                 self.journal.hang_evidence(key, ev)
             except Exception:
-                log.exception("journal write failed for hang evidence")
+                self._journal_failed("journal write failed for hang evidence")
             log.warning("hang evidence", extra={"job": key[0], "group": key[1], "seq": key[2],
                                                 "stacks": ev["stacks"], "gpus": ev["gpus"]})
 
@@ -462,7 +514,7 @@ class Daemon:
                 try:
                     self.journal.hang_evidence(key, ev)
                 except Exception:
-                    log.exception("journal write failed for hang evidence")
+                    self._journal_failed("journal write failed for hang evidence")
 
     def _read_fr_file(self, path: str) -> bytes:
         """A dump's bytes: a regular file of an allowed owner, never through a symlink, never a FIFO."""
@@ -495,13 +547,21 @@ class Daemon:
             polls=self.polls,
             poll_seconds=self._last_poll_s,
             taken_at=time.time(),
+            dir_free_bytes=_free_bytes(self.config.base_dir),
+            journal_errors=self.journal_errors,
         )
+
+    def _journal_failed(self, message: str) -> None:
+        """A journal write failed (a full disk, say): count it, log it, keep running. Process states
+        stay dirty and are saved by a later persist."""
+        self.journal_errors += 1
+        log.exception(message)
 
     def persist(self) -> None:
         try:
             self.journal.save(list(self.states.values()))
         except Exception:
-            log.exception("journal write failed; will retry")
+            self._journal_failed("journal write failed; will retry")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -531,4 +591,5 @@ class Daemon:
             for reader in self.readers.values():
                 reader.close()
             self.readers.clear()
+            self._to_close.put(None)  # the closer thread closes what is queued, then ends
             self.journal.close()

@@ -128,6 +128,16 @@ class SentinelCollector(Collector):
         yield GaugeMetricFamily(
             "sentinel_daemon_snapshot_timestamp_seconds", "When the exported state was taken.", value=snap.taken_at
         )
+        if snap.dir_free_bytes >= 0:
+            yield GaugeMetricFamily(
+                "sentinel_dir_free_bytes",
+                "Bytes free on SENTINEL_DIR's filesystem. At 0 new rings cannot be created (those hooks are counted "
+                "no-ops) and journal writes fail.", value=snap.dir_free_bytes,
+            )
+        yield CounterMetricFamily(
+            "sentinel_journal_write_errors", "Journal writes that failed (e.g. a full disk); the daemon runs on and retries.",
+            value=snap.journal_errors,
+        )
 
 
 def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:

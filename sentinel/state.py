@@ -83,6 +83,7 @@ class ProcessState:
     new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
+    crash_checked: bool = False  # a died process's fault record (coredump or crash) is settled
     bad_records: int = 0  # valid records whose values are out of bounds: refused, not applied
 
     def ingest(self, recs: np.ndarray, names: Callable[[int], str] | None = None) -> None:
@@ -216,13 +217,15 @@ class ProcessState:
 
     def extra(self) -> dict[str, Any]:
         return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
-                "adapter_errors": self.adapter_errors, "bad_records": self.bad_records}
+                "adapter_errors": self.adapter_errors, "crash_checked": self.crash_checked,
+                "bad_records": self.bad_records}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
         self.violations = {str(k): int(v) for k, v in dict(extra.get("violations", {})).items()}
         self.probe_execs = int(extra.get("probe_execs", 0))
         self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
         self.adapter_errors = {str(k): int(v) for k, v in dict(extra.get("adapter_errors", {})).items()}
+        self.crash_checked = bool(extra.get("crash_checked", True))  # older journals: taken as settled
         self.bad_records = int(extra.get("bad_records", 0))
 
     def apply_header(self, header: dict[str, Any]) -> None:
@@ -356,3 +359,5 @@ class Snapshot:
     polls: int = 0
     poll_seconds: float = 0.0
     taken_at: float = 0.0
+    dir_free_bytes: int = -1  # on SENTINEL_DIR's filesystem; -1: unknown
+    journal_errors: int = 0
