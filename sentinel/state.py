@@ -241,7 +241,12 @@ class ProcessState:
     def step_p99_s(self) -> float | None:
         if len(self.step_ns) < 8:
             return None
-        return float(np.percentile(self.step_ns, 99)) / 1e9
+        # Snapshots ask on every poll; step_ns is replaced (never mutated) when new steps arrive,
+        # so its identity tells whether the cached percentile is still current.
+        cached = self.__dict__.get("_p99")
+        if cached is None or cached[0] is not self.step_ns:
+            cached = self.__dict__["_p99"] = (self.step_ns, float(np.percentile(self.step_ns, 99)) / 1e9)
+        return cached[1]
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}
