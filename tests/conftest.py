@@ -129,8 +129,13 @@ class DaemonProc:
                 raise AssertionError(f"daemon did not serve /metrics within {timeout}s: {self.log_text()[-2000:]}")
             time.sleep(0.05)
 
-    def scrape(self) -> str:
-        return fetch(self.url)
+    def scrape(self, timeout: float = 2.0) -> str:
+        return fetch(self.url, timeout=timeout)
+
+    def rss_bytes(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def log_text(self) -> str:
         try:

@@ -20,83 +20,11 @@ Harness = Any  # tests/conftest.py's Harness: the ``h`` fixture
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
-class ChaosDaemon:
-    """A `sentinel daemon` subprocess on a free port, as tests/conftest.py's DaemonProc, with extra
-    command-line options. Reaped by the harness at teardown (it calls ``stop()``)."""
-
-    def __init__(self, h: Harness, base_dir: str, port: int, log_path: Path, extra: list[str]) -> None:
-        self.h = h
-        self.base_dir = base_dir
-        self.port = port
-        self.log_path = log_path
-        self.extra = extra
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
-
-    def start(self, timeout: float = 15.0) -> ChaosDaemon:
-        self._log = open(self.log_path, "ab")  # closed in kill()/stop()
-        self.proc = subprocess.Popen(
-            [self.h.sentinel, "daemon", "--dir", self.base_dir, "--listen", f"127.0.0.1:{self.port}",
-             "--poll-interval", "0.05", "--rescan-interval", "0.25", *self.extra],
-            env=self.h.env(), stdout=self._log, stderr=self._log, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
-            try:
-                if "sentinel_daemon_polls_total" in self.h.fetch(self.url, timeout=1.0):
-                    return self
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"daemon did not serve /metrics within {timeout}s: {self.log_text()[-2000:]}")
-            time.sleep(0.01)
-
-    def scrape(self, timeout: float = 2.0) -> str:
-        return self.h.fetch(self.url, timeout=timeout)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def rss_bytes(self) -> int:
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def kill(self, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=timeout)
-        self._log.close()
-        return rc
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log is not None and not self._log.closed:
-            self._log.close()
-
-
-def start_daemon(h: Harness, *extra: str, base_dir: str | None = None, port: int | None = None) -> ChaosDaemon:
-    """Start a real daemon on ``base_dir`` (default h.dir); the harness stops it at teardown."""
-    d = ChaosDaemon(h, base_dir or h.dir, port or h.free_port(), h.scratch / f"daemon{len(h.daemons)}.log",
-                    list(extra))
-    h.daemons.append(d)
-    return d.start()
+def start_daemon(h: Harness, *extra: str, base_dir: str | None = None, port: int | None = None) -> Any:
+    """Start a real daemon on ``base_dir`` (default h.dir), a tests/conftest.py DaemonProc; the harness
+    stops it at teardown. It logs at info, not the harness's debug: storms would otherwise spend the
+    daemon's time on log lines."""
+    return h.daemon(base_dir, port, args=("--log-level", "info", *extra))
 
 
 def dead_pid(i: int = 0) -> int:
