@@ -106,10 +106,16 @@ class SentinelCollector(Collector):
             "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
             labels=labels + ["adapter"],
         )
+        config = CounterMetricFamily(
+            "sentinel_hook_config_errors", "Bad values in the hooks' environment config (the defaults were used).",
+            labels=labels,
+        )
         for p in snap.processes:
             for name, n in sorted(p.adapter_errors.items()):
                 adapter.add_metric(process_labels(p.identity) + [name], n)
-        yield from (info, alive, step, beat, p99, records, over, torn, bad, dropped, adapter)
+            if p.config_errors:
+                config.add_metric(process_labels(p.identity), p.config_errors)
+        yield from (info, alive, step, beat, p99, records, over, torn, bad, dropped, adapter, config)
         yield from _probe_metrics(snap, labels)
         yield from _collective_metrics(snap, labels)
         yield from _fault_metrics(snap)

@@ -83,6 +83,7 @@ class ProcessState:
     new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
+    config_errors: int = 0  # bad values the hooks found in their environment config
     crash_checked: bool = False  # a died process's fault record (coredump or crash) is settled
     bad_records: int = 0  # valid records whose values are out of bounds: refused, not applied
 
@@ -114,6 +115,9 @@ class ProcessState:
             for tag, n in zip(errs["tag"].tolist(), errs["a"].tolist()):
                 adapter = (names(tag) or "adapter:unknown").split(":", 1)[-1]
                 self.adapter_errors[adapter] = self.adapter_errors.get(adapter, 0) + int(n)
+        if self.by_kind[rf.Kind.EVENT]:
+            cfg = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONFIG_ERROR_EVENT)], "a")
+            self.config_errors += int(cfg["a"].sum())
 
     def rebuild(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
         """Restore derived context (last records, step times, collective progress) from records
@@ -218,6 +222,7 @@ class ProcessState:
     def extra(self) -> dict[str, Any]:
         return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
                 "adapter_errors": self.adapter_errors, "crash_checked": self.crash_checked,
+                "config_errors": self.config_errors,
                 "bad_records": self.bad_records}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
@@ -225,6 +230,7 @@ class ProcessState:
         self.probe_execs = int(extra.get("probe_execs", 0))
         self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
         self.adapter_errors = {str(k): int(v) for k, v in dict(extra.get("adapter_errors", {})).items()}
+        self.config_errors = int(extra.get("config_errors", 0))
         self.crash_checked = bool(extra.get("crash_checked", True))  # older journals: taken as settled
         self.bad_records = int(extra.get("bad_records", 0))
 
@@ -280,6 +286,7 @@ class ProcessState:
             token_budget=self.token_budget,
             groups={name: g.view() for name, g in self.groups.items()},
             adapter_errors=dict(self.adapter_errors),
+            config_errors=self.config_errors,
         )
 
 
@@ -309,6 +316,7 @@ class ProcessView:
     token_budget: int = -1
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     adapter_errors: dict[str, int] = field(default_factory=dict)
+    config_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()

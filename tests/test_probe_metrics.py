@@ -113,3 +113,18 @@ def test_probe_metrics_from_a_real_daemon(h, promtool_path):
     assert res.returncode == 0 and res.stdout.strip() == "" and res.stderr.strip() == "", (
         f"promtool rc={res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
     )
+
+
+def test_bad_hook_config_values_are_counted_by_the_daemon(h):
+    """A bad SENTINEL_* value is one log line in the serving process (the default is used) and a
+    count on /metrics, so that a fleet-wide typo in a deployment shows up somewhere it is watched."""
+    daemon = h.daemon()
+    code = ("import torch, sentinel_hooks as sh\n"
+            "sh.check_paged_kv(torch.zeros((2, 2), dtype=torch.int32), 10, name='attn')\n"
+            "sh.check_paged_kv(torch.zeros((2, 2), dtype=torch.int32), 10, name='attn')\n"
+            "sh.step()\nprint('done')\n")
+    res = h.sentinel_run(code, env=h.env(SENTINEL_MODE="observ", SENTINEL_SAMPLE_EVERY="often"))
+    assert res.returncode == 0 and res.stdout.strip() == "done", res.stderr
+    assert "SENTINEL_MODE" in res.stderr and "SENTINEL_SAMPLE_EVERY" in res.stderr
+    got = h.wait_for(lambda: h.samples(daemon.scrape(), "sentinel_hook_config_errors_total"), what="the config count")
+    assert [v for _labels, v in got] == [2.0]  # two bad values, counted once, not once per probe call

@@ -53,6 +53,11 @@ def config() -> ProbeConfig:
         cfg, problems = ProbeConfig.from_env()
         for msg in problems:
             runtime.log_once("cfg:" + msg, msg)
+        if problems:  # once per process: the daemon counts them (sentinel_hook_config_errors_total)
+            try:
+                runtime.writer().emit(rf.Kind.EVENT, rf.CONFIG_ERROR_EVENT, len(problems))
+            except Exception:
+                pass
         _config = cfg
     return _config
 

@@ -87,6 +87,7 @@ COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
 
 # EVENT records' ``code`` values that Sentinel itself writes (user events use any other code).
 ADAPTER_ERROR_EVENT = 0xFA11  # a framework adapter failed and switched off; a = 1, tag = "adapter:<name>"
+CONFIG_ERROR_EVENT = 0xC0F1  # bad values in the hooks' environment config (defaults used); a = how many
 
 BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
 BATCH_OVER_BUDGET = 2
