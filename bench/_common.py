@@ -84,7 +84,9 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "kernel": platform.release(),
         "clocksource": clocksource(),
-        "executable": sys.executable,
+        # Relative to the repository when it is the project's venv: no machine paths in results.
+        "executable": (os.path.relpath(sys.executable, os.path.dirname(BENCH_DIR))
+                       if sys.executable.startswith(os.path.dirname(BENCH_DIR) + os.sep) else os.path.basename(sys.executable)),
     }
 
 
