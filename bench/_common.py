@@ -17,6 +17,16 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 RESULTS_MD = os.path.join(BENCH_DIR, "RESULTS.md")
 
 
+class BenchError(AssertionError):
+    pass
+
+
+def check(cond: bool, what: str) -> None:
+    """Correct before fast: a benchmark stops at the first wrong result."""
+    if not cond:
+        raise BenchError(f"correctness check failed: {what}")
+
+
 def progress(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
 

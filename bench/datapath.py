@@ -31,13 +31,25 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import IO
 
 for _var in ("SENTINEL_DISABLE", "SENTINEL_RING_CAPACITY", "SENTINEL_DIR"):
     os.environ.pop(_var, None)
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from _common import cpu_ticks, machine_info, progress, spread, steal_pct, update_results_md, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    BenchError,
+    check,
+    cpu_ticks,
+    machine_info,
+    progress,
+    spread,
+    steal_pct,
+    update_results_md,
+    write_json,
+)
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import sentinel_hooks  # noqa: E402
@@ -71,15 +83,6 @@ SAMPLE_EVERY_S = 0.05
 CPU_WINDOW_S = 1.0
 
 pc = time.perf_counter_ns
-
-
-class BenchError(AssertionError):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise BenchError(f"correctness check failed: {what}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,19 +412,14 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_EVERY_S)
 
 
-def fig_daemon_rss(tmp: str) -> dict:
-    progress(f"3/3 daemon RSS/CPU: real daemon + {WRITERS} writer processes x {WRITER_STEPS} steps "
-             f"at {WRITER_RATE:.0f}/s")
-    d = os.path.join(tmp, "fleet")
-    os.makedirs(d, mode=0o700)
-    port = _free_port()
-    log_path = os.path.join(tmp, "daemon.log")
-    log_f = open(log_path, "wb")  # noqa: SIM115
+def start_daemon(d: str, port: int, log_path: str) -> tuple[subprocess.Popen, IO[bytes], Callable[[], str]]:
+    """A real `sentinel daemon` on ``d``, serving /metrics on ``port``, logging to ``log_path``.
+    Returns (process, log file, a function returning the log's tail) once it serves."""
+    log_f = open(log_path, "wb")  # noqa: SIM115 - closed by the caller, after the daemon
     daemon = subprocess.Popen(
         _sentinel_cmd() + ["daemon", "--dir", d, "--listen", f"127.0.0.1:{port}"],
         stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    writers: list[subprocess.Popen] = []
 
     def daemon_log() -> str:
         log_f.flush()
@@ -435,11 +433,29 @@ def fig_daemon_rss(tmp: str) -> dict:
                 raise BenchError(f"daemon exited with {daemon.returncode}:\n{daemon_log()}")
             try:
                 _scrape(port)
-                break
+                return daemon, log_f, daemon_log
             except OSError:
                 if time.monotonic() > deadline:
                     raise BenchError(f"daemon did not serve /metrics in 20 s:\n{daemon_log()}") from None
                 time.sleep(0.05)
+    except BaseException:
+        daemon.kill()
+        daemon.wait()
+        log_f.close()
+        raise
+
+
+def fig_daemon_rss(tmp: str) -> dict:
+    progress(f"3/3 daemon RSS/CPU: real daemon + {WRITERS} writer processes x {WRITER_STEPS} steps "
+             f"at {WRITER_RATE:.0f}/s")
+    d = os.path.join(tmp, "fleet")
+    os.makedirs(d, mode=0o700)
+    port = _free_port()
+    log_path = os.path.join(tmp, "daemon.log")
+    daemon, log_f, daemon_log = start_daemon(d, port, log_path)
+    writers: list[subprocess.Popen] = []
+
+    try:
         proc = psutil.Process(daemon.pid)
         sampler = Sampler(proc)
         idle = sampler.take()

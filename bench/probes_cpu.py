@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine_info, progress, spread, update_results_md, write_json  # noqa: E402
+from _common import check, machine_info, progress, spread, update_results_md, write_json  # noqa: E402
 
 for _var in ("SENTINEL_DISABLE", "SENTINEL_RING_CAPACITY", "SENTINEL_MODE", "SENTINEL_SAMPLE_EVERY",
              "SENTINEL_CHECKS"):
@@ -64,15 +64,6 @@ PROBE, CONTEXT = int(rf.Kind.PROBE), int(rf.Kind.CONTEXT)
 OOB = int(rf.Check.PAGE_TABLE_OOB)
 
 pc = time.perf_counter_ns
-
-
-class BenchError(AssertionError):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise BenchError(f"correctness check failed: {what}")
 
 
 def calibrate(fn: Callable[[], object]) -> int:

@@ -42,7 +42,7 @@ from _common import cpu_ticks, machine_info, progress, spread, steal_pct, update
 
 # datapath.py owns the daemon helpers (scrape, per-pid lookup, sampler); importing it clears the
 # SENTINEL_* variables that would redirect or disable the writers.
-from datapath import BenchError, Sampler, _by_pid, _free_port, _scrape, _sentinel_cmd, check  # noqa: E402
+from datapath import BenchError, Sampler, _by_pid, _free_port, _scrape, check, start_daemon  # noqa: E402
 
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
@@ -136,32 +136,12 @@ def run_once(tmp: str, n: int, rate: float, run_no: int) -> dict:
     os.makedirs(d, mode=0o700)
     port = _free_port()
     log_path = os.path.join(d, "daemon.log")
-    log_f = open(log_path, "wb")  # noqa: SIM115
-    daemon = subprocess.Popen(
-        _sentinel_cmd() + ["daemon", "--dir", d, "--listen", f"127.0.0.1:{port}"],
-        stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    daemon, log_f, daemon_log = start_daemon(d, port, log_path)
     writers: list[subprocess.Popen] = []
     ring_fds: list[int] = []
     sampler: Sampler | None = None
 
-    def daemon_log() -> str:
-        log_f.flush()
-        with open(log_path, errors="replace") as f:
-            return f.read()[-3000:]
-
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if daemon.poll() is not None:
-                raise BenchError(f"daemon exited with {daemon.returncode}:\n{daemon_log()}")
-            try:
-                _scrape(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"daemon did not serve /metrics in 20 s:\n{daemon_log()}") from None
-                time.sleep(0.05)
         dproc = psutil.Process(daemon.pid)
         idle_rss = dproc.memory_info().rss
 
