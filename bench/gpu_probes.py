@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import paged_attention as pa  # noqa: E402
+from cuda_timing import time_ms  # noqa: E402
 
 os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-"))
 import sentinel_hooks as sh  # noqa: E402
@@ -43,17 +44,6 @@ def site_totals(reader: RingReader, name: str) -> dict[str, int]:
     bad = recs[(recs["kind"] == rf.Kind.PROBE) & (recs["code"] == rf.Check.PAGE_TABLE_OOB)]
     return {"execs": int(ctx["c"].sum()), "oob": int(bad["a"].sum()),
             "max_index": int(ctx["a"].max()) if len(ctx) else -1}
-
-
-def time_fn(fn, iters: int) -> float:
-    """ms per call, CUDA events around ``iters`` calls."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def count_syncs(fn) -> int:
@@ -138,14 +128,14 @@ def main() -> int:
         "eager_trap_style": trap_style,
     }
     for fn in configs.values():  # warm-up
-        time_fn(fn, 3)
+        time_ms(fn, 3)
     samples: dict[str, list[float]] = {k: [] for k in configs}
     t0 = time.monotonic()
     graph_replays = 0
     for r in range(args.rounds):
         order = list(configs) if r % 2 == 0 else list(reversed(configs))
         for key in order:
-            samples[key].append(time_fn(configs[key], args.iters))
+            samples[key].append(time_ms(configs[key], args.iters))
             if key == "graph_sentinel":
                 graph_replays += args.iters
     elapsed = time.monotonic() - t0

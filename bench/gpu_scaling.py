@@ -25,6 +25,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import capture_graph, time_ms  # noqa: E402
+
 os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-"))
 import sentinel_hooks as sh  # noqa: E402
 from sentinel.ringreader import RingReader  # noqa: E402
@@ -46,26 +49,8 @@ def oob_reported(reader: RingReader, name: str) -> int:
     return int(bad["a"].sum())
 
 
-def graph_of(fn) -> torch.cuda.CUDAGraph:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
 def replay_us(g: torch.cuda.CUDAGraph, iters: int) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        g.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1000.0 / iters
+    return time_ms(g.replay, iters) * 1000.0
 
 
 def main() -> int:
@@ -97,10 +82,10 @@ def main() -> int:
             assert caught == 1 and clean == 0, (name, caught, clean)
 
             dst = torch.empty_like(pt)
-            g_probe = graph_of(lambda pt=pt, seq=seq, num_pages=num_pages, name=name: sh.check_paged_kv(
+            g_probe = capture_graph(lambda pt=pt, seq=seq, num_pages=num_pages, name=name: sh.check_paged_kv(
                 pt, num_pages, seq_lens=seq, page_size=PAGE, name=name))
-            g_copy = graph_of(lambda pt=pt, dst=dst: dst.copy_(pt))
-            g_amax = graph_of(lambda pt=pt: pt.amax())
+            g_copy = capture_graph(lambda pt=pt, dst=dst: dst.copy_(pt))
+            g_amax = capture_graph(lambda pt=pt: pt.amax())
             graphs = {"probe": g_probe, "copy": g_copy, "amax": g_amax}
             for g in graphs.values():
                 replay_us(g, 10)

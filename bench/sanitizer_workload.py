@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import paged_attention as pa  # noqa: E402
+from cuda_timing import time_ms  # noqa: E402
 
 FAR = 2**30
 
@@ -87,15 +88,6 @@ def main() -> int:
     def probed_step() -> None:
         probe()
         kernel()
-
-    def time_ms(fn, iters: int) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
 
     t0 = time.monotonic()
     try:
