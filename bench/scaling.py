@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ print(json.dumps({"pid": os.getpid(), "steps": st["steps"], "errors": st["errors
 
 def _heartbeat(fd: int) -> int:
     """The step counter in a ring's header: what the writer has written, read without the daemon."""
-    return rf.HEARTBEAT.unpack(os.pread(fd, rf.HEARTBEAT.size, rf.HEARTBEAT_OFFSET))[0]
+    return struct.unpack("<Q", os.pread(fd, 8, rf.WORDS_OFFSET + 8 * rf.Word.STEP))[0]
 
 
 def _task_cpu_ns(pid: int) -> int:

@@ -28,7 +28,7 @@ LOOKAHEAD = 8
 # gets near this (2**63 records). A slot whose seq is larger, or names another slot, holds no record
 # of this ring (a corrupt or hostile write): it is read as empty, never as "the writer lapped us".
 MAX_SEQ = (1 << 63) - 1
-_U64_HEADER = ("created_ns", "step", "last_step_ns", "dropped", "strings_used", "exit_ns")
+_U64_HEADER = ("created_ns",) + rf.WORD_NAMES
 _SCAN_CHUNK = 1 << 16
 
 
@@ -67,6 +67,14 @@ class RingReader:
             os.close(fd)
             raise
         self._fd = fd
+        self._words = rf.header_words(self._mm)
+        try:
+            self.refresh_header()  # the pread copy's words may be mid-update; the mapping's are exact
+        except BaseException:
+            self._words.release()
+            self._mm.close()
+            os.close(fd)
+            raise
         self.slots = np.frombuffer(self._mm, dtype=DTYPE, count=self.capacity, offset=rf.RECORDS_OFFSET)
         self._seq_col = self.slots["seq"]
         self._mask = self.capacity - 1
@@ -78,9 +86,17 @@ class RingReader:
     # -- header ---------------------------------------------------------------------------------
 
     def refresh_header(self) -> dict:
-        """Re-read the header (identity may be updated; heartbeat and counters always are)."""
-        self.header = parse_header(self._mm[: rf.HEADER_SIZE])
+        """Re-read the header (identity may be updated; heartbeat and counters always are), each
+        field as the writer wrote it, never half-updated (``ringformat.read_header``). Raises
+        RingFormatError if the file was changed into something else."""
+        self.header = check_header(rf.read_header(self._mm, self._words, self.header))
         return self.header
+
+    def heartbeat(self) -> tuple[int, int]:
+        """(step, last_step_ns) from the header: two single 8-byte loads, no copy; cheap enough to
+        poll. Each value is one the writer stored (see ``ringformat.Word``)."""
+        words = self._words
+        return words[rf.Word.STEP], words[rf.Word.LAST_STEP_NS]
 
     def name(self, tag: int) -> str:
         name = self._strings.get(tag)
@@ -220,6 +236,7 @@ class RingReader:
 
     def close(self) -> None:
         self.slots = self._seq_col = None  # release the buffer exports before unmapping
+        self._words.release()
         try:
             self._mm.close()
         except (BufferError, ValueError):
@@ -228,9 +245,14 @@ class RingReader:
 
 
 def parse_header(buf: bytes | memoryview | mmap.mmap) -> dict:
-    """``ringformat.unpack_header``, plus what the daemon needs: counters that fit a signed 64-bit
-    journal column. Raises RingFormatError (``reason`` bad_header for those)."""
-    header = rf.unpack_header(buf)
+    """``ringformat.unpack_header`` of a copy, plus what the daemon needs: counters that fit a signed
+    64-bit journal column. Raises RingFormatError (``reason`` bad_header for those)."""
+    return check_header(rf.unpack_header(buf))
+
+
+def check_header(header: dict) -> dict:
+    """``header`` if its counters fit a signed 64-bit journal column, else RingFormatError
+    (``reason`` bad_header)."""
     for key in _U64_HEADER:
         if header[key] > MAX_SEQ:
             raise rf.RingFormatError("bad_header", f"header {key} is {header[key]}, beyond a signed 64-bit value")

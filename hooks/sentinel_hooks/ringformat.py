@@ -4,15 +4,17 @@ Standard library only, so it loads inside any serving process and inside the tor
 
 Layout of a ring file (little endian, no padding)::
 
-    [0, HEADER_SIZE)            header: magic, version, geometry, identity, heartbeat, counters
+    [0, HEADER_SIZE)            header: magic, version, geometry, identity; at WORDS_OFFSET the
+                                mutable words (heartbeat, counters, identity generation)
     [STRINGS_OFFSET, +STRINGS_SIZE)  string table: NUL-separated names, appended, for record tags
     [RECORDS_OFFSET, +capacity * RECORD_SIZE)  the record slots
 
 Record ``n`` (1-based, ever increasing) lives in slot ``(n - 1) % capacity``. The writer packs a
-record with one ``struct.pack_into`` call, which stores the fields in order: ``seq`` first,
-``seq_end`` last. A reader accepts a slot only if ``seq == seq_end == n`` and ``seq`` still reads
+record with one ``struct.pack_into`` call, which zeroes the slot and then stores the fields in
+order: ``seq`` first, ``seq_end`` last. A reader accepts a slot only if ``seq == seq_end == n`` and ``seq`` still reads
 ``n`` after the slot was copied (a seqlock check). So a record torn by SIGKILL, or being
-overwritten while it is read, is never taken as valid.
+overwritten while it is read, is never taken as valid. The header's mutable words have no such
+check, so each is written and read as one aligned 8-byte access instead (see ``Word``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+import sys
 import tempfile
 from typing import Any
 
@@ -140,19 +143,41 @@ HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("tp_rank", "i"),
     ("dp_rank", "i"),
     ("pp_rank", "i"),
-    ("_pad1", "i"),
+    ("ppid", "i"),  # the writer's parent (0 in rings written before it was recorded): links a crash's consequences
 )
 HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
 
-# Mutable words after the identity block, each packed on its own.
-HEARTBEAT_OFFSET = 1024
-HEARTBEAT = struct.Struct("<QQ")  # step, last_step_ns
-COUNTERS_OFFSET = HEARTBEAT_OFFSET + HEARTBEAT.size
-COUNTERS = struct.Struct("<QQQ")  # dropped (hook no-ops), strings_used, exit_ns
-assert HEADER.size <= HEARTBEAT_OFFSET
+# The mutable words after the identity block: unsigned 64-bit little-endian integers at 8-byte
+# aligned offsets, updated in place while readers poll them. ``struct.pack_into`` is no good here:
+# CPython zeroes its target before packing byte by byte, so a reader polling a word it rewrites saw
+# 0 for ``step`` in 4,380 of 9.17 M reads. Each word is written with one aligned 8-byte store and
+# read with one aligned 8-byte load (a memoryview of format "Q", see :func:`header_words`), which
+# x86-64 and AArch64 perform atomically: every value read is one the writer wrote. Words are
+# independent of each other (``step`` and ``last_step_ns`` may be one step apart); the identity
+# block is guarded by IDENTITY_GEN instead (see :func:`read_header`).
+WORDS_OFFSET = 1024
+assert HEADER.size <= WORDS_OFFSET
+
+
+class Word(enum.IntEnum):
+    """Index of each mutable header word: word ``i`` is at ``WORDS_OFFSET + 8 * i``."""
+
+    STEP = 0  # heartbeat: the writer's step counter
+    LAST_STEP_NS = 1  # heartbeat: time.time_ns() of the last step
+    DROPPED = 2  # hook calls that became counted no-ops
+    STRINGS_USED = 3  # bytes of the string table in use
+    EXIT_NS = 4  # time.time_ns() of a clean exit, 0 while running or after a crash
+    # Even while the identity block is stable, odd while the writer rewrites it. Rings written
+    # before this word existed have 0 here: stable.
+    IDENTITY_GEN = 5
+
+
+WORD_NAMES = tuple(w.name.lower() for w in Word)
+WORDS_SIZE = 8 * len(Word)
+IDENTITY_READ_TRIES = 1000  # a rewrite takes microseconds; a writer killed inside one leaves GEN odd
 
 IDENTITY_TEXT = ("job", "host", "pod", "namespace", "framework", "framework_version")
-IDENTITY_INT = ("pid", "rank", "local_rank", "world_size", "tp_rank", "dp_rank", "pp_rank")
+IDENTITY_INT = ("pid", "rank", "local_rank", "world_size", "tp_rank", "dp_rank", "pp_rank", "ppid")
 
 
 class RingFormatError(ValueError):
@@ -198,9 +223,16 @@ def pack_header(identity: dict[str, Any], capacity: int, created_ns: int) -> byt
 
 
 def unpack_header(buf: bytes | memoryview) -> dict[str, Any]:
-    """Parse and validate a header. Raises RingFormatError with a reason label."""
+    """Parse and validate a header from a private copy (``os.pread``, a fuzzer's bytes). Raises
+    RingFormatError with a reason label. For the live mapping of a ring, use :func:`read_header`."""
     if len(buf) < HEADER_SIZE:
         raise RingFormatError("truncated", f"header is {len(buf)} bytes, need {HEADER_SIZE}")
+    h = _unpack_identity(buf)
+    h.update(zip(WORD_NAMES, struct.unpack_from(f"<{len(Word)}Q", buf, WORDS_OFFSET)))
+    return h
+
+
+def _unpack_identity(buf: bytes | memoryview) -> dict[str, Any]:
     raw = HEADER.unpack_from(buf, 0)
     h = {name: value for (name, _), value in zip(HEADER_FIELDS, raw) if not name.startswith("_")}
     if h["magic"] != MAGIC:
@@ -221,9 +253,61 @@ def unpack_header(buf: bytes | memoryview) -> dict[str, Any]:
         raise RingFormatError("bad_geometry", "header geometry does not match this format version")
     for name in IDENTITY_TEXT:
         h[name] = h[name].split(b"\0", 1)[0].decode("utf-8", "replace")
-    h["step"], h["last_step_ns"] = HEARTBEAT.unpack_from(buf, HEARTBEAT_OFFSET)
-    h["dropped"], h["strings_used"], h["exit_ns"] = COUNTERS.unpack_from(buf, COUNTERS_OFFSET)
     return h
+
+
+def header_words(mapping: Any) -> Any:
+    """The mutable header words of a mapped ring, indexable by :class:`Word`: each item is read or
+    written as one aligned 8-byte access.
+
+    ``mapping`` is the ring's mmap (writable for the writer, read-only for a reader). The result is
+    a memoryview of format "Q"; call its ``release()`` before closing the mapping, which it pins.
+    On a big-endian host (no serving platform is one) it is a ``struct``-backed stand-in that keeps
+    the file little endian but loses the single-access guarantee."""
+    if sys.byteorder == "little":
+        return memoryview(mapping)[WORDS_OFFSET : WORDS_OFFSET + WORDS_SIZE].cast("Q")
+    return _PackedWords(mapping)
+
+
+class _PackedWords:
+    def __init__(self, mapping: Any) -> None:
+        self._buf = mapping
+
+    def __getitem__(self, word: int) -> int:
+        return struct.unpack_from("<Q", self._buf, WORDS_OFFSET + 8 * word)[0]
+
+    def __setitem__(self, word: int, value: int) -> None:
+        struct.pack_into("<Q", self._buf, WORDS_OFFSET + 8 * word, value)
+
+    def release(self) -> None:
+        self._buf = None
+
+
+def read_header(mapping: Any, words: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The header of a live ring: what :func:`unpack_header` gives, read without tearing.
+
+    The identity block is copied while IDENTITY_GEN reads the same even value before and after
+    (a seqlock; the writer makes it odd while it rewrites the block). If that never happens in
+    IDENTITY_READ_TRIES copies (a writer killed inside a rewrite), ``previous``'s identity is
+    kept, or, with none, the last copy is taken as it is. Each mutable word is then read once, with
+    one 8-byte load. ``words`` is :func:`header_words` of ``mapping``. Raises RingFormatError with a
+    reason label.
+
+    The seqlock relies on the writer's stores becoming visible in program order, which x86-64
+    guarantees; on a weaker memory model a concurrent identity rewrite (once or twice in a
+    process's life) could, rarely, be read half done. The words themselves are exact everywhere."""
+    identity = None
+    for _ in range(IDENTITY_READ_TRIES):
+        gen = words[Word.IDENTITY_GEN]
+        block = bytes(mapping[: HEADER.size])
+        if not gen & 1 and words[Word.IDENTITY_GEN] == gen:
+            identity = _unpack_identity(block)
+            break
+    if identity is None:
+        identity = dict(previous) if previous is not None else _unpack_identity(block)
+    for i, name in enumerate(WORD_NAMES):
+        identity[name] = words[i]
+    return identity
 
 
 def numpy_dtype() -> Any:

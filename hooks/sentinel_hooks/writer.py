@@ -24,7 +24,7 @@ from . import ringformat as rf
 
 _time_ns = time.time_ns
 _RECORDS_OFFSET = rf.RECORDS_OFFSET
-_HEARTBEAT_OFFSET = rf.HEARTBEAT_OFFSET
+_STEP, _LAST_STEP_NS = rf.Word.STEP.value, rf.Word.LAST_STEP_NS.value
 
 
 def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
         job = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
     return {
         "pid": os.getpid(),
+        "ppid": os.getppid(),
         "rank": first_int("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"),
         "local_rank": first_int("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"),
         "world_size": first_int("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"),
@@ -171,7 +172,9 @@ class RingWriter:
         self._mask = capacity - 1
         self._seq = itertools.count(1)  # next() is atomic under the GIL: threads get distinct slots
         self._pack = rf.RECORD.pack_into
-        self._hb_pack = rf.HEARTBEAT.pack_into
+        # One aligned 8-byte store per header word: readers poll them (see ringformat.Word).
+        self._words = rf.header_words(mm)
+        self._identity_lock = threading.Lock()
         self._steps = itertools.count(1)
         self._step = 0
         self._step32 = 0
@@ -180,6 +183,7 @@ class RingWriter:
         self._strings: dict[str, int] = {}
         self._strings_used = 1  # offset 0 means "no name"
         self._strings_lock = threading.Lock()
+        self.on_milestone: Any = None  # called with the step number at steps 1, 2, 4, 8, ...
         self.closed = False
 
     @classmethod
@@ -197,6 +201,7 @@ class RingWriter:
         ``file_mode``, ``dir_mode`` and ``gid`` are set exactly (see FsPolicy), whatever the umask."""
         identity = dict(identity_from_env() if identity is None else identity)
         identity.setdefault("pid", os.getpid())
+        identity.setdefault("ppid", os.getppid() if identity["pid"] == os.getpid() else -1)
         created = _time_ns()
         rdir = rf.rings_dir(base_dir)
         policy = FsPolicy(dir_mode=dir_mode, file_mode=file_mode, gid=gid)
@@ -245,10 +250,13 @@ class RingWriter:
         self._step = s
         self._last_step_ns = now
         self._step32 = s32 = s & 0xFFFFFFFF
-        mm = self._mm
-        self._hb_pack(mm, _HEARTBEAT_OFFSET, s, now)
+        words = self._words
+        words[_LAST_STEP_NS] = now
+        words[_STEP] = s
         n = next(self._seq)
-        self._pack(mm, _RECORDS_OFFSET + ((n - 1) & self._mask) * 64, n, now, s32, 1, 0, 0, 0, s, now - last if last else 0, 0, n)
+        self._pack(self._mm, _RECORDS_OFFSET + ((n - 1) & self._mask) * 64, n, now, s32, 1, 0, 0, 0, s, now - last if last else 0, 0, n)
+        if not s & (s - 1) and self.on_milestone is not None:
+            self.on_milestone(s)
         return s
 
     # -- rare path ------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ class RingWriter:
     def note_dropped(self, n: int = 1) -> None:
         """Count records the hooks could not write (shown by the daemon as drops)."""
         self._dropped += n
-        self._write_counters()
+        self._words[rf.Word.DROPPED] = self._dropped
 
     def intern(self, name: str) -> int:
         """String-table offset for ``name`` (0 if the table is full). Cached; cheap after first use."""
@@ -284,19 +292,21 @@ class RingWriter:
             self._mm[start : start + len(data)] = data
             self._strings_used += len(data)
             self._strings[name] = tag
-            self._write_counters()
+            self._words[rf.Word.STRINGS_USED] = self._strings_used
             return tag
 
     def set_identity(self, **fields: Any) -> None:
         """Update identity fields (rank, framework, ...) once a framework reveals them."""
         check_identity_fields(fields)
-        self.identity.update({k: v for k, v in fields.items() if v is not None})
-        created = rf.HEADER.unpack_from(self._mm, 0)[[n for n, _ in rf.HEADER_FIELDS].index("created_ns")]
-        header = rf.pack_header(self.identity, self.capacity, created)
-        self._mm[: len(header)] = header
-
-    def _write_counters(self, exit_ns: int = 0) -> None:
-        rf.COUNTERS.pack_into(self._mm, rf.COUNTERS_OFFSET, self._dropped, self._strings_used, exit_ns)
+        with self._identity_lock:
+            self.identity.update({k: v for k, v in fields.items() if v is not None})
+            created = rf.HEADER.unpack_from(self._mm, 0)[[n for n, _ in rf.HEADER_FIELDS].index("created_ns")]
+            header = rf.pack_header(self.identity, self.capacity, created)
+            # A seqlock for readers (ringformat.read_header): odd while the block is rewritten.
+            words, gen = self._words, self._words[rf.Word.IDENTITY_GEN]
+            words[rf.Word.IDENTITY_GEN] = gen | 1
+            self._mm[: len(header)] = header
+            words[rf.Word.IDENTITY_GEN] = (gen | 1) + 1
 
     def close(self, clean_exit: bool = True) -> None:
         """Mark a clean exit (so the daemon can tell it from a crash) and unmap."""
@@ -306,7 +316,8 @@ class RingWriter:
         try:
             if clean_exit:
                 self.emit(rf.Kind.MARK, rf.Mark.EXIT)
-                self._write_counters(exit_ns=_time_ns())
+                self._words[rf.Word.EXIT_NS] = _time_ns()
+            self._words.release()
             self._mm.close()
         finally:
             os.close(self._fd)
@@ -315,6 +326,7 @@ class RingWriter:
         """In a forked child: drop the parent's mapping and lock fd without touching the file."""
         self.closed = True
         try:
+            self._words.release()
             self._mm.close()
         except (BufferError, ValueError):
             pass

@@ -36,7 +36,7 @@ def test_daemon_counts_bad_headers_and_bad_records(h) -> None:  # noqa: ANN001
     # A ring whose heartbeat step is 2**63 + 1: accepted before, then no journal save succeeded.
     bad = RingWriter.create(h.dir, {"pid": os.getpid(), "host": "badheader", "rank": 9}, capacity=64)
     with open(bad.path, "r+b") as f:
-        f.seek(rf.HEARTBEAT_OFFSET)
+        f.seek(rf.WORDS_OFFSET + 8 * rf.Word.STEP)
         f.write(struct.pack("<Q", (1 << 63) + 1))
     bad.close()
     w = RingWriter.create(h.dir, {"pid": os.getpid(), "host": "fuzz", "rank": 0, "job": "j"}, capacity=1024)
