@@ -83,7 +83,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             hang=HangConfig(floor_s=args.hang_floor, multiplier=args.hang_multiplier),
             cuda_gdb=args.cuda_gdb, gdb_timeout_s=args.gdb_timeout, cores_max_bytes=int(args.cores_max_mb * 2**20),
             cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
-            group=group,
+            group=group, consequence_window_s=args.consequence_window,
         ))
     except (CatalogError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
@@ -246,8 +246,9 @@ def cmd_triage(args: argparse.Namespace) -> int:
         else:
             for d in rows:
                 ki = (d.get("known_issue") or {}).get("id", "-")
+                link = f"  consequence of {d['consequence_of']}" if d.get("consequence_of") is not None else ""
                 print(f"{d['id']:>5}  {d['signature']}  {d['exception_class']:<22} {d.get('kernel_family') or '-':<36} "
-                      f"known: {ki}")
+                      f"known: {ki}{link}")
         return 0
     else:
         if args.cuda_gdb_output:
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coredumps kept per fault signature: the first, the latest and the rest (default: 3)")
     d.add_argument("--catalog", action="append", default=[], metavar="FILE",
                    help="extra known-issue catalog (TOML; repeatable). DIR/catalog.toml is read too")
+    d.add_argument("--consequence-window", type=finite_float(0, inclusive=True), default=30.0, metavar="SECONDS",
+                   help="a death this close to a related process's stronger fault is journaled as its consequence, "
+                        "not paged on its own; 0 turns it off (default: 30)")
     d.add_argument("--no-nvml", action="store_true", help="do not use NVML (XID events, GPU utilisation)")
     d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=cmd_daemon)

@@ -54,6 +54,7 @@ class DaemonConfig:
     catalogs: list[str] = field(default_factory=list)  # extra known-issue files
     nvml: bool = True
     crash_grace_s: float = 10.0  # how long a dead process's GPU coredump may take to appear
+    consequence_window_s: float = faults.CONSEQUENCE_WINDOW_S  # deaths this close to a related fault follow from it
     group: int | None = None  # share what the daemon creates with this gid (setgid dirs 2770, files 0640)
 
 
@@ -113,6 +114,10 @@ class Daemon:
                                        policy=self.fs_policy)
         self.core_discovery = Discovery(self.cores_dir, config.rescan_interval, config.use_events, is_core_name)
         self.fault_counts = self.journal.fault_counts()
+        self.consequence_counts = self.journal.consequence_counts()
+        # Faults that may still explain a related death (see faults.is_consequence), newest last.
+        self._recent_faults = [r for r in (faults.FaultRecord.from_dict(d) for d in reversed(self.journal.faults(200)))
+                               if r.consequence_of is None and r.died_at > time.time() - 2 * config.consequence_window_s]
         self.triage_seconds: list[float] = []
         self._pending_crashes: dict[str, float] = {}  # ring -> deadline for its coredump to show up
         for state in self.states.values():
@@ -372,6 +377,7 @@ class Daemon:
             self._journal_fault(rec)
             self._retain(rec.signature)
         now = time.monotonic()
+        due = []
         for ring, deadline in list(self._pending_crashes.items()):
             state = self.states.get(ring)
             if state is None:
@@ -382,9 +388,16 @@ class Daemon:
                 continue  # its GPU coredump is still being written or read
             if now < deadline:
                 continue
+            due.append(faults.from_crash(state, self._names(state), self.config.base_dir, self.catalog))
+        # The strongest evidence first, so that a death it explains is linked to it in the same poll.
+        for rec in sorted(due, key=faults.strength, reverse=True):
+            ring = rec.dedupe_key.removeprefix("crash:")
+            if self._may_be_explained_later(rec, now):
+                continue  # a related process's record may still explain this death: wait for it
             del self._pending_crashes[ring]
+            state = self.states[ring]
             state.crash_checked = state.dirty = True
-            self._journal_fault(faults.from_crash(state, self._names(state), self.config.base_dir, self.catalog))
+            self._journal_fault(rec)
         while True:
             try:
                 ev = self.nvml.events.get_nowait()
@@ -395,16 +408,50 @@ class Daemon:
             self._next_gpu_sample = now + 2.0
             self.gpus = tuple(self.nvml.sample())
 
+    def _may_be_explained_later(self, rec: faults.FaultRecord, now: float) -> bool:
+        """True while a related process that died within the window has no record yet and may turn
+        out stronger than ``rec``: its GPU coredump can still come, or its evidence is stronger."""
+        if faults.strength(rec) >= 3 or self.config.consequence_window_s <= 0:
+            return False
+        for ring, deadline in self._pending_crashes.items():
+            other = self.states.get(ring)
+            if other is None or other.ring == rec.dedupe_key.removeprefix("crash:"):
+                continue
+            if not (faults.related(rec.identity, other.identity)
+                    and abs(other.ended_at - rec.died_at) <= self.config.consequence_window_s):
+                continue
+            if now < deadline or self.collector.pending_for(other.identity.get("pid")):
+                return True
+            probe = faults.from_crash(other, lambda tag: "", self.config.base_dir, self.catalog)
+            if faults.strength(probe) > faults.strength(rec):
+                return True
+        return False
+
     def _journal_fault(self, rec: faults.FaultRecord) -> None:
+        window = self.config.consequence_window_s
+        cause = next((c for c in reversed(self._recent_faults) if faults.is_consequence(rec, c, window)), None)
+        if cause is not None:
+            faults.link_consequence(rec, cause)
         try:
             rec.id = self.journal.record_fault(rec)
         except Exception:
             self._journal_failed("journal write failed for a fault")
         if rec.id is None:
             return  # known already (a restarted daemon meeting the same dump)
+        ident = rec.identity or {}
+        if cause is not None:
+            key = (cause.signature, rec.exception_class)
+            self.consequence_counts[key] = self.consequence_counts.get(key, 0) + 1
+            log.warning("fault consequence", extra={
+                "fault_id": rec.id, "consequence_of": cause.id, "cause_signature": cause.signature,
+                "exception": rec.exception, "pid": ident.get("pid"), "rank": ident.get("rank"),
+                "seconds_from_cause": round(rec.died_at - cause.died_at, 2),
+            })
+            return
+        horizon = time.time() - 2 * window
+        self._recent_faults = [c for c in self._recent_faults if c.died_at > horizon] + [rec]
         key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "")
         self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
-        ident = rec.identity or {}
         log.error("fault", extra={
             "fault_id": rec.id, "signature": rec.signature, "source": rec.source, "exception": rec.exception,
             "kernel": rec.kernel, "top_frame": rec.top_frame, "pid": ident.get("pid"), "rank": ident.get("rank"),
@@ -535,6 +582,7 @@ class Daemon:
             hangs=tuple(self.hangs.values()),
             hangs_total=dict(self.hangs_total),
             faults=dict(self.fault_counts),
+            fault_consequences=dict(self.consequence_counts),
             xids=dict(self.xid_counts),
             gpus=self.gpus,
             coredump_bytes=self.collector.total_bytes(),

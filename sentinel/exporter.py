@@ -230,6 +230,12 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
                                  labels=["signature", "exception", "kernel_family", "known_issue"])
     for (sig, exc, fam, ki), n in sorted(snap.faults.items()):
         faults.add_metric([sig, exc, fam, ki], n)
+    consequences = CounterMetricFamily(
+        "sentinel_fault_consequences", "Deaths journaled as consequences of another fault of the same job (a parent "
+        "killing its children after one crashed, or the reverse), by the cause's signature; they page as that fault.",
+        labels=["cause_signature", "exception"])
+    for (sig, exc), n in sorted(snap.fault_consequences.items()):
+        consequences.add_metric([sig, exc], n)
     xids = CounterMetricFamily("sentinel_gpu_xid_errors", "NVML XID events, by GPU and XID.", labels=["gpu", "xid"])
     for (gpu, xid), n in sorted(snap.xids.items()):
         xids.add_metric([gpu, str(xid)], n)
@@ -238,7 +244,7 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
     for g in snap.gpus:
         util.add_metric([g.gpu, g.uuid], g.utilization)
         mem.add_metric([g.gpu, g.uuid], g.memory_used)
-    yield from (faults, xids, util, mem)
+    yield from (faults, consequences, xids, util, mem)
     yield GaugeMetricFamily("sentinel_coredump_bytes", "Bytes of GPU coredumps kept under SENTINEL_DIR/cores.",
                             value=snap.coredump_bytes)
     triage = SummaryMetricFamily("sentinel_triage_duration_seconds", "cuda-gdb time per coredump.",

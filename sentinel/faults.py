@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sentinel_hooks import frames
 from sentinel_hooks import ringformat as rf
 
 from . import fingerprint
@@ -27,6 +28,10 @@ from .cudagdb import GdbReport
 from .state import CHECK_LABELS, ProcessState, kind_name
 
 FAULTHANDLER_MAX = 64 * 1024
+# A death this close to a related process's stronger fault is its consequence (see is_consequence).
+# vLLM's process manager SIGKILLs an engine core within a second of its worker's crash, and gives a
+# SIGTERMed one 5 s; a torchrun agent tears down the other ranks within its 30 s stop timeout.
+CONSEQUENCE_WINDOW_S = 30.0
 
 
 @dataclass
@@ -52,6 +57,8 @@ class FaultRecord:
     triage_seconds: float = 0.0
     id: int | None = None
     dedupe_key: str = ""
+    died_at: float = 0.0  # when the daemon saw the process die (0: not known, e.g. a transcript)
+    consequence_of: int | None = None  # the id of the fault this death followed from (see is_consequence)
 
     def finish(self, catalog: Catalog) -> FaultRecord:
         self.exception_class = fingerprint.exception_class(self.exception)
@@ -146,18 +153,33 @@ def read_faulthandler(path: str) -> str:
             return ""
 
 
+_FH_THREAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-f]+", re.M)
+
+
 def faulthandler_summary(text: str) -> tuple[str, str]:
-    """(fatal error, top in-app frame of the current thread) from a faulthandler dump."""
+    """(fatal error, frame to blame) from a faulthandler dump: the crashing thread's innermost
+    application frame, never Sentinel's own (``sentinel_hooks.frames.blame``).
+
+    The crashing thread is the one faulthandler marks "Current thread". A crash in a thread with no
+    Python frames (an OpenMP worker of a native op) has none: then the thread most likely inside
+    the op is taken (``frames.activity``; the main thread, listed last, among equals)."""
     if not text:
         return "", ""
     err = m.group(1).strip() if (m := _FH_HEADER.search(text)) else ""
-    block = text.split("Current thread", 1)[1] if "Current thread" in text else text
-    block = re.split(r"\n\s*\n|Thread 0x", block, maxsplit=1)[0]
-    for fm in _FH_FRAME.finditer(block):  # innermost first
-        fname = fm.group(1)
-        if "site-packages" not in fname and "/lib/python" not in fname:
-            return err, f"{fname}:{fm.group(2)} in {fm.group(3)}"
-    return err, ""
+    starts = list(_FH_THREAD.finditer(text))
+    threads = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        block = re.split(r"\n\s*\n", text[start.start():end], maxsplit=1)[0]
+        chain = [(fm.group(1), int(fm.group(2)), fm.group(3)) for fm in _FH_FRAME.finditer(block)]  # innermost first
+        threads.append((start.group(1) == "Current thread", chain))
+    if not threads:  # no thread headers (a truncated dump): its frames as one thread
+        threads = [(True, [(fm.group(1), int(fm.group(2)), fm.group(3)) for fm in _FH_FRAME.finditer(text)])]
+    current = [chain for is_current, chain in threads if is_current]
+    if current:
+        return err, frames.blame(current[0])
+    best = max(range(len(threads)), key=lambda i: (frames.activity(threads[i][1]), i))
+    return err, frames.blame(threads[best][1])
 
 
 def faulthandler_path(base_dir: str, host: str, pid: int) -> str:
@@ -184,6 +206,8 @@ def from_core(report: GdbReport, core_path: str, state: ProcessState | None, nam
         last_records=render_records(state.last, names) if state is not None else [],
         gdb=report.as_dict(), core_path=core_path, core_bytes=size, notes=list(notes or []),
         dedupe_key=f"core:{os.path.basename(core_path)}",
+        # A dump is written as the process dies: if the daemon has not seen the death yet, it is now.
+        died_at=(state.ended_at or time.time()) if state is not None else 0.0,
     )
     return rec.finish(catalog)
 
@@ -203,9 +227,53 @@ def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, 
         source="process_crash", exception=exception, exception_class="", top_frame=frame or fh_frame,
         identity=ident, evidence=evidence_from(state), cuda_error=cuda_error, faulthandler=fh,
         last_records=render_records(state.last, names), notes=notes,
-        dedupe_key=f"crash:{state.ring}",
+        dedupe_key=f"crash:{state.ring}", died_at=state.ended_at,
     )
     return rec.finish(catalog)
+
+
+def strength(rec: FaultRecord) -> int:
+    """How directly a record shows a fault of its own: 3 for a GPU coredump or a fatal signal that
+    faulthandler caught, 2 for an exception the process raised, 1 for a death without a word (a
+    SIGKILL, an os._exit)."""
+    if rec.source == "coredump" or (rec.faulthandler and _FH_HEADER.search(rec.faulthandler)):
+        return 3
+    if rec.cuda_error:
+        return 2
+    return 1
+
+
+def related(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two processes (ring identities) belong to one serving job: the same non-empty job id,
+    or, on one host, parent and child or two children of one parent (``ppid`` from the ring header;
+    0 or -1 when the ring predates it)."""
+    if a.get("job") and a.get("job") == b.get("job"):
+        return True
+    if not a.get("host") or a.get("host") != b.get("host"):
+        return False
+    pa, pb, qa, qb = a.get("pid"), b.get("pid"), a.get("ppid") or -1, b.get("ppid") or -1
+    if pa is None or pb is None or pa == pb:
+        return False
+    return qa == pb or qb == pa or (qa == qb and qa > 1)
+
+
+def is_consequence(rec: FaultRecord, cause: FaultRecord, window_s: float = CONSEQUENCE_WINDOW_S) -> bool:
+    """Whether ``rec`` is a consequence of ``cause``: a related process whose stronger fault (see
+    ``strength``) came within ``window_s`` seconds of this death, before or after it (a parent
+    killing its children after one crashed, or children dying with their crashed parent)."""
+    return (window_s > 0 and cause.id is not None and cause.consequence_of is None and bool(rec.died_at)
+            and bool(cause.died_at)
+            and abs(rec.died_at - cause.died_at) <= window_s and strength(cause) > strength(rec)
+            and related(rec.identity or {}, cause.identity or {}))
+
+
+def link_consequence(rec: FaultRecord, cause: FaultRecord) -> FaultRecord:
+    """Mark ``rec`` as a consequence of ``cause`` (journaled, shown by triage, not paged)."""
+    rec.consequence_of = cause.id
+    ci = cause.identity or {}
+    rec.notes.append(f"a consequence of fault {cause.id} (signature {cause.signature}, {cause.exception_class} in "
+                     f"pid {ci.get('pid')}), {rec.died_at - cause.died_at:+.1f} s from it: not paged on its own")
+    return rec
 
 
 def render_report(rec: FaultRecord) -> str:
@@ -213,6 +281,8 @@ def render_report(rec: FaultRecord) -> str:
     ident = rec.identity or {}
     head = f"Fault {rec.id}" if rec.id is not None else "Fault"
     lines = [f"{head}  signature {rec.signature}  ({rec.source})"]
+    if rec.consequence_of is not None:
+        lines.append(f"  consequence of fault {rec.consequence_of}: see `sentinel triage --fault {rec.consequence_of}`")
     lines.append(f"  exception   {rec.exception}  [{rec.exception_class}]")
     if rec.kernel:
         lines.append(f"  kernel      {rec.kernel}")

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS faults (
     core_path TEXT NOT NULL,
     core_deleted INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    consequence_of INTEGER
 );
 CREATE INDEX IF NOT EXISTS faults_signature ON faults (signature, id);
 CREATE TABLE IF NOT EXISTS xids (
@@ -78,7 +79,9 @@ CREATE TABLE IF NOT EXISTS hangs (
     UNIQUE (job, grp, seq)
 );
 """
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Columns added since version 1, brought into an older journal when it is opened.
+MIGRATIONS = (("faults", "consequence_of", "INTEGER"),)
 
 
 class Journal:
@@ -105,7 +108,10 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        for table, column, decl in MIGRATIONS:
+            if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def save(self, states: list[ProcessState]) -> int:
         """Upsert the states marked dirty, in one transaction. Returns how many were written."""
@@ -196,10 +202,10 @@ class Journal:
         with self.db:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO faults (dedupe_key, signature, source, exception_class, kernel_family, "
-                "known_issue, core_path, created_at, record) VALUES (?,?,?,?,?,?,?,?,?)",
+                "known_issue, core_path, created_at, record, consequence_of) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (rec.dedupe_key, rec.signature, rec.source, rec.exception_class, rec.kernel_family,
                  rec.known_issue["id"] if rec.known_issue else None, rec.core_path, rec.created_at,
-                 json.dumps(rec.as_dict(), default=str)),
+                 json.dumps(rec.as_dict(), default=str), rec.consequence_of),
             )
         return cur.lastrowid if cur.rowcount else None
 
@@ -222,9 +228,16 @@ class Journal:
         return out
 
     def fault_counts(self) -> dict[tuple[str, str, str, str], int]:
+        """Faults of their own (consequences apart), by (signature, exception, kernel family, known issue)."""
         q = ("SELECT signature, exception_class, kernel_family, COALESCE(known_issue, ''), COUNT(*) FROM faults "
-             "GROUP BY 1, 2, 3, 4")
+             "WHERE consequence_of IS NULL GROUP BY 1, 2, 3, 4")
         return {(sig, exc, fam, ki): n for sig, exc, fam, ki, n in self.db.execute(q)}
+
+    def consequence_counts(self) -> dict[tuple[str, str], int]:
+        """Deaths journaled as consequences of another fault, by (the cause's signature, exception)."""
+        q = ("SELECT c.signature, f.exception_class, COUNT(*) FROM faults f JOIN faults c ON f.consequence_of = c.id "
+             "GROUP BY 1, 2")
+        return {(sig, exc): n for sig, exc, n in self.db.execute(q)}
 
     def cores_to_spare(self) -> set[str]:
         """The first and the latest coredump of each signature: retention never deletes them."""

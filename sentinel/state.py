@@ -360,6 +360,7 @@ class Snapshot:
     hangs: tuple[Any, ...] = ()
     hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)
     faults: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    fault_consequences: dict[tuple[str, str], int] = field(default_factory=dict)  # (cause signature, exception)
     xids: dict[tuple[str, int], int] = field(default_factory=dict)
     gpus: tuple[Any, ...] = ()
     coredump_bytes: int = 0

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel import catalog, cudagdb, fingerprint
+from sentinel import catalog, cudagdb, faults, fingerprint
 from sentinel.daemon import Daemon, DaemonConfig
+from sentinel_hooks import frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cuda-gdb"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "cuda-gdb-illegal-address-h100.txt"
@@ -367,3 +368,201 @@ def test_doctor_reports_missing_cuda_gdb_with_a_fix(h):
     assert rows["cuda-gdb"]["status"] == "fail" and "--cuda-gdb" in rows["cuda-gdb"]["fix"]
     assert rows["NVML"]["status"] in ("warn", "ok") and rows["python"]["status"] == "ok"
     assert res.returncode == 1
+
+
+# -- the frame a fault is blamed on ----------------------------------------------------------------
+
+FAULTHANDLER_FIXTURES = Path(__file__).parent / "fixtures" / "faulthandler"
+
+
+def test_a_real_vllm_worker_segfault_is_blamed_on_the_op_not_on_sentinel():
+    """vLLM's worker died in its CPU attention op, under Sentinel's execute_model wrapper: the record
+    names vLLM's op (below torch/_ops.py), never Sentinel's frame (which the old rule, innermost
+    frame outside site-packages, picked)."""
+    text = (FAULTHANDLER_FIXTURES / "vllm-0.32-worker-sigsegv-cpu-attention.log").read_text()
+    assert "sentinel_hooks/adapters/vllm.py" in text.split("Current thread", 1)[1]
+    fatal, frame = faults.faulthandler_summary(text)
+    assert fatal == "Segmentation fault"
+    assert frame == "/opt/vllm/lib/python3.11/site-packages/vllm/_custom_ops.py:3927 in cpu_attention_with_kv_cache"
+
+
+def test_a_crash_in_a_native_worker_thread_is_blamed_on_the_python_thread_inside_the_op():
+    """No "Current thread": the op's OpenMP worker crashed. The main thread, waiting inside the op,
+    is blamed, not the idle thread listed first."""
+    text = (FAULTHANDLER_FIXTURES / "torch-sigsegv-in-openmp-worker.log").read_text()
+    assert "Current thread" not in text
+    assert faults.faulthandler_summary(text) == ("Segmentation fault", "/srv/serve.py:5 in attention_op")
+
+
+@pytest.mark.parametrize("chain, expected", [
+    # innermost first: (file, line, function)
+    ([("/v/site-packages/torch/_ops.py", 1279, "__call__"), ("/app/model.py", 10, "attend"),
+      ("/run/sentinel_hooks/adapters/vllm.py", 249, "execute_model")], "/app/model.py:10 in attend"),
+    ([("/v/site-packages/torch/nn/modules/module.py", 1789, "_call_impl"),
+      ("/v/site-packages/torch/utils/_contextlib.py", 124, "decorate_context"),
+      ("/v/site-packages/sglang/srt/layers/radix_attention.py", 99, "forward")],
+     "/v/site-packages/sglang/srt/layers/radix_attention.py:99 in forward"),
+    # the standard library is skipped, but taken over Sentinel's frames when nothing else is left
+    ([("/usr/lib/python3.12/threading.py", 331, "wait"), ("/h/sentinel_hooks/device.py", 80, "_drain")],
+     "/usr/lib/python3.12/threading.py:331 in wait"),
+    ([("/h/sentinel_hooks/probes.py", 80, "check_paged_kv")], ""),
+    ([("<frozen importlib._bootstrap>", 241, "_call_with_frames_removed"), ("<string>", 3, "<module>")],
+     "<string>:3 in <module>"),
+    ([], ""),
+])
+def test_blame_rules(chain, expected):
+    assert frames.blame(chain) == expected
+
+
+def test_an_exception_raised_inside_sentinel_is_blamed_on_its_caller():
+    """A trap raised in Sentinel's probe: the exception record names the serving code that called it."""
+    import torch
+
+    import sentinel_hooks as sh
+    from sentinel_hooks import crash
+
+    def decode_step(table: torch.Tensor) -> None:
+        sh.check_paged_kv(table, 4, name="attn")
+
+    sh.configure(mode="trap")
+    try:
+        with pytest.raises(sh.SentinelViolation) as info:
+            decode_step(torch.tensor([[0, 4]], dtype=torch.int32))
+    finally:
+        sh.configure(mode="observe")
+    frame = crash._top_frame(info.value.__traceback__)
+    assert frame.endswith(f"{Path(__file__).name}:{decode_step.__code__.co_firstlineno + 1} in decode_step"), frame
+
+
+NATIVE_OP_CRASH = r"""
+import ctypes, sys, numpy as np, torch, sentinel_hooks as sh
+bad = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(16, ctypes.POINTER(ctypes.c_float)), shape=(1 << 20,)))
+def attention_op(x):
+    return torch.ops.aten.sum.default(x)   # the native op reads unmapped memory: SIGSEGV
+def mlp_op(x):
+    return torch.ops.aten.sum.default(x)
+sh.step()
+{"attention": attention_op, "mlp": mlp_op}[sys.argv[1]](bad)
+"""
+
+
+def test_native_crashes_in_two_ops_are_blamed_on_each_op_with_their_own_signature(h):
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, crash_grace_s=0.2, nvml=False))
+    try:
+        for op in ("attention", "mlp"):
+            res = h.run([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", NATIVE_OP_CRASH, op], env=h.env())
+            assert res.returncode == -11, res.stderr
+        recs = _poll(d, lambda: len(d.journal.faults()) == 2 and d.journal.faults())
+        frames_ = sorted(r["top_frame"] for r in recs)
+        assert frames_ == ["<string>:5 in attention_op", "<string>:7 in mlp_op"], frames_
+        assert all("torch/_ops.py" in r["faulthandler"] for r in recs)  # what the blame skipped
+        assert len({r["signature"] for r in recs}) == 2
+    finally:
+        d.close()
+
+
+# -- deaths that follow another process's fault ------------------------------------------------------
+
+CHILD_SEGFAULTS = r"""
+import ctypes, sentinel_hooks as sh
+def serve_one_step():
+    sh.step()
+    ctypes.string_at(0)
+serve_one_step()
+"""
+
+PARENT_KILLED_AFTER_CHILD = r"""
+import os, signal, subprocess, sys, sentinel_hooks as sh
+sh.step()
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+child.wait()                       # the child crashed: tear down, as an engine's process manager does
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+PARENT_SEGFAULTS = r"""
+import ctypes, subprocess, sys, sentinel_hooks as sh
+def pdeathsig():                   # the child dies with its parent, as vLLM's and SGLang's workers do
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, preexec_fn=pdeathsig)
+child.stdout.readline()            # it has stepped
+def serve_one_step():
+    sh.step()
+    ctypes.string_at(0)
+serve_one_step()
+"""
+
+CHILD_STEPS_AND_WAITS = r"""
+import time, sentinel_hooks as sh
+sh.step()
+print("stepped", flush=True)
+time.sleep(120)
+"""
+
+
+def _crash_pair(h, parent: str, child: str, window: float = 30.0) -> tuple[Daemon, dict, dict]:
+    """Run ``parent`` (which starts ``child``) under `sentinel run`; the two fault records, by role."""
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, crash_grace_s=0.2, nvml=False,
+                            consequence_window_s=window))
+    proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", parent, child], env=h.env())
+    assert proc.wait(timeout=60) in (-9, -11), proc.stderr.read()
+    recs = _poll(d, lambda: len(d.journal.faults()) == 2 and d.journal.faults())
+    (parent_rec,) = [r for r in recs if r["identity"]["pid"] == proc.pid]
+    (child_rec,) = [r for r in recs if r["identity"]["pid"] != proc.pid]
+    assert child_rec["identity"]["ppid"] == proc.pid
+    return d, parent_rec, child_rec
+
+
+def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
+    d, parent, child = _crash_pair(h, PARENT_KILLED_AFTER_CHILD, CHILD_SEGFAULTS)
+    try:
+        assert child["exception_class"] == "sigsegv" and child["consequence_of"] is None
+        assert parent["exception_class"] == "killed" and parent["consequence_of"] == child["id"]
+        assert any(f"a consequence of fault {child['id']}" in n for n in parent["notes"])
+        # Paged once, for the child's signature; the parent is counted apart.
+        assert list(d.fault_counts) == [(child["signature"], "sigsegv", "", "")]
+        assert d.consequence_counts == {(child["signature"], "killed"): 1}
+        assert faults.render_report(faults.FaultRecord.from_dict(parent)).splitlines()[1] == (
+            f"  consequence of fault {child['id']}: see `sentinel triage --fault {child['id']}`")
+    finally:
+        d.close()
+    # A restarted daemon counts them the same from the journal.
+    again = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, nvml=False))
+    try:
+        assert again.consequence_counts == {(child["signature"], "killed"): 1}
+        assert list(again.fault_counts) == [(child["signature"], "sigsegv", "", "")]
+    finally:
+        again.close()
+    listing = h.run([h.sentinel, "triage", "--dir", h.dir, "--list"], env=h.env())
+    assert f"consequence of {child['id']}" in listing.stdout
+
+
+def test_children_killed_with_their_crashed_parent_are_consequences(h):
+    d, parent, child = _crash_pair(h, PARENT_SEGFAULTS, CHILD_STEPS_AND_WAITS)
+    try:
+        assert parent["exception_class"] == "sigsegv" and parent["consequence_of"] is None
+        assert "serve_one_step" in parent["top_frame"]
+        assert child["exception_class"] == "killed" and child["consequence_of"] == parent["id"]
+    finally:
+        d.close()
+
+
+def test_with_the_window_off_every_death_is_its_own_fault(h):
+    d, parent, child = _crash_pair(h, PARENT_KILLED_AFTER_CHILD, CHILD_SEGFAULTS, window=0)
+    try:
+        assert parent["consequence_of"] is None and child["consequence_of"] is None
+        assert d.consequence_counts == {} and len(d.fault_counts) == 2
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ({"host": "n1", "pid": 10, "ppid": 5}, {"host": "n1", "pid": 11, "ppid": 10}, True),  # parent, child
+    ({"host": "n1", "pid": 11, "ppid": 10}, {"host": "n1", "pid": 12, "ppid": 10}, True),  # siblings
+    ({"host": "n1", "pid": 11, "ppid": 1}, {"host": "n1", "pid": 12, "ppid": 1}, False),  # both orphans of init
+    ({"host": "n1", "pid": 11, "ppid": 10}, {"host": "n2", "pid": 10, "ppid": 3}, False),  # pids of two hosts
+    ({"host": "n1", "pid": 11, "ppid": 0}, {"host": "n1", "pid": 12, "ppid": 0}, False),  # rings without ppid
+    ({"host": "n1", "pid": 11, "job": "j"}, {"host": "n2", "pid": 11, "job": "j"}, True),  # one job
+    ({"host": "n1", "pid": 11, "job": "j"}, {"host": "n2", "pid": 12, "job": "k"}, False),
+])
+def test_related_processes(a, b, expected):
+    assert faults.related(a, b) is expected and faults.related(b, a) is expected

@@ -13,13 +13,14 @@ part can be switched off:
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
 from typing import Any
 
+from . import frames, runtime
 from . import ringformat as rf
-from . import runtime
 from .writer import FsPolicy
 
 # Small dumps, written fast: the skip flags drop memory contents, yet cuda-gdb still names the
@@ -31,6 +32,7 @@ CORE_PREFIX = "core_"
 CORE_SUFFIX = ".nvcudmp"
 
 _faulthandler_file = None
+_faulthandler_actions: dict[int, bytes] = {}  # signal -> faulthandler's handler address, as installed
 _prev_excepthook = None
 _prev_threading_hook = None
 
@@ -113,8 +115,72 @@ def setup_faulthandler() -> str | None:
         return None
     _faulthandler_file = os.fdopen(fd, "w")
     faulthandler.enable(file=_faulthandler_file, all_threads=True)
+    _faulthandler_actions.update(_handler_addresses())
     atexit.register(_drop_empty_faulthandler_file, path)
     return path
+
+
+# faulthandler's signals (Modules/faulthandler.c). A library loaded later may install its own handler
+# for one of them, and faulthandler's never runs: tvm_ffi, which vLLM 0.32 loads, takes SIGSEGV, so a
+# worker that segfaulted in a native op left an empty dump and a fault record with no location.
+FATAL_SIGNALS = tuple(getattr(signal, n) for n in ("SIGSEGV", "SIGFPE", "SIGABRT", "SIGBUS", "SIGILL") if hasattr(signal, n))
+_SIGACTION_BYTES = 256  # more than any libc's struct sigaction (152 bytes on glibc x86-64)
+_libc = None
+
+
+def _sigaction(signum: int, new: Any = None) -> Any:
+    """libc's sigaction(2): returns the current action as an opaque buffer, installing ``new`` (one
+    such buffer) if given. Raises OSError. The buffer's first word is the handler's address on every
+    Linux libc; the rest is only ever copied back whole."""
+    import ctypes
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    old = ctypes.create_string_buffer(_SIGACTION_BYTES)
+    if _libc.sigaction(signum, new, old) != 0:
+        raise OSError(ctypes.get_errno(), f"sigaction({signum})")
+    return old
+
+
+def _handler_addresses() -> dict[int, bytes]:
+    if not sys.platform.startswith("linux"):
+        return {}
+    try:
+        return {sig: _sigaction(sig).raw[:8] for sig in FATAL_SIGNALS}
+    except Exception:
+        return {}
+
+
+def rearm_faulthandler(_step: int = 0) -> list[int]:
+    """Put faulthandler back in front of any fatal-signal handler installed after it, chaining to that
+    handler: on a crash faulthandler writes its dump, then the other library's handler runs as it
+    would have. Returns the signals re-armed. Cheap (five sigaction calls) and never raises; the
+    hooks call it at steps 1, 2, 4, 8, ... (``runtime.at_step_milestones``)."""
+    try:
+        import faulthandler
+
+        if _faulthandler_file is None or not _faulthandler_actions or not faulthandler.is_enabled():
+            return []
+        foreign = {}
+        for sig, ours in _faulthandler_actions.items():
+            action = _sigaction(sig)
+            if action.raw[:8] != ours:
+                foreign[sig] = action
+        if not foreign:
+            return []
+        faulthandler.disable()  # restores the actions it saved at enable()
+        for sig, action in foreign.items():
+            _sigaction(sig, action)  # the other library's handler: faulthandler saves it as the one to chain to
+        faulthandler.enable(file=_faulthandler_file, all_threads=True)
+        _faulthandler_actions.update(_handler_addresses())
+        runtime.log_once("rearm-faulthandler", "another library replaced the crash handler for %s; faulthandler "
+                         "now runs first and then hands over to it",
+                         ", ".join(signal.Signals(s).name for s in sorted(foreign)))
+        return sorted(foreign)
+    except Exception as exc:
+        runtime.failed("rearm faulthandler", exc)
+        return []
 
 
 def _drop_empty_faulthandler_file(path: str) -> None:
@@ -140,14 +206,13 @@ def _record_exception(exc_type: Any, exc: Any, where: str) -> None:
 
 
 def _top_frame(tb: Any) -> str:
-    """``file:line in function`` of the innermost frame outside site-packages and the stdlib."""
-    best = ""
+    """``file:line in function`` of the frame to blame (``frames.blame``: the innermost application
+    frame, never Sentinel's own)."""
+    chain = []
     while tb is not None:
-        code = tb.tb_frame.f_code
-        if "site-packages" not in code.co_filename and "/lib/python" not in code.co_filename:
-            best = f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+        chain.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno, tb.tb_frame.f_code.co_name))
         tb = tb.tb_next
-    return best
+    return frames.blame(reversed(chain))
 
 
 def _excepthook(exc_type: Any, exc: Any, tb: Any) -> None:

@@ -21,7 +21,8 @@ def arm() -> None:
     armed = True
     try:
         crash.setup_coredumps()  # before CUDA initialises: it reads these once
-        crash.setup_faulthandler()
+        if crash.setup_faulthandler():
+            runtime.at_step_milestones(crash.rearm_faulthandler)
         crash.setup_excepthook()
         if os.environ.get("SENTINEL_EAGER", "") not in ("", "0"):
             runtime.start()

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import ringformat as rf
@@ -56,6 +57,22 @@ _writer: RingWriter | NullWriter | None = None
 _start_lock = threading.Lock()
 _logged: set[str] = set()
 _identity_overrides: dict[str, Any] = {}
+_milestone_hooks: list[Callable[[int], Any]] = []
+
+
+def at_step_milestones(fn: Callable[[int], Any]) -> None:
+    """Call ``fn(step)`` at steps 1, 2, 4, 8, ...: occasional upkeep (the crash handlers) that must
+    not cost anything per step. ``fn`` must never raise."""
+    if fn not in _milestone_hooks:
+        _milestone_hooks.append(fn)
+    w = _writer
+    if isinstance(w, RingWriter):
+        w.on_milestone = _run_milestones
+
+
+def _run_milestones(step: int) -> None:
+    for fn in _milestone_hooks:
+        fn(step)
 errors = 0  # hook calls that failed and were swallowed
 
 
@@ -104,6 +121,8 @@ def start() -> RingWriter | NullWriter:
 
                 multiprocessing.util.Finalize(None, _at_exit, exitpriority=-100)
             w.emit(rf.Kind.MARK, rf.Mark.START)
+            if _milestone_hooks:
+                w.on_milestone = _run_milestones
             _writer = w
         except Exception as exc:  # no dir, full disk, bad environment: run on as a no-op
             _writer = NullWriter(f"{type(exc).__name__}: {exc}")
