@@ -124,6 +124,8 @@ def test_observe_real_engine_headroom_and_corruption(h):
 
 def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
     ready = out.wait("ready", timeout=240)
+    # The portable attention kernel, whatever this CPU advertises (sentinel/vllm_engine.py: DTYPE).
+    assert ready["attn_isa"] in ("vec", "vec16"), ready["attn_isa"]
     generated = out.wait("generated", timeout=120)  # observe mode does not disturb the run
     assert [len(o) for o in generated["outputs"]] == [8, 8], generated
     names = {int(pid): name for pid, name in ready["children"].items()}
@@ -218,3 +220,73 @@ def test_trap_through_vllm_plugin_route(h):
     rows = {r["pid"]: r for r in h.status_json()}
     assert builds[-1]["pid"] in rows and all(r["framework"] == "vllm" for r in rows.values())
     assert len(rows) == 2  # the engine core and the worker (the driver never steps)
+
+
+CRASH_INDEX = 1 << 30  # a block index far past any KV cache: the CPU attention kernel's read faults
+
+
+def test_worker_segfault_blamed_on_the_op_and_engine_core_death_is_its_consequence(h):
+    """A real crash below Sentinel's adapter wrapper: observe mode lets a block index of 2**30 through
+    (recorded as page_table_oob), and vLLM's CPU attention kernel segfaults reading it. The worker's
+    fault record blames vLLM's op, not Sentinel's wrapper that is on the same stack. vLLM's process
+    manager then SIGTERMs the engine core: it either dies of it (in about half the runs here), and is
+    journaled as the worker fault's consequence, or its handler gets to exit cleanly (no record).
+    Either way one signature, one fault counted for paging. tests/test_faults.py covers the
+    consequence rule deterministically."""
+    daemon = h.daemon()
+    env = engine_env(h, PYTHONPATH=str(PLUGIN_DIR), SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
+                     SENTINEL_TEST_CRASH_INDEX=str(CRASH_INDEX))
+    out = Engine(h, [h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), str(ENGINE), str(h.scratch / "model")],
+                 env)
+    try:
+        ready = out.wait("ready", timeout=240)
+        rc = out.proc.wait(timeout=240)
+    finally:
+        out.stop()
+    log = "".join(out.text)
+    assert rc == 3 and "EngineDeadError" in log, log[-4000:]
+    names = {int(pid): name for pid, name in ready["children"].items()}
+    core = next(pid for pid, name in names.items() if "EngineCore" in name)
+    worker = next(pid for pid, name in names.items() if "Worker" in name)
+    ended = {r["pid"]: r["exit"] for r in h.status_json()}
+    assert ended[worker] == "died" and ended[core] in ("died", "exited"), ended
+
+    def journaled():
+        rows = {r["identity"]["pid"]: r for r in _faults(h)}
+        return rows if {worker} | ({core} if ended[core] == "died" else set()) <= set(rows) else None
+
+    rows = h.wait_for(journaled, timeout=90, what="fault records for the worker (and the engine core if it died)")
+    crash = rows[worker]
+
+    # The worker: SIGSEGV in vLLM's op, the frame below torch/_ops.py, although Sentinel's wrapper is
+    # on the crashing thread's stack (faulthandler's dump shows it), and the index Sentinel saw.
+    assert crash["exception_class"] == "sigsegv" and crash["consequence_of"] is None, crash
+    path, _, where = crash["top_frame"].rpartition(":")
+    assert path.endswith("vllm/_custom_ops.py") and where.split(" in ")[1] == "cpu_attention_with_kv_cache", crash
+    current = crash["faulthandler"].split("Current thread", 1)[1]
+    assert "torch/_ops.py" in current and "sentinel_hooks/adapters/vllm.py" in current, current[:3000]
+    assert "page_table_oob" in crash["evidence"]
+
+    # The engine core, if SIGTERM killed it: a consequence, linked to the worker's fault, not a fault of
+    # its own. Nothing else was journaled.
+    consequences = [(crash["signature"], "killed", 1.0)] if ended[core] == "died" else []
+    if consequences:
+        assert rows[core]["consequence_of"] == crash["id"], rows[core]
+        assert rows[core]["exception_class"] == "killed" and rows[core]["signature"] != crash["signature"]
+    assert set(rows) == {worker} | ({core} if consequences else set()), rows
+
+    def exported():
+        text = daemon.scrape()
+        return text if "sentinel_faults_total{" in text and (
+            not consequences or "sentinel_fault_consequences_total{" in text) else None
+
+    text = h.wait_for(exported, timeout=30, what="the fault (and its consequence) in /metrics")
+    assert [(lab["signature"], v) for lab, v in h.samples(text, "sentinel_faults_total")] == [(crash["signature"], 1.0)]
+    assert [(lab["cause_signature"], lab["exception"], v) for lab, v in
+            h.samples(text, "sentinel_fault_consequences_total")] == consequences
+
+
+def _faults(h) -> list[dict]:
+    res = h.run([h.sentinel, "triage", "--dir", h.dir, "--list", "--json"], env=h.env())
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)

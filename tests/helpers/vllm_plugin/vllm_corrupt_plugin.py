@@ -14,6 +14,11 @@ runs, and also when an exception (a Sentinel trap) leaves it. So in observe mode
 never reads past the allocation: what the test checks is what Sentinel saw, not what the kernel
 would have done with the bad index. Sentinel's own hook sits between the two, at
 ``AttentionGroup.build_metadata``, whichever plugin is loaded first.
+
+- ``SENTINEL_TEST_CRASH_INDEX=I``: with CORRUPT_AT, the entry becomes ``I`` instead and is left in
+  place, so vLLM's CPU attention kernel (``cpu_attention_with_kv_cache``) reads block ``I``. An
+  index far past the cache (2**30) makes the worker die of SIGSEGV inside that native op: a real
+  crash below Sentinel's adapter wrappers.
 """
 
 import functools
@@ -37,6 +42,7 @@ def register():
     if getattr(CPUAttentionMetadataBuilder.build, "_corrupt_plugin", False):
         return
     corrupt_at = int(os.environ.get("SENTINEL_TEST_CORRUPT_AT", "0") or 0)
+    crash_index = int(os.environ.get("SENTINEL_TEST_CRASH_INDEX", "0") or 0)
     orig_build = CPUAttentionMetadataBuilder.build
 
     @functools.wraps(orig_build)
@@ -54,7 +60,9 @@ def register():
                  "kv_blocks": int(kv.shape[0]), "block_size": block_size, "max_block_used": max(used, default=-1),
                  "rows": int(md.block_table.shape[0]), "num_actual_tokens": int(md.num_actual_tokens),
                  "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens, "corrupted": corrupt})
-        if corrupt:
+        if corrupt and crash_index:
+            md.block_table[0, 0] = crash_index
+        elif corrupt:
             _state["pending"] = (md.block_table, int(md.block_table[0, 0]))
             md.block_table[0, 0] = int(kv.shape[0])
         return md
