@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 from . import logjson
 from .daemon import Daemon, DaemonConfig
@@ -59,7 +60,12 @@ def _events(daemon: Daemon, seen: set) -> list[str]:
     return out
 
 
-def _hang_phase(daemon: Daemon, env: dict, duration: float) -> str:
+# Phases wait for what they show, not for a fixed time: a slow machine only takes longer. These
+# guards only end a phase that would otherwise never end.
+PHASE_GUARD_S = 300.0
+
+
+def _hang_phase(daemon: Daemon, env: dict) -> str:
     """Three gloo ranks all-reduce every step; rank 1 stops joining at collective #30."""
     print("\nPhase 2: a collective hang. 3 gloo ranks all-reduce every step; rank 1 stops joining")
     print("collective #30 (its host loop is stuck). PyTorch would wait for its timeout (10 min by default).\n")
@@ -67,15 +73,16 @@ def _hang_phase(daemon: Daemon, env: dict, duration: float) -> str:
     procs = []
     for rank in range(WORLD):
         e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), SENTINEL_JOB="demo-tp")
-        cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(duration), "--gloo-port", str(port),
-               "--hang-rank", "1", "--hang-at", "30", "--step-ms", "20"]
+        # --duration is only a bound: the ranks block at #30 and stay there until the demo stops them.
+        cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(PHASE_GUARD_S), "--gloo-port",
+               str(port), "--hang-rank", "1", "--hang-at", "30", "--step-ms", "20"]
         # stderr off: when the demo stops them, the waiting ranks' gloo reports the lost peer.
         procs.append(subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL))
     t0 = time.monotonic()
     blocked_at = None
     result = "no hang was named (unexpected)"
     try:
-        while time.monotonic() - t0 < duration + 10:
+        while time.monotonic() - t0 < PHASE_GUARD_S and any(p.poll() is None for p in procs):
             time.sleep(0.2)
             if blocked_at is None and any(
                 p.identity.get("job") == "demo-tp" and p.groups.get("0", {}).get("last_enqueued") == 30
@@ -98,8 +105,15 @@ def _hang_phase(daemon: Daemon, env: dict, duration: float) -> str:
         for p in procs:
             p.wait()
         print("  (the demo stops the three hung ranks now)")
-        time.sleep(0.5)  # let the daemon see them go
+        _settle(daemon, lambda: all(not p.alive for p in daemon.snapshot.processes if p.identity.get("job") == "demo-tp"))
     return result
+
+
+def _settle(daemon: Daemon, done: Callable[[], bool], guard_s: float = 30.0) -> None:
+    """Wait until the daemon's snapshot shows ``done()`` (bounded by ``guard_s``)."""
+    deadline = time.monotonic() + guard_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _crash_phase(daemon: Daemon, env: dict) -> str:
@@ -109,12 +123,12 @@ def _crash_phase(daemon: Daemon, env: dict) -> str:
     print("\nPhase 3: a crash. A rank serves with an off-by-one page index, then segfaults in native code.")
     print("The daemon builds the fault record from its faulthandler file and its last ring records.\n")
     e = dict(env, RANK="0", WORLD_SIZE="1", SENTINEL_JOB="demo-crash")
-    # The off-by-one starts at 25 % of the 2 s run; the crash comes after it, at step 400.
-    cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", "2", "--scenario", "offbyone",
-           "--crash-at", "400", "--step-ms", "2"]
+    # The off-by-one starts at step 100; the crash comes after it, at step 400 (--duration is a bound).
+    cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(PHASE_GUARD_S), "--scenario",
+           "offbyone", "--crash-at", "400", "--step-ms", "2"]
     proc = subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL)  # its own stderr: the crash itself
-    proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
+    proc.wait(timeout=PHASE_GUARD_S + 60)
+    deadline = time.monotonic() + 120  # the crash grace (5 s) and a few polls, bounded
     while time.monotonic() < deadline:
         rows = [r for r in daemon.journal.faults(limit=20) if r["identity"].get("job") == "demo-crash"]
         if rows:
@@ -208,7 +222,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
         procs.append(subprocess.Popen(cmd, env=e))
 
     t0 = time.monotonic()
-    deadline = t0 + duration + 30
+    deadline = t0 + duration + PHASE_GUARD_S  # the ranks end by themselves, `duration` s after their first step
     seen: set = set()
     ticks = 0
     try:
@@ -226,9 +240,11 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
             if p.poll() is None:
                 p.kill()
             p.wait()
-        time.sleep(0.3)  # let the daemon take its last poll of the final records
+        # The daemon's last poll of the final records: every rank of phase 1 seen ended.
+        _settle(daemon, lambda: sum(1 for p in daemon.snapshot.processes
+                                    if p.identity.get("job") == "demo" and not p.alive) == WORLD)
 
-    hang_line = _hang_phase(daemon, env, min(20.0, duration))
+    hang_line = _hang_phase(daemon, env)
     crash_line = _crash_phase(daemon, env)
     gpu_line = _gpu_phase(daemon, env)
     try:

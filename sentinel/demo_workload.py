@@ -9,11 +9,14 @@ kernel gets, note_batch with the token budget. A scenario injects one of the see
   offbyone    seed 000: from 25 % of the run, one page index == num_pages (read silently: the
               buffer has a spare page, as in the real bug)
   dp_padding  seed 001: from 50 % of the run, batch_size is padded by 2 past the metadata rows
+
+The run's progress is its time out of --duration, or, with --crash-at, its steps out of that
+step: a slow machine then still reaches every scenario before the crash.
   stride      seed 002: the KV view has a size-1 head dim with stride 1 (not TMA-aligned)
 
 With --gloo-port, the ranks form a torch.distributed (gloo) group and all-reduce every step;
 --hang-rank stops joining at collective --hang-at (seed 002's ending: one rank stops, the others
-wait in the collective).
+wait in the collective) and stays stuck until it is killed.
 
 Without torch it still steps (heartbeat only) and says so.
 """
@@ -31,7 +34,7 @@ SCENARIOS = ("healthy", "offbyone", "dp_padding", "stride")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of serving, counted from the first step")
     p.add_argument("--step-ms", type=float, default=5.0, help="target step time")
     p.add_argument("--scenario", action="append", choices=SCENARIOS, default=[])
     p.add_argument("--die-after", type=float, default=0.0, help="SIGKILL itself after this many seconds (0 = never)")
@@ -77,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     period = args.step_ms / 1000.0
     next_t = start
+    steps = 0
     while (t := time.monotonic() - start) < args.duration:
+        progress = steps / args.crash_at if args.crash_at else t / args.duration
+        steps += 1
         if torch is not None:
-            if "offbyone" in scen and t >= args.duration * 0.25:
+            if "offbyone" in scen and progress >= 0.25:
                 page_table[3, 0] = num_pages
-            bsz = batch + (2 if "dp_padding" in scen and t >= args.duration * 0.5 else 0)
+            bsz = batch + (2 if "dp_padding" in scen and progress >= 0.5 else 0)
             sentinel_hooks.check_paged_kv(page_table, num_pages, seq_lens=seq_lens, page_size=page_size,
                                           batch_size=bsz, name="demo.attn")
             sentinel_hooks.check_strides(kv_view, name="demo.kv_cache")
@@ -129,7 +135,8 @@ def _collectives(args: argparse.Namespace) -> int:
         i += 1
         sentinel_hooks.step()
         if rank == args.hang_rank and i == args.hang_at:
-            time.sleep(args.duration)  # a stuck host loop: it never joins collective #hang_at
+            while True:  # a stuck host loop: it never joins collective #hang_at; the demo kills it
+                time.sleep(60)
         dist.all_reduce(x)
         time.sleep(args.step_ms / 1000.0)
     return 0
