@@ -220,6 +220,9 @@ def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, 
     fatal, fh_frame = faulthandler_summary(fh)
     exception = cuda_error or fatal or "died without a word (SIGKILL or OOM kill?)"
     notes = []
+    if fh and not fh.endswith("\n"):
+        notes.append("the faulthandler dump is cut short (another thread crashed while it was written, or the process "
+                     "was killed): the Python frames after its last line are missing")
     if not (cuda_error or fatal):
         notes.append("no exception text and no faulthandler output: the process was killed (SIGKILL, OOM) "
                      "or exited through os._exit")

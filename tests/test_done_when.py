@@ -48,5 +48,8 @@ def test_sigkilled_process_dead_at_step_1000_in_status_and_metrics(h):
     assert [v for _, v in h.samples(text, "sentinel_ring_records_total", pid=str(pid), kind="step")] == [1000.0]
 
     # The daemon's journal now also backs `sentinel status` (same answer).
-    h.wait_for(lambda: h.status_json()[0]["step"] == 1000 and not h.status_json()[0]["alive"], timeout=5,
-               what="status after the daemon saw it")
+    def journaled_dead_at_1000() -> bool:
+        (row,) = h.status_json()  # one `sentinel status` run (a CLI start-up) per look
+        return row["step"] == 1000 and not row["alive"]
+
+    h.wait_for(journaled_dead_at_1000, timeout=60, what="status after the daemon saw it")

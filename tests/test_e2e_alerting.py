@@ -8,6 +8,11 @@ fault stops, the page resolves.
 
 Only the test config is short: scrape and evaluation every second, rule windows of 20 s instead
 of minutes (rewritten in a temp copy of the rules), Alertmanager's group timers in seconds.
+
+Nothing here waits on a clock for the scenario to move on: the faulty table stays bad until the
+test fixes it (a file), the hung collective stays hung (gloo's own timeout pushed out of reach),
+the workloads run until the test stops them, and what Prometheus did (pending, then firing) is
+read back from its own history rather than caught live. The waits' deadlines only bound a hang.
 """
 
 from __future__ import annotations
@@ -39,10 +44,10 @@ pytestmark = pytest.mark.skipif(
 WORKLOAD = r"""
 import os, time, torch, sentinel_hooks as sh
 table = torch.randint(0, 100, (8, 4), dtype=torch.int32)
-bad_until = time.time() + float(os.environ["BAD_FOR_S"])
-end = time.time() + float(os.environ["RUN_FOR_S"])
-while time.time() < end:
-    table[2, 1] = 100 if time.time() < bad_until else 5   # the off-by-one, then the fix
+fixed, stop = os.environ["FIX_FILE"], os.environ["STOP_FILE"]
+end = time.monotonic() + 900  # an orphan guard only: the test stops it
+while not os.path.exists(stop) and time.monotonic() < end:
+    table[2, 1] = 5 if os.path.exists(fixed) else 100   # the off-by-one until the test fixes it
     sh.check_paged_kv(table, 100, name="attn")
     sh.step()
     time.sleep(0.05)
@@ -99,6 +104,9 @@ def _am_config(tmp: Path, pager_url: str) -> Path:
     return out
 
 
+HANG_GUARD_S = 180  # a wait's deadline: bounds a hang of the test, never the scenario's pace
+
+
 def _wait(pred, timeout: float, what: str, every: float = 0.25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,16 +151,19 @@ scrape_configs:
              f"--web.listen-address=127.0.0.1:{prom_port}"],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "w")))
 
-        # Two ranks of one job trip the same check; after 12 s the table is fixed.
+        # Two ranks of one job trip the same check, until the test fixes the table.
+        fix, stop = tmp_path / "fix", tmp_path / "stop"
         for rank in (0, 1):
-            env = h.env(RANK=str(rank), SENTINEL_JOB="e2e", BAD_FOR_S="12", RUN_FOR_S="90")
+            env = h.env(RANK=str(rank), SENTINEL_JOB="e2e", FIX_FILE=str(fix), STOP_FILE=str(stop))
             h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", WORKLOAD], env=env)
-        # A 2-rank gloo job whose rank 1 stops joining all_reduce #6 (its host loop sleeps).
+        # A 2-rank gloo job whose rank 1 stops joining all_reduce #6 (its host loop sleeps). Rank 0
+        # waits on it for as long as the test runs: gloo's timeout, which would end the hang, is an hour.
         port = h.free_port()
         job = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-m", "torch.distributed.run",
                        "--nproc-per-node", "2", "--master-port", str(port), "--monitor-interval", "1",
                        str(h.helpers / "gloo_ranks.py"), str(port), "40", "6", "1", "sleep"],
-                      env=h.env(SENTINEL_JOB="e2e-hang", OMP_NUM_THREADS="1"), start_new_session=True)
+                      env=h.env(SENTINEL_JOB="e2e-hang", OMP_NUM_THREADS="1", GLOO_TIMEOUT_S="3600"),
+                      start_new_session=True)
         faulting = h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", FAULTING],
                            env=h.env(SENTINEL_JOB="e2e-fault"), stdin=subprocess.PIPE, text=True)
         assert faulting.stdout.readline().strip() == "ready"
@@ -172,12 +183,13 @@ scrape_configs:
                 return None
             return [a for a in data["data"]["alerts"] if a["labels"]["alertname"] == name]
 
-        _wait(lambda: alert_state("SentinelPageIndexOutOfBounds"), 60, "the alert in Prometheus")
+        _wait(lambda: alert_state("SentinelPageIndexOutOfBounds"), HANG_GUARD_S, "the alert in Prometheus")
         # Both ranks' alerts land in one group, so in one notification (the group may first be
         # paged with one rank, if the other's alert fires a moment later).
         firing = _wait(lambda: [m for m in Pager.received if m["status"] == "firing" and m["receiver"] == "pager"
                                 and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds"
-                                and {a["labels"].get("rank") for a in m["alerts"]} == {"0", "1"}], 60, "a page")
+                                and {a["labels"].get("rank") for a in m["alerts"]} == {"0", "1"}], HANG_GUARD_S,
+                       "a page")
         page = firing[0]
         assert page["groupLabels"]["alertname"] == "SentinelPageIndexOutOfBounds"
         assert page["commonAnnotations"]["runbook_url"] == "docs/runbooks/page-index-out-of-bounds.md"
@@ -185,7 +197,8 @@ scrape_configs:
 
         # The CUDA fault pages once, by signature, with the known issue and the runbook.
         fault_pages = _wait(lambda: [m for m in Pager.received if m["status"] == "firing" and m["receiver"] == "pager"
-                                     and m["groupLabels"].get("alertname") == "SentinelCudaFault"], 60, "the fault page")
+                                     and m["groupLabels"].get("alertname") == "SentinelCudaFault"], HANG_GUARD_S,
+                            "the fault page")
         fault = fault_pages[0]
         assert re.fullmatch(r"[0-9a-f]{8,}", fault["groupLabels"]["signature"]), fault["groupLabels"]
         assert fault["commonLabels"]["known_issue"] == "paged-kv-page-index-off-by-one"
@@ -193,7 +206,8 @@ scrape_configs:
         assert fault["commonAnnotations"]["runbook_url"] == "docs/runbooks/cuda-fault.md"
         # The hang pages with its culprit: rank 1, whose host loop stalled.
         hang = _wait(lambda: [m for m in Pager.received if m["status"] == "firing" and m["receiver"] == "pager"
-                              and m["groupLabels"].get("alertname") == "SentinelCollectiveHang"], 60, "the hang page")[0]
+                              and m["groupLabels"].get("alertname") == "SentinelCollectiveHang"], HANG_GUARD_S,
+                     "the hang page")[0]
         assert {(a["labels"]["rank"], a["labels"]["reason"]) for a in hang["alerts"]} == {("1", "host_stall")}
         assert hang["commonAnnotations"]["runbook_url"] == "docs/runbooks/collective-hang.md"
 
@@ -213,21 +227,25 @@ scrape_configs:
                 if title in fed:
                     assert data["data"]["result"], (title, expr)
 
-        # The fix leaves the table at its last page (headroom 0): the headroom warning, which has a
-        # `for:`, goes pending first, then firing.
-        seen = set()
-
-        def headroom_states():
-            for a in alert_state("SentinelPageHeadroomLow") or []:
-                if a["labels"].get("job_id") == "e2e":
-                    seen.add(a["state"])
-            return "firing" in seen
-        _wait(headroom_states, 60, "SentinelPageHeadroomLow firing")
-        assert seen == {"pending", "firing"}, seen
+        # The fix leaves the table's highest page index in bounds but near the end (headroom under
+        # 64 pages): the headroom warning, which has a `for:`, goes pending first, then firing. Both
+        # states are read from Prometheus's own ALERTS series, so a slow poll here misses nothing.
+        fix.touch()
+        _wait(lambda: any(a["labels"].get("job_id") == "e2e" and a["state"] == "firing"
+                          for a in alert_state("SentinelPageHeadroomLow") or []),
+              HANG_GUARD_S, "SentinelPageHeadroomLow firing")
+        history = json.loads(h.fetch(f"http://127.0.0.1:{prom_port}/api/v1/query?query=" + __import__("urllib.parse").parse.quote(
+            'ALERTS{alertname="SentinelPageHeadroomLow",job_id="e2e"}[1h]')))["data"]["result"]
+        first = {}
+        for series in history:
+            state = series["metric"]["alertstate"]
+            first[state] = min([first.get(state, float("inf"))] + [float(t) for t, _v in series["values"]])
+        assert set(first) == {"pending", "firing"} and first["pending"] < first["firing"], history
 
         # The fault stops: the alert resolves in Prometheus, and the pager is told.
         _wait(lambda: [m for m in Pager.received if m["status"] == "resolved" and m["receiver"] == "pager"
-                       and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds"], 90, "the resolution")
+                       and m["groupLabels"].get("alertname") == "SentinelPageIndexOutOfBounds"], HANG_GUARD_S,
+              "the resolution")
         assert not alert_state("SentinelPageIndexOutOfBounds")
         # PNG previews of the dashboards from the same queries, over the whole scenario (fault and
         # fix); kept in the repository when SENTINEL_PREVIEW_DIR says where.
@@ -246,6 +264,7 @@ scrape_configs:
         assert len([m for m in Pager.received if m["status"] == "firing" and m["receiver"] == "pager"
                     and m["groupLabels"].get("alertname") == "SentinelCudaFault"]) == 1
     finally:
+        (tmp_path / "stop").touch()
         if job is not None:
             try:
                 os.killpg(job.pid, signal.SIGKILL)  # torchrun and its ranks

@@ -542,7 +542,8 @@ def reference(values, cols, num_pages, page_size, seq_lens):
     return oob, trail, mx, bad_in_prefix, seqbad
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,  # and no generation-speed health check: not this machine's speed
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=paged_cases())
 def test_property_counts_match_reference(ring, case):
     values, rows, cols, num_pages, page_size, seq_lens, dtype, transposed = case
@@ -578,15 +579,22 @@ def test_negative_offending_index_is_reported(ring):
 def test_every_trap_keeps_its_evidence(ring, sdir):
     sh.configure(mode="trap")
     t = torch.tensor([[0, 10]], dtype=torch.int32)
-    paths = []
-    t0 = time.monotonic()
-    for _ in range(3):
+    paths: list[str | None] = []
+    stamps: set[str] = set()
+    # Trap until two traps share an evidence timestamp (to the second), the case under test: the
+    # second of the same second must not replace the first. How many that takes depends on where in
+    # a second the first trap lands and on this machine's speed, not on the property; the deadline
+    # only bounds a hang.
+    deadline = time.monotonic() + 60
+    while len(stamps) == len(paths):
+        assert time.monotonic() < deadline, f"no two of {len(paths)} traps shared a timestamp in 60 s: {paths[-3:]}"
         with pytest.raises(sh.SentinelViolation) as info:
             sh.check_paged_kv(t, 10, name="attn")
         paths.append(info.value.evidence)
-    assert time.monotonic() - t0 < 1.0  # three traps well inside a second: two share a timestamp
+        assert paths[-1] is not None, "a trap kept no evidence"
+        stamps.add(Path(paths[-1]).name.split("-", 1)[0])
     assert sh.stats()["errors"] == 0
-    assert None not in paths and len(set(paths)) == 3 and len(_evidence_files(sdir)) == 3
+    assert len(set(paths)) == len(paths) and [str(p) for p in _evidence_files(sdir)] == sorted(paths)
 
 
 def test_graph_sizes_list_mutated_in_place(ring):

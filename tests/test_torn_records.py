@@ -186,8 +186,10 @@ def test_live_tailing_then_sigkill_accounts_for_every_record_once(h):
         assert (np.diff(seq) > 0).all(), "a record was handed out twice or out of order"
         assert len(recs) + lost + torn == top
         assert torn <= 1
-        if capacity == rf.DEFAULT_CAPACITY:
-            assert lost == 0
+        # Only a record overwritten before it was read counts as lost: never more than the writer's
+        # laps overwrote, and none at all if it never lapped the ring. (Whether the reader keeps up
+        # with the writer is a matter of this machine's speed and load, not of correctness.)
+        assert lost <= max(0, top - capacity), f"{lost} counted lost, but only {max(0, top - capacity)} were overwritten"
         assert (recs["seq_end"].astype(np.int64) == seq).all()
         ev = recs[recs["kind"] == rf.Kind.EVENT]
         assert (ev["a"] == ev["b"]).all() and (ev["b"] == ev["c"]).all()

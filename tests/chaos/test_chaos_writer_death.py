@@ -2,13 +2,22 @@
 point, again and again. Every record the process saw complete (it reports each number over a pipe
 once ``event`` has returned) is read back: by the daemon's RingReader from the dead ring, and by a
 real `sentinel daemon` that tailed the ring while it was written. No payload is wrong or torn, and
-nothing is recovered that was never attempted."""
+nothing is recovered that was never attempted.
+
+The kill point is chosen by record count, not by time, so the test means the same on any machine:
+most kills come once the writer has reported at least K records (K random, log-uniform), while it
+keeps writing; a fifth come during start-up, at a random fraction of the start-up time measured
+on this machine. The writer stops writing (and waits, alive) at STOP_AT records, far below the
+ring's capacity, so the ring can never wrap whatever happens between the test's observation and
+the SIGKILL; a kill that finds it waiting there is counted as such."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -21,50 +30,77 @@ from sentinel.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 WRITER = str(HELPERS / "chaos_numbered_writer.py")
-CAPACITY = rf.DEFAULT_CAPACITY  # the default ring; the kill comes long before it could wrap
+CAPACITY = rf.DEFAULT_CAPACITY  # the default ring
+STOP_AT = CAPACITY // 2  # the writer's cap: with its start mark, it can never fill the ring
+WRITER_MAX_S = 120.0  # the writer's own orphan guard; each kill comes long before it
+HANG_S = 60.0  # a guard against a hang only: the wait for K records is a condition, not a time box
 
 
-def _drain(fd: int, into: bytearray) -> None:
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return
-        into.extend(chunk)
+class _Reports:
+    """Drains the writer's report pipe on a thread. ``reached`` is set once at least ``target``
+    numbers have arrived, or at end of file (the writer died or exited)."""
+
+    def __init__(self, fd: int, target: int) -> None:
+        self.fd, self.target = fd, target
+        self.got = bytearray()
+        self.first_at: float | None = None  # monotonic time the first number arrived
+        self.reached = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                self.reached.set()
+                return
+            if self.first_at is None:
+                self.first_at = time.monotonic()
+            self.got.extend(chunk)
+            if len(self.got) >= 8 * self.target:
+                self.reached.set()
 
 
 def run_kills(h: Harness, kills: int, seed: int) -> dict[str, int]:
     daemon = start_daemon(h, "--no-nvml")
     rng = random.Random(seed)
     totals = {"kills": 0, "reported": 0, "recovered": 0, "unreported_recovered": 0, "torn": 0,
-              "before_ring": 0, "before_first_record": 0}
+              "before_ring": 0, "before_first_record": 0, "at_cap": 0}
+    startup_s: list[float] = []  # spawn to first reported record, measured on this machine
     for it in range(kills):
+        startup_kill = rng.random() < 0.2
+        target = int(2 ** rng.uniform(0, math.log2(STOP_AT // 2)))  # 1 .. STOP_AT/2 records
         r, w = os.pipe()
-        proc = h.spawn([h.python, WRITER, str(w), "30"], env=h.hooked_env(SENTINEL_RING_CAPACITY=str(CAPACITY)),
-                       pass_fds=(w,), stdout=subprocess.DEVNULL)
+        spawned = time.monotonic()
+        proc = h.spawn([h.python, WRITER, str(w), str(WRITER_MAX_S), str(STOP_AT)],
+                       env=h.hooked_env(SENTINEL_RING_CAPACITY=str(CAPACITY)), pass_fds=(w,),
+                       stdout=subprocess.DEVNULL)
         os.close(w)
-        got = bytearray()
-        drain = threading.Thread(target=_drain, args=(r, got), daemon=True)
-        drain.start()
+        rep = _Reports(r, target)
         # A fifth of the kills land anywhere from interpreter start-up to the first records (ring
-        # creation included); the rest while records stream.
-        if rng.random() < 0.2:
-            time.sleep(rng.uniform(0.0, 0.15))
+        # creation included): a random fraction of the start-up time this machine took so far (if
+        # it lands later, it is one more kill while records stream). The rest once the writer has
+        # reported ``target`` records, while it keeps writing.
+        if startup_kill:
+            time.sleep(rng.uniform(0.0, 1.1 * statistics.median(startup_s) if startup_s else 0.15))
         else:
-            h.wait_for(lambda got=got, proc=proc: len(got) >= 8 or proc.poll() is not None, timeout=15, interval=0.001,
-                       what="the writer's first record")
+            assert rep.reached.wait(HANG_S), f"the writer reported {len(rep.got) // 8} of {target} records in {HANG_S}s"
             assert proc.poll() is None, f"the writer exited by itself: {proc.stderr.read().decode(errors='replace')}"
-            time.sleep(rng.uniform(0.0, 0.04))
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
-        drain.join(timeout=10)
+        rep.thread.join(timeout=10)
         os.close(r)
+        if not startup_kill and rep.first_at is not None:
+            startup_s.append(rep.first_at - spawned)
         err = proc.stderr.read()
         proc.stderr.close()
         assert err == b"", f"the hooks wrote to the host's stderr: {err.decode(errors='replace')}"
-        reported = np.frombuffer(bytes(got), dtype="<i8")
+        reported = np.frombuffer(bytes(rep.got), dtype="<i8")
         assert (reported == np.arange(len(reported))).all(), "the report pipe lost or reordered numbers"
+        assert len(reported) <= STOP_AT, "the writer wrote past its cap"
         totals["kills"] += 1
         totals["reported"] += len(reported)
+        totals["at_cap"] += len(reported) == STOP_AT
 
         rings = [p for p in h.rings() if f".{proc.pid}." in p.name]
         if not rings:
@@ -97,6 +133,8 @@ def run_kills(h: Harness, kills: int, seed: int) -> dict[str, int]:
         # there besides (its write completed before the report did). Never more than attempted.
         assert len(ids) >= len(reported), f"lost {len(reported) - len(ids)} completed records"
         assert len(ids) <= len(reported) + 1, "recovered more records than the writer attempted"
+        if len(reported) == STOP_AT:  # it was waiting at its cap: no write was in flight
+            assert len(ids) == STOP_AT and res.torn == 0, "a writer at rest lost or tore a record"
         if len(reported) == 0:
             totals["before_first_record"] += 1
         totals["recovered"] += len(reported)
@@ -118,7 +156,7 @@ def run_kills(h: Harness, kills: int, seed: int) -> dict[str, int]:
             assert by_pid(m, "sentinel_ring_overwritten_records_total")[pid] == 0
             return True
 
-        h.wait_for(settled, timeout=15, what=f"the daemon to settle kill {it} (pid {pid})")
+        h.wait_for(settled, timeout=HANG_S, what=f"the daemon to settle kill {it} (pid {pid})")
         ring.unlink()  # 4 MiB each: the daemon is done with it
     assert daemon.proc.poll() is None
     return totals
@@ -128,7 +166,8 @@ def _report(t: dict[str, int]) -> str:
     return (f"writer death: {t['kills']} SIGKILLs; recovered {t['recovered']}/{t['reported']} records reported "
             f"complete (+{t['unreported_recovered']} completed but not yet reported, <= 1 per kill), "
             f"{t['torn']} torn in-flight slot(s) withheld; {t['before_ring']} kills before the ring existed, "
-            f"{t['before_first_record']} before the first record")
+            f"{t['before_first_record']} before the first record, {t['at_cap']} with the writer already "
+            f"waiting at its {STOP_AT}-record cap (the rest while records streamed)")
 
 
 def test_writer_sigkilled_100_times_loses_no_completed_record(h):

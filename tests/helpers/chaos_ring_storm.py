@@ -3,9 +3,12 @@ bursts of BURST and vanish again. Half are valid small rings with a few records 
 cleanly, some die, some vanish while still open); half are junk: random bytes, a bare header,
 empty files, stray temp files, files that are not rings at all. Prints a JSON summary.
 
-usage: chaos_ring_storm.py BASE_DIR TOTAL BURST SEED [PERIOD_S] [LIVE]
+usage: chaos_ring_storm.py BASE_DIR TOTAL BURST SEED [PERIOD_S] [LIVE] [HOLD]
 A burst starts every PERIOD_S seconds (default 0.5), or as soon as the last one is made if that
 takes longer; LIVE bursts (default 3) exist at once: each new one sends the oldest away.
+With HOLD (a path), the last LIVE bursts stay once the storm is made: their names go to
+HOLD.ready (JSON: "valid", "junk" and "other" names), and they vanish once HOLD exists (or after
+300 s), so that a test can check what the daemon did with each of them whatever its pace.
 """
 
 import collections
@@ -21,11 +24,13 @@ from sentinel_hooks.writer import RingWriter
 base, total, burst, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 period = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
 live = int(sys.argv[6]) if len(sys.argv) > 6 else 3
+hold = sys.argv[7] if len(sys.argv) > 7 else None
 rng = random.Random(seed)
 rings = rf.rings_dir(base)
 os.makedirs(rings, mode=0o700, exist_ok=True)
 made = {"valid": 0, "junk": 0, "bursts": 0}
 alive: collections.deque = collections.deque()  # (paths, writers) of the bursts on disk
+valid_paths: set = set()  # the valid rings' paths (the rest is junk or not a ring at all)
 
 
 def vanish(paths: list, writers: list) -> None:
@@ -48,6 +53,7 @@ while n < total:
                 w.emit(rf.Kind.EVENT, 1, i, i, i)
             writers.append(w)
             paths.append(w.path)
+            valid_paths.add(w.path)
             made["valid"] += 1
             continue
         kind = rng.randrange(5)
@@ -81,7 +87,21 @@ while n < total:
     if len(alive) > live:
         vanish(*alive.popleft())
     time.sleep(max(0.0, t0 + made["bursts"] * period - time.monotonic()))
+made["seconds"] = round(time.monotonic() - t0, 2)
+if hold is not None:
+    names = {"valid": [], "junk": [], "other": []}
+    for paths, _writers in alive:
+        for p in paths:
+            name = os.path.basename(p)
+            kind = ("valid" if p in valid_paths else
+                    "junk" if name.endswith(rf.RING_SUFFIX) and not name.startswith(".") else "other")
+            names[kind].append(name)
+    with open(hold + ".ready.tmp", "w") as f:
+        json.dump(names, f)
+    os.rename(hold + ".ready.tmp", hold + ".ready")
+    held_until = time.monotonic() + 300  # an orphan guard only
+    while not os.path.exists(hold) and time.monotonic() < held_until:
+        time.sleep(0.05)
 while alive:
     vanish(*alive.popleft())
-made["seconds"] = round(time.monotonic() - t0, 2)
 print(json.dumps(made))
