@@ -77,6 +77,7 @@ class RingReader:
             raise
         self.slots = np.frombuffer(self._mm, dtype=DTYPE, count=self.capacity, offset=rf.RECORDS_OFFSET)
         self._seq_col = self.slots["seq"]
+        self._seq_end_col = self.slots["seq_end"]
         self._mask = self.capacity - 1
         self.last_seq = start_after  # highest sequence number handed out (or skipped)
         self._hole_seq: int | None = None
@@ -189,14 +190,21 @@ class RingReader:
         expected = np.arange(first, top + 1, dtype=np.uint64)
         i0 = (first - 1) & self._mask
         i1 = i0 + (top - first + 1)
+        # A seqlock over each slot. The writer stores seq first and seq_end last; so seq_end reads n
+        # *before* the copy only once record n is whole, and seq still reads n *after* the copy only
+        # if no later record began to overwrite it meanwhile. (Checking seq_end in the copy alone
+        # is not enough: the payload can be read while it is written, and seq_end just after.)
         if i1 <= self.capacity:  # contiguous: slices copy fastest
+            end_before = self._seq_end_col[i0:i1].copy()
             recs = self.slots[i0:i1].copy()
-            seq_again = self._seq_col[i0:i1].copy()  # seqlock: unchanged after the copy
+            seq_again = self._seq_col[i0:i1].copy()
         else:
             i1 -= self.capacity
+            end_before = np.concatenate((self._seq_end_col[i0:], self._seq_end_col[:i1]))
             recs = np.concatenate((self.slots[i0:], self.slots[:i1]))
             seq_again = np.concatenate((self._seq_col[i0:], self._seq_col[:i1]))
-        ok = (recs["seq"] == expected) & (recs["seq_end"] == expected) & (seq_again == expected)
+        ok = ((end_before == expected) & (recs["seq"] == expected) & (recs["seq_end"] == expected)
+              & (seq_again == expected))
         if ok.all():
             self.last_seq = top
             self._hole_seq = None
@@ -230,12 +238,14 @@ class RingReader:
             return EMPTY
         expected = np.arange(first, upto + 1, dtype=np.uint64)
         idx = (expected - np.uint64(1)).astype(np.int64) & self._mask
+        end_before = self._seq_end_col[idx]  # the seqlock of tail(): whole before the copy, unchanged after
         recs = self.slots[idx]
-        ok = (recs["seq"] == expected) & (recs["seq_end"] == expected) & (self._seq_col[idx] == expected)
+        ok = (end_before == expected) & (recs["seq"] == expected) & (recs["seq_end"] == expected) & (
+            self._seq_col[idx] == expected)
         return recs[ok]
 
     def close(self) -> None:
-        self.slots = self._seq_col = None  # release the buffer exports before unmapping
+        self.slots = self._seq_col = self._seq_end_col = None  # release the buffer exports before unmapping
         self._words.release()
         try:
             self._mm.close()

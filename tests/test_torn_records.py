@@ -131,6 +131,48 @@ def test_corrupt_seq_end_live_writer_waits_out_the_grace_then_settles(ten_record
         reader.close()
 
 
+class _CompletesAfterRead:
+    """Stands in for the reader's seq_end column: the reader reads it, and only then does the writer
+    finish record 5. That is the interleaving a live reader meets when it copies a slot while the
+    writer is inside it (struct.pack_into zeroes the slot, then writes seq ... seq_end in order)."""
+
+    def __init__(self, column: np.ndarray, finish) -> None:  # noqa: ANN001
+        self.column, self.finish = column, finish
+
+    def __getitem__(self, key):  # noqa: ANN001, ANN204
+        taken = self.column[key].copy()
+        self.finish()
+        return taken
+
+
+def test_a_record_written_during_the_copy_is_never_handed_out_half_written(ten_records):
+    """A record whose seq_end was not yet written when the reader began its copy is held back, even
+    if it is whole by the time the copy is made (and so looks whole in it): its payload may have
+    been read before the writer finished it. The next read hands it out, whole."""
+    path, off = ten_records.path, rf.RECORDS_OFFSET + 4 * rf.RECORD_SIZE  # record 5's slot
+    whole = rf.RECORD.pack(5, 1, 0, rf.Kind.EVENT, 1, 0, 0, 5, 5, 5, 5)
+    with open(path, "r+b") as f:  # record 5 mid-write: zeroed, seq stored, the rest not yet
+        f.seek(off)
+        f.write(struct.pack("<Q", 5) + bytes(rf.RECORD_SIZE - 8))
+
+    def finish() -> None:
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(whole)
+
+    reader = RingReader(path)
+    try:
+        reader._seq_end_col = _CompletesAfterRead(reader._seq_end_col, finish)
+        first = reader.tail(writer_alive=True, now=1000.0)
+        assert first.records["seq"].tolist() == [1, 2, 3, 4] and first.torn == 0
+        reader._seq_end_col = reader.slots["seq_end"]
+        rest = reader.tail(writer_alive=True, now=1000.1)
+        assert rest.records["seq"].tolist() == [5, 6, 7, 8, 9, 10] and rest.torn == 0
+        assert rest.records["a"].tolist() == [5, 6, 7, 8, 9, 10]
+    finally:
+        reader.close()
+
+
 def test_failed_pack_is_sealed_as_void_never_a_valid_event(sdir):
     """An out-of-range value makes pack_into fail after ``seq`` was taken: the writer seals that
     slot as a VOID record, so no reader waits on a hole and no half-written event is handed out."""
