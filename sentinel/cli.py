@@ -83,14 +83,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             hang=HangConfig(floor_s=args.hang_floor, multiplier=args.hang_multiplier),
             cuda_gdb=args.cuda_gdb, gdb_timeout_s=args.gdb_timeout, cores_max_bytes=int(args.cores_max_mb * 2**20),
             cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
-            group=group, consequence_window_s=args.consequence_window,
+            group=group, consequence_window_s=args.consequence_window, dead_ttl_s=args.dead_ttl,
+            crash_grace_s=args.crash_grace,
         ))
     except (CatalogError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 2
     host, port = args.listen
     try:
-        server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port, web)
+        server, _thread = serve(build_registry(lambda: daemon.snapshot), host, port, web, lambda: daemon.snapshot)
     except OSError as exc:
         log.error("cannot listen", extra={"listen": f"{host}:{port}", "error": str(exc)})
         daemon.close()
@@ -314,10 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"sentinel {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    default_dir = rf.default_dir()
+    # Resolved after parsing (main): finding the temp dir needs a writable one, which a read-only
+    # container may lack even when --dir is given.
+    default_dir = None
 
     d = sub.add_parser("daemon", help="run the sidecar daemon: tail rings, keep state, serve /metrics")
-    d.add_argument("--dir", default=default_dir, help="SENTINEL_DIR to watch (default: %(default)s)")
+    d.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR to watch (default: {DIR_DEFAULT})")
     d.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9464),
                    help="HOST:PORT for /metrics (default: 127.0.0.1:9464)")
     d.add_argument("--poll-interval", type=finite_float(0), default=0.2, help="seconds between ring polls (default: 0.2)")
@@ -343,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coredumps kept per fault signature: the first, the latest and the rest (default: 3)")
     d.add_argument("--catalog", action="append", default=[], metavar="FILE",
                    help="extra known-issue catalog (TOML; repeatable). DIR/catalog.toml is read too")
+    d.add_argument("--crash-grace", type=finite_float(0, inclusive=True), default=2.0, metavar="SECONDS",
+                   help="how long after a process died its GPU coredump may still show up before its fault record is "
+                        "made without one (default: 2)")
+    d.add_argument("--dead-ttl", type=finite_float(0, inclusive=True), default=600.0, metavar="SECONDS",
+                   help="how long a dead process's series, and a fault's sentinel_fault_info, stay exported; alerts "
+                        "on them resolve after it (default: 600)")
     d.add_argument("--consequence-window", type=finite_float(0, inclusive=True), default=30.0, metavar="SECONDS",
                    help="a death this close to a related process's stronger fault is journaled as its consequence, "
                         "not paged on its own; 0 turns it off (default: 30)")
@@ -352,14 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a command with the hooks injected (no code change)",
                        usage="sentinel run [--dir DIR] [--eager] -- CMD [ARGS...]")
-    r.add_argument("--dir", default=default_dir, help="SENTINEL_DIR for the rings (default: %(default)s)")
+    r.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR for the rings (default: {DIR_DEFAULT})")
     r.add_argument("--eager", action="store_true",
                    help="create each Python process's ring at start-up, not at its first hook call")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="list hooked processes: rank, pid, alive, step, heartbeat, records, drops")
-    s.add_argument("--dir", default=default_dir, help="SENTINEL_DIR (default: %(default)s)")
+    s.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR (default: {DIR_DEFAULT})")
     s.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     s.add_argument("--hangs", action="store_true", help="show recorded collective hangs with their stacks")
     s.set_defaults(func=cmd_status)
@@ -378,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
     t.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
     t.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
-    t.add_argument("--dir", default=default_dir, help="SENTINEL_DIR with the journal (default: %(default)s)")
+    t.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR with the journal (default: {DIR_DEFAULT})")
     t.add_argument("--catalog", action="append", default=[], metavar="FILE", help="extra known-issue catalog")
     t.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run")
     t.add_argument("--timeout", type=finite_float(0), default=60.0, help="cuda-gdb timeout in seconds")
@@ -386,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_triage)
 
     o = sub.add_parser("doctor", help="check cuda-gdb, ptrace, the coredump environment, NVML and SENTINEL_DIR")
-    o.add_argument("--dir", default=default_dir, help="SENTINEL_DIR (default: %(default)s)")
+    o.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR (default: {DIR_DEFAULT})")
     o.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to check")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=cmd_doctor)
@@ -397,10 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DIR_DEFAULT = "$SENTINEL_DIR, else $XDG_RUNTIME_DIR/sentinel-UID or TMPDIR/sentinel-UID"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "dir", "") is None and args.func is not cmd_demo:  # the demo makes a fresh one
+        args.dir = rf.default_dir()
     return int(args.func(args) or 0)

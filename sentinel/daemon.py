@@ -6,6 +6,7 @@ which the HTTP exporter thread reads without locks.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
@@ -20,7 +21,7 @@ from sentinel_hooks.writer import FsPolicy
 
 from . import catalog as catalog_mod
 from . import faults
-from .coredumps import CoreCollector, is_core_name
+from .coredumps import CoreCollector, is_core_name, parse_core_name
 from .discovery import Discovery
 from .hangs import Hang, HangConfig, HangDetector
 from .journal import Journal, journal_path
@@ -35,6 +36,9 @@ CLOSE_BACKLOG = 256  # rings queued for the closer thread at most
 # Time a poll spends opening new rings at most: a burst of files (thousands of short-lived
 # processes) is worked through over several polls and never stalls the tailing of known ones.
 ATTACH_BUDGET_S = 0.1
+# sentinel_fault_info series at most (the newest faults of the last --dead-ttl): a storm of crashing
+# processes must not become a storm of series.
+MAX_FAULT_INFO = 1000
 
 
 @dataclass
@@ -44,6 +48,9 @@ class DaemonConfig:
     rescan_interval: float = 5.0
     persist_interval: float = 1.0
     keep_dead: int = 256  # dead processes kept in memory and in metrics (all stay in the journal)
+    # How long a dead process's series, and a fault's sentinel_fault_info, stay exported: alerts on
+    # them resolve once it has passed. A restarted server's previous incarnation stops paging then.
+    dead_ttl_s: float = 600.0
     allowed_uids: set[int] | None = field(default_factory=lambda: {os.getuid()})
     use_events: bool = True
     hang: HangConfig = field(default_factory=HangConfig)
@@ -53,7 +60,11 @@ class DaemonConfig:
     cores_per_signature: int = 3  # the first, the latest, and one more
     catalogs: list[str] = field(default_factory=list)  # extra known-issue files
     nvml: bool = True
-    crash_grace_s: float = 10.0  # how long a dead process's GPU coredump may take to appear
+    # How long to wait, after a process died, for its GPU coredump before its fault record is made
+    # without one. The CUDA driver writes the dump in the faulting process before it terminates, so
+    # the file is there at the death; the wait only covers file events arriving late (and the
+    # cores/ folder is listed once more before giving up).
+    crash_grace_s: float = 2.0
     consequence_window_s: float = faults.CONSEQUENCE_WINDOW_S  # deaths this close to a related fault follow from it
     group: int | None = None  # share what the daemon creates with this gid (setgid dirs 2770, files 0640)
 
@@ -98,6 +109,9 @@ class Daemon:
         self._next_persist = 0.0
         self._violation_logged: dict[tuple[str, str], float] = {}
         self._to_attach: dict[str, None] = {}  # rings found, not opened yet, in the order found
+        self._forgotten: set[str] = set()  # rings of forgotten processes that could not be deleted
+        self.rings_deleted = 0
+        self.ring_delete_errors = 0
         self.snapshot = Snapshot(taken_at=time.time())
         for state in self.journal.load():
             self.states[state.ring] = state
@@ -115,9 +129,18 @@ class Daemon:
         self.core_discovery = Discovery(self.cores_dir, config.rescan_interval, config.use_events, is_core_name)
         self.fault_counts = self.journal.fault_counts()
         self.consequence_counts = self.journal.consequence_counts()
-        # Faults that may still explain a related death (see faults.is_consequence), newest last.
-        self._recent_faults = [r for r in (faults.FaultRecord.from_dict(d) for d in reversed(self.journal.faults(200)))
-                               if r.consequence_of is None and r.died_at > time.time() - 2 * config.consequence_window_s]
+        # Faults of their own (not consequences): those that may still explain a related death
+        # (faults.is_consequence), and the newest MAX_FAULT_INFO of the last dead_ttl_s, exported as
+        # sentinel_fault_info (what the fault alerts fire from).
+        self._causes = faults.CauseIndex()
+        self._fault_info: collections.deque[faults.FaultInfo] = collections.deque(maxlen=MAX_FAULT_INFO)
+        since = time.time() - max(config.dead_ttl_s, 2 * config.consequence_window_s)
+        for d in reversed(self.journal.faults(MAX_FAULT_INFO, since)):
+            rec = faults.FaultRecord.from_dict(d)
+            if rec.consequence_of is None:
+                info = faults.FaultInfo.of(rec)
+                self._causes.add(info)
+                self._fault_info.append(info)
         self.triage_seconds: list[float] = []
         self._pending_crashes: dict[str, float] = {}  # ring -> deadline for its coredump to show up
         for state in self.states.values():
@@ -147,7 +170,8 @@ class Daemon:
 
     def _attach(self, name: str) -> None:
         state = self.states.get(name)
-        if name in self.readers or name in self._rejected_files or (state is not None and not state.alive):
+        if (name in self.readers or name in self._rejected_files or name in self._forgotten
+                or (state is not None and not state.alive)):
             return
         path = os.path.join(self.rings_dir, name)
         try:
@@ -181,7 +205,8 @@ class Daemon:
         t0 = time.perf_counter()
         for name in self.discovery.poll():  # a rescan lists the known ones too: queue only the new
             state = self.states.get(name)
-            if name not in self.readers and name not in self._rejected_files and (state is None or state.alive):
+            if (name not in self.readers and name not in self._rejected_files and name not in self._forgotten
+                    and (state is None or state.alive)):
                 self._to_attach.setdefault(name, None)
         budget = t0 + ATTACH_BUDGET_S
         while self._to_attach and time.perf_counter() < budget:
@@ -290,11 +315,34 @@ class Daemon:
                 if not os.path.exists(os.path.join(self.rings_dir, state.ring)):
                     self._end(state, "unknown")
         dead = [s for s in self.states.values() if not s.alive]
-        if len(dead) > self.config.keep_dead:
-            dead.sort(key=lambda s: s.ended_at)
-            for s in dead[: len(dead) - self.config.keep_dead]:
-                if not s.dirty:
-                    del self.states[s.ring]
+        expired = time.time() - self.config.dead_ttl_s
+        dead.sort(key=lambda s: s.ended_at)
+        surplus = len(dead) - self.config.keep_dead
+        for i, s in enumerate(dead):
+            if (i < surplus or s.ended_at < expired) and not s.dirty and s.ring not in self._pending_crashes:
+                self._forget(s)
+
+    def _forget(self, state: ProcessState) -> None:
+        """A dead process, its series expired and its evidence journaled: drop it from memory, and
+        delete its ring and faulthandler dump (4 MiB and more each, kept nowhere else but no longer
+        needed). The journal keeps its row and its fault record."""
+        del self.states[state.ring]
+        paths = [os.path.join(self.rings_dir, state.ring)]
+        if state.identity.get("pid") is not None:
+            paths.append(faults.faulthandler_path(self.config.base_dir, state.identity.get("host", ""),
+                                                  state.identity["pid"]))
+        for path in paths:
+            try:
+                os.unlink(path)
+                if path == paths[0]:
+                    self.rings_deleted += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if path == paths[0]:
+                    self._forgotten.add(state.ring)  # not ours to delete: never attach it again
+                    self.ring_delete_errors += 1
+                    log.warning("could not delete a dead process's ring", extra={"ring": state.ring, "error": str(exc)})
 
     def _check_hangs(self) -> None:
         now = time.time()
@@ -386,7 +434,7 @@ class Daemon:
             pid = state.identity.get("pid")
             if self.collector.pending_for(pid) or self.collector.in_flight:
                 continue  # its GPU coredump is still being written or read
-            if now < deadline:
+            if now < deadline or self._core_on_disk(pid):
                 continue
             due.append(faults.from_crash(state, self._names(state), self.config.base_dir, self.catalog))
         # The strongest evidence first, so that a death it explains is linked to it in the same poll.
@@ -407,6 +455,17 @@ class Daemon:
         if self.nvml.ok and now >= self._next_gpu_sample:
             self._next_gpu_sample = now + 2.0
             self.gpus = tuple(self.nvml.sample())
+
+    def _core_on_disk(self, pid: int | None) -> bool:
+        """Whether cores/ holds a dump of ``pid`` that file events have not brought yet: offered now."""
+        try:
+            names = {n for n in os.listdir(self.cores_dir) if is_core_name(n) and parse_core_name(n)[1] == pid}
+        except OSError:
+            return False
+        names -= set(self.collector.seen)
+        if names:
+            self.collector.offer(names)
+        return bool(names)
 
     def _may_be_explained_later(self, rec: faults.FaultRecord, now: float) -> bool:
         """True while a related process that died within the window has no record yet and may turn
@@ -429,7 +488,8 @@ class Daemon:
 
     def _journal_fault(self, rec: faults.FaultRecord) -> None:
         window = self.config.consequence_window_s
-        cause = next((c for c in reversed(self._recent_faults) if faults.is_consequence(rec, c, window)), None)
+        self._causes.prune(time.time() - 2 * window)
+        cause = self._causes.cause_of(rec, window)
         if cause is not None:
             faults.link_consequence(rec, cause)
         try:
@@ -448,9 +508,11 @@ class Daemon:
                 "seconds_from_cause": round(rec.died_at - cause.died_at, 2),
             })
             return
-        horizon = time.time() - 2 * window
-        self._recent_faults = [c for c in self._recent_faults if c.died_at > horizon] + [rec]
-        key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "")
+        info = faults.FaultInfo.of(rec)
+        self._causes.add(info)
+        self._fault_info.append(info)
+        key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "",
+               rec.kind)
         self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
         log.error("fault", extra={
             "fault_id": rec.id, "signature": rec.signature, "source": rec.source, "exception": rec.exception,
@@ -577,8 +639,13 @@ class Daemon:
             return f.read(MAX_BYTES + 1)
 
     def _publish(self) -> None:
+        now = time.time()
+        shown = now - self.config.dead_ttl_s  # a dead process's series end dead_ttl_s after its death
+        while self._fault_info and self._fault_info[0].created_at < shown:
+            self._fault_info.popleft()
         self.snapshot = Snapshot(
-            processes=tuple(s.snapshot() for s in self.states.values()),
+            processes=tuple(s.snapshot() for s in self.states.values() if s.alive or s.ended_at >= shown),
+            recent_faults=tuple(self._fault_info),
             hangs=tuple(self.hangs.values()),
             hangs_total=dict(self.hangs_total),
             faults=dict(self.fault_counts),
@@ -594,9 +661,11 @@ class Daemon:
             ingested=self.ingested,
             polls=self.polls,
             poll_seconds=self._last_poll_s,
-            taken_at=time.time(),
+            taken_at=now,
             dir_free_bytes=_free_bytes(self.config.base_dir),
             journal_errors=self.journal_errors,
+            rings_deleted=self.rings_deleted,
+            ring_delete_errors=self.ring_delete_errors,
         )
 
     def _journal_failed(self, message: str) -> None:

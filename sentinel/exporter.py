@@ -6,10 +6,11 @@ No locks, no per-sample bookkeeping (the prometheus/client_python custom-collect
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,8 +56,9 @@ class SentinelCollector(Collector):
         yield states
 
         info = GaugeMetricFamily(
-            "sentinel_process_info", "Identity of a hooked process (value 1).",
-            labels=labels + ["framework", "framework_version", "world_size"],
+            "sentinel_process_info", "Identity of a hooked process (value 1), and its probes' mode (observe, trap, "
+            "contain; empty before its first probe).",
+            labels=labels + ["framework", "framework_version", "world_size", "mode"],
         )
         alive = GaugeMetricFamily("sentinel_process_alive", "1 while the process's ring writer lives.", labels=labels)
         step = GaugeMetricFamily("sentinel_process_step", "Serving steps the process has marked (heartbeat).", labels=labels)
@@ -66,6 +68,9 @@ class SentinelCollector(Collector):
         p99 = GaugeMetricFamily(
             "sentinel_process_step_duration_p99_seconds", "p99 of recent step durations.", labels=labels
         )
+        idle = GaugeMetricFamily(
+            "sentinel_process_idle", "1 while the engine has no work (it does not step then), 0 while it has; only "
+            "for processes whose adapter tells (vLLM's engine core, SGLang's scheduler).", labels=labels)
         records = CounterMetricFamily(
             "sentinel_ring_records", "Valid ring records read, by record kind.", labels=labels + ["kind"]
         )
@@ -87,15 +92,17 @@ class SentinelCollector(Collector):
             ws = ident.get("world_size")
             info.add_metric(
                 lv + [str(ident.get("framework", "")), str(ident.get("framework_version", "")),
-                      "" if ws in (None, -1) else str(ws)],
+                      "" if ws in (None, -1) else str(ws), p.mode],
                 1,
             )
             alive.add_metric(lv, 1 if p.alive else 0)
-            step.add_metric(lv, p.step)
+            step.add_metric(lv, p.step)  # for a dead process: the step it died at
             if p.last_step_ns:
                 beat.add_metric(lv, p.last_step_ns / 1e9)
             if p.step_p99_s is not None:
                 p99.add_metric(lv, p.step_p99_s)
+            if p.idle is not None and p.alive:
+                idle.add_metric(lv, 1 if p.idle else 0)
             for kind, n in sorted(p.kinds.items()):
                 records.add_metric(lv + [kind], n)
             over.add_metric(lv, p.overwritten)
@@ -110,12 +117,17 @@ class SentinelCollector(Collector):
             "sentinel_hook_config_errors", "Bad values in the hooks' environment config (the defaults were used).",
             labels=labels,
         )
+        contained = CounterMetricFamily(
+            "sentinel_contained_entries", "Page-table entries contain mode redirected to the reserved page "
+            "(SENTINEL_CONTAIN_PAGE): each one a request that got a wrong answer instead of a crash.", labels=labels)
         for p in snap.processes:
             for name, n in sorted(p.adapter_errors.items()):
                 adapter.add_metric(process_labels(p.identity) + [name], n)
             if p.config_errors:
                 config.add_metric(process_labels(p.identity), p.config_errors)
-        yield from (info, alive, step, beat, p99, records, over, torn, bad, dropped, adapter, config)
+            if p.contained or p.mode == "contain":
+                contained.add_metric(process_labels(p.identity), p.contained)
+        yield from (info, alive, step, beat, p99, idle, records, over, torn, bad, dropped, adapter, config, contained)
         yield from _probe_metrics(snap, labels)
         yield from _collective_metrics(snap, labels)
         yield from _fault_metrics(snap)
@@ -140,6 +152,12 @@ class SentinelCollector(Collector):
                 "Bytes free on SENTINEL_DIR's filesystem. At 0 new rings cannot be created (those hooks are counted "
                 "no-ops) and journal writes fail.", value=snap.dir_free_bytes,
             )
+        yield CounterMetricFamily(
+            "sentinel_rings_deleted", "Rings of dead processes deleted once --dead-ttl passed (their evidence is "
+            "journaled).", value=snap.rings_deleted)
+        yield CounterMetricFamily(
+            "sentinel_ring_delete_errors", "Dead processes' rings the daemon could not delete (not its own to delete: "
+            "see the daemon log); SENTINEL_DIR fills up.", value=snap.ring_delete_errors)
         yield CounterMetricFamily(
             "sentinel_journal_write_errors", "Journal writes that failed (e.g. a full disk); the daemon runs on and retries.",
             value=snap.journal_errors,
@@ -177,16 +195,17 @@ def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
             continue
         for check in checks:  # every check, zeros included, so rate() and absent() behave
             viol.add_metric(lv + [check], p.violations.get(check, 0))
-        if p.headroom is not None:
+        if p.headroom is not None and p.alive:
             headroom.add_metric(lv, p.headroom[0])
             capacity.add_metric(lv, p.headroom[1])
         execs.add_metric(lv, p.probe_execs)
         if p.batch:
             for cond in ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size"):
                 batch.add_metric(lv + ["all" if cond == "steps" else cond], p.batch.get(cond, 0))
-            tokens.add_metric(lv, p.last_tokens)
-            if p.token_budget >= 0:
-                budget.add_metric(lv, p.token_budget)
+            if p.alive:
+                tokens.add_metric(lv, p.last_tokens)
+                if p.token_budget >= 0:
+                    budget.add_metric(lv, p.token_budget)
     yield from (viol, headroom, capacity, execs, batch, tokens, budget)
 
 
@@ -198,6 +217,8 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
                             labels=labels + ["pg", "state"])
     age = GaugeMetricFamily("sentinel_heartbeat_age_seconds", "Seconds since the process's last step.", labels=labels)
     for p in snap.processes:
+        if not p.alive:
+            continue
         lv = process_labels(p.identity)
         for name, g in sorted(p.groups.items()):
             seq.add_metric(lv + [name, "enqueued"], g["last_enqueued"])
@@ -226,10 +247,19 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
 
 
 def _fault_metrics(snap: Snapshot) -> Iterator:
-    faults = CounterMetricFamily("sentinel_faults", "Fault records journaled, by signature (and its known issue).",
-                                 labels=["signature", "exception", "kernel_family", "known_issue"])
-    for (sig, exc, fam, ki), n in sorted(snap.faults.items()):
-        faults.add_metric([sig, exc, fam, ki], n)
+    faults = CounterMetricFamily(
+        "sentinel_faults", "Fault records journaled, by signature, its known issue and kind (cuda: a GPU fault; crash: "
+        "another death by a signal or an exception; killed: a death without a word, e.g. SIGKILL).",
+        labels=["signature", "exception", "kernel_family", "known_issue", "kind"])
+    for (sig, exc, fam, ki, kind), n in sorted(snap.faults.items()):
+        faults.add_metric([sig, exc, fam, ki, kind], n)
+    recent = GaugeMetricFamily(
+        "sentinel_fault_info", "A fault journaled in the last --dead-ttl seconds (value 1): its kind, signature and "
+        "process. The fault alerts fire from it, with the pod, rank and pid, and resolve when it expires.",
+        labels=list(PROCESS_LABELS) + ["kind", "signature", "exception", "kernel_family", "known_issue", "fault_id"])
+    for f in snap.recent_faults:
+        recent.add_metric(process_labels(f.identity or {}) + [
+            f.kind, f.signature, f.exception_class, f.kernel_family, (f.known_issue or {}).get("id", ""), str(f.id)], 1)
     consequences = CounterMetricFamily(
         "sentinel_fault_consequences", "Deaths journaled as consequences of another fault of the same job (a parent "
         "killing its children after one crashed, or the reverse), by the cause's signature; they page as that fault.",
@@ -244,7 +274,7 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
     for g in snap.gpus:
         util.add_metric([g.gpu, g.uuid], g.utilization)
         mem.add_metric([g.gpu, g.uuid], g.memory_used)
-    yield from (faults, consequences, xids, util, mem)
+    yield from (faults, recent, consequences, xids, util, mem)
     yield GaugeMetricFamily("sentinel_coredump_bytes", "Bytes of GPU coredumps kept under SENTINEL_DIR/cores.",
                             value=snap.coredump_bytes)
     triage = SummaryMetricFamily("sentinel_triage_duration_seconds", "cuda-gdb time per coredump.",
@@ -266,14 +296,28 @@ def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
     return registry
 
 
-def serve(registry: CollectorRegistry, host: str, port: int, web_config: WebConfig | None = None) -> tuple:
+HEALTH_PATH = "/-/healthy"  # Prometheus's own name for it
+HEALTHY_POLL_AGE_S = 30.0  # the poll loop is stuck if its last snapshot is older than this
+
+
+def serve(registry: CollectorRegistry, host: str, port: int, web_config: WebConfig | None = None,
+          snapshot: Callable[[], Snapshot] | None = None) -> tuple:
     """Serve /metrics on host:port in a background thread. Returns (server, thread).
 
-    With a web config (``--web-config``): its TLS and basic auth (see sentinel/webconfig.py)."""
-    if web_config is None:
-        return start_http_server(port, addr=host, registry=registry)
+    With a web config (``--web-config``): its TLS and basic auth (see sentinel/webconfig.py).
+    ``GET /-/healthy`` answers without authentication (a probe carries no credentials): 200 while
+    the daemon's poll loop runs (``snapshot()`` taken in the last HEALTHY_POLL_AGE_S seconds),
+    503 otherwise; it says nothing else. Every other path is /metrics. Raises OSError if the port
+    cannot be bound."""
     from prometheus_client import make_wsgi_app
 
+    from .webconfig import WebConfig
     from .webconfig import serve as serve_with
 
-    return serve_with(make_wsgi_app(registry), host, port, web_config)
+    def healthy(environ: dict, start_response: Callable) -> list[bytes]:
+        age = time.time() - snapshot().taken_at if snapshot is not None else 0.0
+        ok = age < HEALTHY_POLL_AGE_S
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"OK\n" if ok else b"the poll loop is not running\n"]
+
+    return serve_with(make_wsgi_app(registry), host, port, web_config or WebConfig(), unauthenticated={HEALTH_PATH: healthy})

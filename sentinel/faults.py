@@ -34,6 +34,19 @@ FAULTHANDLER_MAX = 64 * 1024
 CONSEQUENCE_WINDOW_S = 30.0
 
 
+# What a fault record is, for alerting: each kind has its own alert, severity and runbook.
+FAULT_KINDS = ("cuda", "crash", "killed")
+
+
+def fault_kind(source: str, exception_class: str, texts: str) -> str:
+    """``cuda`` for a GPU fault (a GPU coredump, or a CUDA error the process raised), ``killed`` for a
+    death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
+    any other death (a native signal with no CUDA evidence, an uncaught exception)."""
+    if source == "coredump" or "cuda" in texts.lower():
+        return "cuda"
+    return "killed" if exception_class == "killed" else "crash"
+
+
 @dataclass
 class FaultRecord:
     source: str  # coredump | process_crash | xid
@@ -57,6 +70,7 @@ class FaultRecord:
     triage_seconds: float = 0.0
     id: int | None = None
     dedupe_key: str = ""
+    kind: str = ""  # cuda | crash | killed (see fault_kind)
     died_at: float = 0.0  # when the daemon saw the process die (0: not known, e.g. a transcript)
     consequence_of: int | None = None  # the id of the fault this death followed from (see is_consequence)
 
@@ -64,6 +78,7 @@ class FaultRecord:
         self.exception_class = fingerprint.exception_class(self.exception)
         self.kernel_family = fingerprint.kernel_family(self.kernel) if self.kernel else ""
         self.signature = fingerprint.signature(self.exception, self.kernel, self.top_frame)
+        self.kind = fault_kind(self.source, self.exception_class, f"{self.exception} {self.cuda_error}")
         match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence))
         self.known_issue = match.as_dict() if match else None
         return self
@@ -260,17 +275,83 @@ def related(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return qa == pb or qb == pa or (qa == qb and qa > 1)
 
 
-def is_consequence(rec: FaultRecord, cause: FaultRecord, window_s: float = CONSEQUENCE_WINDOW_S) -> bool:
+@dataclass(frozen=True)
+class FaultInfo:
+    """A journaled fault without its evidence: what sentinel_fault_info exports, and what a later
+    death is compared with (``is_consequence``). ``strength`` is ``strength(record)``."""
+
+    id: int | None
+    kind: str
+    signature: str
+    exception_class: str
+    kernel_family: str
+    known_issue: dict[str, Any] | None
+    identity: dict[str, Any]
+    created_at: float
+    died_at: float
+    strength: int
+
+    @classmethod
+    def of(cls, rec: FaultRecord) -> FaultInfo:
+        return cls(rec.id, rec.kind, rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue,
+                   dict(rec.identity or {}), rec.created_at, rec.died_at, strength(rec))
+
+
+class CauseIndex:
+    """Recent faults that may explain a related death (``is_consequence``), looked up by what
+    ``related`` compares, so a storm of deaths costs a few dictionary lookups each, not a scan."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple, list[FaultInfo]] = {}
+        self._all: list[FaultInfo] = []  # in the order added
+
+    def add(self, info: FaultInfo) -> None:
+        self._all.append(info)
+        for key in self._keys_of(info.identity):
+            self._by_key.setdefault(key, []).append(info)
+
+    def prune(self, before: float) -> None:
+        """Forget the faults of processes that died before ``before``."""
+        if self._all and self._all[0].died_at < before:
+            self._all = [r for r in self._all if r.died_at >= before]
+            self._by_key = {}
+            for info in self._all:
+                for key in self._keys_of(info.identity):
+                    self._by_key.setdefault(key, []).append(info)
+
+    def cause_of(self, rec: FaultRecord, window_s: float) -> FaultInfo | None:
+        """The newest indexed fault that ``rec`` is a consequence of, if any."""
+        ident = rec.identity or {}
+        host, pid, ppid = ident.get("host"), ident.get("pid"), ident.get("ppid") or -1
+        keys = [("job", ident["job"])] if ident.get("job") else []
+        keys += [("pid", host, ppid), ("ppid", host, pid)] + ([("ppid", host, ppid)] if ppid > 1 else [])
+        found = [c for key in keys for c in self._by_key.get(key, ()) if is_consequence(rec, c, window_s)]
+        return max(found, key=lambda c: c.created_at) if found else None
+
+    @staticmethod
+    def _keys_of(ident: dict[str, Any]) -> list[tuple]:
+        # The keys under which a later death finds this fault: its job, its pid (a child of it), its
+        # ppid (its parent, or a sibling).
+        host = ident.get("host")
+        keys = [("job", ident["job"])] if ident.get("job") else []
+        if ident.get("pid") is not None:
+            keys.append(("pid", host, ident["pid"]))
+        if (ident.get("ppid") or -1) > 1:
+            keys.append(("ppid", host, ident["ppid"]))
+        return keys
+
+
+def is_consequence(rec: FaultRecord, cause: FaultInfo, window_s: float = CONSEQUENCE_WINDOW_S) -> bool:
     """Whether ``rec`` is a consequence of ``cause``: a related process whose stronger fault (see
     ``strength``) came within ``window_s`` seconds of this death, before or after it (a parent
     killing its children after one crashed, or children dying with their crashed parent)."""
-    return (window_s > 0 and cause.id is not None and cause.consequence_of is None and bool(rec.died_at)
+    return (window_s > 0 and cause.id is not None and bool(rec.died_at)
             and bool(cause.died_at)
-            and abs(rec.died_at - cause.died_at) <= window_s and strength(cause) > strength(rec)
+            and abs(rec.died_at - cause.died_at) <= window_s and cause.strength > strength(rec)
             and related(rec.identity or {}, cause.identity or {}))
 
 
-def link_consequence(rec: FaultRecord, cause: FaultRecord) -> FaultRecord:
+def link_consequence(rec: FaultRecord, cause: FaultInfo) -> FaultRecord:
     """Mark ``rec`` as a consequence of ``cause`` (journaled, shown by triage, not paged)."""
     rec.consequence_of = cause.id
     ci = cause.identity or {}
@@ -283,7 +364,7 @@ def render_report(rec: FaultRecord) -> str:
     """A report for a person: what, where, known issue, evidence, where to look."""
     ident = rec.identity or {}
     head = f"Fault {rec.id}" if rec.id is not None else "Fault"
-    lines = [f"{head}  signature {rec.signature}  ({rec.source})"]
+    lines = [f"{head}  signature {rec.signature}  ({', '.join(x for x in (rec.kind, rec.source) if x)})"]
     if rec.consequence_of is not None:
         lines.append(f"  consequence of fault {rec.consequence_of}: see `sentinel triage --fault {rec.consequence_of}`")
     lines.append(f"  exception   {rec.exception}  [{rec.exception_class}]")

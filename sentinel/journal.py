@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS faults (
     core_deleted INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     record TEXT NOT NULL,
-    consequence_of INTEGER
+    consequence_of INTEGER,
+    kind TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS faults_signature ON faults (signature, id);
 CREATE TABLE IF NOT EXISTS xids (
@@ -80,8 +81,23 @@ CREATE TABLE IF NOT EXISTS hangs (
 );
 """
 SCHEMA_VERSION = "2"
-# Columns added since version 1, brought into an older journal when it is opened.
-MIGRATIONS = (("faults", "consequence_of", "INTEGER"),)
+# Columns added since version 1, brought into an older journal when it is opened: (table, column,
+# declaration, how to fill existing rows or None).
+MIGRATIONS = (
+    ("faults", "consequence_of", "INTEGER", None),
+    ("faults", "kind", "TEXT NOT NULL DEFAULT ''", lambda db: _fill_fault_kinds(db)),
+)
+
+
+def _fill_fault_kinds(db: sqlite3.Connection) -> None:
+    """faults.fault_kind for the rows of a version-1 journal, from their records."""
+    from .faults import fault_kind
+
+    rows = db.execute("SELECT id, source, exception_class, record FROM faults WHERE kind = ''").fetchall()
+    for fid, source, exc, record in rows:
+        d = json.loads(record)
+        kind = fault_kind(source, exc, f"{d.get('exception', '')} {d.get('cuda_error', '')}")
+        db.execute("UPDATE faults SET kind = ? WHERE id = ?", (kind, fid))
 
 
 class Journal:
@@ -108,9 +124,12 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        for table, column, decl in MIGRATIONS:
+        for table, column, decl, fill in MIGRATIONS:
             if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                with self.db:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    if fill is not None:
+                        fill(self.db)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def save(self, states: list[ProcessState]) -> int:
@@ -202,10 +221,10 @@ class Journal:
         with self.db:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO faults (dedupe_key, signature, source, exception_class, kernel_family, "
-                "known_issue, core_path, created_at, record, consequence_of) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "known_issue, core_path, created_at, record, consequence_of, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.dedupe_key, rec.signature, rec.source, rec.exception_class, rec.kernel_family,
                  rec.known_issue["id"] if rec.known_issue else None, rec.core_path, rec.created_at,
-                 json.dumps(rec.as_dict(), default=str), rec.consequence_of),
+                 json.dumps(rec.as_dict(), default=str), rec.consequence_of, rec.kind),
             )
         return cur.lastrowid if cur.rowcount else None
 
@@ -219,19 +238,24 @@ class Journal:
             rec.setdefault("notes", []).append("coredump deleted by retention")
         return rec
 
-    def faults(self, limit: int = 50) -> list[dict[str, Any]]:
+    def faults(self, limit: int = 50, since: float | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` fault records (created at or after ``since``, if given), newest first."""
         out = []
-        for fid, rec in self.db.execute("SELECT id, record FROM faults ORDER BY id DESC LIMIT ?", (limit,)):
+        q = "SELECT id, record, kind, consequence_of FROM faults WHERE created_at >= ? ORDER BY id DESC LIMIT ?"
+        for fid, rec, kind, consequence_of in self.db.execute(q, (-1.0 if since is None else since, limit)):
             d = json.loads(rec)
             d["id"] = fid
+            d["kind"] = kind  # older records have it only in the column (filled on migration)
+            d["consequence_of"] = consequence_of
             out.append(d)
         return out
 
-    def fault_counts(self) -> dict[tuple[str, str, str, str], int]:
-        """Faults of their own (consequences apart), by (signature, exception, kernel family, known issue)."""
-        q = ("SELECT signature, exception_class, kernel_family, COALESCE(known_issue, ''), COUNT(*) FROM faults "
-             "WHERE consequence_of IS NULL GROUP BY 1, 2, 3, 4")
-        return {(sig, exc, fam, ki): n for sig, exc, fam, ki, n in self.db.execute(q)}
+    def fault_counts(self) -> dict[tuple[str, str, str, str, str], int]:
+        """Faults of their own (consequences apart), by (signature, exception, kernel family, known issue,
+        kind)."""
+        q = ("SELECT signature, exception_class, kernel_family, COALESCE(known_issue, ''), kind, COUNT(*) FROM faults "
+             "WHERE consequence_of IS NULL GROUP BY 1, 2, 3, 4, 5")
+        return {(sig, exc, fam, ki, kind): n for sig, exc, fam, ki, kind, n in self.db.execute(q)}
 
     def consequence_counts(self) -> dict[tuple[str, str], int]:
         """Deaths journaled as consequences of another fault, by (the cause's signature, exception)."""

@@ -84,6 +84,9 @@ class ProcessState:
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
     config_errors: int = 0  # bad values the hooks found in their environment config
+    contained: int = 0  # page-table entries contain mode redirected to the reserved page
+    mode: str = ""  # the probes' mode (ringformat.PROBE_MODES), from the header
+    idle: bool | None = None  # the engine has no work (None: its adapter does not say), from the header
     crash_checked: bool = False  # a died process's fault record (coredump or crash) is settled
     bad_records: int = 0  # valid records whose values are out of bounds: refused, not applied
 
@@ -118,6 +121,8 @@ class ProcessState:
         if self.by_kind[rf.Kind.EVENT]:
             cfg = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONFIG_ERROR_EVENT)], "a")
             self.config_errors += int(cfg["a"].sum())
+            held = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONTAINED_EVENT)], "a")
+            self.contained += int(held["a"].sum())
 
     def rebuild(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
         """Restore derived context (last records, step times, collective progress) from records
@@ -222,7 +227,7 @@ class ProcessState:
     def extra(self) -> dict[str, Any]:
         return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
                 "adapter_errors": self.adapter_errors, "crash_checked": self.crash_checked,
-                "config_errors": self.config_errors,
+                "config_errors": self.config_errors, "contained": self.contained,
                 "bad_records": self.bad_records}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
@@ -231,6 +236,7 @@ class ProcessState:
         self.batch = {str(k): int(v) for k, v in dict(extra.get("batch", {})).items()}
         self.adapter_errors = {str(k): int(v) for k, v in dict(extra.get("adapter_errors", {})).items()}
         self.config_errors = int(extra.get("config_errors", 0))
+        self.contained = int(extra.get("contained", 0))
         self.crash_checked = bool(extra.get("crash_checked", True))  # older journals: taken as settled
         self.bad_records = int(extra.get("bad_records", 0))
 
@@ -243,6 +249,10 @@ class ProcessState:
         self.step = header["step"]
         self.last_step_ns = header["last_step_ns"]
         self.dropped = header["dropped"]
+        mode = header.get("mode", 0)
+        self.mode = rf.PROBE_MODES[mode] if 0 <= mode < len(rf.PROBE_MODES) else ""
+        idle = header.get("idle", 0)
+        self.idle = None if idle == 0 else idle > 1
 
     def step_p99_s(self) -> float | None:
         if len(self.step_ns) < 8:
@@ -287,6 +297,9 @@ class ProcessState:
             groups={name: g.view() for name, g in self.groups.items()},
             adapter_errors=dict(self.adapter_errors),
             config_errors=self.config_errors,
+            contained=self.contained,
+            mode=self.mode,
+            idle=self.idle,
         )
 
 
@@ -317,6 +330,9 @@ class ProcessView:
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     adapter_errors: dict[str, int] = field(default_factory=dict)
     config_errors: int = 0
+    contained: int = 0
+    mode: str = ""
+    idle: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()
@@ -346,6 +362,9 @@ class ProcessView:
             "violations": self.violations,
             "page_table_headroom": None if self.headroom is None else self.headroom[0],
             "probe_executions": self.probe_execs,
+            "mode": self.mode,
+            "contained": self.contained,
+            "idle": self.idle,
             "groups": self.groups,
         }
 
@@ -359,8 +378,9 @@ class Snapshot:
     processes: tuple[ProcessView, ...] = ()
     hangs: tuple[Any, ...] = ()
     hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)
-    faults: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    faults: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)  # ... known issue, kind
     fault_consequences: dict[tuple[str, str], int] = field(default_factory=dict)  # (cause signature, exception)
+    recent_faults: tuple[Any, ...] = ()  # faults.FaultInfo of the last dead_ttl_s (the newest 1000), not consequences
     xids: dict[tuple[str, int], int] = field(default_factory=dict)
     gpus: tuple[Any, ...] = ()
     coredump_bytes: int = 0
@@ -375,3 +395,5 @@ class Snapshot:
     taken_at: float = 0.0
     dir_free_bytes: int = -1  # on SENTINEL_DIR's filesystem; -1: unknown
     journal_errors: int = 0
+    rings_deleted: int = 0  # rings of forgotten dead processes deleted by the daemon
+    ring_delete_errors: int = 0

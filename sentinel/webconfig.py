@@ -295,6 +295,13 @@ def require_basic_auth(app: Callable, auth: BasicAuth) -> Callable:
     return guarded
 
 
+def _route(default: Callable, paths: dict[str, Callable]) -> Callable:
+    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        return paths.get(environ.get("PATH_INFO", ""), default)(environ, start_response)
+
+    return route
+
+
 class _Handler(WSGIRequestHandler):
     # A client that stalls (in the TLS handshake too) ties up only its own thread, and only this long.
     timeout = HANDLER_TIMEOUT_S
@@ -308,8 +315,9 @@ class _Handler(WSGIRequestHandler):
         pass  # no line per scrape
 
 
-def serve(app: Callable, host: str, port: int, cfg: WebConfig) -> tuple:
-    """Serve ``app`` on host:port with ``cfg``'s TLS and basic auth, from a daemon thread.
+def serve(app: Callable, host: str, port: int, cfg: WebConfig, unauthenticated: dict[str, Callable] | None = None) -> tuple:
+    """Serve ``app`` on host:port with ``cfg``'s TLS and basic auth, from a daemon thread; the paths in
+    ``unauthenticated`` go to their own app, without basic auth (TLS still applies).
     Returns (server, thread), like prometheus_client's start_http_server."""
     from prometheus_client.exposition import ThreadingWSGIServer
 
@@ -324,6 +332,8 @@ def serve(app: Callable, host: str, port: int, cfg: WebConfig) -> tuple:
 
     if cfg.users:
         app = require_basic_auth(app, BasicAuth(cfg.users))
+    if unauthenticated:
+        app = _route(app, unauthenticated)
     httpd = make_server(sockaddr[0], port, app, Server, handler_class=_Handler)
     if cfg.tls is not None:
         ctx = ssl_context(cfg.tls)

@@ -240,7 +240,11 @@ def test_coredump_becomes_a_matched_fault_record(h, tmp_path):
 
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
         assert (f'sentinel_faults_total{{exception="illegal_address",kernel_family="paged_gather",'
-                f'known_issue="paged-kv-page-index-off-by-one",signature="{rec["signature"]}"}} 1.0') in text
+                f'kind="cuda",known_issue="paged-kv-page-index-off-by-one",signature="{rec["signature"]}"}} 1.0') in text
+        # What the alert fires from: the process, with the fault's kind and signature.
+        assert (f'sentinel_fault_info{{exception="illegal_address",fault_id="{rec["id"]}",host="{socket.gethostname()}",'
+                f'job_id="",kernel_family="paged_gather",kind="cuda",known_issue="paged-kv-page-index-off-by-one",'
+                f'local_rank="",namespace="",pid="{pid}",pod="",rank="",signature="{rec["signature"]}"}} 1.0') in text
         assert "sentinel_triage_duration_seconds_count 1.0" in text
         d.persist()
     finally:
@@ -538,7 +542,7 @@ def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
         assert parent["exception_class"] == "killed" and parent["consequence_of"] == child["id"]
         assert any(f"a consequence of fault {child['id']}" in n for n in parent["notes"])
         # Paged once, for the child's signature; the parent is counted apart.
-        assert list(d.fault_counts) == [(child["signature"], "sigsegv", "", "")]
+        assert list(d.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
         assert d.consequence_counts == {(child["signature"], "killed"): 1}
         assert faults.render_report(faults.FaultRecord.from_dict(parent)).splitlines()[1] == (
             f"  consequence of fault {child['id']}: see `sentinel triage --fault {child['id']}`")
@@ -548,7 +552,7 @@ def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
     again = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, nvml=False))
     try:
         assert again.consequence_counts == {(child["signature"], "killed"): 1}
-        assert list(again.fault_counts) == [(child["signature"], "sigsegv", "", "")]
+        assert list(again.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
     finally:
         again.close()
     listing = h.run([h.sentinel, "triage", "--dir", h.dir, "--list"], env=h.env())

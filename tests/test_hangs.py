@@ -147,8 +147,13 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         assert f'sentinel_hang_culprit{{group_rank="{STRAGGLER}",job_id="hangtest",pg="0",' \
                f'rank="{STRAGGLER}",reason="{reason}"}} 1.0' in text
         assert 'sentinel_collective_hangs_total{job_id="hangtest",pg="0"} 1.0' in text
-        assert re.search(r'sentinel_collective_seq\{[^}]*job_id="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
-                         + str(float(HANG_AT)), text)
+        (rank0,) = [p for p in d.snapshot.processes if p.identity.get("rank") == 0]
+        assert rank0.groups["0"]["last_enqueued"] == HANG_AT
+        # Exported while it lives (a dead rank's sequence numbers end with it: in "die" mode gloo's
+        # peers see the closed connection and exit too).
+        exported = re.search(r'sentinel_collective_seq\{[^}]*job_id="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
+                             + str(float(HANG_AT)), text)
+        assert bool(exported) == rank0.alive, (rank0.alive, exported)
         d.poll_once()
         assert d.hangs_total == {("hangtest", "0"): 1}
         rows = d.journal.hang_rows()

@@ -40,6 +40,7 @@ def _reset_probe_state() -> None:
     runtime.reset_for_tests()
     probes._config = None
     probes._sites.clear()
+    probes._refused.clear()
 
 
 class Ring:
@@ -401,6 +402,68 @@ def test_contain_rewrites_in_prefix_entries_in_place(ring, monkeypatch, dtype):
     assert ring.new() == [kv_ctx(10, 10, 2), probe(OOB, 2, 10, 10), probe(TRAIL, 1, -1, 10)]
     sh.check_paged_kv(t, 10, seq_lens=seq_lens, page_size=16)
     assert ring.new() == [kv_ctx(3, 10, 2), probe(TRAIL, 1, -1, 10)]
+
+
+def _events(code: int) -> list[tuple[int, str]]:
+    """This process's EVENT records of ``code``: (a, tag name)."""
+    reader = RingReader(sh.stats()["ring"])
+    try:
+        recs = reader.tail(writer_alive=True).records
+        ev = recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == code)]
+        return [(int(r["a"]), reader.name(int(r["tag"]))) for r in ev]
+    finally:
+        reader.close()
+
+
+def _mode_word() -> str:
+    reader = RingReader(sh.stats()["ring"])
+    try:
+        return rf.PROBE_MODES[reader.header["mode"]]
+    finally:
+        reader.close()
+
+
+def test_contain_counts_what_it_redirects_and_publishes_the_mode(ring, monkeypatch):
+    monkeypatch.setenv("SENTINEL_MODE", "contain")
+    monkeypatch.setenv("SENTINEL_CONTAIN_PAGE", "0")
+    t = torch.tensor([[10, 3, -1]], dtype=torch.int32)
+    sh.check_paged_kv(t, 10)
+    assert t.tolist() == [[0, 3, 0]]
+    assert _events(rf.CONTAINED_EVENT) == [(2, "paged_kv")]
+    assert _mode_word() == "contain"
+    sh.configure(mode="observe")
+    assert _mode_word() == "observe"
+
+
+def test_a_contain_page_outside_the_cache_is_refused_and_counted(ring, monkeypatch, caplog):
+    """SENTINEL_CONTAIN_PAGE=99999 once turned an off-by-one into a far out-of-bounds read and crashed
+    the server. A page outside [0, num_pages) is never written: the call observes, and the setting
+    is logged and counted as a config error, once per site."""
+    monkeypatch.setenv("SENTINEL_MODE", "contain")
+    monkeypatch.setenv("SENTINEL_CONTAIN_PAGE", "99999")
+    t = torch.tensor([[10, 3]], dtype=torch.int32)
+    for _ in range(3):
+        sh.check_paged_kv(t, 10, name="attn")
+    assert t.tolist() == [[10, 3]]  # untouched
+    assert only(ring.new(), PROBE) == [probe(OOB, 1, 10, 10, name="attn")] * 3  # still reported
+    assert _events(rf.CONTAINED_EVENT) == []
+    assert _events(rf.CONFIG_ERROR_EVENT) == [(1, "")]
+    assert sum("SENTINEL_CONTAIN_PAGE=99999" in r.getMessage() for r in caplog.records) == 1
+    big = torch.tensor([[100000, 3]], dtype=torch.int32)
+    sh.check_paged_kv(big, 100000, name="big")  # there the page is a page of the cache: redirected
+    assert big.tolist() == [[99999, 3]]
+    assert _events(rf.CONTAINED_EVENT) == [(1, "big")]
+
+
+def test_a_bad_ring_capacity_is_counted(ring, monkeypatch):
+    monkeypatch.setenv("SENTINEL_RING_CAPACITY", "1000")
+    sh.step()
+    assert _events(rf.CONFIG_ERROR_EVENT) == [(1, "")]
+    reader = RingReader(sh.stats()["ring"])
+    try:
+        assert reader.capacity == rf.DEFAULT_CAPACITY
+    finally:
+        reader.close()
 
 
 def test_configure_rejects_bad_values(ring):

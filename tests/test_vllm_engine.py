@@ -146,8 +146,11 @@ def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
         alive = by_pid(h.samples(text, "sentinel_process_alive"))
         steps = by_pid(h.samples(text, "sentinel_process_step"))
         batch = by_pid(h.samples(text, "sentinel_batch_steps_total", condition="all"))
+        # Generation is over: the engine core waits on its input queue, idle (only it reports it).
+        idle = by_pid(h.samples(text, "sentinel_process_idle"))
         ok = ({core, worker} <= set(info) and alive.get(core) == alive.get(worker) == 1
-              and steps.get(worker, 0) >= len(builds) and steps.get(core, 0) >= 1 and batch.get(worker) == len(builds))
+              and steps.get(worker, 0) >= len(builds) and steps.get(core, 0) >= 1 and batch.get(worker) == len(builds)
+              and idle == {core: 1})
         return text if ok else None
 
     text = h.wait_for(settled, timeout=30, what="the daemon to see the live engine core and worker")

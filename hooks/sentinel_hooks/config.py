@@ -3,7 +3,9 @@
     SENTINEL_MODE          observe (default) | trap | contain
     SENTINEL_SAMPLE_EVERY  run the probes on every Nth call of each probe site (default 1)
     SENTINEL_CHECKS        comma list of probes to run: paged_kv, strides, batch (default: all)
-    SENTINEL_CONTAIN_PAGE  the reserved page that `contain` mode redirects bad indices to (default 0)
+    SENTINEL_CONTAIN_PAGE  the reserved page that `contain` mode redirects bad indices to (default 0);
+                           one the allocator never hands out, and inside every checked cache (a page
+                           >= a call's num_pages is refused there: that call only observes)
     SENTINEL_DRAIN_MS      how often the drain thread copies device counters out (default 100)
 """
 

@@ -37,12 +37,13 @@ _triton_ok: bool | None = None
 class Site:
     """A probe call site (a name). On CUDA it owns one accumulator row per device."""
 
-    __slots__ = ("name", "calls", "rows", "views", "kind")
+    __slots__ = ("name", "calls", "rows", "views", "kind", "contain")
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
         self.kind = kind
         self.calls = 0
+        self.contain = False  # the last launch redirected bad indices (contain mode): its OOB count is contained
         self.rows: dict[int, int] = {}  # device index -> slab row
         self.views: dict[int, Any] = {}  # device index -> the row's tensor view, made once
 
@@ -127,6 +128,7 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
     row = slab_row(torch, site, page_table.device)
     if row is None:
         return
+    site.contain = contain
     if triton_available():
         from .kernels import launch_paged_kv as launch
 
@@ -310,6 +312,8 @@ def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
                 offending = offending_index(cur[BADMAX], cur[BADMIN], num_pages) if field == OOB else -1
                 first = cur[FIRST_BAD_CALL] if field == OOB else -1
                 w.emit(rf.Kind.PROBE, check, delta, offending, num_pages, tag, min(first, 0xFFFFFFFF) & 0xFFFFFFFF)
+                if field == OOB and site.contain:  # the kernel redirected each of them
+                    w.emit(rf.Kind.EVENT, rf.CONTAINED_EVENT, delta, 0, 0, tag)
         slab.prev[row] = cur
 
 

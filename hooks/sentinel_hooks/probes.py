@@ -26,12 +26,13 @@ from typing import Any
 
 from . import device, runtime
 from . import ringformat as rf
-from .config import ProbeConfig
+from .config import INT32_MAX, ProbeConfig
 from .device import Site
 from .writer import FsPolicy
 
 _config: ProbeConfig | None = None
 _sites: dict[tuple[str, str], Site] = {}
+_refused: set[str] = set()  # probe sites whose contain page was refused (logged and counted once)
 _evidence_seq = itertools.count(1)
 
 
@@ -54,10 +55,9 @@ def config() -> ProbeConfig:
         for msg in problems:
             runtime.log_once("cfg:" + msg, msg)
         if problems:  # once per process: the daemon counts them (sentinel_hook_config_errors_total)
-            try:
-                runtime.writer().emit(rf.Kind.EVENT, rf.CONFIG_ERROR_EVENT, len(problems))
-            except Exception:
-                pass
+            runtime.writer()
+            runtime.count_config_error(len(problems))
+        runtime.set_mode(cfg.mode)
         _config = cfg
     return _config
 
@@ -72,6 +72,7 @@ def configure(*, mode: str | None = None, sample_every: int | None = None, check
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         cfg.mode = mode
+        runtime.set_mode(mode)
     if sample_every is not None:
         if int(sample_every) < 1:
             raise ValueError("sample_every must be >= 1")
@@ -82,8 +83,27 @@ def configure(*, mode: str | None = None, sample_every: int | None = None, check
             raise ValueError(f"unknown probes {sorted(wanted - set(PROBES))}; known: {PROBES}")
         cfg.enabled = wanted
     if contain_page is not None:
+        if not 0 <= int(contain_page) <= INT32_MAX:
+            raise ValueError(f"contain_page must be a page index from 0 to {INT32_MAX}, got {contain_page!r}")
         cfg.contain_page = int(contain_page)
     return cfg
+
+
+def _contain(cfg: ProbeConfig, name: str, num_pages: int) -> bool:
+    """Whether this call redirects bad indices. Only to a page inside the cache: a contain page past
+    num_pages would turn an off-by-one into a far out-of-bounds read. Such a page is refused: the
+    call observes instead, and the bad setting is logged and counted once per site."""
+    if cfg.mode != "contain":
+        return False
+    if 0 <= cfg.contain_page < num_pages:
+        return True
+    key = f"contain-page:{name}"
+    if key not in _refused:
+        _refused.add(key)
+        runtime.log_once(key, "SENTINEL_CONTAIN_PAGE=%d is not a page of %s's KV cache (%d pages): not redirecting "
+                         "there, observing instead", cfg.contain_page, name, num_pages)
+        runtime.count_config_error()
+    return False
 
 
 def _site(kind: str, name: str) -> Site:
@@ -155,7 +175,7 @@ def check_paged_kv(page_table: Any, num_pages: int, *, seq_lens: Any = None, pag
             runtime.log_once("pt-dim:" + name, "check_paged_kv(%s): page_table must be 2-D, got %d-D; skipped",
                              name, page_table.dim())
             return
-        contain = cfg.mode == "contain"
+        contain = _contain(cfg, name, num_pages)
         if page_table.is_cuda and not (cfg.mode == "trap" and not capturing):
             device.note_num_pages(site, num_pages)
             device.launch_paged_kv(torch, site, page_table, num_pages, seq_lens, page_size, cu_seqlens_q,
@@ -183,6 +203,7 @@ def _paged_kv_direct(torch: Any, w: Any, cfg: ProbeConfig, name: str, page_table
                     "page_size": page_size, "num_pages": num_pages}
     if contain and oob:
         page_table.masked_fill_(s["bad_mask"], cfg.contain_page)
+        w.emit(rf.Kind.EVENT, rf.CONTAINED_EVENT, oob, 0, 0, tag)
     if oob:
         _violation(w, cfg, rf.Check.PAGE_TABLE_OOB, name, oob, badval, num_pages, 0,
                    f"{oob} page index(es) outside [0, {num_pages}) in the region the kernel reads "

@@ -11,8 +11,9 @@ Layout of a ring file (little endian, no padding)::
 
 Record ``n`` (1-based, ever increasing) lives in slot ``(n - 1) % capacity``. The writer packs a
 record with one ``struct.pack_into`` call, which zeroes the slot and then stores the fields in
-order: ``seq`` first, ``seq_end`` last. A reader accepts a slot only if ``seq == seq_end == n`` and ``seq`` still reads
-``n`` after the slot was copied (a seqlock check). So a record torn by SIGKILL, or being
+order: ``seq`` first, ``seq_end`` last. A reader accepts a slot only if ``seq_end`` already read
+``n`` before it copied the slot, ``seq == seq_end == n`` in the copy, and ``seq`` still reads ``n``
+after the copy (a seqlock). So a record torn by SIGKILL, being written while it is read, or being
 overwritten while it is read, is never taken as valid. The header's mutable words have no such
 check, so each is written and read as one aligned 8-byte access instead (see ``Word``).
 """
@@ -35,6 +36,7 @@ STRINGS_SIZE = 12288
 RECORDS_OFFSET = STRINGS_OFFSET + STRINGS_SIZE
 RING_SUFFIX = ".ring"
 DEFAULT_CAPACITY = 1 << 16  # 64Ki slots x 64 B = 4 MiB per process, touched only as written
+MAX_CAPACITY = 1 << 26  # 4 GiB of records: more is refused by readers as a corrupt header
 
 
 class Kind(enum.IntEnum):
@@ -91,6 +93,7 @@ COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
 # EVENT records' ``code`` values that Sentinel itself writes (user events use any other code).
 ADAPTER_ERROR_EVENT = 0xFA11  # a framework adapter failed and switched off; a = 1, tag = "adapter:<name>"
 CONFIG_ERROR_EVENT = 0xC0F1  # bad values in the hooks' environment config (defaults used); a = how many
+CONTAINED_EVENT = 0xC047  # contain mode redirected page-table entries to the reserved page; a = how many, tag = site
 
 BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
 BATCH_OVER_BUDGET = 2
@@ -170,6 +173,15 @@ class Word(enum.IntEnum):
     # Even while the identity block is stable, odd while the writer rewrites it. Rings written
     # before this word existed have 0 here: stable.
     IDENTITY_GEN = 5
+    MODE = 6  # the probes' mode (PROBE_MODES index; 0: not configured yet, or an older ring)
+    # Whether the engine has work, for processes whose adapter can tell (vLLM's engine core, SGLang's
+    # scheduler): 0 does not report it, 1 busy, else time.time_ns() since it has been idle. An idle
+    # engine does not step, and its heartbeat ages without anything being stuck.
+    IDLE = 7
+
+
+# Values of Word.MODE: the probes' SENTINEL_MODE.
+PROBE_MODES = ("", "observe", "trap", "contain")
 
 
 WORD_NAMES = tuple(w.name.lower() for w in Word)
@@ -248,7 +260,7 @@ def _unpack_identity(buf: bytes | memoryview) -> dict[str, Any]:
         or h["records_offset"] != RECORDS_OFFSET
         or cap <= 0
         or cap & (cap - 1)
-        or cap > 1 << 26
+        or cap > MAX_CAPACITY
     ):
         raise RingFormatError("bad_geometry", "header geometry does not match this format version")
     for name in IDENTITY_TEXT:

@@ -49,6 +49,12 @@ class NullWriter:
     def set_identity(self, **fields: Any) -> None:
         pass
 
+    def set_mode(self, mode: str) -> None:
+        pass
+
+    def set_idle(self, idle: bool) -> None:
+        pass
+
     def close(self, clean_exit: bool = True) -> None:
         pass
 
@@ -58,6 +64,8 @@ _start_lock = threading.Lock()
 _logged: set[str] = set()
 _identity_overrides: dict[str, Any] = {}
 _milestone_hooks: list[Callable[[int], Any]] = []
+_mode = ""  # the probes' mode, published in the ring header once there is a ring
+_pending_config_errors = 0  # bad config values found before the ring existed
 
 
 def at_step_milestones(fn: Callable[[int], Any]) -> None:
@@ -91,7 +99,52 @@ def _int_env(name: str, default: int) -> int:
         return int(os.environ.get(name, default))
     except ValueError:
         log_once("env:" + name, "ignoring %s=%r (not an integer)", name, os.environ.get(name))
+        count_config_error()
         return default
+
+
+def count_config_error(n: int = 1) -> None:
+    """Count bad config values (the defaults were used): one CONFIG_ERROR_EVENT record, which the
+    daemon exports as sentinel_hook_config_errors_total. Before the ring exists, they are written
+    when it is created. Never raises."""
+    global _pending_config_errors
+    try:
+        w = _writer
+        if isinstance(w, RingWriter):
+            w.emit(rf.Kind.EVENT, rf.CONFIG_ERROR_EVENT, n)
+        elif w is None:
+            _pending_config_errors += n
+    except Exception:
+        pass
+
+
+_idle: bool | None = None  # this process's engine, as its adapter last said (None: never said)
+
+
+def set_idle(idle: bool) -> None:
+    """An adapter's word that the engine has no work (True) or has some (False), for the ring header:
+    an idle engine does not step, and the daemon then tells idle from stuck. Writes only on a change,
+    so an engine loop may call it on every pass. Never raises."""
+    global _idle
+    if idle is _idle:
+        return
+    _idle = idle
+    try:
+        writer().set_idle(idle)
+    except Exception as exc:
+        failed("set_idle", exc)
+
+
+def set_mode(mode: str) -> None:
+    """The probes' mode, for the ring header (the daemon exports it). Never raises."""
+    global _mode
+    _mode = mode
+    try:
+        w = _writer
+        if w is not None:
+            w.set_mode(mode)
+    except Exception:
+        pass
 
 
 def start() -> RingWriter | NullWriter:
@@ -105,9 +158,10 @@ def start() -> RingWriter | NullWriter:
                 _writer = NullWriter("disabled")
                 return _writer
             capacity = _int_env("SENTINEL_RING_CAPACITY", rf.DEFAULT_CAPACITY)
-            if capacity <= 0 or capacity & (capacity - 1):
-                log_once("capacity", "SENTINEL_RING_CAPACITY=%d is not a power of two; using %d",
-                         capacity, rf.DEFAULT_CAPACITY)
+            if capacity <= 0 or capacity & (capacity - 1) or capacity > rf.MAX_CAPACITY:
+                log_once("capacity", "SENTINEL_RING_CAPACITY=%d is not a power of two from 1 to %d; using %d",
+                         capacity, rf.MAX_CAPACITY, rf.DEFAULT_CAPACITY)
+                count_config_error()
                 capacity = rf.DEFAULT_CAPACITY
             identity = identity_from_env()
             identity.update(_identity_overrides)
@@ -123,6 +177,10 @@ def start() -> RingWriter | NullWriter:
             w.emit(rf.Kind.MARK, rf.Mark.START)
             if _milestone_hooks:
                 w.on_milestone = _run_milestones
+            if _mode:
+                w.set_mode(_mode)
+            if _pending_config_errors:
+                w.emit(rf.Kind.EVENT, rf.CONFIG_ERROR_EVENT, _pending_config_errors)
             _writer = w
         except Exception as exc:  # no dir, full disk, bad environment: run on as a no-op
             _writer = NullWriter(f"{type(exc).__name__}: {exc}")
@@ -181,9 +239,10 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     # The child must not write into its parent's ring, nor keep its parent's lock alive.
-    global _writer, _start_lock
+    global _writer, _start_lock, _idle
     w = _writer
     _writer = None
+    _idle = None  # the child's own engine, if any, says so itself
     _start_lock = threading.Lock()
     if isinstance(w, RingWriter):
         w.abandon()
@@ -195,10 +254,11 @@ if hasattr(os, "register_at_fork"):
 
 def reset_for_tests() -> None:
     """Close the writer and forget state (tests only)."""
-    global _writer, errors
+    global _writer, errors, _mode, _pending_config_errors, _idle
     w = _writer
     _writer = None
     errors = 0
+    _mode, _pending_config_errors, _idle = "", 0, None
     _logged.clear()
     _identity_overrides.clear()
     if w is not None:

@@ -295,6 +295,14 @@ class RingWriter:
             self._words[rf.Word.STRINGS_USED] = self._strings_used
             return tag
 
+    def set_idle(self, idle: bool) -> None:
+        """Publish whether the engine is idle (``ringformat.Word.IDLE``)."""
+        self._words[rf.Word.IDLE] = _time_ns() if idle else 1
+
+    def set_mode(self, mode: str) -> None:
+        """Publish the probes' mode (``ringformat.PROBE_MODES``) in the header."""
+        self._words[rf.Word.MODE] = rf.PROBE_MODES.index(mode) if mode in rf.PROBE_MODES else 0
+
     def set_identity(self, **fields: Any) -> None:
         """Update identity fields (rank, framework, ...) once a framework reveals them."""
         check_identity_fields(fields)

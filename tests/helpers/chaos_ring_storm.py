@@ -35,7 +35,10 @@ valid_paths: set = set()  # the valid rings' paths (the rest is junk or not a ri
 
 def vanish(paths: list, writers: list) -> None:
     for p in paths:
-        os.unlink(p)
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass  # the daemon deletes the rings of dead processes it forgets (past 256 kept)
     for w in writers:
         w.close(clean_exit=rng.random() < 0.5)  # no-op for those that exited already
 

@@ -170,6 +170,9 @@ def test_https_with_basic_auth(h, procs: Procs, tmp_path: Path, pki: Pki) -> Non
     for why, headers in refused.items():
         status, body = request(url, context=ctx, headers=headers)
         assert (status, "sentinel_" in body) == (401, False), why
+    # The health endpoint answers a probe without credentials (over TLS), and says nothing more.
+    health = url.replace("/metrics", "/-/healthy")
+    assert request(health, context=ctx, headers={}) == (200, "OK\n")
     # Plain HTTP on the TLS port gets nothing.
     with pytest.raises(OSError):
         request(url.replace("https://", "http://"), headers=good)
@@ -177,6 +180,29 @@ def test_https_with_basic_auth(h, procs: Procs, tmp_path: Path, pki: Pki) -> Non
     untrusted = ssl.create_default_context(cafile=str(pki.rogue_cert))
     with pytest.raises(OSError):
         request(url, context=untrusted, headers=good)
+
+
+def test_health_endpoint_follows_the_poll_loop() -> None:
+    """200 while snapshots are fresh, 503 once the poll loop has stopped publishing; no auth."""
+    import time
+
+    from sentinel.exporter import HEALTHY_POLL_AGE_S, build_registry, serve
+    from sentinel.state import Snapshot
+
+    snap = [Snapshot(taken_at=time.time())]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server, _thread = serve(build_registry(lambda: snap[0]), "127.0.0.1", port, None, lambda: snap[0])
+    try:
+        assert request(f"http://127.0.0.1:{port}/-/healthy") == (200, "OK\n")
+        snap[0] = Snapshot(taken_at=time.time() - HEALTHY_POLL_AGE_S - 1)
+        status, body = request(f"http://127.0.0.1:{port}/-/healthy")
+        assert status == 503 and "poll loop" in body
+        status, body = request(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "sentinel_daemon_polls_total" in body
+    finally:
+        server.shutdown()
 
 
 def test_a_stalled_client_holds_up_no_scrape(h, procs: Procs, tmp_path: Path, pki: Pki) -> None:

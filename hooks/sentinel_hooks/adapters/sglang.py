@@ -27,6 +27,8 @@ live in the scheduler process; TP workers are not separate processes):
 - ``ModelRunner.forward``: the heartbeat, ``note_batch``, and the identity (TP/PP/DP rank from
   ``sglang.srt.runtime_context.get_parallel()``, read at the first forward: SGLang publishes the
   ranks after plugins load).
+- ``Scheduler.on_idle`` / ``Scheduler.run_batch`` (optional): whether the engine has work, in the
+  ring header. An idle scheduler does not step, so the heartbeat alert leaves it alone.
 
 Entry point: ``sglang.srt.plugins``: ``sentinel = sentinel_hooks.adapters.sglang:register``. It
 arms the same lazy, fail-soft patches (not SGLang's HookRegistry, which would import every
@@ -46,6 +48,7 @@ RUNNER = "sglang.srt.model_executor.model_runner"
 TRTLLM = "sglang.srt.layers.attention.trtllm_mha_backend"
 FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 CANONICALIZE_MODULE = "sglang.kernels.ops.attention.utils"
+SCHEDULER = "sglang.srt.managers.scheduler"
 CANONICALIZE = "canonicalize_stride"
 
 # Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_sglang_source.py
@@ -55,6 +58,8 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     ("sglang.srt.plugins", "GENERAL_PLUGINS_GROUP"),
     ("sglang.srt.plugins", "load_plugins"),
     (RUNNER, "ModelRunner.forward"),
+    (SCHEDULER, "Scheduler.on_idle"),
+    (SCHEDULER, "Scheduler.run_batch"),
     (RUNNER, "ModelRunner.token_to_kv_pool_allocator"),
     (RUNNER, "ModelRunner.gpu_id"),
     ("sglang.srt.runtime_context", "get_parallel"),
@@ -121,6 +126,7 @@ class SGLangAdapter(Adapter):
             HookPoint(TRTLLM, self._patch_trtllm),
             HookPoint(FLASHINFER, self._patch_flashinfer),
             HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, required=False),
+            HookPoint(SCHEDULER, self._patch_scheduler_idle, required=False),
         ]
 
     # -- hook points -------------------------------------------------------------------------------
@@ -140,6 +146,23 @@ class SGLangAdapter(Adapter):
                              "against (%s); patching anyway, and it disables itself if a hook point is missing",
                              version or "unknown", ", ".join(self.verified_versions))
         runtime.set_identity(framework="sglang", framework_version=version[:31])
+
+    def _patch_scheduler_idle(self, module: ModuleType) -> None:
+        """The scheduler's idle state, for the heartbeat alert: with no batch to run, its event loop
+        calls on_idle() instead of run_batch(), and nothing steps."""
+        self.require(module, "Scheduler")
+        cls = module.Scheduler
+        self.require(cls, "on_idle", "run_batch")
+
+        def make_state(original, idle: bool):
+            def wrapper(scheduler, *args, **kwargs):
+                runtime.set_idle(idle)  # writes on a change only; never raises
+                return original(scheduler, *args, **kwargs)
+
+            return wrapper
+
+        self.patch(cls, "on_idle", lambda original: make_state(original, True))
+        self.patch(cls, "run_batch", lambda original: make_state(original, False))
 
     def _patch_runner(self, module: ModuleType) -> None:
         self.require(module, "ModelRunner")

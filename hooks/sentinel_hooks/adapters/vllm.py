@@ -21,6 +21,9 @@ patches, each when vLLM imports the module:
   (``sentinel_hooks.step()``) and, on the first step, its identity (rank, local rank, world
   size, TP/PP/DP rank from ``vllm.distributed.parallel_state``).
 - ``vllm.v1.engine.core.EngineCore.step`` / ``step_with_batch_queue``: the engine core's heartbeat.
+- ``vllm.v1.engine.core.EngineCoreProc._process_input_queue`` (optional): whether the engine has
+  work (``has_work()``), in the ring header. vLLM does not step while idle, so the heartbeat alert
+  leaves an idle engine, and the workers of its pod, alone.
 - ``canonicalize_singleton_dim_strides`` where backends imported it by name (flash_attn,
   flash_attn_diffkv, flashinfer, b12x, ...): ``check_strides`` sees each tensor *before* vLLM
   silently repairs a size-1 dimension's stride (seed 002). Record only: the original always runs.
@@ -61,6 +64,8 @@ CANONICALIZE = "canonicalize_singleton_dim_strides"
 # VLLM_SOURCE_VERSIONS), so a release that moves one fails in CI.
 RELIES_ON: tuple[tuple[str, str], ...] = (
     ("vllm", "__version__"),
+    ("vllm.v1.engine.core", "EngineCoreProc._process_input_queue"),
+    ("vllm.v1.engine.core", "EngineCoreProc.has_work"),
     ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
     ("vllm.v1.worker.utils", "AttentionGroup.get_metadata_builder"),
     ("vllm.v1.worker.utils", "AttentionGroup.backend"),
@@ -180,6 +185,7 @@ class VLLMAdapter(Adapter):
         self._noted_step = -1
         self._identity_done = False
         self._core_identity_done = False
+        self._idle_off = False  # the engine idle state failed once: reported no more
         self._checked_types: set[type] = set()
         self._stride_sites_tripped: set[str] = set()
 
@@ -189,6 +195,7 @@ class VLLMAdapter(Adapter):
             HookPoint("vllm.v1.worker.utils", self._patch_attention_group),
             HookPoint("vllm.v1.worker.worker_base", self._patch_worker),
             HookPoint("vllm.v1.engine.core", self._patch_engine_core),
+            HookPoint("vllm.v1.engine.core", self._patch_engine_idle, required=False),
         ]
         points += [HookPoint(m, self._patch_canonicalize, required=False) for m in CANONICALIZE_SITES]
         return points
@@ -254,6 +261,34 @@ class VLLMAdapter(Adapter):
             return execute_model
 
         self.patch(module.WorkerWrapperBase, "execute_model", make)
+
+    def _patch_engine_idle(self, module: ModuleType) -> None:
+        """The engine core's idle state, for the heartbeat alert: vLLM does not step while it has no
+        requests. EngineCoreProc._process_input_queue blocks on the input queue exactly then."""
+        self.require(module, "EngineCoreProc")
+        cls = module.EngineCoreProc
+        self.require(cls, "_process_input_queue", "has_work")
+        adapter = self
+
+        def make(original):
+            def _process_input_queue(core, *args, **kwargs):
+                report = adapter.active and not adapter._idle_off
+                if report:
+                    try:
+                        runtime.set_idle(not core.has_work())
+                    except Exception as exc:  # only the idle state goes: heartbeats and probes stay
+                        adapter._idle_off = True
+                        adapter.error("engine idle state off", exc)
+                        report = False
+                try:
+                    return original(core, *args, **kwargs)
+                finally:
+                    if report:
+                        runtime.set_idle(False)  # it returns when there is a step to take
+
+            return _process_input_queue
+
+        self.patch(cls, "_process_input_queue", make)
 
     def _patch_engine_core(self, module: ModuleType) -> None:
         self.require(module, "EngineCore")
