@@ -54,7 +54,7 @@ test-long: $(STAMP) tools
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# CPU benchmarks (data path, probe cost, daemon scaling, hang detection), each a dated section of
+# CPU benchmarks (data path, probe cost, daemon scaling, hang detection, bug to page), each a dated section of
 # bench/RESULTS.md. The GPU ones run on a CUDA machine in one call: `bash bench/gpu.sh` (or
 # `bash tests/gpu/run.sh`, the GPU tests and then the benchmarks); record them here with
 # `python bench/record_gpu.py OUTDIR`.
@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) bench/probes_cpu.py
 	$(PY) bench/scaling.py
 	$(PY) bench/hangs_cpu.py
+	$(PY) bench/page_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/out
