@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def promql(expr: str) -> str:
-    return expr.replace("$__rate_interval", "30s").replace('=~"$pod"', '=~".*"')
+    return build.to_promql(expr, rate_interval="30s")  # every variable at "All"
 
 
 def _legend(fmt: str, labels: dict) -> str:
