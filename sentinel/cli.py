@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from sentinel_hooks import ringformat as rf
@@ -201,6 +202,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    """The last records of a hooked process's ring, read directly (no daemon needed); --follow
+    prints new ones as they come until the process ends."""
+    from .faults import render_records
+    from .ringreader import RingReader
+    from .status import find_rings, format_record
+
+    try:
+        paths = find_rings(args.dir, args.pid, args.rank)
+    except FileNotFoundError:
+        print(f"sentinel tail: no rings in {args.dir} (is it the SENTINEL_DIR the server uses?)", file=sys.stderr)
+        return 2
+    if not paths:
+        who = f"pid {args.pid}" if args.pid is not None else f"rank {args.rank}"
+        print(f"sentinel tail: no ring of {who} in {rf.rings_dir(args.dir)}; `sentinel status` lists them",
+              file=sys.stderr)
+        return 1
+    try:
+        reader = RingReader(paths[0])
+    except (rf.RingFormatError, OSError) as exc:
+        print(f"sentinel tail: {paths[0]}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        h, alive = reader.header, reader.writer_alive()
+        top = reader.top_seq(full_scan=not alive)
+        state = "alive" if alive else ("exited" if h["exit_ns"] else "died")
+        rank = "-" if h["rank"] < 0 else h["rank"]
+        print(f"# {os.path.basename(paths[0])}: pid {h['pid']} rank {rank} {h['framework']} {state}, "
+              f"step {h['step']}, {top} records" + (f" ({len(paths) - 1} older rings of rank {args.rank})"
+                                                   if len(paths) > 1 else ""))
+        for d in render_records(reader.recent(top, args.lines), reader.name, limit=args.lines):
+            print(format_record(d), flush=True)
+        reader.last_seq = top
+        while args.follow and alive:
+            time.sleep(0.5)
+            alive = reader.writer_alive()
+            res = reader.tail(writer_alive=alive)
+            for d in render_records(res.records, reader.name, limit=len(res.records)):
+                print(format_record(d), flush=True)
+            if not alive:
+                print(f"# the process ended ({'exited' if reader.refresh_header()['exit_ns'] else 'died'})")
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        reader.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.vllm:
         from .demo_vllm import run_vllm_demo
@@ -237,6 +286,12 @@ def cmd_triage(args: argparse.Namespace) -> int:
         rec = faults.FaultRecord.from_dict(d)
     elif args.list:
         path = journal_path(args.dir)
+        if not os.path.isdir(args.dir):
+            print(f"sentinel triage: no such directory: {args.dir}", file=sys.stderr)
+            return 2
+        if not os.path.exists(path):
+            print(f"sentinel triage: no journal at {path}: no daemon has run with --dir {args.dir}", file=sys.stderr)
+            return 1
         j = Journal(path)
         try:
             rows = j.faults(limit=args.list)
@@ -244,12 +299,10 @@ def cmd_triage(args: argparse.Namespace) -> int:
             j.close()
         if args.json:
             print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"no faults journaled in {args.dir}")
         else:
-            for d in rows:
-                ki = (d.get("known_issue") or {}).get("id", "-")
-                link = f"  consequence of {d['consequence_of']}" if d.get("consequence_of") is not None else ""
-                print(f"{d['id']:>5}  {d['signature']}  {d['exception_class']:<22} {d.get('kernel_family') or '-':<36} "
-                      f"known: {ki}{link}")
+            print(faults.render_list(rows))
         return 0
     else:
         if args.cuda_gdb_output:
@@ -373,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hangs", action="store_true", help="show recorded collective hangs with their stacks")
     s.set_defaults(func=cmd_status)
 
+    tl = sub.add_parser("tail", help="print a hooked process's last ring records (no daemon needed); --follow for new ones",
+                        usage="sentinel tail (--pid PID | --rank RANK) [-n N] [--follow] [--dir DIR]")
+    who = tl.add_mutually_exclusive_group(required=True)
+    who.add_argument("--pid", type=int, help="the process's pid (as `sentinel status` shows it)")
+    who.add_argument("--rank", type=int, help="the newest ring of this rank")
+    tl.add_argument("-n", "--lines", type=positive_int, default=20, help="records to print (default: 20)")
+    tl.add_argument("-f", "--follow", action="store_true", help="then print new records until the process ends")
+    tl.add_argument("--dir", default=default_dir, help=f"SENTINEL_DIR (default: {DIR_DEFAULT})")
+    tl.set_defaults(func=cmd_tail)
+
     m = sub.add_parser("demo", help="run the built-in demo on this machine (CPU is enough), then summarise")
     m.add_argument("--duration", type=finite_float(0), default=20.0, help="seconds of workload (default: 20)")
     m.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
@@ -417,4 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "dir", "") is None and args.func is not cmd_demo:  # the demo makes a fresh one
         args.dir = rf.default_dir()
-    return int(args.func(args) or 0)
+    try:
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return rc
+    except BrokenPipeError:
+        # `sentinel status | head`: the reader left; say nothing more (and let the interpreter's
+        # final flush of stdout go nowhere).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -156,6 +156,7 @@ class Daemon:
         self.hangs_total = self.journal.hang_counts()
         self.hang_evidence: dict[tuple[str, str, int], dict] = {}
         self.fr_dir = os.path.join(config.base_dir, "fr")
+        self.fs_policy.make_dirs(self.fr_dir)  # watched for file events: it must exist (dumps land there later)
         self.fr_discovery = Discovery(self.fr_dir, config.rescan_interval, config.use_events, lambda n: not n.startswith("."))
         self.fr_seen: dict[str, float] = {}  # dump path -> mtime read
         self.fr_rejected = 0
@@ -268,15 +269,17 @@ class Daemon:
         # One line per process and check every VIOLATION_LOG_S: a violation every step must
         # not flood the log; the counters carry the totals.
         now = time.monotonic()
-        for check, tag, a, b, c, aux in state.new_violations:
+        for check, tag, a, b, c, aux, step in state.new_violations:
             key = (state.ring, check)
             if now - self._violation_logged.get(key, -1e9) < VIOLATION_LOG_S:
                 continue
             self._violation_logged[key] = now
             log.warning("invariant violation", extra={
                 "check": check, "site": reader.name(tag), "pid": state.identity.get("pid"),
-                "rank": state.identity.get("rank"), "count": a, "value": b, "limit": c, "aux": aux,
-                "step": state.step,
+                "rank": state.identity.get("rank"), "count": a,
+                # -1: not known (a length from the GPU path, an entry past a row's prefix)
+                "value": None if b == -1 and check in ("seqlens_invalid", "page_table_trailing_oob") else b,
+                "limit": c, "aux": aux, "step": step,  # the step of the violating call, not this poll's
             })
         state.new_violations.clear()
 

@@ -360,6 +360,24 @@ def link_consequence(rec: FaultRecord, cause: FaultInfo) -> FaultRecord:
     return rec
 
 
+def render_list(rows: list[dict[str, Any]]) -> str:
+    """`sentinel triage --list`: one line per journaled fault (``Journal.faults`` rows), newest first."""
+    table = [["ID", "TIME (UTC)", "KIND", "SIGNATURE", "EXCEPTION", "KERNEL", "PID", "RANK", "POD/HOST", "KNOWN ISSUE",
+              "NOTE"]]
+    for d in rows:
+        ident = d.get("identity") or {}
+        rank = ident.get("rank")
+        table.append([
+            str(d["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.get("created_at") or 0)),
+            d.get("kind") or "-", d["signature"], d["exception_class"], d.get("kernel_family") or "-",
+            str(ident.get("pid", "-")), "-" if rank in (None, -1) else str(rank),
+            ident.get("pod") or ident.get("host") or "-", (d.get("known_issue") or {}).get("id", "-"),
+            f"consequence of {d['consequence_of']}" if d.get("consequence_of") is not None else "",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
 def render_report(rec: FaultRecord) -> str:
     """A report for a person: what, where, known issue, evidence, where to look."""
     ident = rec.identity or {}

@@ -80,7 +80,7 @@ class ProcessState:
     last_tokens: int = -1
     token_budget: int = -1
     headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
-    new_violations: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
+    new_violations: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)  # ..., step
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
     config_errors: int = 0  # bad values the hooks found in their environment config
@@ -188,7 +188,7 @@ class ProcessState:
                     self.violations[label] = self.violations.get(label, 0) + int(n)
             # Keep the detail of the newest few for logs (the exporter only counts).
             for r in probes[-8:].tolist():
-                self.new_violations.append((CHECK_LABELS.get(r[4], "unknown"), r[5], r[7], r[8], r[9], r[6]))
+                self.new_violations.append((CHECK_LABELS.get(r[4], "unknown"), r[5], r[7], r[8], r[9], r[6], r[2]))
         ctx = recs[kind == rf.Kind.CONTEXT]
         if not len(ctx):
             return

@@ -1,4 +1,5 @@
-"""`sentinel status`: what is attached, read straight from the rings (no daemon needed).
+"""`sentinel status` and `sentinel tail`: what is attached, read straight from the rings (no daemon
+needed).
 
 Rings give the live truth; the journal adds processes whose ring files are gone and the
 daemon's read counters (torn records).
@@ -17,6 +18,7 @@ from sentinel_hooks import ringformat as rf
 from .discovery import is_ring_name
 from .journal import journal_path
 from .ringreader import RingReader
+from .state import CHECK_LABELS
 
 
 def _journal_rows(base_dir: str) -> dict[str, dict[str, Any]]:
@@ -103,9 +105,14 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
             h = reader.header
             alive = reader.writer_alive()
             top = reader.top_seq()
+            probes = _probe_summary(reader.tail(writer_alive=alive).records)
         finally:
             reader.close()
         row = journal.get(name, {})
+        saved = json.loads(row.get("extra") or "{}").get("violations") or {}
+        # The journal counts every violation the daemon read; the ring holds only its last records.
+        violations = {k: max(v, saved.get(k, 0)) for k, v in probes["violations"].items()} | {
+            k: v for k, v in saved.items() if k not in probes["violations"] and v}
         out[name] = {
             "ring": name,
             "pid": h["pid"],
@@ -118,6 +125,9 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
             "framework": h["framework"],
             "alive": alive,
             "exit": "running" if alive else ("exited" if h["exit_ns"] else "died"),
+            "mode": rf.PROBE_MODES[h["mode"]] if 0 <= h.get("mode", 0) < len(rf.PROBE_MODES) else "",
+            "violations": violations,
+            "page_table_headroom": probes["headroom"],
             "step": h["step"],
             "heartbeat_age_s": round(now - h["last_step_ns"] / 1e9, 3) if h["last_step_ns"] else None,
             "records": top,
@@ -141,6 +151,9 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
             "framework": ident.get("framework", ""),
             "alive": False,
             "exit": row["exit"] if row["exit"] != "running" else "unknown",
+            "mode": "",
+            "violations": {k: v for k, v in (json.loads(row.get("extra") or "{}").get("violations") or {}).items() if v},
+            "page_table_headroom": None,
             "step": row["step"],
             "heartbeat_age_s": round(now - row["last_step_ns"] / 1e9, 3) if row["last_step_ns"] else None,
             "records": row["last_seq"],
@@ -149,6 +162,21 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
             "torn": row["torn"],
         }
     return sorted(out.values(), key=lambda r: (not r["alive"], r["job"], r["rank"] if r["rank"] is not None else 1 << 30, r["pid"] or 0))
+
+
+def _probe_summary(recs: Any) -> dict[str, Any]:
+    """Violations by check (summed over the records given) and the tightest page-table headroom
+    (each probe site's latest paged-KV context: num_pages - 1 - the highest index read)."""
+    violations: dict[str, int] = {}
+    sites: dict[int, int] = {}
+    for r in recs[(recs["kind"] == rf.Kind.PROBE) | (recs["kind"] == rf.Kind.CONTEXT)].tolist():
+        _seq, _ts, _step, kind, code, tag, _aux, a, b, _c, _end = r
+        if kind == rf.Kind.PROBE:
+            label = CHECK_LABELS.get(code, str(code))
+            violations[label] = violations.get(label, 0) + max(0, a)
+        elif code == rf.Context.PAGED_KV and a >= 0:
+            sites[tag] = b - 1 - a
+    return {"violations": violations, "headroom": min(sites.values()) if sites else None}
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -160,6 +188,9 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         ("ALIVE", lambda r: "yes" if r["alive"] else f"no ({r['exit']})"),
         ("STEP", lambda r: str(r["step"])),
         ("HEARTBEAT", lambda r: "-" if r["heartbeat_age_s"] is None else _age(r["heartbeat_age_s"])),
+        ("MODE", lambda r: r.get("mode") or "-"),
+        ("HEADROOM", lambda r: "-" if r.get("page_table_headroom") is None else str(r["page_table_headroom"])),
+        ("VIOLATIONS", lambda r: ", ".join(f"{k} {v}" for k, v in sorted((r.get("violations") or {}).items())) or "-"),
         ("RECORDS", lambda r: str(r["records"])),
         ("DROPS", lambda r: str(r["overwritten"] + r["dropped"] + r["torn"])),
         ("JOB", lambda r: r["job"] or "-"),
@@ -176,3 +207,32 @@ def _age(s: float) -> str:
     if s < 7200:
         return f"{s / 60:.0f}m ago"
     return f"{s / 3600:.1f}h ago"
+
+
+def find_rings(base_dir: str, pid: int | None = None, rank: int | None = None) -> list[str]:
+    """Ring paths under ``base_dir`` of the process ``pid`` (or of every process of ``rank``), newest
+    first. Raises FileNotFoundError if there is no rings folder."""
+    rings = rf.rings_dir(base_dir)
+    out = []
+    for name in os.listdir(rings):
+        if not is_ring_name(name):
+            continue
+        path = os.path.join(rings, name)
+        try:
+            reader = RingReader(path)
+        except (rf.RingFormatError, OSError):
+            continue
+        try:
+            h = reader.header
+        finally:
+            reader.close()
+        if (pid is None or h["pid"] == pid) and (rank is None or h["rank"] == rank):
+            out.append((h["created_ns"], path))
+    return [p for _t, p in sorted(out, reverse=True)]
+
+
+def format_record(r: dict[str, Any]) -> str:
+    """One line for a record rendered by ``faults.render_records``."""
+    when = time.strftime("%H:%M:%S", time.gmtime(r["time"])) + f".{int(r['time'] * 1000) % 1000:03d}Z"
+    detail = {k: v for k, v in r.items() if k not in ("seq", "time", "kind", "step")}
+    return f"{when}  seq {r['seq']:>8}  step {r['step']:>7}  {r['kind']:<20} {json.dumps(detail)}"

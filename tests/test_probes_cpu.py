@@ -204,20 +204,21 @@ def test_consistent_batch_writes_no_probe(ring):
 
 # -- 4. seqlens_invalid ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case, seq_lens, cu, count", [
-    ("negative", [-1, 16], None, 1),
-    ("over_capacity", [33, 32], None, 1),  # 2 pages x 16 = 32 tokens per row at most
-    ("both", [-5, 1000], None, 2),
-    ("cu_non_monotone", [16, 16], [0, 3, 2], 1),
-    ("cu_not_from_zero", [16, 16], [1, 2, 3], 1),
-    ("cu_both", [16, 16], [2, 1, 3], 1),  # one bad entry, however many ways it is bad
-    ("all", [-1, 33], [1, 0, 3], 3),
+@pytest.mark.parametrize("case, seq_lens, cu, count, offending", [
+    ("negative", [-3, 16], None, 1, -3),
+    ("over_capacity", [33, 32], None, 1, 33),  # 2 pages x 16 = 32 tokens per row at most
+    ("both", [-5, 1000], None, 2, -5),  # the first one
+    ("cu_non_monotone", [16, 16], [0, 3, 2], 1, 2),  # where it goes down
+    ("cu_not_from_zero", [16, 16], [1, 2, 3], 1, 1),
+    ("cu_both", [16, 16], [2, 1, 3], 1, 2),  # one bad entry, however many ways it is bad
+    ("all", [-2, 33], [1, 0, 3], 3, -2),
 ])
-def test_seqlens_invalid(ring, case, seq_lens, cu, count):
+def test_seqlens_invalid(ring, case, seq_lens, cu, count, offending):
+    """The record carries the first offending length (b), for the daemon's log line."""
     t = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     sh.check_paged_kv(t, 10, seq_lens=torch.tensor(seq_lens, dtype=torch.int32), page_size=16, cu_seqlens_q=cu_t)
-    assert only(ring.new(), PROBE) == [probe(SEQ, count, -1, 2 * 16)]
+    assert only(ring.new(), PROBE) == [probe(SEQ, count, offending, 2 * 16)]
 
 
 def test_valid_seqlens_at_the_limit_pass(ring):

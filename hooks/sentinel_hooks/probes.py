@@ -188,6 +188,23 @@ def check_paged_kv(page_table: Any, num_pages: int, *, seq_lens: Any = None, pag
         runtime.failed("check_paged_kv", exc)
 
 
+def _offending_length(torch: Any, seq_lens: Any, limit: int, cu_seqlens_q: Any) -> int:
+    """The first invalid length (a negative or too-long seq_lens entry, else the cu_seqlens_q entry
+    where it starts wrong or goes down), for the record and the daemon's log line; -1 if none is
+    found. Host work on the violation path only (CPU, or trap mode, which syncs anyway)."""
+    if seq_lens is not None:
+        bad = (seq_lens < 0) | (seq_lens > limit) if limit else seq_lens < 0
+        if bool(bad.any()):
+            return int(seq_lens[bad][0])
+    if cu_seqlens_q is not None and cu_seqlens_q.numel():
+        if int(cu_seqlens_q[0]) != 0:
+            return int(cu_seqlens_q[0])
+        down = torch.nonzero(cu_seqlens_q[1:] < cu_seqlens_q[:-1])
+        if down.numel():
+            return int(cu_seqlens_q[int(down[0, 0]) + 1])
+    return -1
+
+
 def _paged_kv_direct(torch: Any, w: Any, cfg: ProbeConfig, name: str, page_table: Any, num_pages: int,
                      seq_lens: Any, page_size: int | None, cu_seqlens_q: Any, contain: bool) -> None:
     """CPU (and trap mode): compute now, write records now."""
@@ -216,7 +233,8 @@ def _paged_kv_direct(torch: Any, w: Any, cfg: ProbeConfig, name: str, page_table
                    {"violations": trail, "num_pages": num_pages}, evidence)
     if seqbad:
         limit = page_table.shape[1] * (page_size or 0)
-        _violation(w, cfg, rf.Check.SEQLENS_INVALID, name, seqbad, -1, limit, 0,
+        _violation(w, cfg, rf.Check.SEQLENS_INVALID, name, seqbad,
+                   _offending_length(torch, seq_lens, limit, cu_seqlens_q), limit, 0,
                    f"{seqbad} invalid seq_lens / cu_seqlens_q entries (negative, non-monotone, or over "
                    f"{limit} tokens = pages per row x page_size)",
                    {"violations": seqbad, "max_tokens_per_row": limit}, evidence)

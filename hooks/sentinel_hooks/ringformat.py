@@ -64,7 +64,7 @@ class Check(enum.IntEnum):
     PAGE_TABLE_OOB = 1  # a: violations, b: offending index, c: num_pages
     PAGE_TABLE_TRAILING_OOB = 2  # same, for entries past a row's valid prefix
     BATCH_MISMATCH = 3  # a: 1, b: batch_size, c: the disagreeing dimension
-    SEQLENS_INVALID = 4  # a: violations, b: offending value (or -1), c: limit
+    SEQLENS_INVALID = 4  # a: violations, b: the first offending length (-1 from the GPU path), c: limit
     CAPACITY_MISMATCH = 5  # a: 1, b: allocator capacity, c: buffer capacity
     DEGENERATE_STRIDE = 6  # a: 1, b: dim, c: observed stride; aux: canonical stride
     TMA_MISALIGNED = 7  # a: 1, b: dim (-1: base pointer), c: stride bytes (or pointer % 16)
