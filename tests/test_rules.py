@@ -1,6 +1,7 @@
 """The shipped Prometheus rules load in promtool and compute the cross-node skew as documented."""
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -133,3 +134,18 @@ def test_routes_for_other_labels(labels, receivers):
     res = subprocess.run([AMTOOL, "config", "routes", "test", f"--config.file={AM_CONFIG}", *args],
                          capture_output=True, text=True)
     assert res.stdout.strip() == receivers, res.stdout + res.stderr
+
+
+def test_runbook_links_can_be_made_absolute_in_one_place():
+    """The PrometheusRule with --runbook-base: every runbook_url is the base plus a runbook that
+    exists; and the page template prefixes the same way (sentinel.runbook_base)."""
+    import sys
+
+    res = subprocess.run([sys.executable, str(PROM.parent / "k8s" / "gen_prometheusrule.py"), "--runbook-base",
+                          "https://docs.example/sentinel"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    urls = re.findall(r'runbook_url: "([^"]+)"', res.stdout)
+    assert urls and all(u.startswith("https://docs.example/sentinel/docs/runbooks/") for u in urls), urls
+    assert all((PROM.parents[1] / u.removeprefix("https://docs.example/sentinel/")).is_file() for u in urls)
+    tmpl = (PROM.parent / "alertmanager" / "templates" / "sentinel.tmpl").read_text()
+    assert '{{ template "sentinel.runbook_base" }}' in tmpl

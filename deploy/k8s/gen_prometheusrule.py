@@ -5,6 +5,10 @@ same rules would fire every alert twice.
 
     python deploy/k8s/gen_prometheusrule.py          # rewrite it
     python deploy/k8s/gen_prometheusrule.py --check  # exit 1 if it is stale (the tests do this)
+    python deploy/k8s/gen_prometheusrule.py --runbook-base URL  # print it with absolute runbook_urls
+
+The rule files' runbook_url is relative to the repository ("docs/runbooks/cuda-fault.md"):
+--runbook-base prefixes it with where you publish the repository's files, for the copy you apply.
 """
 
 import sys
@@ -23,7 +27,7 @@ spec:
 """
 
 
-def render() -> str:
+def render(runbook_base: str = "") -> str:
     # The rule files are "groups:" documents; a PrometheusRule's spec is the same, indented.
     body = []
     for path in RULES:
@@ -32,10 +36,15 @@ def render() -> str:
         body.append(f"  # from deploy/prometheus/{path.name}")
         groups = lines[start + 1:] if body[:-1] else lines[start:]
         body.extend(("  " + ln) if ln.strip() else "" for ln in groups)
-    return HEADER + "\n".join(body) + "\n"
+    text = HEADER + "\n".join(body) + "\n"
+    return text.replace('runbook_url: "docs/', f'runbook_url: "{runbook_base}docs/') if runbook_base else text
 
 
 def main() -> int:
+    if "--runbook-base" in sys.argv:
+        base = sys.argv[sys.argv.index("--runbook-base") + 1]
+        sys.stdout.write(render(base if base.endswith("/") else base + "/"))
+        return 0
     text = render()
     if "--check" in sys.argv:
         if not OUT.exists() or OUT.read_text() != text:
