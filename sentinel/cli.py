@@ -85,7 +85,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             cuda_gdb=args.cuda_gdb, gdb_timeout_s=args.gdb_timeout, cores_max_bytes=int(args.cores_max_mb * 2**20),
             cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
             group=group, consequence_window_s=args.consequence_window, dead_ttl_s=args.dead_ttl,
-            crash_grace_s=args.crash_grace,
+            crash_grace_s=args.crash_grace, pod_resources_socket=args.pod_resources_socket,
         ))
     except (CatalogError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a death this close to a related process's stronger fault is journaled as its consequence, "
                         "not paged on its own; 0 turns it off (default: 30)")
     d.add_argument("--no-nvml", action="store_true", help="do not use NVML (XID events, GPU utilisation)")
+    d.add_argument("--pod-resources-socket", metavar="PATH", default=None,
+                   help="node mode: attribute each GPU's XIDs to the pods holding it, from the kubelet's pod-resources "
+                        "API at PATH (/var/lib/kubelet/pod-resources/kubelet.sock; needs sentinel-gpu[node])")
     d.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     d.set_defaults(func=cmd_daemon)
 

@@ -51,6 +51,8 @@ class DaemonConfig:
     # How long a dead process's series, and a fault's sentinel_fault_info, stay exported: alerts on
     # them resolve once it has passed. A restarted server's previous incarnation stops paging then.
     dead_ttl_s: float = 600.0
+    # The kubelet's pod-resources socket (node mode): XIDs are attributed to the pods holding the GPU.
+    pod_resources_socket: str | None = None
     allowed_uids: set[int] | None = field(default_factory=lambda: {os.getuid()})
     use_events: bool = True
     hang: HangConfig = field(default_factory=HangConfig)
@@ -146,7 +148,12 @@ class Daemon:
         for state in self.states.values():
             if state.exit == "died" and not state.crash_checked:
                 self._recheck_crash(state)
-        self.nvml = NvmlMonitor(config.nvml)
+        attribute = None
+        if config.nvml and config.pod_resources_socket:
+            from .podresources import PodAttribution
+
+            attribute = PodAttribution(config.pod_resources_socket).pods_for
+        self.nvml = NvmlMonitor(config.nvml, attribute)
         self.nvml.start()
         self.gpus: tuple = ()
         self.xid_counts = self.journal.xid_counts()
@@ -555,15 +562,16 @@ class Daemon:
         info = self.catalog.xid(ev.xid)
         procs = [s for s in self.states.values() if s.identity.get("pid") in ev.pids]
         try:
-            self.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at)
+            self.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at, ev.pods)
         except Exception:
             self._journal_failed("journal write failed for an XID")
-        key = (ev.gpu, ev.xid)
-        self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
+        for ns, pod in ev.pods or (("", ""),):
+            key = (ev.gpu, ev.xid, ns, pod)
+            self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
         log.error("gpu xid", extra={
             "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "xid_name": info.name, "severity": info.severity,
             "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
-            "ranks": [s.identity.get("rank") for s in procs],
+            "ranks": [s.identity.get("rank") for s in procs], "pods": [f"{ns}/{pod}" for ns, pod in ev.pods],
         })
 
     def _gather_hang_evidence(self, hang: Hang) -> None:

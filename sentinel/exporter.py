@@ -266,9 +266,11 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
         labels=["cause_signature", "exception"])
     for (sig, exc), n in sorted(snap.fault_consequences.items()):
         consequences.add_metric([sig, exc], n)
-    xids = CounterMetricFamily("sentinel_gpu_xid_errors", "NVML XID events, by GPU and XID.", labels=["gpu", "xid"])
-    for (gpu, xid), n in sorted(snap.xids.items()):
-        xids.add_metric([gpu, str(xid)], n)
+    xids = CounterMetricFamily(
+        "sentinel_gpu_xid_errors", "NVML XID events, by GPU and XID, and the pod holding that GPU when the node "
+        "daemon can ask the kubelet (--pod-resources-socket; empty otherwise).", labels=["gpu", "xid", "namespace", "pod"])
+    for (gpu, xid, ns, pod), n in sorted(snap.xids.items()):
+        xids.add_metric([gpu, str(xid), ns, pod], n)
     util = GaugeMetricFamily("sentinel_gpu_utilization_ratio", "GPU utilisation (NVML), 0..1.", labels=["gpu", "uuid"])
     mem = GaugeMetricFamily("sentinel_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu", "uuid"])
     for g in snap.gpus:

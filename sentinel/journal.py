@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS xids (
     gpu TEXT NOT NULL,
     xid INTEGER NOT NULL,
     pids TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    namespace TEXT NOT NULL DEFAULT '',
+    pod TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS hangs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -86,6 +88,8 @@ SCHEMA_VERSION = "2"
 MIGRATIONS = (
     ("faults", "consequence_of", "INTEGER", None),
     ("faults", "kind", "TEXT NOT NULL DEFAULT ''", lambda db: _fill_fault_kinds(db)),
+    ("xids", "namespace", "TEXT NOT NULL DEFAULT ''", None),
+    ("xids", "pod", "TEXT NOT NULL DEFAULT ''", None),
 )
 
 
@@ -282,12 +286,17 @@ class Journal:
         with self.db:
             self.db.executemany("UPDATE faults SET core_deleted = 1 WHERE core_path = ?", [(p,) for p in paths])
 
-    def record_xid(self, gpu: str, xid: int, pids: list[int], at: float) -> None:
+    def record_xid(self, gpu: str, xid: int, pids: list[int], at: float,
+                   pods: tuple[tuple[str, str], ...] = ()) -> None:
+        """One row per (XID event, pod holding the GPU); one row with no pod when none is known."""
         with self.db:
-            self.db.execute("INSERT INTO xids (gpu, xid, pids, at) VALUES (?,?,?,?)", (gpu, xid, json.dumps(pids), at))
+            self.db.executemany("INSERT INTO xids (gpu, xid, pids, at, namespace, pod) VALUES (?,?,?,?,?,?)",
+                                [(gpu, xid, json.dumps(pids), at, ns, pod) for ns, pod in (pods or (("", ""),))])
 
-    def xid_counts(self) -> dict[tuple[str, int], int]:
-        return {(g, x): n for g, x, n in self.db.execute("SELECT gpu, xid, COUNT(*) FROM xids GROUP BY 1, 2")}
+    def xid_counts(self) -> dict[tuple[str, int, str, str], int]:
+        """XID events by (gpu, xid, namespace, pod)."""
+        return {(g, x, ns, pod): n for g, x, ns, pod, n in
+                self.db.execute("SELECT gpu, xid, namespace, pod, COUNT(*) FROM xids GROUP BY 1, 2, 3, 4")}
 
     def forget(self, rings: list[str]) -> None:
         with self.db:

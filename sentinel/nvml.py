@@ -9,6 +9,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ class XidEvent:
     xid: int
     pids: tuple[int, ...]  # compute processes on that GPU when the event arrived
     at: float
+    pods: tuple[tuple[str, str], ...] = ()  # (namespace, pod) holding that GPU, from the kubelet (node mode)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ class GpuSample:
 
 
 class NvmlMonitor:
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, attribute: Callable[[str], list[Any]] | None = None) -> None:
+        """``attribute(uuid)`` names the pods holding a GPU (``podresources.PodAttribution.pods_for``):
+        called on the watcher thread, so that a slow kubelet never holds up the daemon's poll."""
+        self.attribute = attribute
         self.ok = False
         self.reason = ""
         self.events: queue.SimpleQueue[XidEvent] = queue.SimpleQueue()
@@ -97,7 +102,8 @@ class NvmlMonitor:
                     pids = tuple(p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(handle))
                 except Exception:
                     pids = ()
-                self.events.put(XidEvent(str(idx), uuid, int(data.eventData), pids, time.time()))
+                pods = tuple(sorted({(d.namespace, d.pod) for d in self.attribute(uuid)})) if self.attribute else ()
+                self.events.put(XidEvent(str(idx), uuid, int(data.eventData), pids, time.time(), pods))
             except Exception as exc:
                 log.warning("could not read an XID event", extra={"error": str(exc)})
 

@@ -381,7 +381,7 @@ class Snapshot:
     faults: dict[tuple[str, str, str, str, str], int] = field(default_factory=dict)  # ... known issue, kind
     fault_consequences: dict[tuple[str, str], int] = field(default_factory=dict)  # (cause signature, exception)
     recent_faults: tuple[Any, ...] = ()  # faults.FaultInfo of the last dead_ttl_s (the newest 1000), not consequences
-    xids: dict[tuple[str, int], int] = field(default_factory=dict)
+    xids: dict[tuple[str, int, str, str], int] = field(default_factory=dict)  # (gpu, xid, namespace, pod)
     gpus: tuple[Any, ...] = ()
     coredump_bytes: int = 0
     triage_count: int = 0

@@ -531,7 +531,8 @@ def test_node_daemonset_has_the_gpus_and_the_pod_resources_socket():
     ds = one(docs, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     (c,) = spec["containers"]
-    assert c["args"] == ["daemon", "--dir=/var/run/sentinel-node", "--listen=0.0.0.0:9465"]  # NVML on
+    assert c["args"] == ["daemon", "--dir=/var/run/sentinel-node", "--listen=0.0.0.0:9465",
+                                  "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock"]  # NVML on
     env = env_of(c)
     assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"]["value"] == "utility"
     assert "nvidia.com/gpu" not in json.dumps(c.get("resources", {}))  # no request: the device plugin's GPUs stay
