@@ -219,6 +219,10 @@ def test_contain_redirects_bad_pages_in_graph_replays(ring):
     assert err < 2e-2, err
     recs = ring.site(ring.new(), "contain")
     assert int(probes(recs, rf.Check.PAGE_TABLE_OOB)["a"].sum()) == 1
+    # The drain says it was redirected (sentinel_contained_entries_total), and the header the mode.
+    held = recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONTAINED_EVENT)]
+    assert int(held["a"].sum()) == 1
+    assert rf.PROBE_MODES[ring.reader.refresh_header()["mode"]] == "contain"
 
 
 def test_seed_002_stride_on_a_cuda_tensor(ring):
