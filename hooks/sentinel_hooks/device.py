@@ -196,7 +196,7 @@ def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_l
     slot[CALLS:CALLS + 1].add_(1)
     slot[OOB:OOB + 1].add_(s["oob"])
     slot[TRAIL:TRAIL + 1].add_(s["trail"])
-    torch.maximum(slot[MAXIDX:MAXIDX + 1], s["max"], out=slot[MAXIDX:MAXIDX + 1])
+    slot[MAXIDX:MAXIDX + 1].copy_(s["max"])  # the latest call's (see kernels.py)
     slot[SEQBAD:SEQBAD + 1].add_(s["seqbad"])
     torch.maximum(slot[BADMAX:BADMAX + 1], s["badmax"], out=slot[BADMAX:BADMAX + 1])
     torch.minimum(slot[BADMIN:BADMIN + 1], s["badmin"], out=slot[BADMIN:BADMIN + 1])
@@ -278,7 +278,6 @@ class Drain(threading.Thread):
                             slab.side.wait_stream(torch.cuda.current_stream())
                         with torch.cuda.stream(slab.side):
                             slab.host.copy_(slab.acc, non_blocking=True)
-                            slab.acc[:, :, MAXIDX].fill_(-1)  # the max is per drain window: current headroom
                             slab.event.record(slab.side)
                         slab.pending = True
                     if wait:
@@ -297,8 +296,15 @@ def reduce_slots(slots: list[list[int]]) -> list[int]:
 
 def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
     w = runtime.writer()
+    fused = triton_available()  # the Triton kernel writes every program's slot; the torch fallback slot 0 only
     for row, site in enumerate(slab.sites):
-        cur, prev = reduce_slots(values[row]), slab.prev[row]
+        slots = values[row]
+        if fused and len({s[CALLS] for s in slots}) > 1:
+            # The periodic copy does not wait for the serving stream (no sync): it caught a probe
+            # kernel with some programs done and some not. Hold the row back until every program
+            # has counted the same calls: its counters and the latest call's max are whole then.
+            continue
+        cur, prev = reduce_slots(slots), slab.prev[row]
         execs = cur[CALLS] - prev[CALLS]
         if execs <= 0:
             continue

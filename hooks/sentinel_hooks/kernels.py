@@ -85,7 +85,9 @@ def _paged_kv_probe(
            + tl.where(f == 2, tl.sum(trail, axis=0).to(tl.int64), 0)
            + tl.where(f == 4, tl.sum(seqbad, axis=0).to(tl.int64), 0))
     new = old + add
-    new = tl.where(f == 3, tl.maximum(old, tl.max(mx, axis=0)), new)
+    # MAXIDX is the latest call's highest index, not a running max: nothing has to reset it, so no
+    # reset from the drain's stream can race this store (the headroom the daemon shows is current).
+    new = tl.where(f == 3, tl.max(mx, axis=0), new)
     new = tl.where(f == 6, tl.maximum(old, tl.max(badmax, axis=0)), new)
     new = tl.where(f == 7, tl.minimum(old, tl.min(badmin, axis=0)), new)
     new = tl.where((f == 5) & (n_oob > 0), tl.minimum(old, calls), new)

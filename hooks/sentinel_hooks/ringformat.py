@@ -77,7 +77,7 @@ class Check(enum.IntEnum):
 class Context(enum.IntEnum):
     """Context records (CONTEXT records' ``code``): what a step looked like, not a violation."""
 
-    PAGED_KV = 1  # a: max page index read (-1: none), b: num_pages, c: executions covered, aux: rows
+    PAGED_KV = 1  # a: highest page index the latest call read (-1: none), b: num_pages, c: calls covered, aux: rows
     BATCH = 2  # a: num_tokens, b: token budget (-1: none), c: flags (BATCH_*), aux: batch size
 
 
