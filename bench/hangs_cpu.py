@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+import psutil
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -78,10 +79,17 @@ def one_run(pg_timeout: float, floor: float, deadline_s: float) -> dict:
                 break
             time.sleep(0.05)
     finally:
+        # torchrun and its ranks: each rank has a session of its own, so a killpg would miss them.
         try:
-            os.killpg(job.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            root = psutil.Process(job.pid)
+            tree = [*root.children(recursive=True), root]
+        except psutil.NoSuchProcess:
+            tree = []
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         job.wait(timeout=10)
         d.close()
     culprits = [c.rank for c in hang.culprits] if hang else []

@@ -232,9 +232,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
         print(f"# {os.path.basename(paths[0])}: pid {h['pid']} rank {rank} {h['framework']} {state}, "
               f"step {h['step']}, {top} records" + (f" ({len(paths) - 1} older rings of rank {args.rank})"
                                                    if len(paths) > 1 else ""))
-        for d in render_records(reader.recent(top, args.lines), reader.name, limit=args.lines):
+        shown = reader.recent(top, args.lines)
+        for d in render_records(shown, reader.name, limit=args.lines):
             print(format_record(d), flush=True)
-        reader.last_seq = top
+        # Follow from the last record shown: one still being written at `top` comes with the next read.
+        reader.last_seq = int(shown["seq"][-1]) if len(shown) else max(0, top - args.lines)
         while args.follow and alive:
             time.sleep(0.5)
             alive = reader.writer_alive()
@@ -402,9 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--crash-grace", type=finite_float(0, inclusive=True), default=2.0, metavar="SECONDS",
                    help="how long after a process died its GPU coredump may still show up before its fault record is "
                         "made without one (default: 2)")
-    d.add_argument("--dead-ttl", type=finite_float(0, inclusive=True), default=600.0, metavar="SECONDS",
+    d.add_argument("--dead-ttl", type=finite_float(0), default=600.0, metavar="SECONDS",
                    help="how long a dead process's series, and a fault's sentinel_fault_info, stay exported; alerts "
-                        "on them resolve after it (default: 600)")
+                        "on them resolve after it. Keep it above two scrape intervals, or a fault may never be "
+                        "scraped (default: 600)")
     d.add_argument("--consequence-window", type=finite_float(0, inclusive=True), default=30.0, metavar="SECONDS",
                    help="a death this close to a related process's stronger fault is journaled as its consequence, "
                         "not paged on its own; 0 turns it off (default: 30)")

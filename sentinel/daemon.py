@@ -84,6 +84,23 @@ def _own_regular_file(path: str) -> bool:
     return False
 
 
+def _writer_holds_lock(path: str) -> bool:
+    """Whether a live writer holds ``path``'s flock (False when it is gone or cannot be opened)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _free_bytes(path: str) -> int:
     """Bytes an unprivileged writer may still use on ``path``'s filesystem (-1: unknown)."""
     try:
@@ -335,21 +352,30 @@ class Daemon:
     def _forget(self, state: ProcessState) -> None:
         """A dead process, its series expired and its evidence journaled: drop it from memory, and
         delete its ring and faulthandler dump (4 MiB and more each, kept nowhere else but no longer
-        needed). The journal keeps its row and its fault record."""
+        needed). The journal keeps its row and its fault record. A ring whose writer still holds its
+        lock (a process ended as "unknown" that lives on) is kept, and so is a dump file that a live
+        process with the same pid may be using now."""
+        ring = os.path.join(self.rings_dir, state.ring)
+        if _writer_holds_lock(ring):
+            self._forgotten.add(state.ring)  # a writer lives: not ours to delete, nor to attach again
+            del self.states[state.ring]
+            return
         del self.states[state.ring]
-        paths = [os.path.join(self.rings_dir, state.ring)]
-        if state.identity.get("pid") is not None:
-            paths.append(faults.faulthandler_path(self.config.base_dir, state.identity.get("host", ""),
-                                                  state.identity["pid"]))
+        paths = [ring]
+        pid, host = state.identity.get("pid"), state.identity.get("host", "")
+        reused = any(s.alive and s.identity.get("pid") == pid and s.identity.get("host", "") == host
+                     for s in self.states.values())
+        if pid is not None and not reused:
+            paths.append(faults.faulthandler_path(self.config.base_dir, host, pid))
         for path in paths:
             try:
                 os.unlink(path)
-                if path == paths[0]:
+                if path == ring:
                     self.rings_deleted += 1
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                if path == paths[0]:
+                if path == ring:
                     self._forgotten.add(state.ring)  # not ours to delete: never attach it again
                     self.ring_delete_errors += 1
                     log.warning("could not delete a dead process's ring", extra={"ring": state.ring, "error": str(exc)})
@@ -466,6 +492,12 @@ class Daemon:
             self._next_gpu_sample = now + 2.0
             self.gpus = tuple(self.nvml.sample())
 
+    def _hooked(self, host: str, pid: int) -> bool:
+        """Whether ``pid`` on ``host`` is (or was) a hooked process the daemon knows: a serving parent,
+        whose children count as siblings of one job (a shell's or a supervisor's do not)."""
+        return pid > 1 and any(s.identity.get("pid") == pid and s.identity.get("host", "") == host
+                               for s in self.states.values())
+
     def _core_on_disk(self, pid: int | None) -> bool:
         """Whether cores/ holds a dump of ``pid`` that file events have not brought yet: offered now."""
         try:
@@ -480,18 +512,23 @@ class Daemon:
     def _may_be_explained_later(self, rec: faults.FaultRecord, now: float) -> bool:
         """True while a related process that died within the window has no record yet and may turn
         out stronger than ``rec``: its GPU coredump can still come, or its evidence is stronger."""
-        if faults.strength(rec) >= 3 or self.config.consequence_window_s <= 0:
+        window = self.config.consequence_window_s
+        if faults.strength(rec) >= 3 or window <= 0:
             return False
+        # Never longer than a related dump could take to come and be read: then it is recorded anyway.
+        if time.time() > rec.died_at + window + self.config.crash_grace_s + self.config.gdb_timeout_s:
+            return False
+        siblings = self._hooked(rec.identity.get("host", ""), rec.identity.get("ppid") or -1)
         for ring, deadline in self._pending_crashes.items():
             other = self.states.get(ring)
             if other is None or other.ring == rec.dedupe_key.removeprefix("crash:"):
                 continue
-            if not (faults.related(rec.identity, other.identity)
-                    and abs(other.ended_at - rec.died_at) <= self.config.consequence_window_s):
+            if not (faults.related(rec.identity, other.identity, siblings)
+                    and abs(other.ended_at - rec.died_at) <= window):
                 continue
             if now < deadline or self.collector.pending_for(other.identity.get("pid")):
                 return True
-            probe = faults.from_crash(other, lambda tag: "", self.config.base_dir, self.catalog)
+            probe = faults.from_crash(other, self._names(other), self.config.base_dir, self.catalog)
             if faults.strength(probe) > faults.strength(rec):
                 return True
         return False
@@ -499,7 +536,7 @@ class Daemon:
     def _journal_fault(self, rec: faults.FaultRecord) -> None:
         window = self.config.consequence_window_s
         self._causes.prune(time.time() - 2 * window)
-        cause = self._causes.cause_of(rec, window)
+        cause = self._causes.cause_of(rec, window, self._hooked)
         if cause is not None:
             faults.link_consequence(rec, cause)
         try:

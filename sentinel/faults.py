@@ -39,9 +39,11 @@ FAULT_KINDS = ("cuda", "crash", "killed")
 
 
 def fault_kind(source: str, exception_class: str, texts: str) -> str:
-    """``cuda`` for a GPU fault (a GPU coredump, or a CUDA error the process raised), ``killed`` for a
-    death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
+    """``cuda`` for a GPU fault (a GPU coredump, or a CUDA error the process raised; running out of GPU
+    memory is not one), ``killed`` for a death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
     any other death (a native signal with no CUDA evidence, an uncaught exception)."""
+    if exception_class == "out_of_memory":  # "CUDA out of memory" is a resource, not a GPU fault
+        return "crash"
     if source == "coredump" or "cuda" in texts.lower():
         return "cuda"
     return "killed" if exception_class == "killed" else "crash"
@@ -261,10 +263,13 @@ def strength(rec: FaultRecord) -> int:
     return 1
 
 
-def related(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two processes (ring identities) belong to one serving job: the same non-empty job id,
-    or, on one host, parent and child or two children of one parent (``ppid`` from the ring header;
-    0 or -1 when the ring predates it)."""
+def related(a: dict[str, Any], b: dict[str, Any], siblings: bool = True) -> bool:
+    """Whether two processes (ring identities) belong to one serving job: in one pod (or both in
+    none), the same non-empty job id, or, on one host, parent and child, or (``siblings``: the
+    caller knows their parent is a hooked serving process, not a shell or a supervisor) two children
+    of one parent. ``ppid`` comes from the ring header (0 or -1 when the ring predates it)."""
+    if (a.get("pod") or "", a.get("namespace") or "") != (b.get("pod") or "", b.get("namespace") or ""):
+        return False
     if a.get("job") and a.get("job") == b.get("job"):
         return True
     if not a.get("host") or a.get("host") != b.get("host"):
@@ -272,7 +277,7 @@ def related(a: dict[str, Any], b: dict[str, Any]) -> bool:
     pa, pb, qa, qb = a.get("pid"), b.get("pid"), a.get("ppid") or -1, b.get("ppid") or -1
     if pa is None or pb is None or pa == pb:
         return False
-    return qa == pb or qb == pa or (qa == qb and qa > 1)
+    return qa == pb or qb == pa or (siblings and qa == qb and qa > 1)
 
 
 @dataclass(frozen=True)
@@ -319,13 +324,16 @@ class CauseIndex:
                 for key in self._keys_of(info.identity):
                     self._by_key.setdefault(key, []).append(info)
 
-    def cause_of(self, rec: FaultRecord, window_s: float) -> FaultInfo | None:
-        """The newest indexed fault that ``rec`` is a consequence of, if any."""
+    def cause_of(self, rec: FaultRecord, window_s: float, hooked: Callable[[str, int], bool] | None = None
+                 ) -> FaultInfo | None:
+        """The newest indexed fault that ``rec`` is a consequence of, if any. ``hooked(host, pid)``
+        says whether a pid is a hooked process: siblings count only under such a parent."""
         ident = rec.identity or {}
         host, pid, ppid = ident.get("host"), ident.get("pid"), ident.get("ppid") or -1
+        siblings = ppid > 1 and hooked is not None and hooked(host, ppid)
         keys = [("job", ident["job"])] if ident.get("job") else []
-        keys += [("pid", host, ppid), ("ppid", host, pid)] + ([("ppid", host, ppid)] if ppid > 1 else [])
-        found = [c for key in keys for c in self._by_key.get(key, ()) if is_consequence(rec, c, window_s)]
+        keys += [("pid", host, ppid), ("ppid", host, pid)] + ([("ppid", host, ppid)] if siblings else [])
+        found = [c for key in keys for c in self._by_key.get(key, ()) if is_consequence(rec, c, window_s, siblings)]
         return max(found, key=lambda c: c.created_at) if found else None
 
     @staticmethod
@@ -341,14 +349,15 @@ class CauseIndex:
         return keys
 
 
-def is_consequence(rec: FaultRecord, cause: FaultInfo, window_s: float = CONSEQUENCE_WINDOW_S) -> bool:
+def is_consequence(rec: FaultRecord, cause: FaultInfo, window_s: float = CONSEQUENCE_WINDOW_S,
+                   siblings: bool = True) -> bool:
     """Whether ``rec`` is a consequence of ``cause``: a related process whose stronger fault (see
     ``strength``) came within ``window_s`` seconds of this death, before or after it (a parent
     killing its children after one crashed, or children dying with their crashed parent)."""
     return (window_s > 0 and cause.id is not None and bool(rec.died_at)
             and bool(cause.died_at)
             and abs(rec.died_at - cause.died_at) <= window_s and cause.strength > strength(rec)
-            and related(rec.identity or {}, cause.identity or {}))
+            and related(rec.identity or {}, cause.identity or {}, siblings))
 
 
 def link_consequence(rec: FaultRecord, cause: FaultInfo) -> FaultRecord:

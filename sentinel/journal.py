@@ -130,10 +130,16 @@ class Journal:
         self.db.executescript(SCHEMA)
         for table, column, decl, fill in MIGRATIONS:
             if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
-                with self.db:
+                try:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-                    if fill is not None:
-                        fill(self.db)
+                except sqlite3.OperationalError as exc:  # another opener (the CLI, the daemon) added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+            if fill is not None:
+                # Every open: it only touches rows still empty (a fill cut short, or rows an older
+                # version wrote into this journal since).
+                with self.db:
+                    fill(self.db)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     def save(self, states: list[ProcessState]) -> int:

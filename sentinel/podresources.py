@@ -104,15 +104,21 @@ class PodAttribution:
         self.errors = 0
 
     def pods_for(self, uuid: str) -> list[PodDevice]:
+        """The containers holding GPU ``uuid`` (asks the kubelet at most every REFRESH_S, also on a
+        miss: a GPU no pod holds does not cost a call per XID)."""
         with self._lock:
-            if time.monotonic() - self._at > REFRESH_S or uuid not in self._devices:
+            if time.monotonic() - self._at > REFRESH_S:
                 self._refresh()
             return list(self._devices.get(uuid, ()))
 
     def _refresh(self) -> None:
         self._at = time.monotonic()
         try:
-            self._devices = list_devices(self.socket_path)
+            devices: dict[str, list[PodDevice]] = {}
+            for device_id, holders in list_devices(self.socket_path).items():
+                # The device plugin's time-slicing replicas are "GPU-<uuid>::<n>": the GPU is the uuid.
+                devices.setdefault(device_id.split("::", 1)[0], []).extend(holders)
+            self._devices = devices
         except Exception as exc:  # ImportError, grpc.RpcError, a bad reply: attribution off for now
             self.errors += 1
             kind = type(exc).__name__

@@ -194,17 +194,21 @@ class RingReader:
         # *before* the copy only once record n is whole, and seq still reads n *after* the copy only
         # if no later record began to overwrite it meanwhile. (Checking seq_end in the copy alone
         # is not enough: the payload can be read while it is written, and seq_end just after.)
+        # seq_end is read again after the copy too: an overwrite that began meanwhile zeroes it at
+        # once, whereas seq, stored byte by byte, can read n again part-way through n + capacity.
         if i1 <= self.capacity:  # contiguous: slices copy fastest
             end_before = self._seq_end_col[i0:i1].copy()
             recs = self.slots[i0:i1].copy()
             seq_again = self._seq_col[i0:i1].copy()
+            end_again = self._seq_end_col[i0:i1].copy()
         else:
             i1 -= self.capacity
             end_before = np.concatenate((self._seq_end_col[i0:], self._seq_end_col[:i1]))
             recs = np.concatenate((self.slots[i0:], self.slots[:i1]))
             seq_again = np.concatenate((self._seq_col[i0:], self._seq_col[:i1]))
+            end_again = np.concatenate((self._seq_end_col[i0:], self._seq_end_col[:i1]))
         ok = ((end_before == expected) & (recs["seq"] == expected) & (recs["seq_end"] == expected)
-              & (seq_again == expected))
+              & (seq_again == expected) & (end_again == expected))
         if ok.all():
             self.last_seq = top
             self._hole_seq = None
@@ -241,7 +245,7 @@ class RingReader:
         end_before = self._seq_end_col[idx]  # the seqlock of tail(): whole before the copy, unchanged after
         recs = self.slots[idx]
         ok = (end_before == expected) & (recs["seq"] == expected) & (recs["seq_end"] == expected) & (
-            self._seq_col[idx] == expected)
+            self._seq_col[idx] == expected) & (self._seq_end_col[idx] == expected)
         return recs[ok]
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -79,6 +80,22 @@ def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], f
         (lab, val) for n, lab, val in parse_samples(text)
         if n == name and all(lab.get(k) == v for k, v in labels.items())
     ]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant, listed before any dies. A killpg is not enough:
+    torchrun starts each rank in a session of its own (start_new_session=True), so the ranks of a
+    killed torchrun would live on, reparented to init."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def ring_files(base: str | os.PathLike) -> list[Path]:
@@ -226,10 +243,12 @@ class Harness:
         self.daemons.append(d)
         return d.start()
 
+    kill_tree = staticmethod(kill_tree)
+
     def cleanup(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.kill()
+                kill_tree(proc.pid)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -389,10 +389,7 @@ scrape_configs:
         stop.touch()
         (tmp_path / "stop-b").touch()
         if job is not None:
-            try:
-                os.killpg(job.pid, signal.SIGKILL)  # torchrun and its ranks
-            except ProcessLookupError:
-                pass
+            h.kill_tree(job.pid)  # torchrun and its ranks (each in a session of its own)
         for p in procs:
             p.terminate()
         for p in procs:

@@ -586,6 +586,77 @@ def test_with_the_window_off_every_death_is_its_own_fault(h):
     ({"host": "n1", "pid": 11, "ppid": 0}, {"host": "n1", "pid": 12, "ppid": 0}, False),  # rings without ppid
     ({"host": "n1", "pid": 11, "job": "j"}, {"host": "n2", "pid": 11, "job": "j"}, True),  # one job
     ({"host": "n1", "pid": 11, "job": "j"}, {"host": "n2", "pid": 12, "job": "k"}, False),
+    # two pods are two serving jobs, whatever their job ids or pids say
+    ({"host": "n1", "pid": 11, "ppid": 10, "pod": "a"}, {"host": "n1", "pid": 10, "ppid": 1, "pod": "b"}, False),
+    ({"host": "n1", "pid": 11, "job": "localhost:29500", "pod": "a"},
+     {"host": "n2", "pid": 12, "job": "localhost:29500", "pod": "b"}, False),
 ])
 def test_related_processes(a, b, expected):
     assert faults.related(a, b) is expected and faults.related(b, a) is expected
+
+
+def test_siblings_only_under_a_hooked_parent():
+    """Two children of one shell or supervisor are not one job; two workers of one engine are."""
+    a, b = {"host": "n1", "pid": 11, "ppid": 10}, {"host": "n1", "pid": 12, "ppid": 10}
+    assert faults.related(a, b, siblings=True) and not faults.related(a, b, siblings=False)
+
+
+def test_a_loopback_rendezvous_is_no_job_and_a_pod_is_one():
+    from sentinel_hooks.writer import identity_from_env
+
+    local = identity_from_env({"MASTER_ADDR": "localhost", "MASTER_PORT": "29500", "SENTINEL_HOST": "n7"})
+    assert local["job"] == "n7:29500"
+    pod = identity_from_env({"POD_NAME": "vllm-0", "POD_NAMESPACE": "serving"})
+    assert pod["job"] == "serving/vllm-0" and pod["pod"] == "vllm-0"
+    assert identity_from_env({"POD_NAME": "vllm-0", "SENTINEL_JOB": "tp8"})["job"] == "tp8"
+
+
+# -- faulthandler in front of other libraries' crash handlers, and in forked children ---------------
+
+OWN_HANDLER = r"""
+import ctypes, os, signal, sentinel_hooks as sh
+from sentinel_hooks import crash
+# A library that handles its own SIGSEGVs (as JITs and wasm runtimes do): not one faulthandler may
+# go in front of.
+HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_int)
+handler = HANDLER(lambda sig: (os.write(2, b"own handler ran\n"), os._exit(42)))
+action = ctypes.create_string_buffer(256)
+ctypes.memmove(action, ctypes.byref(ctypes.c_void_p(ctypes.cast(handler, ctypes.c_void_p).value)), 8)
+assert ctypes.CDLL(None).sigaction(signal.SIGSEGV, action, None) == 0
+sh.step()  # step 1: the hooks check the handlers
+print(crash.rearm_faulthandler(), flush=True)
+ctypes.string_at(0)
+"""
+
+
+def test_faulthandler_never_goes_in_front_of_a_handler_it_does_not_know(h):
+    res = h.run([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", OWN_HANDLER], env=h.env())
+    assert res.returncode == 42 and res.stdout.strip() == "[]", (res.returncode, res.stdout, res.stderr)
+    assert "own handler ran" in res.stderr and "Fatal Python error" not in res.stderr
+    assert "runs instead of faulthandler" in res.stderr  # said once, in the host's log
+
+
+FORKED = r"""
+import ctypes, os, sentinel_hooks as sh
+sh.step()
+pid = os.fork()
+if pid == 0:
+    def crash_in_child():
+        ctypes.string_at(0)
+    crash_in_child()
+_, status = os.waitpid(pid, 0)
+print(pid, status, flush=True)
+"""
+
+
+def test_a_forked_child_writes_its_own_dump(h):
+    """A forked child's crash goes to its own faulthandler file, not its parent's: otherwise the
+    parent would carry the child's dump (and the blame) when it dies."""
+    res = h.run([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", FORKED], env=h.env())
+    assert res.returncode == 0, res.stderr
+    child, status = (int(x) for x in res.stdout.split())
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 11
+    dumps = {p.name: p.read_text() for p in (Path(h.dir) / "faults").iterdir()}
+    mine = f"faulthandler_{socket.gethostname()}_{child}.log"
+    assert "crash_in_child" in dumps[mine], dumps
+    assert all(not text for name, text in dumps.items() if name != mine), dumps

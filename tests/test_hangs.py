@@ -3,9 +3,7 @@ under `sentinel run`, and the detector's reasoning on NCCL-shaped progress."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 
 import numpy as np
@@ -35,12 +33,9 @@ def _start_job(h, mode: str, steps: int = 40, hang_at: int = HANG_AT, world: int
     return [h.spawn(argv, env=env, start_new_session=True)]
 
 
-def _stop(procs) -> None:
-    for p in procs:  # torchrun and its ranks: the whole session
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _stop(h, procs) -> None:
+    for p in procs:  # torchrun and its ranks (each in a session of its own)
+        h.kill_tree(p.pid)
         p.wait(timeout=10)
 
 
@@ -172,7 +167,7 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         status = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env())
         assert "HANG" in status.stdout and f"culprit rank {STRAGGLER}" in status.stdout, status.stdout
     finally:
-        _stop(procs)
+        _stop(h, procs)
         d.close()
 
 
@@ -189,7 +184,7 @@ def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
         groups = [p.groups["0"] for p in d.states.values()]
         assert len(groups) == WORLD and all(g.last_enqueued == g.last_completed == 3000 for g in groups)
     finally:
-        _stop(procs)
+        _stop(h, procs)
         d.close()
 
 
@@ -203,7 +198,7 @@ def test_hang_in_a_subgroup_names_its_culprit(h):
         assert [c.rank for c in hang.culprits] == [STRAGGLER] and hang.waiting == (0,)
         assert all(x.group == hang.group for x in d.hangs.values())
     finally:
-        _stop(procs)
+        _stop(h, procs)
         d.close()
 
 
@@ -217,7 +212,7 @@ def test_a_legit_slow_step_does_not_alert(h):
         # The slow collective itself, from the ranks' own records: it did take seconds.
         assert _completed_at(h, HANG_AT) - _completed_at(h, HANG_AT - 1) >= 4.0
     finally:
-        _stop(procs)
+        _stop(h, procs)
         d.close()
 
 
@@ -237,7 +232,7 @@ def test_restarted_daemon_does_not_count_an_open_hang_twice(h):
         assert d2.hangs_total == {("hangtest", "0"): 1}
         assert len(d2.journal.hang_rows()) == 1
     finally:
-        _stop(procs)
+        _stop(h, procs)
         d2.close()
 
 

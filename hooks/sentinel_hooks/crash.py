@@ -97,10 +97,22 @@ def setup_coredumps(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def setup_faulthandler() -> str | None:
-    """Dump Python tracebacks of all threads to a per-process file on a fatal signal."""
-    global _faulthandler_file
+    """Dump Python tracebacks of all threads to a per-process file on a fatal signal. A forked child
+    gets its own file (register_at_fork), so that its crash is not written into its parent's."""
     if os.environ.get("SENTINEL_FAULTHANDLER", "1") in ("0", ""):
         return None
+    path = _open_faulthandler_file()
+    if path is not None and hasattr(os, "register_at_fork") and not _fork_hook[0]:
+        _fork_hook[0] = True
+        os.register_at_fork(after_in_child=_faulthandler_in_child)
+    return path
+
+
+_fork_hook = [False]
+
+
+def _open_faulthandler_file() -> str | None:
+    global _faulthandler_file
     import atexit
     import faulthandler
 
@@ -115,17 +127,40 @@ def setup_faulthandler() -> str | None:
         return None
     _faulthandler_file = os.fdopen(fd, "w")
     faulthandler.enable(file=_faulthandler_file, all_threads=True)
+    _faulthandler_actions.clear()
     _faulthandler_actions.update(_handler_addresses())
     atexit.register(_drop_empty_faulthandler_file, path)
     return path
+
+
+def _faulthandler_in_child() -> None:
+    global _faulthandler_file
+    try:
+        import faulthandler
+
+        if _faulthandler_file is None or not faulthandler.is_enabled():
+            return
+        inherited, _faulthandler_file = _faulthandler_file, None
+        try:
+            inherited.close()  # our copy of the parent's file descriptor
+        except OSError:
+            pass
+        _open_faulthandler_file()
+    except Exception:
+        pass  # the child runs on, without a dump file of its own
 
 
 # faulthandler's signals (Modules/faulthandler.c). A library loaded later may install its own handler
 # for one of them, and faulthandler's never runs: tvm_ffi, which vLLM 0.32 loads, takes SIGSEGV, so a
 # worker that segfaulted in a native op left an empty dump and a fault record with no location.
 FATAL_SIGNALS = tuple(getattr(signal, n) for n in ("SIGSEGV", "SIGFPE", "SIGABRT", "SIGBUS", "SIGILL") if hasattr(signal, n))
+# Libraries whose fatal-signal handler only reports and dies (prints a native backtrace, then
+# re-raises): faulthandler may go in front of those. Never in front of a handler that recovers from
+# its own faults (JITs, wasm runtimes): it would get a re-raised signal instead of the real fault.
+REPORT_ONLY_HANDLERS = ("libtvm_ffi",)
 _SIGACTION_BYTES = 256  # more than any libc's struct sigaction (152 bytes on glibc x86-64)
 _libc = None
+_rearm_lock = threading.Lock()
 
 
 def _sigaction(signum: int, new: Any = None) -> Any:
@@ -143,6 +178,21 @@ def _sigaction(signum: int, new: Any = None) -> Any:
     return old
 
 
+def _handler_library(action: Any) -> str:
+    """The file name of the shared object a signal action's handler lives in ("" if unknown)."""
+    import ctypes
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+    address = int.from_bytes(action.raw[: ctypes.sizeof(ctypes.c_void_p)], sys.byteorder)
+    info = DlInfo()
+    if address <= 1 or not _libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info)):  # SIG_DFL, SIG_IGN
+        return ""
+    return os.path.basename((info.dli_fname or b"").decode("utf-8", "replace"))
+
+
 def _handler_addresses() -> dict[int, bytes]:
     if not sys.platform.startswith("linux"):
         return {}
@@ -153,29 +203,39 @@ def _handler_addresses() -> dict[int, bytes]:
 
 
 def rearm_faulthandler(_step: int = 0) -> list[int]:
-    """Put faulthandler back in front of any fatal-signal handler installed after it, chaining to that
-    handler: on a crash faulthandler writes its dump, then the other library's handler runs as it
-    would have. Returns the signals re-armed. Cheap (five sigaction calls) and never raises; the
-    hooks call it at steps 1, 2, 4, 8, ... (``runtime.at_step_milestones``)."""
+    """Put faulthandler back in front of a report-only fatal-signal handler (REPORT_ONLY_HANDLERS)
+    installed after it, chaining to that handler: on a crash faulthandler writes its dump, then the
+    other library's handler runs as it would have. Handlers of any other library are left in front,
+    and said so once. Returns the signals re-armed. Cheap (five sigaction calls) and never raises;
+    the hooks call it at steps 1, 2, 4, 8, ... (``runtime.at_step_milestones``)."""
     try:
         import faulthandler
 
-        if _faulthandler_file is None or not _faulthandler_actions or not faulthandler.is_enabled():
-            return []
-        foreign = {}
-        for sig, ours in _faulthandler_actions.items():
-            action = _sigaction(sig)
-            if action.raw[:8] != ours:
-                foreign[sig] = action
-        if not foreign:
-            return []
-        faulthandler.disable()  # restores the actions it saved at enable()
-        for sig, action in foreign.items():
-            _sigaction(sig, action)  # the other library's handler: faulthandler saves it as the one to chain to
-        faulthandler.enable(file=_faulthandler_file, all_threads=True)
-        _faulthandler_actions.update(_handler_addresses())
-        runtime.log_once("rearm-faulthandler", "another library replaced the crash handler for %s; faulthandler "
-                         "now runs first and then hands over to it",
+        with _rearm_lock:
+            if _faulthandler_file is None or not _faulthandler_actions or not faulthandler.is_enabled():
+                return []
+            foreign, others = {}, {}
+            for sig, ours in _faulthandler_actions.items():
+                action = _sigaction(sig)
+                if action.raw[:8] != ours:
+                    library = _handler_library(action)
+                    if any(library.startswith(name) for name in REPORT_ONLY_HANDLERS):
+                        foreign[sig] = action
+                    else:
+                        others[sig] = library or "unknown"
+            for sig, library in others.items():
+                runtime.log_once(f"foreign-handler:{sig}:{library}", "%s's handler for %s runs instead of "
+                                 "faulthandler: a crash there leaves no Python traceback for Sentinel",
+                                 library, signal.Signals(sig).name)
+            if not foreign:
+                return []
+            faulthandler.disable()  # restores the actions it saved at enable()
+            for sig, action in foreign.items():
+                _sigaction(sig, action)  # the other library's handler: faulthandler saves it as the one to chain to
+            faulthandler.enable(file=_faulthandler_file, all_threads=True)
+            _faulthandler_actions.update(_handler_addresses())
+        runtime.log_once("rearm-faulthandler", "%s replaced the crash handler for %s; faulthandler now runs first "
+                         "and then hands over to it", _handler_library(next(iter(foreign.values()))),
                          ", ".join(signal.Signals(s).name for s in sorted(foreign)))
         return sorted(foreign)
     except Exception as exc:

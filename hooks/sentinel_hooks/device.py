@@ -22,6 +22,7 @@ from . import runtime
 # Accumulators (int64): per probe site, NPROG slots of NFIELDS counters, one slot per program of
 # the kernel's fixed grid. Each program is the only writer of its slot. kernels.py uses these offsets.
 CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX, BADMIN = range(8)
+MAX_HOLD = 8  # drains a row may be held back in a row for a kernel caught half-way
 NFIELDS = 8
 NPROG = 16
 MAX_SITES = 128
@@ -69,6 +70,7 @@ class Slab:
         self.pending = False
         self.sites: list[Site] = []
         self.prev: list[list[int]] = []  # per site, the reduced counters at the last drain
+        self.held: list[int] = []  # per site, drains held back in a row (see _emit_deltas)
 
 
 def triton_available() -> bool:
@@ -111,6 +113,7 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         row = len(slab.sites)
         slab.sites.append(site)
         slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, INT64_MAX])
+        slab.held.append(0)
         site.rows[idx] = row
         site.views[idx] = slab.acc[row]
     _ensure_drain(torch)
@@ -299,11 +302,18 @@ def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
     fused = triton_available()  # the Triton kernel writes every program's slot; the torch fallback slot 0 only
     for row, site in enumerate(slab.sites):
         slots = values[row]
-        if fused and len({s[CALLS] for s in slots}) > 1:
+        if fused and len({s[CALLS] for s in slots}) > 1 and slab.held[row] < MAX_HOLD:
             # The periodic copy does not wait for the serving stream (no sync): it caught a probe
             # kernel with some programs done and some not. Hold the row back until every program
             # has counted the same calls: its counters and the latest call's max are whole then.
+            # (Never for long: launches of one site racing on two streams could keep them apart.)
+            slab.held[row] += 1
             continue
+        if slab.held[row] >= MAX_HOLD:
+            runtime.log_once(f"held:{site.name}", "probe site %s: its kernel programs disagree on the calls "
+                             "counted for %d drains in a row (launched on two streams at once?); reporting anyway",
+                             site.name, MAX_HOLD)
+        slab.held[row] = 0
         cur, prev = reduce_slots(slots), slab.prev[row]
         execs = cur[CALLS] - prev[CALLS]
         if execs <= 0:

@@ -239,10 +239,11 @@ def _at_exit() -> None:
 
 def _after_fork_in_child() -> None:
     # The child must not write into its parent's ring, nor keep its parent's lock alive.
-    global _writer, _start_lock, _idle
+    global _writer, _start_lock, _idle, _pending_config_errors
     w = _writer
     _writer = None
     _idle = None  # the child's own engine, if any, says so itself
+    _pending_config_errors = 0  # the parent counts its own; the child's config is the parent's, counted once
     _start_lock = threading.Lock()
     if isinstance(w, RingWriter):
         w.abandon()

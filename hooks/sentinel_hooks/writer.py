@@ -42,9 +42,19 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
 
     elastic = env.get("TORCHELASTIC_RUN_ID", "")
     elastic = "" if elastic == "none" else elastic  # torchrun's placeholder for standalone runs
+    host = env.get("SENTINEL_HOST") or socket.gethostname()
+    pod = env.get("SENTINEL_POD") or env.get("POD_NAME") or ""
+    namespace = env.get("SENTINEL_NAMESPACE") or env.get("POD_NAMESPACE") or ""
     job = env.get("SENTINEL_JOB") or elastic or env.get("SLURM_JOB_ID") or ""
     if not job and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
-        job = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+        addr = env["MASTER_ADDR"]
+        # A loopback rendezvous names no job by itself: every single-node job uses localhost:29500.
+        addr = host if addr in ("localhost", "127.0.0.1", "::1") else addr
+        job = f"{addr}:{env['MASTER_PORT']}"
+    if not job and pod:
+        # No launcher says which job this is: the pod is one (vLLM and SGLang set none of the above).
+        # Without it, every such pod's hangs, skews and consequences would share the job "".
+        job = f"{namespace}/{pod}" if namespace else pod
     return {
         "pid": os.getpid(),
         "ppid": os.getppid(),
@@ -52,9 +62,9 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
         "local_rank": first_int("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"),
         "world_size": first_int("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"),
         "job": job,
-        "host": env.get("SENTINEL_HOST") or socket.gethostname(),
-        "pod": env.get("SENTINEL_POD") or env.get("POD_NAME") or "",
-        "namespace": env.get("SENTINEL_NAMESPACE") or env.get("POD_NAMESPACE") or "",
+        "host": host,
+        "pod": pod,
+        "namespace": namespace,
         "framework": env.get("SENTINEL_FRAMEWORK") or "python",
         "framework_version": "",
     }
