@@ -53,8 +53,8 @@ from _common import (  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import sentinel_hooks  # noqa: E402
-from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
-from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
+from sentinel.daemon.ringreader import RingReader  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 from sentinel_hooks.writer import RingWriter, identity_from_env  # noqa: E402
 

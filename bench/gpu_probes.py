@@ -31,7 +31,7 @@ from cuda_timing import time_ms  # noqa: E402
 
 os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-"))
 import sentinel_hooks as sh  # noqa: E402
-from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel.daemon.ringreader import RingReader  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 

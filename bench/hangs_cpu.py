@@ -29,8 +29,8 @@ REPO = os.path.dirname(BENCH)
 sys.path[:0] = [BENCH, REPO, os.path.join(REPO, "hooks")]
 from _common import machine_info, progress, spread, update_results_md, write_json  # noqa: E402
 
-from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
-from sentinel.hangs import HangConfig  # noqa: E402
+from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
+from sentinel.triage.hangs import HangConfig  # noqa: E402
 
 RANKS = os.path.join(REPO, "tests", "helpers", "gloo_ranks.py")
 HANG_AT = 6

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sentinel_hooks as sh  # noqa: E402
-from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel.daemon.ringreader import RingReader  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 BATCHES = (1, 8, 64, 256)

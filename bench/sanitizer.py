@@ -43,7 +43,7 @@ def find_sanitizer() -> str | None:
 
 def oob_in_rings(sdir: str) -> int:
     """page_table_oob violations the hooks wrote to the rings under sdir (read as the daemon reads)."""
-    from sentinel.ringreader import RingReader
+    from sentinel.daemon.ringreader import RingReader
     from sentinel_hooks import ringformat as rf
 
     total = 0

@@ -49,7 +49,7 @@ FILTER_VARS = ("cluster", "namespace", "pod")
 SEL = 'cluster=~"$cluster", namespace=~"$namespace", pod=~"$pod"'
 RUNBOOK_BASE = "docs/runbooks/"  # the default of the `runbook_base` variable
 
-# Labels the exporter never leaves empty on the series that carry them (sentinel/exporter.py):
+# Labels the exporter never leaves empty on the series that carry them (sentinel/exporter/collectors.py):
 # the check, state, group, signature and exception (exception_class() is "unknown" at worst),
 # the GPU and XID. Anything else (pod, namespace, rank, job_id, kernel_family, known_issue, ...)
 # may be empty, so a legend may print it only through fill() or who().

@@ -123,7 +123,7 @@ def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool =
         os.makedirs(os.path.join(base_dir, "cores"), mode=0o700, exist_ok=True)
     # Where PyTorch's Flight Recorder writes its dumps, when the user enables it
     # (TORCH_FR_BUFFER_SIZE): the daemon attaches them to the hang they belong to.
-    from .flight_recorder import dump_prefix
+    from sentinel.triage.readers.flight_recorder import dump_prefix
 
     prefix = dump_prefix(base_dir)
     os.makedirs(os.path.dirname(prefix), mode=0o700, exist_ok=True)

@@ -4,8 +4,8 @@ import os
 
 from prometheus_client import generate_latest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.exporter import build_registry
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.exporter.collectors import build_registry
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.adapters import ENTRY_POINTS
 from sentinel_hooks.adapters.base import ADAPTER_ERROR_EVENT

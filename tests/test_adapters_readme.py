@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 pytest.importorskip("torch")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.exporter import build_registry, serve
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.exporter.collectors import build_registry, serve
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

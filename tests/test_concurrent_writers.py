@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.ringreader import RingReader
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 WORLD = 8

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sentinel import catalog, cudagdb, faults, fingerprint
-from sentinel.daemon import Daemon, DaemonConfig
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.triage import catalog, fingerprint
+from sentinel.triage import records as faults
+from sentinel.triage.readers import cudagdb
 from sentinel_hooks import frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cuda-gdb"
@@ -236,7 +238,7 @@ def test_coredump_becomes_a_matched_fault_record(h, tmp_path):
         d._publish()
         from prometheus_client import generate_latest
 
-        from sentinel.exporter import build_registry
+        from sentinel.exporter.collectors import build_registry
 
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
         assert (f'sentinel_faults_total{{exception="illegal_address",kernel_family="paged_gather",'
@@ -404,7 +406,7 @@ def test_a_crash_in_a_native_worker_thread_is_blamed_on_the_python_thread_inside
 def test_a_dump_cut_short_says_so_and_names_what_it_has(tmp_path):
     """Two threads crashed at once: the dump ends after one frame. The record keeps that frame (the op
     call, the only one left) and says the rest is missing."""
-    from sentinel.state import ProcessState
+    from sentinel.daemon.state import ProcessState
 
     text = (FAULTHANDLER_FIXTURES / "torch-sigsegv-two-threads-cut-short.log").read_text()
     assert faults.faulthandler_summary(text) == (

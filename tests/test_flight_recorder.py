@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel import flight_recorder as fr
-from sentinel.daemon import Daemon, DaemonConfig
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.triage.readers import flight_recorder as fr
 
 # The shape of the reference dump (rank 0 of the NCCL all_gather hang): plain containers only.
 REFERENCE = {

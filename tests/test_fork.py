@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.ringreader import RingReader
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 FORKER = r"""

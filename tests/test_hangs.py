@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.hangs import Hang, HangConfig, HangDetector
-from sentinel.ringreader import RingReader
-from sentinel.state import GroupProgress, ProcessState
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.daemon.ringreader import RingReader
+from sentinel.daemon.state import GroupProgress, ProcessState
+from sentinel.triage.hangs import Hang, HangConfig, HangDetector
 from sentinel_hooks import ringformat as rf
 
 WORLD = 3
@@ -135,7 +135,7 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         # It is exported and journaled once.
         from prometheus_client import generate_latest
 
-        from sentinel.exporter import build_registry
+        from sentinel.exporter.collectors import build_registry
 
         d._publish()
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 from header_hammer import IDENTITIES  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 # The "host program": its stdout and exit code must be the same with or without working hooks.

@@ -15,7 +15,7 @@ def _loaded(h, code: str, env=None) -> dict:
 
 
 def test_daemon_modules_do_not_import_torch(h):
-    res = h.run_py("import sentinel.cli, sentinel.daemon, sentinel.exporter, sentinel.status; import sys; "
+    res = h.run_py("import sentinel.cli.main, sentinel.daemon.loop, sentinel.exporter.collectors, sentinel.cli.status; import sys; "
                    "assert 'torch' not in sys.modules, 'torch imported'")
     assert res.returncode == 0, res.stderr
 
@@ -25,9 +25,9 @@ def test_running_daemon_code_paths_do_not_import_torch(h):
     code = f"""
 import sentinel_hooks
 sentinel_hooks.step()
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.exporter import build_registry
-from sentinel.status import collect
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.exporter.collectors import build_registry
+from sentinel.cli.status import collect
 from prometheus_client import generate_latest
 d = Daemon(DaemonConfig(base_dir={h.dir!r}, use_events=True, rescan_interval=0))
 d.poll_once()

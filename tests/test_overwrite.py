@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.ringreader import RingReader
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

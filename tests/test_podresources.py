@@ -20,8 +20,8 @@ import pytest
 grpc = pytest.importorskip("grpc")
 
 from sentinel import podresources  # noqa: E402
-from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
-from sentinel.nvml import XidEvent  # noqa: E402
+from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
+from sentinel.daemon.nvml import XidEvent  # noqa: E402
 
 
 def _varint(n: int) -> bytes:
@@ -121,7 +121,7 @@ def test_the_node_daemon_labels_an_xid_with_the_pod_holding_the_gpu(kubelet, tmp
         d._publish()
         from prometheus_client import generate_latest
 
-        from sentinel.exporter import build_registry
+        from sentinel.exporter.collectors import build_registry
 
         text = generate_latest(build_registry(lambda: d.snapshot)).decode()
         assert 'sentinel_gpu_xid_errors_total{gpu="1",namespace="serving",pod="vllm-0",xid="79"} 1.0' in text

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 pytest.importorskip("torch")

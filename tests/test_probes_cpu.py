@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sentinel_hooks as sh  # noqa: E402
-from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel.daemon.ringreader import RingReader  # noqa: E402
 from sentinel_hooks import probes, runtime  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.adapters import ENTRY_POINTS
 from sentinel_hooks.adapters import sglang as sglang_adapter

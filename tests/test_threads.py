@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 THREADS, PER_THREAD = 4, 20000

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from sentinel.daemon import Daemon, DaemonConfig
-from sentinel.ringreader import HOLE_GRACE_S, RingReader
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.daemon.ringreader import HOLE_GRACE_S, RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

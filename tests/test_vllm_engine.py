@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 VLLM_VERSION = os.environ.get("VLLM_VERSION", "0.32.0")
@@ -124,7 +124,7 @@ def test_observe_real_engine_headroom_and_corruption(h):
 
 def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
     ready = out.wait("ready", timeout=240)
-    # The portable attention kernel, whatever this CPU advertises (sentinel/vllm_engine.py: DTYPE).
+    # The portable attention kernel, whatever this CPU advertises (sentinel/demo/vllm_engine.py: DTYPE).
     assert ready["attn_isa"] in ("vec", "vec16"), ready["attn_isa"]
     generated = out.wait("generated", timeout=120)  # observe mode does not disturb the run
     assert [len(o) for o in generated["outputs"]] == [8, 8], generated

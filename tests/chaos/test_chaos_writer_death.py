@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from chaos_support import HELPERS, Harness, by_pid, start_daemon
 
-from sentinel.ringreader import RingReader
+from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 
 WRITER = str(HELPERS / "chaos_numbered_writer.py")

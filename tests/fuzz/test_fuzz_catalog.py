@@ -14,7 +14,7 @@ from fuzz_support import count, fuzz, mutate
 from hypothesis import example
 from hypothesis import strategies as st
 
-from sentinel import catalog
+from sentinel.triage import catalog
 
 SOURCE = "fuzz.toml"
 BUILTIN = open(catalog.BUILTIN, "rb").read()

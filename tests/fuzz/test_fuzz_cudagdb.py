@@ -16,7 +16,9 @@ from fuzz_support import FIXTURES, count, fuzz, mutate
 from hypothesis import example
 from hypothesis import strategies as st
 
-from sentinel import catalog, cudagdb, faults, fingerprint
+from sentinel.triage import catalog, fingerprint
+from sentinel.triage import records as faults
+from sentinel.triage.readers import cudagdb
 
 TRANSCRIPTS = {p.stem: p.read_text() for p in sorted(FIXTURES.glob("cuda-gdb-*.txt"))}
 CATALOG = catalog.load()

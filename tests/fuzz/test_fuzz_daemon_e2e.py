@@ -17,8 +17,8 @@ from pathlib import Path
 
 from fuzz_support import FIXTURES
 
-from sentinel import cudagdb
-from sentinel.journal import Journal, journal_path
+from sentinel.daemon.journal import Journal, journal_path
+from sentinel.triage.readers import cudagdb
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

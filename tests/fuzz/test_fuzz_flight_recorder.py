@@ -26,7 +26,7 @@ from fuzz_support import count, fuzz, mutate
 from hypothesis import example
 from hypothesis import strategies as st
 
-from sentinel import flight_recorder as fr
+from sentinel.triage.readers import flight_recorder as fr
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 REFERENCE = {  # the shape of a real dump (tests/test_flight_recorder.py has the full one)

@@ -25,11 +25,11 @@ from hypothesis import example
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from sentinel.exporter import build_registry
-from sentinel.hangs import HangConfig, HangDetector
-from sentinel.journal import Journal
-from sentinel.ringreader import MAX_SEQ, RingReader, parse_header
-from sentinel.state import MAX_COUNT, MAX_GROUP_SIZE, ProcessState, Snapshot
+from sentinel.daemon.journal import Journal
+from sentinel.daemon.ringreader import MAX_SEQ, RingReader, parse_header
+from sentinel.daemon.state import MAX_COUNT, MAX_GROUP_SIZE, ProcessState, Snapshot
+from sentinel.exporter.collectors import build_registry
+from sentinel.triage.hangs import HangConfig, HangDetector
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 
@@ -213,7 +213,7 @@ def journal(ring_dir: str) -> Iterator[Journal]:
 
 
 def is_bad(kind: int, code: int, a: int, b: int, c: int) -> bool:
-    """The refusal rule, written out independently of sentinel/state.py."""
+    """The refusal rule, written out independently of sentinel/daemon/state.py."""
     def counted(v: int) -> bool:
         return 0 <= v < MAX_COUNT
 

@@ -20,8 +20,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [REPO, os.path.join(REPO, "hooks")]
 
-from sentinel.daemon import Daemon, DaemonConfig  # noqa: E402
-from sentinel.hangs import HangConfig  # noqa: E402
+from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
+from sentinel.triage.hangs import HangConfig  # noqa: E402
 
 RANK_PROGRAM = r"""
 import datetime, os, time, torch, torch.distributed as dist

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 import paged_attention as pa  # noqa: E402  (bench/ on sys.path, see conftest)
 
 import sentinel_hooks as sh  # noqa: E402
-from sentinel.ringreader import RingReader  # noqa: E402
+from sentinel.daemon.ringreader import RingReader  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 
@@ -121,7 +121,7 @@ def test_first_call_inside_capture_in_a_fresh_process(tmp_path):
         import json, sys, torch
         import paged_attention as pa, sentinel_hooks as sh
         from sentinel_hooks import kernels
-        from sentinel.ringreader import RingReader
+        from sentinel.daemon.ringreader import RingReader
         from sentinel_hooks import ringformat as rf
         st = pa.make_step(batch=4, context=256)
         st["page_table"][1, 3] = st["num_pages"] + 7

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from security_support import SENTINEL, Procs
 
-from sentinel.cli import build_parser
+from sentinel.cli.main import build_parser
 
 
 def _free_port_everywhere() -> int:

@@ -27,17 +27,17 @@ SHELLS = {"sh", "bash", "dash", "zsh", "/bin/sh", "/bin/bash", "/usr/bin/sh", "/
 
 # Calls with no timeout of their own, and why that is fine. Keyed by (file, function).
 DOCUMENTED = {
-    ("sentinel/cli.py", "cmd_run"):
+    ("sentinel/cli/main.py", "cmd_run"):
         "os.execve replaces `sentinel run` with the user's command (a server): a timeout would kill it",
-    ("sentinel/demo.py", "_hang_phase"):
+    ("sentinel/demo/run.py", "_hang_phase"):
         "the demo's gloo ranks run for the demo's duration; its loop has a deadline and kills them in finally",
-    ("sentinel/demo.py", "_crash_phase"):
+    ("sentinel/demo/run.py", "_crash_phase"):
         "the crashing demo rank is waited for with wait(timeout=60)",
-    ("sentinel/demo.py", "_gpu_phase"):
+    ("sentinel/demo/run.py", "_gpu_phase"):
         "the CUDA demo rank is waited for with wait(timeout=120), then killed",
-    ("sentinel/demo.py", "run_demo"):
+    ("sentinel/demo/run.py", "run_demo"):
         "the demo's workload ranks run for the demo's duration; its loop has a deadline and kills them in finally",
-    ("sentinel/demo_vllm.py", "run_vllm_demo"):
+    ("sentinel/demo/vllm.py", "run_vllm_demo"):
         "the interactive vLLM demo's engine: wait(timeout=30), then killpg of its session",
 }
 REAPERS = {"kill", "killpg", "terminate", "wait"}  # what a function that starts a long-lived child must call
@@ -190,8 +190,8 @@ def test_every_program_start_has_no_shell_a_list_and_a_timeout() -> None:
     sites = find_sites()
     # The debugger and the stack dumper, at least, are found (the scan itself works).
     found = {(s.file, s.function, s.call) for s in sites}
-    assert ("sentinel/cudagdb.py", "run", ("subprocess", "run")) in found
-    assert ("sentinel/stacks.py", "dump", ("subprocess", "run")) in found
+    assert ("sentinel/triage/readers/cudagdb.py", "run", ("subprocess", "run")) in found
+    assert ("sentinel/daemon/stacks.py", "dump", ("subprocess", "run")) in found
     assert problems(sites) == []
     # Every documented reason still names a place that starts a program.
     assert set(DOCUMENTED) <= {(s.file, s.function) for s in sites}

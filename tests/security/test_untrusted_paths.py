@@ -42,9 +42,9 @@ from pathlib import Path
 import pytest
 from security_support import OUTSIDER_GID, OUTSIDER_UID, PYTHON, SENTINEL, TESTS
 
-from sentinel import faults
-from sentinel.catalog import CatalogError
-from sentinel.daemon import Daemon, DaemonConfig
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.triage import records as faults
+from sentinel.triage.catalog import CatalogError
 from sentinel_hooks.writer import RingWriter
 
 SECRET = "TOP-SECRET-OUTSIDE-SENTINEL-DIR"

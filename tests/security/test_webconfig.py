@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from security_support import SENTINEL, Pki, Procs, auth_header, request
 
-from sentinel.webconfig import TLS_KEYS, TOP_KEYS, UNSUPPORTED, WebConfig, WebConfigError, parse
+from sentinel.exporter.webconfig import TLS_KEYS, TOP_KEYS, UNSUPPORTED, WebConfig, WebConfigError, parse
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()  # cost 4: fast tests, same format
 
@@ -186,8 +186,8 @@ def test_health_endpoint_follows_the_poll_loop() -> None:
     """200 while snapshots are fresh, 503 once the poll loop has stopped publishing; no auth."""
     import time
 
-    from sentinel.exporter import HEALTHY_POLL_AGE_S, build_registry, serve
-    from sentinel.state import Snapshot
+    from sentinel.daemon.state import Snapshot
+    from sentinel.exporter.collectors import HEALTHY_POLL_AGE_S, build_registry, serve
 
     snap = [Snapshot(taken_at=time.time())]
     with socket.socket() as sock:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sentinel.daemon.state import ProcessState
 from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
-
-from .state import ProcessState
 
 
 @dataclass(frozen=True)

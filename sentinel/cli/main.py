@@ -15,9 +15,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from sentinel import __version__
 from sentinel_hooks import ringformat as rf
-
-from . import __version__
 
 log = logging.getLogger("sentinel.cli")
 
@@ -50,13 +49,13 @@ def positive_int(value: str) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from . import logjson
-    from .daemon import Daemon, DaemonConfig
-    from .exporter import build_registry, serve
+    from sentinel import logjson
+    from sentinel.daemon.loop import Daemon, DaemonConfig
+    from sentinel.exporter.collectors import build_registry, serve
 
     web = None
     if args.web_config:
-        from .webconfig import WebConfigError, load
+        from sentinel.exporter.webconfig import WebConfigError, load
 
         try:
             web = load(args.web_config)
@@ -74,8 +73,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             return 2
     logjson.setup(args.log_level)
     allowed = None if args.any_owner else {os.getuid(), *args.allow_uid}
-    from .catalog import CatalogError
-    from .hangs import HangConfig
+    from sentinel.triage.catalog import CatalogError
+    from sentinel.triage.hangs import HangConfig
 
     try:
         daemon = Daemon(DaemonConfig(
@@ -146,9 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _hooked_env(args: argparse.Namespace) -> dict[str, str]:
+    from sentinel.injection import injected_env, prepare
     from sentinel_hooks.writer import FsPolicy
-
-    from .injection import injected_env, prepare
 
     # The folders the hooked processes and the daemon share get SENTINEL_GROUP's modes and group
     # (private by default) before injected_env finds them there.
@@ -182,7 +180,7 @@ def _code_umask() -> Iterator[None]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import collect, open_hangs, render_hangs, render_table
+    from sentinel.cli.status import collect, open_hangs, render_hangs, render_table
 
     if not os.path.isdir(args.dir):
         print(f"sentinel status: no such directory: {args.dir}", file=sys.stderr)
@@ -205,9 +203,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     """The last records of a hooked process's ring, read directly (no daemon needed); --follow
     prints new ones as they come until the process ends."""
-    from .faults import render_records
-    from .ringreader import RingReader
-    from .status import find_rings, format_record
+    from sentinel.cli.status import find_rings, format_record
+    from sentinel.daemon.ringreader import RingReader
+    from sentinel.triage.records import render_records
 
     try:
         paths = find_rings(args.dir, args.pid, args.rank)
@@ -254,18 +252,19 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.vllm:
-        from .demo_vllm import run_vllm_demo
+        from sentinel.demo.vllm import run_vllm_demo
 
         return run_vllm_demo(args.vllm_python, args.dir)
-    from .demo import run_demo
+    from sentinel.demo.run import run_demo
 
     return run_demo(duration=args.duration, base_dir=args.dir)
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
-    from . import catalog as catalog_mod
-    from . import cudagdb, faults
-    from .journal import Journal, journal_path
+    from sentinel.daemon.journal import Journal, journal_path
+    from sentinel.triage import catalog as catalog_mod
+    from sentinel.triage import records as faults
+    from sentinel.triage.readers import cudagdb
 
     try:
         cat = catalog_mod.load(args.catalog)
@@ -345,7 +344,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import checks, render
+    from sentinel.cli.doctor import checks, render
 
     rows = checks(os.path.abspath(args.dir), args.cuda_gdb)
     print(json.dumps(rows, indent=2) if args.json else render(rows))
@@ -353,7 +352,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_install_hooks(args: argparse.Namespace) -> int:
-    from .injection import install_hooks
+    from sentinel.injection import install_hooks
 
     with _code_umask():
         root = install_hooks(os.path.abspath(args.dest))

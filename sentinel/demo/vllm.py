@@ -13,9 +13,9 @@ import tempfile
 import threading
 import time
 
-from . import logjson
-from .daemon import Daemon, DaemonConfig
-from .injection import injected_env
+from sentinel import logjson
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.injection import injected_env
 
 VLLM_VERSION = "0.32.0"
 ENGINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_engine.py")

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from sentinel.daemon.state import MAX_KIND, ProcessState
 from sentinel_hooks.writer import FsPolicy
-
-from .state import MAX_KIND, ProcessState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS processes (
@@ -95,7 +94,7 @@ MIGRATIONS = (
 
 def _fill_fault_kinds(db: sqlite3.Connection) -> None:
     """faults.fault_kind for the rows of a version-1 journal, from their records."""
-    from .faults import fault_kind
+    from sentinel.triage.records import fault_kind
 
     rows = db.execute("SELECT id, source, exception_class, record FROM faults WHERE kind = ''").fetchall()
     for fid, source, exc, record in rows:

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from sentinel.daemon.state import CHECK_LABELS, ProcessState, kind_name
+from sentinel.triage import fingerprint
+from sentinel.triage.catalog import Catalog
+from sentinel.triage.readers.cudagdb import GdbReport
 from sentinel_hooks import frames
 from sentinel_hooks import ringformat as rf
-
-from . import fingerprint
-from .catalog import Catalog
-from .cudagdb import GdbReport
-from .state import CHECK_LABELS, ProcessState, kind_name
 
 FAULTHANDLER_MAX = 64 * 1024
 # A death this close to a related process's stronger fault is its consequence (see is_consequence).

@@ -1,6 +1,6 @@
 """The known-issue catalog: evidence -> root cause, remediation, upstream reference.
 
-Built-in entries live in sentinel/data/catalog.toml. Users extend them with their own TOML file
+Built-in entries live in sentinel/triage/data/catalog.toml. Users extend them with their own TOML file
 (same format); an entry with the same id replaces the built-in one. A bad file is rejected with
 a message naming the file and the entry, never half-loaded.
 """

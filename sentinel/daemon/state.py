@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from sentinel.daemon.ringreader import DTYPE
 from sentinel_hooks import ringformat as rf
-
-from .ringreader import DTYPE
 
 KIND_NAMES = {int(k): k.name.lower() for k in rf.Kind}
 CHECK_LABELS = {int(c): c.label for c in rf.Check}

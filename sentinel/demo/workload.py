@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-fault", action="store_true", help="a real CUDA fault (needs a GPU and Triton)")
     args = p.parse_args(argv)
     if args.cuda_fault:
-        from .demo_cuda import main as cuda_fault
+        from sentinel.demo.cuda import main as cuda_fault
 
         return cuda_fault()
     if args.gloo_port:

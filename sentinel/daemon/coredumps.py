@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import psutil
 
+from sentinel.triage.readers import cudagdb
 from sentinel_hooks.crash import CORE_PREFIX, CORE_SUFFIX
 from sentinel_hooks.writer import FsPolicy
-
-from . import cudagdb
 
 log = logging.getLogger("sentinel.coredumps")
 

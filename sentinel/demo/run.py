@@ -18,12 +18,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from . import logjson
-from .daemon import Daemon, DaemonConfig
-from .exporter import build_registry, serve
-from .hangs import HangConfig
-from .injection import injected_env
-from .status import collect, render_table
+from sentinel import logjson
+from sentinel.cli.status import collect, render_table
+from sentinel.daemon.loop import Daemon, DaemonConfig
+from sentinel.exporter.collectors import build_registry, serve
+from sentinel.injection import injected_env
+from sentinel.triage.hangs import HangConfig
 
 WORLD = 3
 SCENARIOS = {0: ["healthy"], 1: ["offbyone", "dp_padding"], 2: ["stride"]}
@@ -74,7 +74,7 @@ def _hang_phase(daemon: Daemon, env: dict) -> str:
     for rank in range(WORLD):
         e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), SENTINEL_JOB="demo-tp")
         # --duration is only a bound: the ranks block at #30 and stay there until the demo stops them.
-        cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(PHASE_GUARD_S), "--gloo-port",
+        cmd = [sys.executable, "-m", "sentinel.demo.workload", "--duration", str(PHASE_GUARD_S), "--gloo-port",
                str(port), "--hang-rank", "1", "--hang-at", "30", "--step-ms", "20"]
         # stderr off: when the demo stops them, the waiting ranks' gloo reports the lost peer.
         procs.append(subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL))
@@ -118,13 +118,13 @@ def _settle(daemon: Daemon, done: Callable[[], bool], guard_s: float = 30.0) -> 
 
 def _crash_phase(daemon: Daemon, env: dict) -> str:
     """A rank that crashes natively after an off-by-one page index: the fault record."""
-    from .faults import FaultRecord, render_report
+    from sentinel.triage.records import FaultRecord, render_report
 
     print("\nPhase 3: a crash. A rank serves with an off-by-one page index, then segfaults in native code.")
     print("The daemon builds the fault record from its faulthandler file and its last ring records.\n")
     e = dict(env, RANK="0", WORLD_SIZE="1", SENTINEL_JOB="demo-crash")
     # The off-by-one starts at step 100; the crash comes after it, at step 400 (--duration is a bound).
-    cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(PHASE_GUARD_S), "--scenario",
+    cmd = [sys.executable, "-m", "sentinel.demo.workload", "--duration", str(PHASE_GUARD_S), "--scenario",
            "offbyone", "--crash-at", "400", "--step-ms", "2"]
     proc = subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL)  # its own stderr: the crash itself
     proc.wait(timeout=PHASE_GUARD_S + 60)
@@ -155,8 +155,8 @@ def _gpu_present() -> bool:
 
 def _gpu_phase(daemon: Daemon, env: dict) -> str:
     """Where a GPU is present: a real CUDA fault, its coredump read by cuda-gdb, the record."""
-    from .cudagdb import find_cuda_gdb
-    from .faults import FaultRecord, render_report
+    from sentinel.triage.readers.cudagdb import find_cuda_gdb
+    from sentinel.triage.records import FaultRecord, render_report
 
     if not _gpu_present():
         return ""
@@ -166,7 +166,7 @@ def _gpu_phase(daemon: Daemon, env: dict) -> str:
         print("  (cuda-gdb not found: the record will have no GPU backtrace; see `sentinel doctor`)")
     e = dict(env, RANK="0", WORLD_SIZE="1", SENTINEL_JOB="demo-gpu")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "sentinel.demo_workload", "--cuda-fault"], env=e,
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel.demo.workload", "--cuda-fault"], env=e,
                             stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=120)
@@ -214,7 +214,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     env = injected_env(base)
     for rank in range(WORLD):
         e = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), SENTINEL_JOB="demo")
-        cmd = [sys.executable, "-m", "sentinel.demo_workload", "--duration", str(duration)]
+        cmd = [sys.executable, "-m", "sentinel.demo.workload", "--duration", str(duration)]
         for scenario in SCENARIOS[rank]:
             cmd += ["--scenario", scenario]
         if rank == WORLD - 1:

@@ -13,12 +13,11 @@ import sqlite3
 import time
 from typing import Any
 
+from sentinel.daemon.discovery import is_ring_name
+from sentinel.daemon.journal import journal_path
+from sentinel.daemon.ringreader import RingReader
+from sentinel.daemon.state import CHECK_LABELS
 from sentinel_hooks import ringformat as rf
-
-from .discovery import is_ring_name
-from .journal import journal_path
-from .ringreader import RingReader
-from .state import CHECK_LABELS
 
 
 def _journal_rows(base_dir: str) -> dict[str, dict[str, Any]]:

@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .state import Snapshot
+from sentinel import __version__
+from sentinel.daemon.state import Snapshot
 
 if TYPE_CHECKING:
-    from .webconfig import WebConfig
+    from sentinel.exporter.webconfig import WebConfig
 
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
 # The serving job is `job_id`: Prometheus owns `job` (the scrape job).
@@ -306,15 +306,15 @@ def serve(registry: CollectorRegistry, host: str, port: int, web_config: WebConf
           snapshot: Callable[[], Snapshot] | None = None) -> tuple:
     """Serve /metrics on host:port in a background thread. Returns (server, thread).
 
-    With a web config (``--web-config``): its TLS and basic auth (see sentinel/webconfig.py).
+    With a web config (``--web-config``): its TLS and basic auth (see sentinel/exporter/webconfig.py).
     ``GET /-/healthy`` answers without authentication (a probe carries no credentials): 200 while
     the daemon's poll loop runs (``snapshot()`` taken in the last HEALTHY_POLL_AGE_S seconds),
     503 otherwise; it says nothing else. Every other path is /metrics. Raises OSError if the port
     cannot be bound."""
     from prometheus_client import make_wsgi_app
 
-    from .webconfig import WebConfig
-    from .webconfig import serve as serve_with
+    from sentinel.exporter.webconfig import WebConfig
+    from sentinel.exporter.webconfig import serve as serve_with
 
     def healthy(environ: dict, start_response: Callable) -> list[bytes]:
         age = time.time() - snapshot().taken_at if snapshot is not None else 0.0

@@ -16,18 +16,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from sentinel.daemon.coredumps import CoreCollector, is_core_name, parse_core_name
+from sentinel.daemon.discovery import Discovery
+from sentinel.daemon.journal import Journal, journal_path
+from sentinel.daemon.nvml import NvmlMonitor
+from sentinel.daemon.ringreader import RingReader
+from sentinel.daemon.state import LAST_RECORDS, ProcessState, Snapshot
+from sentinel.triage import catalog as catalog_mod
+from sentinel.triage import records as faults
+from sentinel.triage.hangs import Hang, HangConfig, HangDetector
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import FsPolicy
-
-from . import catalog as catalog_mod
-from . import faults
-from .coredumps import CoreCollector, is_core_name, parse_core_name
-from .discovery import Discovery
-from .hangs import Hang, HangConfig, HangDetector
-from .journal import Journal, journal_path
-from .nvml import NvmlMonitor
-from .ringreader import RingReader
-from .state import LAST_RECORDS, ProcessState, Snapshot
 
 log = logging.getLogger("sentinel.daemon")
 VIOLATION_LOG_S = 10.0
@@ -167,7 +166,7 @@ class Daemon:
                 self._recheck_crash(state)
         attribute = None
         if config.nvml and config.pod_resources_socket:
-            from .podresources import PodAttribution
+            from sentinel.daemon.podresources import PodAttribution
 
             attribute = PodAttribution(config.pod_resources_socket).pods_for
         self.nvml = NvmlMonitor(config.nvml, attribute)
@@ -618,7 +617,7 @@ class Daemon:
         pids = {int(s.identity["pid"]): s.identity.get("rank") for s in members if s.identity.get("pid")}
 
         def work() -> None:
-            from . import stacks
+            from sentinel.daemon.loop import stacks
 
             ev: dict = {"stacks": {}, "gpus": []}
             for pid, rank in pids.items():
@@ -647,7 +646,7 @@ class Daemon:
 
     def _read_flight_recorder(self) -> None:
         """Attach Flight Recorder dumps (restricted unpickling, never pickle.load) to open hangs."""
-        from . import flight_recorder
+        from sentinel.triage.readers import flight_recorder
 
         for name in self.fr_discovery.poll():
             path = os.path.join(self.fr_dir, name)
@@ -675,7 +674,7 @@ class Daemon:
 
     def _read_fr_file(self, path: str) -> bytes:
         """A dump's bytes: a regular file of an allowed owner, never through a symlink, never a FIFO."""
-        from .flight_recorder import MAX_BYTES
+        from sentinel.triage.readers.flight_recorder import MAX_BYTES
 
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:

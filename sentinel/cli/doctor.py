@@ -6,10 +6,9 @@ import os
 import sys
 from typing import Any
 
+from sentinel.triage.readers import cudagdb
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.crash import coredump_env
-
-from . import cudagdb
 
 
 def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
