@@ -268,7 +268,7 @@ def fig_ingest(tmp: str) -> dict:
             writers.append(RingWriter.create(d, ident, CAP))
         daemon = Daemon(DaemonConfig(base_dir=d, use_events=False))
         daemon.poll_once()  # discovery rescan: attaches every ring (all empty)
-        check(len(daemon.readers) == RINGS, f"daemon attached {len(daemon.readers)} of {RINGS} rings")
+        check(len(daemon.rings.readers) == RINGS, f"daemon attached {len(daemon.rings.readers)} of {RINGS} rings")
         states = {w.path: daemon.states[os.path.basename(w.path)] for w in writers}
 
         # Fixed cost of a poll with nothing new (what a quiet fleet costs per poll interval).
@@ -277,7 +277,7 @@ def fig_ingest(tmp: str) -> dict:
             t0 = pc()
             daemon.poll_once()
             idle.append((pc() - t0) / 1e6)
-        check(daemon.ingested == 0, "idle polls ingested nothing")
+        check(daemon.rings.ingested == 0, "idle polls ingested nothing")
 
         per_round = RINGS * CAP
         dst = np.empty((RINGS, CAP * 64), dtype=np.uint8)
@@ -285,7 +285,7 @@ def fig_ingest(tmp: str) -> dict:
         for rnd in range(INGEST_ROUNDS + 1):
             for w in writers:
                 _fill(w, rnd)
-            before = daemon.ingested
+            before = daemon.rings.ingested
             prev = {p: (s.records, s.by_kind[STEP], s.by_kind[EVENT]) for p, s in states.items()}
 
             t0 = pc()
@@ -293,7 +293,7 @@ def fig_ingest(tmp: str) -> dict:
             dt_ns = pc() - t0
 
             # Correctness: exactly the records filled, each ring complete, nothing lost.
-            got = daemon.ingested - before
+            got = daemon.rings.ingested - before
             check(got == per_round, f"round {rnd}: ingested {got} records, filled {per_round}")
             for w in writers:
                 s = states[w.path]
@@ -305,7 +305,7 @@ def fig_ingest(tmp: str) -> dict:
                 check(int(s.last["a"][-1]) == (rnd + 1) * CAP - 2, "last record payload")
 
             # Baseline: a numpy memcpy of the same ring bytes (the record slots of all rings).
-            srcs = [r.slots.view(np.uint8) for r in daemon.readers.values()]
+            srcs = [r.slots.view(np.uint8) for r in daemon.rings.readers.values()]
             t0 = pc()
             for i, src in enumerate(srcs):
                 np.copyto(dst[i], src)

@@ -68,8 +68,8 @@ def one_run(pg_timeout: float, floor: float, deadline_s: float) -> dict:
                     g = s.groups.get("0")
                     if s.identity.get("rank") == 0 and g is not None and g.last_enqueued >= HANG_AT:
                         t_enq = g.last_enqueued_ns / 1e9
-            if hang is None and d.hangs:
-                hang = next(iter(d.hangs.values()))
+            if hang is None and d.hangs.open:
+                hang = next(iter(d.hangs.open.values()))
                 t_named = time.time()
             if t_timeout is None:
                 with open(log_path, errors="replace") as f:

@@ -93,7 +93,7 @@ def test_bad_rings_rejected_once_counted_exported_and_valid_ring_served(sdir, h,
         want: dict[str, int] = {}
         for reason in expected.values():
             want[reason] = want.get(reason, 0) + 1
-        assert daemon.rejected == want
+        assert daemon.rings.rejected == want
         assert daemon.snapshot.rejected == want
 
         # The valid ring is attached and its records ingested.
@@ -111,7 +111,7 @@ def test_bad_rings_rejected_once_counted_exported_and_valid_ring_served(sdir, h,
         daemon.poll_once()
         view = daemon.snapshot.processes[0]
         assert view.step == 15 and view.kinds == {"step": 15, "event": 10}
-        assert daemon.rejected == want
+        assert daemon.rings.rejected == want
         assert len([r for r in caplog.records if r.getMessage() == "ring rejected"]) == len(expected)
 
         # Exported over HTTP.
@@ -146,7 +146,7 @@ def test_symlink_ring_is_rejected_not_followed(sdir, caplog, poll_first):
         (rings / "link.ring").symlink_to(target)
         for _ in range(3):
             daemon.poll_once()
-        assert daemon.rejected == {"unreadable": 1}
+        assert daemon.rings.rejected == {"unreadable": 1}
         assert [r.ring for r in caplog.records if r.getMessage() == "ring rejected"] == ["link.ring"]
         assert daemon.snapshot.processes == ()
     finally:

@@ -78,7 +78,7 @@ def test_eight_concurrent_writers_distinct_state(h):
         for ring, state in daemon.states.items():
             rank = state.identity["rank"]
             n = 100 * (rank + 1)
-            assert ring not in daemon.readers  # reader closed once the process ended
+            assert ring not in daemon.rings.readers  # reader closed once the process ended
             last = state.last
             assert set(np.unique(last["kind"]).tolist()) <= {rf.Kind.STEP, rf.Kind.EVENT, rf.Kind.MARK}
             ev = last[last["kind"] == rf.Kind.EVENT]

@@ -162,8 +162,8 @@ def test_restart_rereads_after_persisted_position_and_totals_stay_exact(sdir):
     d1.poll_once()  # read, not persisted: then the daemon "dies" without a final save
     by_rank = {v.identity["rank"]: v for v in d1.snapshot.processes}
     assert by_rank[0].kinds == {"step": 50} and by_rank[1].kinds == {"step": 50}
-    d1.discovery.close()
-    for r in d1.readers.values():
+    d1.rings.discovery.close()
+    for r in d1.rings.readers.values():
         r.close()
     d1.journal.close()
 
@@ -177,7 +177,7 @@ def test_restart_rereads_after_persisted_position_and_totals_stay_exact(sdir):
         by_rank = {v.identity["rank"]: v for v in d2.snapshot.processes}
         assert by_rank[0].kinds == {"step": 55} and by_rank[0].alive and by_rank[0].step == 55
         assert by_rank[1].kinds == {"step": 50, "mark": 1} and by_rank[1].exit == "exited"
-        assert d2.ingested == 25 + 21  # what it re-read after the persisted position
+        assert d2.rings.ingested == 25 + 21  # what it re-read after the persisted position
         assert all(v.torn == 0 and v.overwritten == 0 for v in by_rank.values())
     finally:
         d2.close()

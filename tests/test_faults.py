@@ -231,7 +231,7 @@ def test_coredump_becomes_a_matched_fault_record(h, tmp_path):
         # daemon has seen the process die, nothing is left pending that could add another.
         (state,) = [s for s in d.states.values() if s.identity.get("pid") == pid]
         _poll(d, lambda: not state.alive)
-        assert state.ring not in d._pending_crashes  # (it exited through the interpreter: a clean exit)
+        assert state.ring not in d.ctx.pending_crashes  # (it exited through the interpreter: a clean exit)
         d.poll_once()
         assert [r["source"] for r in d.journal.faults()] == ["coredump"]
         # Exported, and shown by `sentinel triage --fault`.
@@ -271,7 +271,7 @@ def test_storm_of_50_dumps_stays_under_the_cap_and_journals_every_fault(h, tmp_p
 
         def all_in() -> bool:
             nonlocal peak
-            peak = max(peak, d.collector.total_bytes())
+            peak = max(peak, d.faults.collector.total_bytes())
             return len(d.journal.faults(limit=100)) == 50
         _poll(d, all_in, timeout=120)
         left = sorted(os.listdir(os.path.join(h.dir, "cores")))
@@ -307,7 +307,7 @@ def test_bad_dumps_are_recorded_not_fatal(h, tmp_path, kind):
         rec = rows[0]
         assert rec["exception"] == "unreadable coredump"
         assert any("could not read the dump" in n for n in rec["notes"])
-        assert d.collector.errors >= 1
+        assert d.faults.collector.errors >= 1
     finally:
         d.close()
 
@@ -544,8 +544,8 @@ def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
         assert parent["exception_class"] == "killed" and parent["consequence_of"] == child["id"]
         assert any(f"a consequence of fault {child['id']}" in n for n in parent["notes"])
         # Paged once, for the child's signature; the parent is counted apart.
-        assert list(d.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
-        assert d.consequence_counts == {(child["signature"], "killed"): 1}
+        assert list(d.faults.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
+        assert d.faults.consequence_counts == {(child["signature"], "killed"): 1}
         assert faults.render_report(faults.FaultRecord.from_dict(parent)).splitlines()[1] == (
             f"  consequence of fault {child['id']}: see `sentinel triage --fault {child['id']}`")
     finally:
@@ -553,8 +553,8 @@ def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
     # A restarted daemon counts them the same from the journal.
     again = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0, nvml=False))
     try:
-        assert again.consequence_counts == {(child["signature"], "killed"): 1}
-        assert list(again.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
+        assert again.faults.consequence_counts == {(child["signature"], "killed"): 1}
+        assert list(again.faults.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
     finally:
         again.close()
     listing = h.run([h.sentinel, "triage", "--dir", h.dir, "--list"], env=h.env())
@@ -575,7 +575,7 @@ def test_with_the_window_off_every_death_is_its_own_fault(h):
     d, parent, child = _crash_pair(h, PARENT_KILLED_AFTER_CHILD, CHILD_SEGFAULTS, window=0)
     try:
         assert parent["consequence_of"] is None and child["consequence_of"] is None
-        assert d.consequence_counts == {} and len(d.fault_counts) == 2
+        assert d.faults.consequence_counts == {} and len(d.faults.fault_counts) == 2
     finally:
         d.close()
 

@@ -91,7 +91,7 @@ def test_daemon_refuses_a_malicious_dump_and_counts_it(h):
         os.utime(path, (time.time() - 5, time.time() - 5))
         d.poll_once()
         d.poll_once()
-        assert d.fr_rejected == 1
+        assert d.flight_recorder.rejected == 1
         assert not os.path.exists("/tmp/sentinel-pwned-by-pickle")
     finally:
         d.close()

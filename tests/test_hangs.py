@@ -51,7 +51,7 @@ def _poll_until(daemon: Daemon, pred, timeout: float, polls: list[float] | None 
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"not seen within {timeout}s; hangs: {[x.summary() for x in daemon.hangs.values()]}")
+    raise AssertionError(f"not seen within {timeout}s; hangs: {[x.summary() for x in daemon.hangs.open.values()]}")
 
 
 def _completed_at(h, seq: int) -> float | None:
@@ -79,7 +79,7 @@ def _watch_healthy_job(d: Daemon, procs, timeout: float) -> list[tuple[float, Ha
         assert time.monotonic() < deadline, f"the job did not finish in {timeout} s"
         t_poll = time.time()
         d.poll_once()
-        seen += [(t_poll, x) for x in d.hangs.values()]
+        seen += [(t_poll, x) for x in d.hangs.open.values()]
         time.sleep(0.1)
     assert all(p.wait(timeout=10) == 0 for p in procs)
     return seen
@@ -117,7 +117,7 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         _poll_until(d, waiting_enqueued, timeout=START_S)
         t_enqueued = time.monotonic()
         polls: list[float] = []
-        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.values()), None), timeout=120, polls=polls)
+        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.open.values()), None), timeout=120, polls=polls)
         detect_s = time.monotonic() - t_enqueued
         assert hang.group == "0" and hang.job == "hangtest" and hang.seq == HANG_AT
         assert hang.kind == "missing_ranks"
@@ -150,13 +150,13 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
                              + str(float(HANG_AT)), text)
         assert bool(exported) == rank0.alive, (rank0.alive, exported)
         d.poll_once()
-        assert d.hangs_total == {("hangtest", "0"): 1}
+        assert d.hangs.totals == {("hangtest", "0"): 1}
         rows = d.journal.hang_rows()
         assert len(rows) == 1 and rows[0]["seq"] == HANG_AT and rows[0]["resolved_at"] is None
         assert hang.op == "all_reduce"
         # With stacks: py-spy dumps of every live local rank, journaled with the hang. (When the
         # straggler dies, gloo's peers see the closed connection and exit too: no stacks then.)
-        ev = _poll_until(d, lambda dm: dm.hang_evidence.get(hang.key), timeout=60)
+        ev = _poll_until(d, lambda dm: dm.hangs.evidence.get(hang.key), timeout=60)
         if mode == "die":
             return
         stacks = ev["stacks"]
@@ -193,10 +193,10 @@ def test_hang_in_a_subgroup_names_its_culprit(h):
     d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
                             hang=HangConfig(floor_s=2.0, multiplier=10.0)))
     try:
-        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.values()), None), timeout=START_S)
+        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.open.values()), None), timeout=START_S)
         assert hang.group != "0"  # not the default group
         assert [c.rank for c in hang.culprits] == [STRAGGLER] and hang.waiting == (0,)
-        assert all(x.group == hang.group for x in d.hangs.values())
+        assert all(x.group == hang.group for x in d.hangs.open.values())
     finally:
         _stop(h, procs)
         d.close()
@@ -221,15 +221,15 @@ def test_restarted_daemon_does_not_count_an_open_hang_twice(h):
     cfg = DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2, hang=HangConfig(floor_s=1.0))
     d = Daemon(cfg)
     try:
-        _poll_until(d, lambda dm: dm.hangs, timeout=START_S)
+        _poll_until(d, lambda dm: dm.hangs.open, timeout=START_S)
         d.persist()
     finally:
         d.close()
     d2 = Daemon(cfg)
     try:
         d2.poll_once()  # resumes the rings after their journaled positions: the context is rebuilt
-        _poll_until(d2, lambda dm: dm.hangs, timeout=60)
-        assert d2.hangs_total == {("hangtest", "0"): 1}
+        _poll_until(d2, lambda dm: dm.hangs.open, timeout=60)
+        assert d2.hangs.totals == {("hangtest", "0"): 1}
         assert len(d2.journal.hang_rows()) == 1
     finally:
         _stop(h, procs)

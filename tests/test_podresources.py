@@ -19,7 +19,7 @@ import pytest
 
 grpc = pytest.importorskip("grpc")
 
-from sentinel import podresources  # noqa: E402
+from sentinel.daemon import podresources  # noqa: E402
 from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
 from sentinel.daemon.nvml import XidEvent  # noqa: E402
 
@@ -116,8 +116,8 @@ def test_the_node_daemon_labels_an_xid_with_the_pod_holding_the_gpu(kubelet, tmp
         # What the NVML watcher thread hands over (it calls the attribution, off the poll thread).
         for uuid, gpu in (("GPU-bbbb", "1"), ("GPU-dddd", "3")):  # GPU-dddd: held by no pod
             pods = tuple(sorted({(p.namespace, p.pod) for p in attribution.pods_for(uuid)}))
-            d._on_xid(XidEvent(gpu, uuid, 79, (), time.time(), pods))
-        assert d.xid_counts == {("1", 79, "serving", "vllm-0"): 1, ("3", 79, "", ""): 1}
+            d.gpus.record_xid(XidEvent(gpu, uuid, 79, (), time.time(), pods))
+        assert d.gpus.xid_counts == {("1", 79, "serving", "vllm-0"): 1, ("3", 79, "", ""): 1}
         d._publish()
         from prometheus_client import generate_latest
 
@@ -131,7 +131,7 @@ def test_the_node_daemon_labels_an_xid_with_the_pod_holding_the_gpu(kubelet, tmp
         d.close()
     again = Daemon(DaemonConfig(base_dir=str(tmp_path / "node"), use_events=False, nvml=False))
     try:
-        assert again.xid_counts == {("1", 79, "serving", "vllm-0"): 1, ("3", 79, "", ""): 1}  # journaled
+        assert again.gpus.xid_counts == {("1", 79, "serving", "vllm-0"): 1, ("3", 79, "", ""): 1}  # journaled
     finally:
         again.close()
     assert os.path.exists(sock)

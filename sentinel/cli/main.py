@@ -118,7 +118,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             log.info("stopping", extra={"signal": signal.Signals(received[0]).name})
         daemon.close()
         server.shutdown()
-        log.info("daemon stopped", extra={"ingested": daemon.ingested})
+        log.info("daemon stopped", extra={"ingested": daemon.rings.ingested})
     return 0
 
 

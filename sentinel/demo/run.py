@@ -278,7 +278,7 @@ def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
     print(f"  phase 3: {crash_line}")
     if gpu_line:
         print(f"  phase 4: {gpu_line}")
-    print(f"  records read: {daemon.ingested}; their last records stay in {os.path.join(base, 'rings')}")
+    print(f"  records read: {daemon.rings.ingested}; their last records stay in {os.path.join(base, 'rings')}")
     print("\nWhere to look next")
     print(f"  sentinel status --dir {base}")
     print(f"  sentinel daemon --dir {base} --listen 127.0.0.1:9464   # then curl 127.0.0.1:9464/metrics")

@@ -165,7 +165,7 @@ def test_persistent_ids_are_refused() -> None:
 def test_deep_tuples_are_refused_without_a_crash(h) -> None:  # noqa: ANN001 - the harness fixture
     """A 1 MB dump of tuples nested a million deep used as a dict key: hashing it recursed in C
     until the daemon segfaulted. Run in a child, so that a regression fails this test only."""
-    code = ("import sys\nfrom sentinel import flight_recorder as fr\n"
+    code = ("import sys\nfrom sentinel.triage.readers import flight_recorder as fr\n"
             "data = b'\\x80\\x02}' + b'K\\x01' + b'\\x85' * 1_000_000 + b'K\\x01s.'\n"
             "try:\n    fr.loads(data)\nexcept fr.pickle.UnpicklingError as exc:\n    print('refused:', exc)\n")
     res = h.run_py(code, env=h.env(), timeout=60)

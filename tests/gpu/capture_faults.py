@@ -20,7 +20,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [REPO, os.path.join(REPO, "hooks")]
 
-from sentinel import cudagdb  # noqa: E402
+from sentinel.triage.readers import cudagdb  # noqa: E402
 from sentinel_hooks.crash import SKIP_FLAGS  # noqa: E402
 
 PRELUDE = r"""

@@ -70,8 +70,8 @@ def main(out_dir: str) -> int:
                     g = s.groups.get("0")
                     if s.identity.get("rank") == 0 and g is not None and g.last_enqueued >= 6:
                         t_enq = g.last_enqueued_ns / 1e9
-            if hang is None and d.hangs:
-                hang = next(iter(d.hangs.values()))
+            if hang is None and d.hangs.open:
+                hang = next(iter(d.hangs.open.values()))
                 t_named = time.time()
                 print(f"named: {hang.summary()}", flush=True)
             if t_watchdog is None:
@@ -80,18 +80,18 @@ def main(out_dir: str) -> int:
                     t_watchdog = time.time()
                     print("PyTorch watchdog fired", flush=True)
             if hang is not None and (t_watchdog is not None or job.poll() is not None):
-                if d.hang_evidence.get(hang.key, {}).get("flight_recorder") or time.time() - (t_watchdog or 0) > 15:
+                if d.hangs.evidence.get(hang.key, {}).get("flight_recorder") or time.time() - (t_watchdog or 0) > 15:
                     break
             time.sleep(0.1)
-        d._store_hang_evidence()
+        d.hangs.store_gathered()
         time.sleep(2)
-        d._store_hang_evidence()
+        d.hangs.store_gathered()
     finally:
         job.kill()
         subprocess.run(["pkill", "-9", "-f", prog])
         d.close()
         log.close()
-    ev = next(iter(d.hang_evidence.values()), {})
+    ev = next(iter(d.hangs.evidence.values()), {})
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "sentinel_named_s": round(t_named - t_enq, 2) if t_named and t_enq else None,

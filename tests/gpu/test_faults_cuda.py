@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from sentinel import cudagdb  # noqa: E402
 from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
+from sentinel.triage.readers import cudagdb  # noqa: E402
 
 if cudagdb.find_cuda_gdb() is None:
     pytest.skip("needs cuda-gdb", allow_module_level=True)

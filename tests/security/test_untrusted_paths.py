@@ -137,11 +137,11 @@ def test_ring_names_never_lead_outside(top: Path, events: bool) -> None:
         shutil.copy2(elsewhere.path, rings / "sub" / "nested.ring")  # not directly in rings/: never listed
         elsewhere.step()
         inside.step()
-        poll_until(d, lambda: d.rejected.get("unreadable") and d.snapshot.processes, what="the link rejected")
+        poll_until(d, lambda: d.rings.rejected.get("unreadable") and d.snapshot.processes, what="the link rejected")
         for _ in range(5):
             d.poll_once()
         assert [p.identity["host"] for p in d.snapshot.processes] == ["inside"]
-        assert d.rejected == {"unreadable": 1}
+        assert d.rings.rejected == {"unreadable": 1}
     finally:
         d.close()
         inside.close()
@@ -240,7 +240,7 @@ def test_core_names_only_regular_files_with_plain_names_reach_cuda_gdb(top: Path
         assert rows[0]["exception"] == "Warp Illegal Address"
         assert target.read_bytes().startswith(TRANSCRIPT) and not list(outside.glob("pwned*"))
         # Not CUDA's names, not regular files: none of them is counted as a kept dump either.
-        assert d.collector.total_bytes() == good.stat().st_size
+        assert d.faults.collector.total_bytes() == good.stat().st_size
         ignored = sorted(r.file for r in caplog.records if r.getMessage() == "coredump ignored")
         assert ignored == sorted(str(cores / f"core_{k}_{pid}_{i}.nvcudmp")
                                  for k, i in (("link", 1), ("fifo", 2), ("dir", 3)))
@@ -267,7 +267,7 @@ def test_fr_dumps_only_regular_files_are_read(top: Path, caplog) -> None:
         os.utime(p, (old, old), follow_symlinks=False)
     d = _daemon(base)
     try:
-        poll_until(d, lambda: d.fr_rejected >= 3 and any(r.getMessage() == "flight recorder dump"
+        poll_until(d, lambda: d.flight_recorder.rejected >= 3 and any(r.getMessage() == "flight recorder dump"
                                                          for r in caplog.records), what="the dumps looked at")
         for _ in range(5):
             d.poll_once()
@@ -275,7 +275,7 @@ def test_fr_dumps_only_regular_files_are_read(top: Path, caplog) -> None:
         refused = sorted(r.file for r in caplog.records if r.getMessage() == "flight recorder dump refused")
         assert read == [str(fr / "trace_rank_0")]
         assert refused == [str(fr / f"trace_rank_{i}") for i in (1, 2, 3)]
-        assert d.fr_rejected == 3
+        assert d.flight_recorder.rejected == 3
     finally:
         d.close()
 

@@ -1,0 +1,72 @@
+"""The GPU watcher: NVML's XID events (attributed to processes, and to pods in node mode) and a
+sample of each GPU's utilisation and memory every two seconds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sentinel.daemon.context import DaemonContext
+from sentinel.daemon.nvml import GpuSample, NvmlMonitor, XidEvent
+
+__all__ = ["GpuWatcher"]
+
+log = logging.getLogger("sentinel.daemon")
+SAMPLE_INTERVAL_S = 2.0
+
+
+class GpuWatcher:
+    """NVML, read on its own thread (``NvmlMonitor``); XIDs journaled and counted here."""
+
+    def __init__(self, ctx: DaemonContext) -> None:
+        self.ctx = ctx
+        attribute = None
+        if ctx.config.nvml and ctx.config.pod_resources_socket:
+            from sentinel.daemon.podresources import PodAttribution
+
+            attribute = PodAttribution(ctx.config.pod_resources_socket).pods_for
+        self.nvml = NvmlMonitor(ctx.config.nvml, attribute)
+        self.nvml.start()
+        self.gpus: tuple[GpuSample, ...] = ()
+        self.xid_counts = ctx.journal.xid_counts()
+        self._next_sample = 0.0
+
+    def poll(self, now: float) -> None:
+        while True:
+            try:
+                ev = self.nvml.events.get_nowait()
+            except Exception:
+                break
+            self.record_xid(ev)
+        mono = time.monotonic()
+        if self.nvml.ok and mono >= self._next_sample:
+            self._next_sample = mono + SAMPLE_INTERVAL_S
+            self.gpus = tuple(self.nvml.sample())
+
+    def view(self) -> dict[str, Any]:
+        return {"xids": dict(self.xid_counts), "gpus": self.gpus}
+
+    def close(self) -> None:
+        self.nvml.close()
+
+    def sample(self) -> list[GpuSample]:
+        """Each GPU's state now (NVML; [] without it). Safe from any thread."""
+        return self.nvml.sample()
+
+    def record_xid(self, ev: XidEvent) -> None:
+        """Journal, count and log one XID event (NVML's thread delivers them; tests may too)."""
+        info = self.ctx.catalog.xid(ev.xid)
+        procs = [s for s in self.ctx.states.values() if s.identity.get("pid") in ev.pids]
+        try:
+            self.ctx.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at, ev.pods)
+        except Exception:
+            self.ctx.journal_failed("journal write failed for an XID")
+        for ns, pod in ev.pods or (("", ""),):
+            key = (ev.gpu, ev.xid, ns, pod)
+            self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
+        log.error("gpu xid", extra={
+            "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "xid_name": info.name, "severity": info.severity,
+            "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
+            "ranks": [s.identity.get("rank") for s in procs], "pods": [f"{ns}/{pod}" for ns, pod in ev.pods],
+        })
