@@ -8,11 +8,12 @@ never this environment's site-packages, so the command's own packages are untouc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import sentinel_hooks
 
@@ -131,3 +132,22 @@ def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool =
     if eager:
         env["SENTINEL_EAGER"] = "1"
     return env
+
+
+def compile_tree(root: str) -> None:
+    """Byte-compile a hooks copy now, under ``code_umask``: otherwise the command's first Python
+    process makes its __pycache__ folders, with whatever umask the command runs under."""
+    import compileall
+
+    compileall.compile_dir(root, quiet=2)
+
+
+@contextlib.contextmanager
+def code_umask() -> Iterator[None]:
+    """The hooks copy is code on the command's PYTHONPATH: never writable by the group or others,
+    whatever the caller's umask (restored before the command runs)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 from typing import Any
 
+from sentinel.cli.options import add_dir, add_json
 from sentinel.triage.readers import cudagdb
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.crash import coredump_env
@@ -88,3 +91,21 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def default_dir() -> str:
     return rf.default_dir()
+
+
+# -- the subcommand -------------------------------------------------------------------------------
+
+NAME = "doctor"
+HELP = "check cuda-gdb, ptrace, the coredump environment, NVML and SENTINEL_DIR"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_dir(p)
+    p.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to check")
+    add_json(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = checks(os.path.abspath(args.dir), args.cuda_gdb)
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
+    return 1 if any(r["status"] == "fail" for r in rows) else 0

@@ -1,5 +1,5 @@
-"""`sentinel status` and `sentinel tail`: what is attached, read straight from the rings (no daemon
-needed).
+"""`sentinel status`: what is attached, read straight from the rings (no daemon needed); and the
+ring lookup and record format `sentinel tail` shares.
 
 Rings give the live truth; the journal adds processes whose ring files are gone and the
 daemon's read counters (torn records).
@@ -7,12 +7,14 @@ daemon's read counters (torn records).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
 import time
 from typing import Any
 
+from sentinel.cli.options import CommandError, add_dir, add_json
 from sentinel.daemon.discovery import is_ring_name
 from sentinel.daemon.journal import journal_path
 from sentinel.daemon.ringreader import RingReader
@@ -235,3 +237,33 @@ def format_record(r: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.gmtime(r["time"])) + f".{int(r['time'] * 1000) % 1000:03d}Z"
     detail = {k: v for k, v in r.items() if k not in ("seq", "time", "kind", "step")}
     return f"{when}  seq {r['seq']:>8}  step {r['step']:>7}  {r['kind']:<20} {json.dumps(detail)}"
+
+
+# -- the subcommand -------------------------------------------------------------------------------
+
+NAME = "status"
+HELP = "list hooked processes: rank, pid, alive, step, heartbeat, records, drops"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_dir(p)
+    add_json(p, "print a JSON list instead of a table")
+    p.add_argument("--hangs", action="store_true", help="show recorded collective hangs with their stacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.dir):
+        raise CommandError(f"no such directory: {args.dir}")
+    if args.hangs:
+        hangs = open_hangs(args.dir, include_resolved=True)
+        print(json.dumps(hangs, indent=2) if args.json else (render_hangs(hangs, full=True) or "no hangs recorded"))
+        return 0
+    rows = collect(args.dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        banner = render_hangs(open_hangs(args.dir))
+        if banner:
+            print(banner + "\n")
+        print(render_table(rows))
+    return 0

@@ -27,7 +27,7 @@ SHELLS = {"sh", "bash", "dash", "zsh", "/bin/sh", "/bin/bash", "/usr/bin/sh", "/
 
 # Calls with no timeout of their own, and why that is fine. Keyed by (file, function).
 DOCUMENTED = {
-    ("sentinel/cli/main.py", "cmd_run"):
+    ("sentinel/cli/run.py", "run"):
         "os.execve replaces `sentinel run` with the user's command (a server): a timeout would kill it",
     ("sentinel/demo/run.py", "_hang_phase"):
         "the demo's gloo ranks run for the demo's duration; its loop has a deadline and kills them in finally",

@@ -1,0 +1,60 @@
+"""`sentinel run -- CMD`: run a command with the hooks injected into its Python processes (no code
+change), by exec: the command keeps the pid, the signals and the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from sentinel.cli.options import CommandError, add_dir
+
+__all__ = ["NAME", "HELP", "add_arguments", "run"]
+
+NAME = "run"
+HELP = "run a command with the hooks injected (no code change)"
+USAGE = "sentinel run [--dir DIR] [--eager] -- CMD [ARGS...]"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_dir(p, "SENTINEL_DIR for the rings")
+    p.add_argument("--eager", action="store_true",
+                   help="create each Python process's ring at start-up, not at its first hook call")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise CommandError("give a command after --, e.g. sentinel run -- python serve.py")
+    exe = shutil.which(cmd[0])
+    if exe is None:
+        raise CommandError(f"command not found: {cmd[0]}", 127)
+    try:
+        env = _hooked_env(args)
+    except (OSError, ValueError) as exc:
+        # The command runs all the same, as it would without Sentinel: one line says why unobserved.
+        print(f"sentinel: running {cmd[0]} without hooks: cannot prepare {args.dir} ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        env = dict(os.environ)
+    os.execve(exe, cmd, env)
+    return 0  # not reached
+
+
+def _hooked_env(args: argparse.Namespace) -> dict[str, str]:
+    from sentinel.injection import code_umask, compile_tree, injected_env, prepare
+    from sentinel_hooks.writer import FsPolicy
+
+    # The folders the hooked processes and the daemon share get SENTINEL_GROUP's modes and group
+    # (private by default) before injected_env finds them there.
+    policy = FsPolicy.from_env()
+    base = os.path.abspath(args.dir)
+    for sub in ("", "fr") + (("cores",) if os.environ.get("SENTINEL_COREDUMP", "1") not in ("0", "") else ()):
+        policy.make_dirs(os.path.join(base, sub))
+    with code_umask():
+        env = injected_env(args.dir, eager=args.eager)
+        compile_tree(prepare(base))
+    return env

@@ -1,0 +1,120 @@
+"""`sentinel triage`: explain a fault from a GPU coredump, a saved cuda-gdb transcript, or the
+journal (one fault by id, or the list of the last ones)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
+
+__all__ = ["NAME", "HELP", "add_arguments", "run"]
+
+NAME = "triage"
+HELP = "explain a fault: a GPU coredump, a saved cuda-gdb transcript, or a journaled fault"
+USAGE = "sentinel triage [CORE | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("core", nargs="?", help="a GPU coredump (.nvcudmp) to read with cuda-gdb")
+    p.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
+    p.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
+    p.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
+    add_dir(p, "SENTINEL_DIR with the journal")
+    p.add_argument("--catalog", action="append", default=[], metavar="FILE", help="extra known-issue catalog")
+    p.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run")
+    p.add_argument("--timeout", type=finite_float(0), default=60.0, help="cuda-gdb timeout in seconds")
+    add_json(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sentinel.triage import catalog as catalog_mod
+    from sentinel.triage import records
+
+    try:
+        cat = catalog_mod.load(args.catalog)
+    except (catalog_mod.CatalogError, OSError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.fault is not None:
+        rec = records.FaultRecord.from_dict(_journaled(args.dir, args.fault))
+    elif args.list:
+        return _list(args)
+    else:
+        rec = _from_debugger(args, cat)
+    if args.json:
+        print(json.dumps(rec.as_dict(), indent=2, default=str))
+    else:
+        print(records.render_report(rec))
+    return 0 if rec.exception_class != "unknown" else 1
+
+
+def _journaled(base_dir: str, fault_id: int) -> dict:
+    from sentinel.daemon.journal import Journal, journal_path
+
+    path = journal_path(base_dir)
+    if not os.path.exists(path):
+        raise CommandError(f"no journal at {path}")
+    j = Journal(path)
+    try:
+        d = j.fault(fault_id)
+    finally:
+        j.close()
+    if d is None:
+        raise CommandError(f"no fault {fault_id} in {path}", 1)
+    return d
+
+
+def _list(args: argparse.Namespace) -> int:
+    from sentinel.daemon.journal import Journal, journal_path
+    from sentinel.triage import records
+
+    path = journal_path(args.dir)
+    if not os.path.isdir(args.dir):
+        raise CommandError(f"no such directory: {args.dir}")
+    if not os.path.exists(path):
+        raise CommandError(f"no journal at {path}: no daemon has run with --dir {args.dir}", 1)
+    j = Journal(path)
+    try:
+        rows = j.faults(limit=args.list)
+    finally:
+        j.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no faults journaled in {args.dir}")
+    else:
+        print(records.render_list(rows))
+    return 0
+
+
+def _from_debugger(args: argparse.Namespace, cat):  # noqa: ANN001, ANN202
+    """A fault record from a saved cuda-gdb transcript, or from cuda-gdb run on a coredump."""
+    from sentinel.triage import records
+    from sentinel.triage.readers import cudagdb
+
+    if args.cuda_gdb_output:
+        try:
+            text = open(args.cuda_gdb_output, errors="replace").read()
+        except OSError as exc:
+            raise CommandError(str(exc)) from None
+        report, core, notes = cudagdb.parse(text), "", []
+    elif args.core:
+        if not os.path.isfile(args.core):
+            raise CommandError(f"no such file: {args.core}")
+        exe = cudagdb.find_cuda_gdb(args.cuda_gdb)
+        if exe is None:
+            raise CommandError("cuda-gdb not found (pass --cuda-gdb PATH); `sentinel doctor` explains")
+        try:
+            text, _secs = cudagdb.run(args.core, exe, args.timeout)
+        except Exception as exc:
+            raise CommandError(f"cuda-gdb failed: {exc}", 1) from None
+        report, core, notes = cudagdb.parse(text), os.path.abspath(args.core), []
+    else:
+        raise CommandError("give a CORE file, --cuda-gdb-output FILE, --fault ID or --list")
+    if not report.ok:
+        notes.append("no CUDA exception or kernel found in the transcript: " + ("; ".join(report.errors) or
+                     "is it a cuda-gdb transcript of a GPU coredump?"))
+    rec = records.from_core(report, core, None, lambda tag: "", args.dir, cat, notes)
+    rec.source = "coredump" if core else "transcript"
+    return rec
