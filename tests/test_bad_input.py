@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sentinel.daemon.loop import Daemon, DaemonConfig
-from sentinel.exporter.collectors import build_registry, serve
+from sentinel.exporter.collectors import build_registry
+from sentinel.exporter.server import serve
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 

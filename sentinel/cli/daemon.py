@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sentinel import logjson
     from sentinel.daemon.loop import Daemon, DaemonConfig
-    from sentinel.exporter.collectors import build_registry, serve
+    from sentinel.exporter.collectors import build_registry
+    from sentinel.exporter.server import serve
 
     web = None
     if args.web_config:

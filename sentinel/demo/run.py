@@ -21,7 +21,8 @@ from collections.abc import Callable
 from sentinel import logjson
 from sentinel.cli.status import collect, render_table
 from sentinel.daemon.loop import Daemon, DaemonConfig
-from sentinel.exporter.collectors import build_registry, serve
+from sentinel.exporter.collectors import build_registry
+from sentinel.exporter.server import serve
 from sentinel.injection import injected_env
 from sentinel.triage.hangs import HangConfig
 

@@ -1,24 +1,24 @@
-"""Prometheus exposition: a custom collector over the daemon's latest immutable snapshot.
+"""Prometheus exposition: the daemon's latest immutable snapshot as metric families, one section
+(one function) per part of it: processes, probes, collectives and hangs, faults and GPUs, the
+daemon itself.
 
 The poll thread swaps in a new snapshot after each poll; a scrape reads whichever is current.
-No locks, no per-sample bookkeeping (the prometheus/client_python custom-collector pattern).
+No locks, no per-sample bookkeeping (the prometheus/client_python custom-collector pattern). One
+``SnapshotCollector`` takes the snapshot once per scrape and runs every section on it, so that all
+the series of one scrape describe the same moment; adding a section is one entry in ``SECTIONS``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, SummaryMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sentinel import __version__
 from sentinel.daemon.state import Snapshot
-
-if TYPE_CHECKING:
-    from sentinel.exporter.webconfig import WebConfig
 
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
 # The serving job is `job_id`: Prometheus owns `job` (the scrape job).
@@ -34,137 +34,131 @@ def process_labels(identity: dict) -> list[str]:
     return out
 
 
-class SentinelCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
+def process_families(snap: Snapshot) -> Iterator[Metric]:
+    """Per-process identity, liveness, steps and ring health (labels: PROCESS_LABELS)."""
+    labels = list(PROCESS_LABELS)
+    yield InfoMetricFamily("sentinel_build", "Sentinel version.", value={"version": __version__})
 
-    def describe(self) -> list:
-        return []  # dynamic label sets: let the registry call collect() for names
+    states = GaugeMetricFamily("sentinel_processes", "Hooked processes known, by state.", labels=["state"])
+    counts = {"running": 0, "exited": 0, "died": 0}
+    for p in snap.processes:
+        counts[p.exit] = counts.get(p.exit, 0) + 1
+    for state, n in sorted(counts.items()):
+        states.add_metric([state], n)
+    yield states
 
-    def collect(self) -> Iterator:
-        snap = self._snapshot()
-        labels = list(PROCESS_LABELS)
+    info = GaugeMetricFamily(
+        "sentinel_process_info", "Identity of a hooked process (value 1), and its probes' mode (observe, trap, "
+        "contain; empty before its first probe).",
+        labels=labels + ["framework", "framework_version", "world_size", "mode"],
+    )
+    alive = GaugeMetricFamily("sentinel_process_alive", "1 while the process's ring writer lives.", labels=labels)
+    step = GaugeMetricFamily("sentinel_process_step", "Serving steps the process has marked (heartbeat).", labels=labels)
+    beat = GaugeMetricFamily(
+        "sentinel_process_heartbeat_timestamp_seconds", "Wall time of the process's last step.", labels=labels
+    )
+    p99 = GaugeMetricFamily(
+        "sentinel_process_step_duration_p99_seconds", "p99 of recent step durations.", labels=labels
+    )
+    idle = GaugeMetricFamily(
+        "sentinel_process_idle", "1 while the engine has no work (it does not step then), 0 while it has; only "
+        "for processes whose adapter tells (vLLM's engine core, SGLang's scheduler).", labels=labels)
+    records = CounterMetricFamily(
+        "sentinel_ring_records", "Valid ring records read, by record kind.", labels=labels + ["kind"]
+    )
+    over = CounterMetricFamily(
+        "sentinel_ring_overwritten_records", "Records lost because the ring wrapped before they were read.",
+        labels=labels,
+    )
+    torn = CounterMetricFamily("sentinel_ring_torn_records", "Slots that never held a valid record.", labels=labels)
+    bad = CounterMetricFamily(
+        "sentinel_ring_bad_records", "Valid records refused for out-of-range values (a group size, a negative count).",
+        labels=labels,
+    )
+    dropped = CounterMetricFamily(
+        "sentinel_hook_dropped_records", "Hook calls that became counted no-ops in the process.", labels=labels
+    )
+    for p in snap.processes:
+        lv = process_labels(p.identity)
+        ident = p.identity
+        ws = ident.get("world_size")
+        info.add_metric(
+            lv + [str(ident.get("framework", "")), str(ident.get("framework_version", "")),
+                  "" if ws in (None, -1) else str(ws), p.mode],
+            1,
+        )
+        alive.add_metric(lv, 1 if p.alive else 0)
+        step.add_metric(lv, p.step)  # for a dead process: the step it died at
+        if p.last_step_ns:
+            beat.add_metric(lv, p.last_step_ns / 1e9)
+        if p.step_p99_s is not None:
+            p99.add_metric(lv, p.step_p99_s)
+        if p.idle is not None and p.alive:
+            idle.add_metric(lv, 1 if p.idle else 0)
+        for kind, n in sorted(p.kinds.items()):
+            records.add_metric(lv + [kind], n)
+        over.add_metric(lv, p.overwritten)
+        torn.add_metric(lv, p.torn)
+        bad.add_metric(lv, p.bad_records)
+        dropped.add_metric(lv, p.dropped)
+    adapter = CounterMetricFamily(
+        "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
+        labels=labels + ["adapter"],
+    )
+    config = CounterMetricFamily(
+        "sentinel_hook_config_errors", "Bad values in the hooks' environment config (the defaults were used).",
+        labels=labels,
+    )
+    contained = CounterMetricFamily(
+        "sentinel_contained_entries", "Page-table entries contain mode redirected to the reserved page "
+        "(SENTINEL_CONTAIN_PAGE): each one a request that got a wrong answer instead of a crash.", labels=labels)
+    for p in snap.processes:
+        for name, n in sorted(p.adapter_errors.items()):
+            adapter.add_metric(process_labels(p.identity) + [name], n)
+        if p.config_errors:
+            config.add_metric(process_labels(p.identity), p.config_errors)
+        if p.contained or p.mode == "contain":
+            contained.add_metric(process_labels(p.identity), p.contained)
+    yield from (info, alive, step, beat, p99, idle, records, over, torn, bad, dropped, adapter, config, contained)
 
-        yield InfoMetricFamily("sentinel_build", "Sentinel version.", value={"version": __version__})
 
-        states = GaugeMetricFamily("sentinel_processes", "Hooked processes known, by state.", labels=["state"])
-        counts = {"running": 0, "exited": 0, "died": 0}
-        for p in snap.processes:
-            counts[p.exit] = counts.get(p.exit, 0) + 1
-        for state, n in sorted(counts.items()):
-            states.add_metric([state], n)
-        yield states
-
-        info = GaugeMetricFamily(
-            "sentinel_process_info", "Identity of a hooked process (value 1), and its probes' mode (observe, trap, "
-            "contain; empty before its first probe).",
-            labels=labels + ["framework", "framework_version", "world_size", "mode"],
-        )
-        alive = GaugeMetricFamily("sentinel_process_alive", "1 while the process's ring writer lives.", labels=labels)
-        step = GaugeMetricFamily("sentinel_process_step", "Serving steps the process has marked (heartbeat).", labels=labels)
-        beat = GaugeMetricFamily(
-            "sentinel_process_heartbeat_timestamp_seconds", "Wall time of the process's last step.", labels=labels
-        )
-        p99 = GaugeMetricFamily(
-            "sentinel_process_step_duration_p99_seconds", "p99 of recent step durations.", labels=labels
-        )
-        idle = GaugeMetricFamily(
-            "sentinel_process_idle", "1 while the engine has no work (it does not step then), 0 while it has; only "
-            "for processes whose adapter tells (vLLM's engine core, SGLang's scheduler).", labels=labels)
-        records = CounterMetricFamily(
-            "sentinel_ring_records", "Valid ring records read, by record kind.", labels=labels + ["kind"]
-        )
-        over = CounterMetricFamily(
-            "sentinel_ring_overwritten_records", "Records lost because the ring wrapped before they were read.",
-            labels=labels,
-        )
-        torn = CounterMetricFamily("sentinel_ring_torn_records", "Slots that never held a valid record.", labels=labels)
-        bad = CounterMetricFamily(
-            "sentinel_ring_bad_records", "Valid records refused for out-of-range values (a group size, a negative count).",
-            labels=labels,
-        )
-        dropped = CounterMetricFamily(
-            "sentinel_hook_dropped_records", "Hook calls that became counted no-ops in the process.", labels=labels
-        )
-        for p in snap.processes:
-            lv = process_labels(p.identity)
-            ident = p.identity
-            ws = ident.get("world_size")
-            info.add_metric(
-                lv + [str(ident.get("framework", "")), str(ident.get("framework_version", "")),
-                      "" if ws in (None, -1) else str(ws), p.mode],
-                1,
-            )
-            alive.add_metric(lv, 1 if p.alive else 0)
-            step.add_metric(lv, p.step)  # for a dead process: the step it died at
-            if p.last_step_ns:
-                beat.add_metric(lv, p.last_step_ns / 1e9)
-            if p.step_p99_s is not None:
-                p99.add_metric(lv, p.step_p99_s)
-            if p.idle is not None and p.alive:
-                idle.add_metric(lv, 1 if p.idle else 0)
-            for kind, n in sorted(p.kinds.items()):
-                records.add_metric(lv + [kind], n)
-            over.add_metric(lv, p.overwritten)
-            torn.add_metric(lv, p.torn)
-            bad.add_metric(lv, p.bad_records)
-            dropped.add_metric(lv, p.dropped)
-        adapter = CounterMetricFamily(
-            "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
-            labels=labels + ["adapter"],
-        )
-        config = CounterMetricFamily(
-            "sentinel_hook_config_errors", "Bad values in the hooks' environment config (the defaults were used).",
-            labels=labels,
-        )
-        contained = CounterMetricFamily(
-            "sentinel_contained_entries", "Page-table entries contain mode redirected to the reserved page "
-            "(SENTINEL_CONTAIN_PAGE): each one a request that got a wrong answer instead of a crash.", labels=labels)
-        for p in snap.processes:
-            for name, n in sorted(p.adapter_errors.items()):
-                adapter.add_metric(process_labels(p.identity) + [name], n)
-            if p.config_errors:
-                config.add_metric(process_labels(p.identity), p.config_errors)
-            if p.contained or p.mode == "contain":
-                contained.add_metric(process_labels(p.identity), p.contained)
-        yield from (info, alive, step, beat, p99, idle, records, over, torn, bad, dropped, adapter, config, contained)
-        yield from _probe_metrics(snap, labels)
-        yield from _collective_metrics(snap, labels)
-        yield from _fault_metrics(snap)
-
-        rejected = CounterMetricFamily(
-            "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
-        )
-        for reason, n in sorted(snap.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        yield CounterMetricFamily("sentinel_daemon_ingested_records", "Records read by this daemon.", value=snap.ingested)
-        yield CounterMetricFamily("sentinel_daemon_polls", "Poll cycles over all rings.", value=snap.polls)
+def daemon_families(snap: Snapshot) -> Iterator[Metric]:
+    """The daemon itself: rings refused, records read, polls, disk, journal."""
+    rejected = CounterMetricFamily(
+        "sentinel_rings_rejected", "Files under rings/ that were not valid rings, by reason.", labels=["reason"]
+    )
+    for reason, n in sorted(snap.rejected.items()):
+        rejected.add_metric([reason], n)
+    yield rejected
+    yield CounterMetricFamily("sentinel_daemon_ingested_records", "Records read by this daemon.", value=snap.ingested)
+    yield CounterMetricFamily("sentinel_daemon_polls", "Poll cycles over all rings.", value=snap.polls)
+    yield GaugeMetricFamily(
+        "sentinel_daemon_last_poll_duration_seconds", "Time the last poll cycle took.", value=snap.poll_seconds
+    )
+    yield GaugeMetricFamily(
+        "sentinel_daemon_snapshot_timestamp_seconds", "When the exported state was taken.", value=snap.taken_at
+    )
+    if snap.dir_free_bytes >= 0:
         yield GaugeMetricFamily(
-            "sentinel_daemon_last_poll_duration_seconds", "Time the last poll cycle took.", value=snap.poll_seconds
+            "sentinel_dir_free_bytes",
+            "Bytes free on SENTINEL_DIR's filesystem. At 0 new rings cannot be created (those hooks are counted "
+            "no-ops) and journal writes fail.", value=snap.dir_free_bytes,
         )
-        yield GaugeMetricFamily(
-            "sentinel_daemon_snapshot_timestamp_seconds", "When the exported state was taken.", value=snap.taken_at
-        )
-        if snap.dir_free_bytes >= 0:
-            yield GaugeMetricFamily(
-                "sentinel_dir_free_bytes",
-                "Bytes free on SENTINEL_DIR's filesystem. At 0 new rings cannot be created (those hooks are counted "
-                "no-ops) and journal writes fail.", value=snap.dir_free_bytes,
-            )
-        yield CounterMetricFamily(
-            "sentinel_rings_deleted", "Rings of dead processes deleted once --dead-ttl passed (their evidence is "
-            "journaled).", value=snap.rings_deleted)
-        yield CounterMetricFamily(
-            "sentinel_ring_delete_errors", "Dead processes' rings the daemon could not delete (not its own to delete: "
-            "see the daemon log); SENTINEL_DIR fills up.", value=snap.ring_delete_errors)
-        yield CounterMetricFamily(
-            "sentinel_journal_write_errors", "Journal writes that failed (e.g. a full disk); the daemon runs on and retries.",
-            value=snap.journal_errors,
-        )
+    yield CounterMetricFamily(
+        "sentinel_rings_deleted", "Rings of dead processes deleted once --dead-ttl passed (their evidence is "
+        "journaled).", value=snap.rings_deleted)
+    yield CounterMetricFamily(
+        "sentinel_ring_delete_errors", "Dead processes' rings the daemon could not delete (not its own to delete: "
+        "see the daemon log); SENTINEL_DIR fills up.", value=snap.ring_delete_errors)
+    yield CounterMetricFamily(
+        "sentinel_journal_write_errors", "Journal writes that failed (e.g. a full disk); the daemon runs on and retries.",
+        value=snap.journal_errors,
+    )
 
 
-def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
+def probe_families(snap: Snapshot) -> Iterator[Metric]:
+    """What the probes saw: violations by check, page-table headroom, probe executions, batch shapes."""
+    labels = list(PROCESS_LABELS)
     from sentinel_hooks.ringformat import Check
 
     viol = CounterMetricFamily(
@@ -209,7 +203,9 @@ def _probe_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
     yield from (viol, headroom, capacity, execs, batch, tokens, budget)
 
 
-def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
+def collective_families(snap: Snapshot) -> Iterator[Metric]:
+    """Collective progress per rank and process group, heartbeat ages, and the hangs named."""
+    labels = list(PROCESS_LABELS)
     # One series per rank, group and state, so Prometheus can join ranks across nodes and
     # compute the skew (deploy/prometheus/ ships that rule).
     seq = GaugeMetricFamily("sentinel_collective_seq",
@@ -246,7 +242,8 @@ def _collective_metrics(snap: Snapshot, labels: list[str]) -> Iterator:
     yield from (stalled, seqg, culprit, total)
 
 
-def _fault_metrics(snap: Snapshot) -> Iterator:
+def fault_families(snap: Snapshot) -> Iterator[Metric]:
+    """Fault records, their consequences, XIDs, GPU utilisation and memory, coredumps and triage."""
     faults = CounterMetricFamily(
         "sentinel_faults", "Fault records journaled, by signature, its known issue and kind (cuda: a GPU fault; crash: "
         "another death by a signal or an exception; killed: a death without a word, e.g. SIGKILL).",
@@ -289,37 +286,33 @@ def _fault_metrics(snap: Snapshot) -> Iterator:
                               "truncated); the fault is journaled without the debugger's view.", value=snap.gdb_rejected)
 
 
+# The sections, in exposition order; adding one is one line here.
+SECTIONS: tuple[Callable[[Snapshot], Iterator[Metric]], ...] = (
+    process_families, probe_families, collective_families, fault_families, daemon_families,
+)
+
+
+class SnapshotCollector(Collector):
+    """Every section over one snapshot per scrape. ``snapshot()`` returns the daemon's current one."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list:
+        return []  # dynamic label sets: let the registry call collect() for names
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        for section in SECTIONS:
+            yield from section(snap)
+
+
 def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    """The daemon's registry: every section, plus prometheus_client's process_* (the daemon's own RSS
+    and CPU)."""
     from prometheus_client.process_collector import ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SentinelCollector(snapshot))
-    ProcessCollector(registry=registry)  # the daemon's own RSS and CPU as process_*
+    registry.register(SnapshotCollector(snapshot))
+    ProcessCollector(registry=registry)
     return registry
-
-
-HEALTH_PATH = "/-/healthy"  # Prometheus's own name for it
-HEALTHY_POLL_AGE_S = 30.0  # the poll loop is stuck if its last snapshot is older than this
-
-
-def serve(registry: CollectorRegistry, host: str, port: int, web_config: WebConfig | None = None,
-          snapshot: Callable[[], Snapshot] | None = None) -> tuple:
-    """Serve /metrics on host:port in a background thread. Returns (server, thread).
-
-    With a web config (``--web-config``): its TLS and basic auth (see sentinel/exporter/webconfig.py).
-    ``GET /-/healthy`` answers without authentication (a probe carries no credentials): 200 while
-    the daemon's poll loop runs (``snapshot()`` taken in the last HEALTHY_POLL_AGE_S seconds),
-    503 otherwise; it says nothing else. Every other path is /metrics. Raises OSError if the port
-    cannot be bound."""
-    from prometheus_client import make_wsgi_app
-
-    from sentinel.exporter.webconfig import WebConfig
-    from sentinel.exporter.webconfig import serve as serve_with
-
-    def healthy(environ: dict, start_response: Callable) -> list[bytes]:
-        age = time.time() - snapshot().taken_at if snapshot is not None else 0.0
-        ok = age < HEALTHY_POLL_AGE_S
-        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"OK\n" if ok else b"the poll loop is not running\n"]
-
-    return serve_with(make_wsgi_app(registry), host, port, web_config or WebConfig(), unauthenticated={HEALTH_PATH: healthy})

@@ -13,10 +13,21 @@ itself take, restricted to what is implemented here:
     basic_auth_users:                  # user: bcrypt hash (htpasswd -nbB USER PASSWORD)
       prometheus: $2y$10$...
 
-TLS is prometheus_client's own: the SSL context comes from the helper its start_http_server uses
-(certfile / keyfile / client_cafile / client_auth_required), around its WSGI app. The handshake runs
-in the connection's thread with a timeout, so a client that connects and stalls cannot hold up
-other scrapes. Basic auth is a small check in front of the app: 401 without the right credentials.
+What prometheus_client does, it does here too: its WSGI app (``make_wsgi_app``) and its threaded
+server class (``ThreadingWSGIServer``) serve every request. Its own TLS option
+(``start_wsgi_server(certfile=, keyfile=, client_cafile=, client_auth_required=, tls_min_version=)``)
+is not enough for a web config, and this module adds only what it lacks:
+
+- **basic auth** (``basic_auth_users``): a check in front of the app, bcrypt hashes, 401 otherwise;
+- **optional client certificates** (``VerifyClientCertIfGiven``): the library verifies a client
+  certificate always or never;
+- **the handshake off the accept thread**: the library wraps the listening socket, so each TLS
+  handshake runs in ``accept()`` on the one serving thread, and a client that connects and stalls
+  holds up every scrape. Here the handshake runs in the connection's own thread, with a timeout;
+- an unauthenticated path (``/-/healthy``) next to the authenticated /metrics.
+
+The SSL context is built with the standard library's calls (the ones the library makes in its own,
+private helper), so that each bad file or version is refused at start-up with a one-line error.
 
 Every other key is refused with a one-line error, the exporter-toolkit keys not implemented here
 included (``cipher_suites``, ``http_server_config``, ...): a setting silently ignored would be a

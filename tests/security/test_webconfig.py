@@ -187,7 +187,8 @@ def test_health_endpoint_follows_the_poll_loop() -> None:
     import time
 
     from sentinel.daemon.state import Snapshot
-    from sentinel.exporter.collectors import HEALTHY_POLL_AGE_S, build_registry, serve
+    from sentinel.exporter.collectors import build_registry
+    from sentinel.exporter.server import HEALTHY_POLL_AGE_S, serve
 
     snap = [Snapshot(taken_at=time.time())]
     with socket.socket() as sock:
