@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 import sentinel_hooks
+from sentinel_hooks import env as sentinel_env
+from sentinel_hooks import layout
 
 HOOKS_PACKAGE = os.path.dirname(os.path.abspath(sentinel_hooks.__file__))
 
@@ -102,7 +104,7 @@ def install_hooks(dest_root: str) -> str:
 
 def prepare(base_dir: str) -> str:
     """The folder to put on PYTHONPATH for ``base_dir`` (created on first use)."""
-    root = os.path.join(base_dir, "hooks", f"{sentinel_hooks.__version__}-{hooks_digest()}")
+    root = os.path.join(layout.hooks_dir(base_dir), f"{sentinel_hooks.__version__}-{hooks_digest()}")
     return install_hooks(root)
 
 
@@ -114,23 +116,21 @@ def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool =
     inject = os.path.join(root, "sentinel_hooks", "_inject")
     parts = [inject, root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
-    env["SENTINEL_DIR"] = base_dir
-    if env.get("SENTINEL_COREDUMP", "1") not in ("0", ""):
+    env[sentinel_env.DIR.name] = base_dir
+    if sentinel_env.read(sentinel_env.COREDUMP, env):
         # Also for non-Python processes of the command. The user's own settings win.
         from sentinel_hooks.crash import coredump_env
 
         for key, value in coredump_env(base_dir).items():
             env.setdefault(key, value)
-        os.makedirs(os.path.join(base_dir, "cores"), mode=0o700, exist_ok=True)
+        os.makedirs(layout.cores_dir(base_dir), mode=0o700, exist_ok=True)
     # Where PyTorch's Flight Recorder writes its dumps, when the user enables it
     # (TORCH_FR_BUFFER_SIZE): the daemon attaches them to the hang they belong to.
-    from sentinel.triage.readers.flight_recorder import dump_prefix
-
-    prefix = dump_prefix(base_dir)
+    prefix = layout.fr_dump_prefix(base_dir)
     os.makedirs(os.path.dirname(prefix), mode=0o700, exist_ok=True)
     env.setdefault("TORCH_FR_DUMP_TEMP_FILE", prefix)
     if eager:
-        env["SENTINEL_EAGER"] = "1"
+        env[sentinel_env.EAGER.name] = "1"
     return env
 
 

@@ -14,6 +14,7 @@ import pytest
 from sentinel.daemon.loop import Daemon, DaemonConfig
 from sentinel.exporter.collectors import build_registry
 from sentinel.exporter.server import serve
+from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 
@@ -67,7 +68,7 @@ def make_bad_files(rings: Path) -> dict[str, str]:
 
 def test_bad_rings_rejected_once_counted_exported_and_valid_ring_served(sdir, h, caplog):
     caplog.set_level(logging.INFO, logger="sentinel.daemon")
-    rings = Path(rf.rings_dir(sdir))
+    rings = Path(layout.rings_dir(sdir))
     rings.mkdir(parents=True)
     expected = make_bad_files(rings)
 
@@ -136,7 +137,7 @@ def test_bad_rings_rejected_once_counted_exported_and_valid_ring_served(sdir, h,
 def test_symlink_ring_is_rejected_not_followed(sdir, caplog, poll_first):
     """A symlink named *.ring (O_NOFOLLOW) is rejected as unreadable, once."""
     caplog.set_level(logging.INFO, logger="sentinel.daemon")
-    rings = Path(rf.rings_dir(sdir))
+    rings = Path(layout.rings_dir(sdir))
     rings.mkdir(parents=True)
     target = Path(sdir) / "elsewhere"
     target.write_bytes(b"x")

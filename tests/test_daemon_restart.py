@@ -21,9 +21,9 @@ import os
 import signal
 import sqlite3
 
-from sentinel.daemon.journal import journal_path
 from sentinel.daemon.loop import Daemon, DaemonConfig
 from sentinel.daemon.ringreader import RingReader
+from sentinel_hooks.layout import journal_path
 from sentinel_hooks.writer import RingWriter
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import sentinel_hooks as sh  # noqa: E402
 from sentinel.daemon.ringreader import RingReader  # noqa: E402
-from sentinel_hooks import probes, runtime  # noqa: E402
+from sentinel_hooks import config, probes, runtime  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 CHECK_ENV = ("SENTINEL_MODE", "SENTINEL_SAMPLE_EVERY", "SENTINEL_CHECKS", "SENTINEL_CONTAIN_PAGE", "SENTINEL_DISABLE",
@@ -38,7 +38,7 @@ PAGED_KV, BATCH_CTX = int(rf.Context.PAGED_KV), int(rf.Context.BATCH)
 
 def _reset_probe_state() -> None:
     runtime.reset_for_tests()
-    probes._config = None
+    config.reset()
     probes._sites.clear()
     probes._refused.clear()
 

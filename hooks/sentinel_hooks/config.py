@@ -1,64 +1,66 @@
-"""Probe settings, from the environment or ``sentinel_hooks.configure()``.
+"""Probe settings: from the environment (``env.py``'s SENTINEL_MODE, SENTINEL_SAMPLE_EVERY,
+SENTINEL_CHECKS, SENTINEL_CONTAIN_PAGE, SENTINEL_DRAIN_MS), or ``sentinel_hooks.configure()``.
 
-    SENTINEL_MODE          observe (default) | trap | contain
-    SENTINEL_SAMPLE_EVERY  run the probes on every Nth call of each probe site (default 1)
-    SENTINEL_CHECKS        comma list of probes to run: paged_kv, strides, batch (default: all)
-    SENTINEL_CONTAIN_PAGE  the reserved page that `contain` mode redirects bad indices to (default 0);
-                           one the allocator never hands out, and inside every checked cache (a page
-                           >= a call's num_pages is refused there: that call only observes)
-    SENTINEL_DRAIN_MS      how often the drain thread copies device counters out (default 100)
+``probe_config()`` is the process's one copy, read on first use; its bad values are logged once
+and counted (``runtime.setting``).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-MODES = ("observe", "trap", "contain")
-PROBES = ("paged_kv", "strides", "batch")
-INT32_MAX = (1 << 31) - 1
+from . import env, runtime
+from .env import INT32_MAX, MODES, PROBES
+
+__all__ = ["INT32_MAX", "MODES", "PROBES", "ProbeConfig", "probe_config", "reset"]
+
+_FIELDS = (("mode", env.MODE), ("sample_every", env.SAMPLE_EVERY), ("contain_page", env.CONTAIN_PAGE),
+           ("drain_ms", env.DRAIN_MS))
 
 
 @dataclass
 class ProbeConfig:
-    mode: str = "observe"
-    sample_every: int = 1
-    enabled: frozenset[str] = field(default_factory=lambda: frozenset(PROBES))
-    contain_page: int = 0
-    drain_ms: int = 100
+    mode: str = "observe"  # one of MODES
+    sample_every: int = 1  # run the probes on every Nth call of a site
+    enabled: frozenset[str] = field(default_factory=lambda: frozenset(PROBES))  # of PROBES
+    contain_page: int = 0  # a page index (contain mode)
+    drain_ms: int = 100  # milliseconds between drains of the GPU counters
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> tuple[ProbeConfig, list[str]]:
-        """The config, plus one message per ignored setting (the caller logs them once)."""
-        env = os.environ if env is None else env
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> tuple[ProbeConfig, list[str]]:
+        """The config, plus one message per refused setting (the default was used instead)."""
         cfg, problems = cls(), []
-        mode = env.get("SENTINEL_MODE", "").strip().lower()
-        if mode:
-            if mode in MODES:
-                cfg.mode = mode
-            else:
-                problems.append(f"SENTINEL_MODE={mode[:40]!r} is not one of {', '.join(MODES)}; using observe")
-        # Upper bounds too: a page index is written into int32 page tables; the drain period becomes
-        # a float of seconds (10**400 ms raised OverflowError there, failing every device probe call).
-        for key, attr, low, high in (("SENTINEL_SAMPLE_EVERY", "sample_every", 1, INT32_MAX),
-                                     ("SENTINEL_CONTAIN_PAGE", "contain_page", 0, INT32_MAX),
-                                     ("SENTINEL_DRAIN_MS", "drain_ms", 1, 3_600_000)):
-            raw = env.get(key, "").strip()
-            if raw:
-                try:
-                    value = int(raw)
-                    if not low <= value <= high:
-                        raise ValueError
-                    setattr(cfg, attr, value)
-                except ValueError:
-                    problems.append(f"{key}={raw[:40]!r} is not an integer from {low} to {high}; "
-                                    f"using {getattr(cfg, attr)}")
-        checks = env.get("SENTINEL_CHECKS", "").strip()
-        if checks:
-            wanted = {c.strip() for c in checks.split(",") if c.strip()}
-            unknown = wanted - set(PROBES)
-            if unknown:
-                problems.append(f"SENTINEL_CHECKS names unknown probes {sorted(u[:40] for u in unknown)[:8]}; "
-                                f"known: {', '.join(PROBES)}")
-            cfg.enabled = frozenset(wanted & set(PROBES))
+        for attr, var in _FIELDS:
+            r = var.read(environ)
+            setattr(cfg, attr, r.value)
+            if r.problem:
+                problems.append(r.problem)
+        r = env.CHECKS.read(environ)
+        cfg.enabled = frozenset(r.value)
+        if r.problem:
+            problems.append(r.problem)
         return cfg, problems
+
+
+_current: ProbeConfig | None = None
+
+
+def probe_config() -> ProbeConfig:
+    """This process's probe settings (from the environment on first use). Never raises."""
+    global _current
+    if _current is None:
+        cfg, problems = ProbeConfig.from_env()
+        if problems:
+            runtime.writer()  # a ring now, so that the count reaches the daemon even if nothing else writes
+        for msg in problems:
+            runtime.config_problem(msg)
+        runtime.set_mode(cfg.mode)
+        _current = cfg
+    return _current
+
+
+def reset() -> None:
+    """Forget the settings (tests): the next probe_config() reads the environment again."""
+    global _current
+    _current = None

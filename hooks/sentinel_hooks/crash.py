@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from . import frames, runtime
+from . import env, frames, layout, runtime
 from . import ringformat as rf
 from .writer import FsPolicy
 
@@ -37,17 +37,9 @@ _prev_excepthook = None
 _prev_threading_hook = None
 
 
-def cores_dir(base: str | None = None) -> str:
-    return os.path.join(base or rf.default_dir(), "cores")
-
-
-def faults_dir(base: str | None = None) -> str:
-    return os.path.join(base or rf.default_dir(), "faults")
-
-
 def coredump_env(base: str) -> dict[str, str]:
     """The CUDA coredump variables Sentinel sets (where the user has not set them)."""
-    cores = cores_dir(base)
+    cores = layout.cores_dir(base)
     return {
         "CUDA_ENABLE_COREDUMP_ON_EXCEPTION": "1",
         # %h host, %p pid, %t time: the daemon reads the pid back to wait for the writer's exit.
@@ -63,9 +55,9 @@ def _cannot_write(what: str, exc: Exception) -> None:
     """One line, never an exception: SENTINEL_DIR (or a folder in it) cannot be written. When the
     rings cannot be made there either, the hooks turn into counted no-ops now, and that line is the
     only one the process gets."""
-    base = rf.default_dir()
+    base = layout.default_dir()
     reason = f"{type(exc).__name__}: {exc}"
-    rings = rf.rings_dir(base)
+    rings = layout.rings_dir(base)
     try:
         usable = os.access(rings if os.path.isdir(rings) else base, os.W_OK | os.X_OK)
     except Exception:
@@ -76,30 +68,33 @@ def _cannot_write(what: str, exc: Exception) -> None:
         runtime.disable(reason)
 
 
-def setup_coredumps(env: dict[str, str] | None = None) -> dict[str, str]:
-    """Set the coredump variables in ``env`` (os.environ by default). Returns what was set.
+def setup_coredumps(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set the coredump variables in ``environ`` (os.environ by default). Returns what was set.
 
     Nothing is set when SENTINEL_DIR/cores cannot be made: CUDA then behaves as it would without us."""
-    env = os.environ if env is None else env
-    if env.get("SENTINEL_COREDUMP", "1") in ("0", ""):
+    environ = os.environ if environ is None else environ
+    reading = env.COREDUMP.read(environ)
+    if reading.problem:
+        runtime.config_problem(reading.problem)
+    if not reading.value:
         return {}
-    base = rf.default_dir()
+    base = layout.default_dir()
     wanted = coredump_env(base)
-    applied = {k: v for k, v in wanted.items() if k not in env}
+    applied = {k: v for k, v in wanted.items() if k not in environ}
     if applied:
         try:
-            FsPolicy.from_env().make_dirs(cores_dir(base))
+            FsPolicy.from_env().make_dirs(layout.cores_dir(base))
         except (OSError, ValueError) as exc:
             _cannot_write("GPU coredumps", exc)
             return {}
-        env.update(applied)
+        environ.update(applied)
     return applied
 
 
 def setup_faulthandler() -> str | None:
     """Dump Python tracebacks of all threads to a per-process file on a fatal signal. A forked child
     gets its own file (register_at_fork), so that its crash is not written into its parent's."""
-    if os.environ.get("SENTINEL_FAULTHANDLER", "1") in ("0", ""):
+    if not runtime.setting(env.FAULTHANDLER):
         return None
     path = _open_faulthandler_file()
     if path is not None and hasattr(os, "register_at_fork") and not _fork_hook[0]:
@@ -116,8 +111,9 @@ def _open_faulthandler_file() -> str | None:
     import atexit
     import faulthandler
 
-    folder = faults_dir()
-    path = os.path.join(folder, f"faulthandler_{socket.gethostname()}_{os.getpid()}.log")
+    folder = layout.faults_dir()
+    # The name the daemon looks for: the ring header's host (SENTINEL_HOST, else the hostname).
+    path = layout.faulthandler_path(layout.default_dir(), env.read(env.HOST) or socket.gethostname(), os.getpid())
     try:
         policy = FsPolicy.from_env()
         policy.make_dirs(folder)
@@ -289,7 +285,7 @@ def _threading_hook(args: Any) -> None:
 def setup_excepthook() -> None:
     """Record an uncaught exception's text in the ring, then hand over to the previous hook."""
     global _prev_excepthook, _prev_threading_hook
-    if os.environ.get("SENTINEL_EXCEPTHOOK", "1") in ("0", ""):
+    if not runtime.setting(env.EXCEPTHOOK):
         return
     if sys.excepthook is not _excepthook:
         _prev_excepthook = sys.excepthook

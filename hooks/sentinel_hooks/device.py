@@ -18,15 +18,12 @@ from typing import Any
 
 from . import ringformat as rf
 from . import runtime
+from .config import probe_config
+from .slots import INITIAL, INT64_MAX, MAX_SITES, NFIELDS, NPROG, Slot, reduce_slots
 
-# Accumulators (int64): per probe site, NPROG slots of NFIELDS counters, one slot per program of
-# the kernel's fixed grid. Each program is the only writer of its slot. kernels.py uses these offsets.
-CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX, BADMIN = range(8)
+# The accumulator layout (offsets, initial values, reductions) is slots.py's.
+CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX, BADMIN = Slot
 MAX_HOLD = 8  # drains a row may be held back in a row for a kernel caught half-way
-NFIELDS = 8
-NPROG = 16
-MAX_SITES = 128
-INT64_MAX = (1 << 63) - 1
 
 _lock = threading.Lock()  # held by the drain tick and by capture_begin: they never overlap
 _capturing = 0
@@ -60,10 +57,9 @@ class Slab:
         # capture does not bake the initialisation into the graph.
         with torch.cuda.stream(side):  # fills from scalars: no host-to-device copy, no sync
             self.acc = torch.zeros((MAX_SITES, NPROG, NFIELDS), dtype=torch.int64, device=device)
-            self.acc[:, :, MAXIDX].fill_(-1)
-            self.acc[:, :, BADMAX].fill_(-1)
-            self.acc[:, :, FIRST_BAD_CALL].fill_(INT64_MAX)
-            self.acc[:, :, BADMIN].fill_(INT64_MAX)
+            for f, initial in enumerate(INITIAL):
+                if initial:
+                    self.acc[:, :, f].fill_(initial)
         self.side = side
         self.host = None  # pinned buffer, made by the drain thread (outside any capture)
         self.event = None
@@ -112,7 +108,7 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
             return None
         row = len(slab.sites)
         slab.sites.append(site)
-        slab.prev.append([0, 0, 0, -1, 0, INT64_MAX, -1, INT64_MAX])
+        slab.prev.append(list(INITIAL))
         slab.held.append(0)
         site.rows[idx] = row
         site.views[idx] = slab.acc[row]
@@ -290,13 +286,6 @@ class Drain(threading.Thread):
             self.ticks += 1
 
 
-def reduce_slots(slots: list[list[int]]) -> list[int]:
-    """One site's NPROG slots folded into one row of counters."""
-    cols = list(zip(*slots))
-    return [max(cols[CALLS]), sum(cols[OOB]), sum(cols[TRAIL]), max(cols[MAXIDX]), sum(cols[SEQBAD]),
-            min(cols[FIRST_BAD_CALL]), max(cols[BADMAX]), min(cols[BADMIN])]
-
-
 def _emit_deltas(slab: Slab, values: list[list[list[int]]]) -> None:
     w = runtime.writer()
     fused = triton_available()  # the Triton kernel writes every program's slot; the torch fallback slot 0 only
@@ -345,9 +334,7 @@ def _ensure_drain(torch: Any) -> None:
     if _drain is not None:
         return
     _install_capture_guard(torch)
-    from .probes import config
-
-    _drain = Drain(torch, config().drain_ms / 1000.0)
+    _drain = Drain(torch, probe_config().drain_ms / 1000.0)
     _drain.start()
     import atexit
 

@@ -6,9 +6,7 @@ never step leave no ring behind. Set ``SENTINEL_EAGER=1`` to create it at start-
 
 from __future__ import annotations
 
-import os
-
-from . import crash, importhook, runtime
+from . import crash, env, importhook, runtime
 
 armed = False
 
@@ -24,9 +22,9 @@ def arm() -> None:
         if crash.setup_faulthandler():
             runtime.at_step_milestones(crash.rearm_faulthandler)
         crash.setup_excepthook()
-        if os.environ.get("SENTINEL_EAGER", "") not in ("", "0"):
+        if runtime.setting(env.EAGER):
             runtime.start()
-        if os.environ.get("SENTINEL_COLLECTIVES", "1") not in ("", "0"):
+        if runtime.setting(env.COLLECTIVES):
             # Hook torch.distributed once torch as a whole has finished importing.
             importhook.when_imported("torch", lambda _m: importhook.when_imported("torch.distributed", _trace))
     except Exception as exc:

@@ -11,11 +11,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .device import NPROG
+from .slots import INT64_MAX as _INT64_MAX
+from .slots import NFIELDS as _NFIELDS
+from .slots import NPROG, Slot
 
-# A slot's 8 counters are device.py's: CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX,
-# BADMIN (offsets 0..7).
-INT64_MAX = tl.constexpr(9223372036854775807)  # a constexpr: compiled kernels may not read plain globals
+# A slot's counters and their offsets are slots.py's. Compiled kernels may not read plain globals:
+# each offset is a constexpr here.
+INT64_MAX = tl.constexpr(_INT64_MAX)
+NFIELDS = tl.constexpr(_NFIELDS)
+CALLS = tl.constexpr(int(Slot.CALLS))
+OOB = tl.constexpr(int(Slot.OOB))
+TRAIL = tl.constexpr(int(Slot.TRAIL))
+MAXIDX = tl.constexpr(int(Slot.MAXIDX))
+SEQBAD = tl.constexpr(int(Slot.SEQBAD))
+FIRST_BAD_CALL = tl.constexpr(int(Slot.FIRST_BAD_CALL))
+BADMAX = tl.constexpr(int(Slot.BADMAX))
+BADMIN = tl.constexpr(int(Slot.BADMIN))
 BLOCK = 1024
 
 
@@ -27,14 +38,14 @@ def _paged_kv_probe(
     HAS_SEQ: tl.constexpr, HAS_PS: tl.constexpr, HAS_CU: tl.constexpr, CONTAIN: tl.constexpr,
     BLOCK: tl.constexpr, NPROG: tl.constexpr,
 ):
-    # Each program owns one slot of 8 counters in this site's accumulator row and is the only
+    # Each program owns one slot of NFIELDS counters in this site's accumulator row and is the only
     # writer of it (launches on a stream are ordered), so a plain load + store replaces atomics:
     # one vector load issued first, one vector store last.
     pid = tl.program_id(0)
-    f = tl.arange(0, 8)
-    slot = acc_ptr + pid * 8 + f
+    f = tl.arange(0, NFIELDS)
+    slot = acc_ptr + pid * NFIELDS + f
     old = tl.load(slot)
-    calls = tl.sum(tl.where(f == 0, old, 0), axis=0)
+    calls = tl.sum(tl.where(f == CALLS, old, 0), axis=0)
     n = n_rows * n_cols
     oob = tl.zeros([BLOCK], dtype=tl.int32)
     trail = tl.zeros([BLOCK], dtype=tl.int32)
@@ -81,21 +92,21 @@ def _paged_kv_probe(
             hi = tl.load(cu_ptr + rows + 1, mask=rows + 1 < cu_len, other=0).to(tl.int64)
             seqbad += (rm & (((rows + 1 < cu_len) & (hi < lo)) | ((rows == 0) & (lo != 0)))).to(tl.int32)
     n_oob = tl.sum(oob, axis=0).to(tl.int64)
-    add = (tl.where(f == 0, 1, 0) + tl.where(f == 1, n_oob, 0)
-           + tl.where(f == 2, tl.sum(trail, axis=0).to(tl.int64), 0)
-           + tl.where(f == 4, tl.sum(seqbad, axis=0).to(tl.int64), 0))
+    add = (tl.where(f == CALLS, 1, 0) + tl.where(f == OOB, n_oob, 0)
+           + tl.where(f == TRAIL, tl.sum(trail, axis=0).to(tl.int64), 0)
+           + tl.where(f == SEQBAD, tl.sum(seqbad, axis=0).to(tl.int64), 0))
     new = old + add
     # MAXIDX is the latest call's highest index, not a running max: nothing has to reset it, so no
     # reset from the drain's stream can race this store (the headroom the daemon shows is current).
-    new = tl.where(f == 3, tl.max(mx, axis=0), new)
-    new = tl.where(f == 6, tl.maximum(old, tl.max(badmax, axis=0)), new)
-    new = tl.where(f == 7, tl.minimum(old, tl.min(badmin, axis=0)), new)
-    new = tl.where((f == 5) & (n_oob > 0), tl.minimum(old, calls), new)
+    new = tl.where(f == MAXIDX, tl.max(mx, axis=0), new)
+    new = tl.where(f == BADMAX, tl.maximum(old, tl.max(badmax, axis=0)), new)
+    new = tl.where(f == BADMIN, tl.minimum(old, tl.min(badmin, axis=0)), new)
+    new = tl.where((f == FIRST_BAD_CALL) & (n_oob > 0), tl.minimum(old, calls), new)
     tl.store(slot, new)
 
 
 def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, acc_row, contain_page, contain):
-    """Enqueue the probe on the current stream. ``acc_row``: the site's (NPROG, 8) int64 slots."""
+    """Enqueue the probe on the current stream. ``acc_row``: the site's (NPROG, NFIELDS) int64 slots."""
     n_rows, n_cols = page_table.shape
     _paged_kv_probe[(NPROG,)](
         page_table, page_table.stride(0), page_table.stride(1), n_rows, n_cols,

@@ -24,13 +24,12 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import device, runtime
+from . import device, layout, runtime
 from . import ringformat as rf
-from .config import INT32_MAX, ProbeConfig
+from .config import INT32_MAX, MODES, PROBES, ProbeConfig, probe_config
 from .device import Site
 from .writer import FsPolicy
 
-_config: ProbeConfig | None = None
 _sites: dict[tuple[str, str], Site] = {}
 _refused: set[str] = set()  # probe sites whose contain page was refused (logged and counted once)
 _evidence_seq = itertools.count(1)
@@ -49,24 +48,13 @@ class SentinelViolation(RuntimeError):
 
 
 def config() -> ProbeConfig:
-    global _config
-    if _config is None:
-        cfg, problems = ProbeConfig.from_env()
-        for msg in problems:
-            runtime.log_once("cfg:" + msg, msg)
-        if problems:  # once per process: the daemon counts them (sentinel_hook_config_errors_total)
-            runtime.writer()
-            runtime.count_config_error(len(problems))
-        runtime.set_mode(cfg.mode)
-        _config = cfg
-    return _config
+    """This process's probe settings (``config.probe_config``)."""
+    return probe_config()
 
 
 def configure(*, mode: str | None = None, sample_every: int | None = None, checks: Iterable[str] | None = None,
               contain_page: int | None = None) -> ProbeConfig:
     """Override the environment's probe settings in-process. Raises ValueError on a bad value."""
-    from .config import MODES, PROBES
-
     cfg = config()
     if mode is not None:
         if mode not in MODES:
@@ -347,7 +335,7 @@ def note_batch(num_tokens: int, *, token_budget: int | None = None, graph_sizes:
 def save_evidence(check: str, name: str, details: dict[str, Any]) -> str | None:
     """Write what a trap saw as JSON (never pickle) under SENTINEL_DIR/evidence/. Returns the path."""
     try:
-        folder = os.path.join(rf.default_dir(), "evidence")
+        folder = layout.evidence_dir()
         policy = FsPolicy.from_env()
         policy.make_dirs(folder)
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:64]

@@ -21,10 +21,8 @@ check, so each is written and read as one aligned 8-byte access instead (see ``W
 from __future__ import annotations
 
 import enum
-import os
 import struct
 import sys
-import tempfile
 from typing import Any
 
 MAGIC = b"SNTLRING"
@@ -99,6 +97,34 @@ BATCH_AT_BUDGET = 1  # num_tokens == token budget: a boundary step (seed 003)
 BATCH_OVER_BUDGET = 2
 BATCH_GRAPH_HIT = 4  # the batch size is one the engine captured a graph for
 BATCH_GRAPH_KNOWN = 8  # graph sizes were given, so GRAPH_HIT is meaningful
+
+
+KIND_NAMES = {int(k): k.name.lower() for k in Kind}  # the names metrics and logs give record kinds
+CHECK_LABELS = {int(c): c.label for c in Check}  # check code -> its label (Check.label)
+
+
+def kind_name(kind: int) -> str:
+    """A record kind's name ("probe", "step", ...); "unknown" for a code this version does not know."""
+    return KIND_NAMES.get(kind, "unknown")
+
+
+# What a record's payload (a, b, c, aux) means, by kind (and code, where the code changes it): the
+# names the reader's API gives those columns (``numpy_dtype(kind, code)``). A name left out keeps
+# its letter. User EVENT records keep a, b, c: they are the caller's.
+PAYLOAD_NAMES: dict[tuple[int, int | None], dict[str, str]] = {
+    (Kind.STEP, None): {"a": "step_number", "b": "duration_ns"},  # duration since the previous step (0: first)
+    (Kind.EVENT, ADAPTER_ERROR_EVENT): {"a": "count"},
+    (Kind.EVENT, CONFIG_ERROR_EVENT): {"a": "count"},
+    (Kind.EVENT, CONTAINED_EVENT): {"a": "count"},
+    # a: violations, b: the offending value (index, length, dim), c: the limit, aux: detail (see Check)
+    (Kind.PROBE, None): {"a": "count", "b": "value", "c": "limit", "aux": "detail"},
+    (Kind.CONTEXT, Context.PAGED_KV): {"a": "max_index", "b": "num_pages", "c": "calls", "aux": "rows"},
+    (Kind.CONTEXT, Context.BATCH): {"a": "num_tokens", "b": "token_budget", "c": "flags", "aux": "batch_size"},
+    (Kind.COLLECTIVE_ENQUEUE, 0): {"a": "group_size", "b": "group_rank", "c": "global_rank"},  # the group
+    (Kind.COLLECTIVE_ENQUEUE, None): {"a": "collective_seq", "b": "numel", "c": "group_rank", "aux": "dtype"},
+    (Kind.COLLECTIVE_COMPLETE, None): {"a": "collective_seq", "b": "duration_ns", "c": "group_rank"},
+    (Kind.EXCEPTION, None): {"tag": "text", "aux": "frame"},  # string-table tags
+}
 
 
 # Record fields, in the order they are written. One list, two views: struct (writer) and
@@ -322,11 +348,14 @@ def read_header(mapping: Any, words: Any, previous: dict[str, Any] | None = None
     return identity
 
 
-def numpy_dtype() -> Any:
-    """The record layout as a numpy structured dtype (readers only; numpy is imported lazily)."""
+def numpy_dtype(kind: int | None = None, code: int | None = None) -> Any:
+    """The record layout as a numpy structured dtype (readers only; numpy is imported lazily). With
+    ``kind`` (and ``code``), the payload columns carry their names for that kind (PAYLOAD_NAMES):
+    a view of records of that kind through it reads ``probes["count"]``, not ``probes["a"]``."""
     import numpy as np
 
-    return np.dtype([(name, _NP_CODES[code]) for name, code in RECORD_FIELDS])
+    names = (PAYLOAD_NAMES.get((kind, code)) or PAYLOAD_NAMES.get((kind, None)) or {}) if kind is not None else {}
+    return np.dtype([(names.get(name, name), _NP_CODES[fmt]) for name, fmt in RECORD_FIELDS])
 
 
 _NP_CODES = {"Q": "<u8", "q": "<i8", "I": "<u4", "i": "<i4", "H": "<u2"}
@@ -341,16 +370,3 @@ def read_string(buf: bytes | memoryview, tag: int) -> str:
     if end < 0:
         return ""
     return bytes(buf[start : start + end]).decode("utf-8", "replace")
-
-
-def default_dir() -> str:
-    """SENTINEL_DIR, else a per-user directory under XDG_RUNTIME_DIR or the temp dir."""
-    env = os.environ.get("SENTINEL_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, f"sentinel-{os.getuid()}")
-
-
-def rings_dir(base: str) -> str:
-    return os.path.join(base, "rings")

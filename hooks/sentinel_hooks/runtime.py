@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import env, layout
 from . import ringformat as rf
 from .writer import FsPolicy, RingWriter, check_identity_fields, identity_from_env
 
@@ -94,13 +95,24 @@ def log_once(key: str, message: str, *args: Any) -> None:
         pass
 
 
-def _int_env(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        log_once("env:" + name, "ignoring %s=%r (not an integer)", name, os.environ.get(name))
+def setting(var: env.Var) -> Any:
+    """``var``'s value from the environment; a bad value is logged once and counted
+    (``config_problem``) and the declared default used. Never raises."""
+    reading = var.read()
+    if reading.problem:
+        config_problem(reading.problem)
+    return reading.value
+
+
+def config_problem(message: str) -> None:
+    """A refused setting (the default was used): logged once, counted once. Never raises."""
+    if message not in _reported:
+        _reported.add(message)
+        log_once("cfg:" + message, "%s", message)
         count_config_error()
-        return default
+
+
+_reported: set[str] = set()
 
 
 def count_config_error(n: int = 1) -> None:
@@ -154,19 +166,14 @@ def start() -> RingWriter | NullWriter:
         if _writer is not None:
             return _writer
         try:
-            if os.environ.get("SENTINEL_DISABLE", "") not in ("", "0"):
+            if setting(env.DISABLE):
                 _writer = NullWriter("disabled")
                 return _writer
-            capacity = _int_env("SENTINEL_RING_CAPACITY", rf.DEFAULT_CAPACITY)
-            if capacity <= 0 or capacity & (capacity - 1) or capacity > rf.MAX_CAPACITY:
-                log_once("capacity", "SENTINEL_RING_CAPACITY=%d is not a power of two from 1 to %d; using %d",
-                         capacity, rf.MAX_CAPACITY, rf.DEFAULT_CAPACITY)
-                count_config_error()
-                capacity = rf.DEFAULT_CAPACITY
+            capacity = setting(env.RING_CAPACITY)
             identity = identity_from_env()
             identity.update(_identity_overrides)
             policy = FsPolicy.from_env()  # SENTINEL_GROUP, SENTINEL_DIR_MODE, SENTINEL_FILE_MODE
-            w = RingWriter.create(rf.default_dir(), identity, capacity, policy.file_mode, policy.dir_mode, policy.gid)
+            w = RingWriter.create(layout.default_dir(), identity, capacity, policy.file_mode, policy.dir_mode, policy.gid)
             atexit.register(_at_exit)
             if "multiprocessing" in sys.modules:
                 # Forked multiprocessing children leave through os._exit(), which skips atexit but
@@ -184,7 +191,7 @@ def start() -> RingWriter | NullWriter:
             _writer = w
         except Exception as exc:  # no dir, full disk, bad environment: run on as a no-op
             _writer = NullWriter(f"{type(exc).__name__}: {exc}")
-            log_once("start", "hooks disabled, could not open a ring in %s (%s)", rf.default_dir(), _writer.reason)
+            log_once("start", "hooks disabled, could not open a ring in %s (%s)", layout.default_dir(), _writer.reason)
         return _writer
 
 
@@ -197,7 +204,7 @@ def disable(reason: str) -> None:
             return  # a ring is open already: the hooks work
         if _writer is None:
             _writer = NullWriter(reason)
-    log_once("start", "hooks disabled, could not write in %s (%s)", rf.default_dir(), reason)
+    log_once("start", "hooks disabled, could not write in %s (%s)", layout.default_dir(), reason)
 
 
 def writer() -> RingWriter | NullWriter:
@@ -261,6 +268,7 @@ def reset_for_tests() -> None:
     errors = 0
     _mode, _pending_config_errors, _idle = "", 0, None
     _logged.clear()
+    _reported.clear()
     _identity_overrides.clear()
     if w is not None:
         w.close(clean_exit=False)

@@ -20,7 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import layout
 from . import ringformat as rf
+from .env import DIR_MODE, FILE_MODE, FRAMEWORK, GROUP, HOST, JOB, NAMESPACE, POD, read
 
 _time_ns = time.time_ns
 _RECORDS_OFFSET = rf.RECORDS_OFFSET
@@ -42,10 +44,10 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
 
     elastic = env.get("TORCHELASTIC_RUN_ID", "")
     elastic = "" if elastic == "none" else elastic  # torchrun's placeholder for standalone runs
-    host = env.get("SENTINEL_HOST") or socket.gethostname()
-    pod = env.get("SENTINEL_POD") or env.get("POD_NAME") or ""
-    namespace = env.get("SENTINEL_NAMESPACE") or env.get("POD_NAMESPACE") or ""
-    job = env.get("SENTINEL_JOB") or elastic or env.get("SLURM_JOB_ID") or ""
+    host = read(HOST, env) or socket.gethostname()
+    pod = read(POD, env) or env.get("POD_NAME") or ""
+    namespace = read(NAMESPACE, env) or env.get("POD_NAMESPACE") or ""
+    job = read(JOB, env) or elastic or env.get("SLURM_JOB_ID") or ""
     if not job and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
         addr = env["MASTER_ADDR"]
         # A loopback rendezvous names no job by itself: every single-node job uses localhost:29500.
@@ -65,7 +67,7 @@ def identity_from_env(env: dict[str, str] | None = None) -> dict[str, Any]:
         "host": host,
         "pod": pod,
         "namespace": namespace,
-        "framework": env.get("SENTINEL_FRAMEWORK") or "python",
+        "framework": read(FRAMEWORK, env),
         "framework_version": "",
     }
 
@@ -113,11 +115,15 @@ class FsPolicy:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> FsPolicy:
-        """From SENTINEL_GROUP, SENTINEL_DIR_MODE and SENTINEL_FILE_MODE (octal). Raises ValueError."""
-        env = os.environ if env is None else env
-        dmode, fmode = env.get("SENTINEL_DIR_MODE", "").strip(), env.get("SENTINEL_FILE_MODE", "").strip()
-        return cls.for_group(env.get("SENTINEL_GROUP"), int(dmode, 8) if dmode else None,
-                             int(fmode, 8) if fmode else None)
+        """From SENTINEL_GROUP, SENTINEL_DIR_MODE and SENTINEL_FILE_MODE (octal). Raises ValueError for
+        a mode that is not one, or a group that does not exist: files must not get modes nobody asked for."""
+        modes = []
+        for var in (DIR_MODE, FILE_MODE):
+            reading = var.read(env)
+            if reading.problem:
+                raise ValueError(reading.problem)
+            modes.append(reading.value)
+        return cls.for_group(read(GROUP, env), *modes)
 
     def own(self, path: str | int, mode: int) -> None:
         """Give ``path`` (or an open fd) this policy's group, then exactly ``mode``."""
@@ -213,7 +219,7 @@ class RingWriter:
         identity.setdefault("pid", os.getpid())
         identity.setdefault("ppid", os.getppid() if identity["pid"] == os.getpid() else -1)
         created = _time_ns()
-        rdir = rf.rings_dir(base_dir)
+        rdir = layout.rings_dir(base_dir)
         policy = FsPolicy(dir_mode=dir_mode, file_mode=file_mode, gid=gid)
         policy.make_dirs(rdir)
         host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(identity.get("host", "")))[:64]

@@ -10,6 +10,7 @@ import threading
 
 from sentinel import __version__
 from sentinel.cli.options import CommandError, add_dir, finite_float, parse_listen, positive_int
+from sentinel_hooks import env
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-uid", type=int, action="append", default=[],
                    help="also accept rings owned by this uid (repeatable; default: only the daemon's own uid)")
     p.add_argument("--any-owner", action="store_true", help="accept rings owned by any user")
-    p.add_argument("--group", default=os.environ.get("SENTINEL_GROUP") or None, metavar="NAME|GID",
+    p.add_argument("--group", default=env.read(env.GROUP), metavar="NAME|GID",
                    help="share what the daemon creates with this group (setgid dirs 2770, files 0640), as the hooks "
                         "do with SENTINEL_GROUP (default: $SENTINEL_GROUP, else private: 0700 / 0600)")
     p.add_argument("--web-config", metavar="FILE", default=None,

@@ -10,7 +10,7 @@ from typing import Any
 
 from sentinel.cli.options import add_dir, add_json
 from sentinel.triage.readers import cudagdb
-from sentinel_hooks import ringformat as rf
+from sentinel_hooks import layout
 from sentinel_hooks.crash import coredump_env
 
 
@@ -90,7 +90,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def default_dir() -> str:
-    return rf.default_dir()
+    return layout.default_dir()
 
 
 # -- the subcommand -------------------------------------------------------------------------------

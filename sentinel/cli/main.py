@@ -15,7 +15,7 @@ from types import ModuleType
 from sentinel import __version__
 from sentinel.cli import daemon, demo, doctor, install_hooks, run, status, tail, triage
 from sentinel.cli.options import CommandError
-from sentinel_hooks import ringformat as rf
+from sentinel_hooks import layout
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if getattr(args, "dir", "") is None and not getattr(command, "FRESH_DIR", False):
-        args.dir = rf.default_dir()
+        args.dir = layout.default_dir()
     try:
         rc = int(command.run(args) or 0)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit

@@ -46,14 +46,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _hooked_env(args: argparse.Namespace) -> dict[str, str]:
     from sentinel.injection import code_umask, compile_tree, injected_env, prepare
+    from sentinel_hooks import env, layout
     from sentinel_hooks.writer import FsPolicy
 
     # The folders the hooked processes and the daemon share get SENTINEL_GROUP's modes and group
     # (private by default) before injected_env finds them there.
     policy = FsPolicy.from_env()
     base = os.path.abspath(args.dir)
-    for sub in ("", "fr") + (("cores",) if os.environ.get("SENTINEL_COREDUMP", "1") not in ("0", "") else ()):
-        policy.make_dirs(os.path.join(base, sub))
+    for folder in (base, layout.fr_dir(base)) + ((layout.cores_dir(base),) if env.read(env.COREDUMP) else ()):
+        policy.make_dirs(folder)
     with code_umask():
         env = injected_env(args.dir, eager=args.eager)
         compile_tree(prepare(base))

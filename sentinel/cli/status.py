@@ -16,10 +16,11 @@ from typing import Any
 
 from sentinel.cli.options import CommandError, add_dir, add_json
 from sentinel.daemon.discovery import is_ring_name
-from sentinel.daemon.journal import journal_path
 from sentinel.daemon.ringreader import RingReader
 from sentinel.daemon.state import CHECK_LABELS
+from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
+from sentinel_hooks.layout import journal_path
 
 
 def _journal_rows(base_dir: str) -> dict[str, dict[str, Any]]:
@@ -92,7 +93,7 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
     now = time.time()
     journal = _journal_rows(base_dir)
     out: dict[str, dict[str, Any]] = {}
-    rings = rf.rings_dir(base_dir)
+    rings = layout.rings_dir(base_dir)
     try:
         names = sorted(n for n in os.listdir(rings) if is_ring_name(n))
     except FileNotFoundError:
@@ -213,7 +214,7 @@ def _age(s: float) -> str:
 def find_rings(base_dir: str, pid: int | None = None, rank: int | None = None) -> list[str]:
     """Ring paths under ``base_dir`` of the process ``pid`` (or of every process of ``rank``), newest
     first. Raises FileNotFoundError if there is no rings folder."""
-    rings = rf.rings_dir(base_dir)
+    rings = layout.rings_dir(base_dir)
     out = []
     for name in os.listdir(rings):
         if not is_ring_name(name):

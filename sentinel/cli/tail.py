@@ -8,6 +8,7 @@ import os
 import time
 
 from sentinel.cli.options import CommandError, add_dir, positive_int
+from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"no rings in {args.dir} (is it the SENTINEL_DIR the server uses?)") from None
     if not paths:
         who = f"pid {args.pid}" if args.pid is not None else f"rank {args.rank}"
-        raise CommandError(f"no ring of {who} in {rf.rings_dir(args.dir)}; `sentinel status` lists them", 1)
+        raise CommandError(f"no ring of {who} in {layout.rings_dir(args.dir)}; `sentinel status` lists them", 1)
     try:
         reader = RingReader(paths[0])
     except (rf.RingFormatError, OSError) as exc:

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _journaled(base_dir: str, fault_id: int) -> dict:
-    from sentinel.daemon.journal import Journal, journal_path
+    from sentinel.daemon.journal import Journal
+    from sentinel_hooks.layout import journal_path
 
     path = journal_path(base_dir)
     if not os.path.exists(path):
@@ -66,8 +67,9 @@ def _journaled(base_dir: str, fault_id: int) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sentinel.daemon.journal import Journal, journal_path
+    from sentinel.daemon.journal import Journal
     from sentinel.triage import records
+    from sentinel_hooks.layout import journal_path
 
     path = journal_path(args.dir)
     if not os.path.isdir(args.dir):

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 from sentinel.daemon.config import DaemonConfig
-from sentinel.daemon.journal import Journal, journal_path
+from sentinel.daemon.journal import Journal
 from sentinel.daemon.state import ProcessState
 from sentinel.triage import catalog as catalog_mod
+from sentinel_hooks import layout
 from sentinel_hooks.writer import FsPolicy
 
 __all__ = ["DaemonContext"]
@@ -57,8 +58,8 @@ class DaemonContext:
         ``config.catalogs``). Raises OSError (journal) or CatalogError (a bad catalog file)."""
         policy = FsPolicy.for_group(config.group)
         policy.make_dirs(config.base_dir)
-        journal = Journal(journal_path(config.base_dir), policy)
-        user_catalog = os.path.join(config.base_dir, "catalog.toml")
+        journal = Journal(layout.journal_path(config.base_dir), policy)
+        user_catalog = layout.catalog_path(config.base_dir)
         catalog = catalog_mod.load(([user_catalog] if _own_regular_file(user_catalog) else []) + config.catalogs)
         ctx = cls(config, policy, journal, catalog)
         for state in journal.load():

@@ -310,7 +310,3 @@ class Journal:
 
     def close(self) -> None:
         self.db.close()
-
-
-def journal_path(base_dir: str) -> str:
-    return os.path.join(base_dir, "journal.sqlite")

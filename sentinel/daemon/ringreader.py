@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import stat
@@ -18,6 +19,17 @@ import numpy as np
 from sentinel_hooks import ringformat as rf
 
 DTYPE = rf.numpy_dtype()
+
+
+def payload(recs: np.ndarray, kind: int, code: int | None = None) -> np.ndarray:
+    """``recs`` (all of ``kind``, and of ``code`` where it changes the meaning) seen with their payload
+    columns named (ringformat.PAYLOAD_NAMES): a zero-copy view, ``payload(probes, Kind.PROBE)["count"]``."""
+    return recs.view(_payload_dtype(int(kind), None if code is None else int(code)))
+
+
+@functools.cache
+def _payload_dtype(kind: int, code: int | None) -> np.dtype:
+    return rf.numpy_dtype(kind, code)
 EMPTY = np.zeros(0, dtype=DTYPE)
 # A slot that stays unreadable this long while later ones are readable, with its writer alive,
 # is given up as torn. Live writers leave holes only briefly (a thread took a sequence number

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from sentinel.daemon.ringreader import DTYPE
+from sentinel.daemon.ringreader import DTYPE, payload
 from sentinel_hooks import ringformat as rf
 
-KIND_NAMES = {int(k): k.name.lower() for k in rf.Kind}
-CHECK_LABELS = {int(c): c.label for c in rf.Check}
+KIND_NAMES, CHECK_LABELS, kind_name = rf.KIND_NAMES, rf.CHECK_LABELS, rf.kind_name
 BATCH_COUNTERS = ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size")
 MAX_KIND = max(KIND_NAMES) + 1
 LAST_RECORDS = 256  # what a fault record gets of a process's final moments
@@ -26,8 +25,23 @@ MAX_GROUP_SIZE = 1 << 16
 MAX_COUNT = 1 << 32  # violations, probe executions, adapter errors in one record
 
 
-def kind_name(kind: int) -> str:
-    return KIND_NAMES.get(kind, "unknown")
+def _step_durations(recs: np.ndarray) -> np.ndarray:
+    """Durations (ns) of the steps in ``recs`` past the warm-up ones."""
+    steps = payload(recs, rf.Kind.STEP)  # only STEP rows are used: the mask selects them
+    d = steps["duration_ns"]
+    return d[(recs["kind"] == rf.Kind.STEP) & (d > 0) & (steps["step_number"] > WARMUP_STEPS)]
+
+
+class Violation(NamedTuple):
+    """One PROBE record's detail, for the daemon's log line."""
+
+    check: str  # its label (Check.label)
+    tag: int  # the probe site's string-table tag
+    count: int  # violations in the call
+    value: int  # the offending value (-1: not known)
+    limit: int
+    detail: int  # aux (e.g. the canonical stride, the first bad call)
+    step: int  # the writer's step at the violating call
 
 
 @dataclass
@@ -79,7 +93,7 @@ class ProcessState:
     last_tokens: int = -1
     token_budget: int = -1
     headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
-    new_violations: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)  # ..., step
+    new_violations: list[Violation] = field(default_factory=list)  # since the last log line
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
     config_errors: int = 0  # bad values the hooks found in their environment config
@@ -100,10 +114,9 @@ class ProcessState:
         self.last_seq = int(recs["seq"][-1])
         kinds = np.minimum(recs["kind"], MAX_KIND)  # unknown kinds land in the last bucket
         self.by_kind += np.bincount(kinds, minlength=MAX_KIND + 1)
-        b = recs["b"]
         # Step durations for percentiles, columns only (no record copies). The first steps after
         # start-up (compilation, communicator set-up) would inflate them: skip them.
-        durations = b[(recs["kind"] == rf.Kind.STEP) & (b > 0) & (recs["a"] > WARMUP_STEPS)]
+        durations = _step_durations(recs)
         if len(durations):
             self.step_ns = np.concatenate((self.step_ns, durations[-STEP_WINDOW:]))[-STEP_WINDOW:]
         self.last = np.concatenate((self.last, recs[-LAST_RECORDS:]))[-LAST_RECORDS:]
@@ -113,25 +126,29 @@ class ProcessState:
         if self.by_kind[rf.Kind.COLLECTIVE_ENQUEUE] and names is not None:
             self.bad_records += self._ingest_collectives(recs, names)
         if self.by_kind[rf.Kind.EVENT] and names is not None:
-            errs = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.ADAPTER_ERROR_EVENT)], "a")
-            for tag, n in zip(errs["tag"].tolist(), errs["a"].tolist()):
+            errs = self._in_bounds(self._events(recs, rf.ADAPTER_ERROR_EVENT), "count")
+            for tag, n in zip(errs["tag"].tolist(), errs["count"].tolist()):
                 adapter = (names(tag) or "adapter:unknown").split(":", 1)[-1]
                 self.adapter_errors[adapter] = self.adapter_errors.get(adapter, 0) + int(n)
         if self.by_kind[rf.Kind.EVENT]:
-            cfg = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONFIG_ERROR_EVENT)], "a")
-            self.config_errors += int(cfg["a"].sum())
-            held = self._in_bounds(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == rf.CONTAINED_EVENT)], "a")
-            self.contained += int(held["a"].sum())
+            cfg = self._in_bounds(self._events(recs, rf.CONFIG_ERROR_EVENT), "count")
+            self.config_errors += int(cfg["count"].sum())
+            held = self._in_bounds(self._events(recs, rf.CONTAINED_EVENT), "count")
+            self.contained += int(held["count"].sum())
 
     def rebuild(self, recs: np.ndarray, names: Callable[[int], str]) -> None:
         """Restore derived context (last records, step times, collective progress) from records
         already counted before a daemon restart. Counters are left alone."""
         if not len(recs):
             return
-        b = recs["b"]
-        self.step_ns = b[(recs["kind"] == rf.Kind.STEP) & (b > 0) & (recs["a"] > WARMUP_STEPS)][-STEP_WINDOW:].astype(np.int64)
+        self.step_ns = _step_durations(recs)[-STEP_WINDOW:].astype(np.int64)
         self.last = recs[-LAST_RECORDS:].copy()
         self._ingest_collectives(recs, names)
+
+    @staticmethod
+    def _events(recs: np.ndarray, code: int) -> np.ndarray:
+        """Sentinel's own EVENT records of ``code``, payload named."""
+        return payload(recs[(recs["kind"] == rf.Kind.EVENT) & (recs["code"] == code)], rf.Kind.EVENT, code)
 
     def _in_bounds(self, recs: np.ndarray, column: str) -> np.ndarray:
         """``recs`` whose ``column`` is a count (0 <= v < MAX_COUNT); the others are counted as bad."""
@@ -156,52 +173,57 @@ class ProcessState:
                 g = self.groups[name] = GroupProgress()
             mine = coll[coll["tag"] == tag]
             enq = mine[mine["kind"] == rf.Kind.COLLECTIVE_ENQUEUE]
-            info = enq[enq["code"] == 0]
-            fits = (info["a"] >= 1) & (info["a"] <= MAX_GROUP_SIZE) & (info["b"] >= 0) & (info["b"] < info["a"])
+            info = payload(enq[enq["code"] == 0], rf.Kind.COLLECTIVE_ENQUEUE, 0)
+            size, rank = info["group_size"], info["group_rank"]
+            fits = (size >= 1) & (size <= MAX_GROUP_SIZE) & (rank >= 0) & (rank < size)
             if not fits.all():  # a size or rank no group has: not applied
                 bad += int(len(fits) - fits.sum())
                 info = info[fits]
             if len(info):
-                g.size, g.group_rank, g.global_rank = (int(x) for x in info[-1][["a", "b", "c"]].tolist())
-            ops = enq[enq["code"] != 0]
+                last = info[-1]
+                g.size, g.group_rank, g.global_rank = int(last["group_size"]), int(last["group_rank"]), int(last["global_rank"])
+            ops = payload(enq[enq["code"] != 0], rf.Kind.COLLECTIVE_ENQUEUE)
             if len(ops):
                 last = ops[-1]
-                g.last_enqueued, g.last_enqueued_ns, g.last_op = int(last["a"]), int(last["ts_ns"]), int(last["code"])
-                g.group_rank = int(last["c"])
-            done = mine[mine["kind"] == rf.Kind.COLLECTIVE_COMPLETE]
+                g.last_enqueued, g.last_enqueued_ns, g.last_op = int(last["collective_seq"]), int(last["ts_ns"]), int(last["code"])
+                g.group_rank = int(last["group_rank"])
+            done = payload(mine[mine["kind"] == rf.Kind.COLLECTIVE_COMPLETE], rf.Kind.COLLECTIVE_COMPLETE)
             if len(done):
                 last = done[-1]
-                g.last_completed, g.last_completed_ns = int(last["a"]), int(last["ts_ns"])
-                typical = done["b"][done["a"] > 1]  # the first collective sets up the communicator
+                g.last_completed, g.last_completed_ns = int(last["collective_seq"]), int(last["ts_ns"])
+                typical = done["duration_ns"][done["collective_seq"] > 1]  # the first collective sets up the communicator
                 g.durations_ns = np.concatenate((g.durations_ns, typical[-STEP_WINDOW:]))[-STEP_WINDOW:]
         return bad
 
     def _ingest_probes(self, recs: np.ndarray) -> None:
         kind = recs["kind"]
-        probes = self._in_bounds(recs[kind == rf.Kind.PROBE], "a")
+        probes = self._in_bounds(payload(recs[kind == rf.Kind.PROBE], rf.Kind.PROBE), "count")
         if len(probes):
-            counts = np.bincount(probes["code"], weights=probes["a"], minlength=len(CHECK_LABELS) + 1)
+            counts = np.bincount(probes["code"], weights=probes["count"], minlength=len(CHECK_LABELS) + 1)
             for code, n in enumerate(counts.tolist()):
                 if n:
                     label = CHECK_LABELS.get(code, "unknown")
                     self.violations[label] = self.violations.get(label, 0) + int(n)
             # Keep the detail of the newest few for logs (the exporter only counts).
-            for r in probes[-8:].tolist():
-                self.new_violations.append((CHECK_LABELS.get(r[4], "unknown"), r[5], r[7], r[8], r[9], r[6], r[2]))
+            for r in probes[-8:]:
+                self.new_violations.append(Violation(
+                    CHECK_LABELS.get(int(r["code"]), "unknown"), int(r["tag"]), int(r["count"]), int(r["value"]),
+                    int(r["limit"]), int(r["detail"]), int(r["step"])))
         ctx = recs[kind == rf.Kind.CONTEXT]
         if not len(ctx):
             return
-        pk = self._in_bounds(ctx[ctx["code"] == rf.Context.PAGED_KV], "c")
+        pk = self._in_bounds(payload(ctx[ctx["code"] == rf.Context.PAGED_KV], rf.Kind.CONTEXT, rf.Context.PAGED_KV),
+                             "calls")
         if len(pk):
-            self.probe_execs += int(pk["c"].sum())
+            self.probe_execs += int(pk["calls"].sum())
             tags, last_idx = np.unique(pk["tag"][::-1], return_index=True)
             for tag, i in zip(tags.tolist(), last_idx.tolist()):
                 r = pk[len(pk) - 1 - i]
-                if r["a"] >= 0 or tag not in self.headroom:
-                    self.headroom[tag] = (int(r["a"]), int(r["b"]))
-        bt = ctx[ctx["code"] == rf.Context.BATCH]
+                if r["max_index"] >= 0 or tag not in self.headroom:
+                    self.headroom[tag] = (int(r["max_index"]), int(r["num_pages"]))
+        bt = payload(ctx[ctx["code"] == rf.Context.BATCH], rf.Kind.CONTEXT, rf.Context.BATCH)
         if len(bt):
-            flags = bt["c"]
+            flags = bt["flags"]
             add = {
                 "steps": len(bt),
                 "at_token_budget": int(((flags & rf.BATCH_AT_BUDGET) != 0).sum()),
@@ -211,8 +233,8 @@ class ProcessState:
             }
             for k, v in add.items():
                 self.batch[k] = self.batch.get(k, 0) + v
-            self.last_tokens = int(bt["a"][-1])
-            self.token_budget = int(bt["b"][-1])
+            self.last_tokens = int(bt["num_tokens"][-1])
+            self.token_budget = int(bt["token_budget"][-1])
 
     def min_headroom(self) -> tuple[int, int] | None:
         """(headroom pages, capacity) of the tightest probe site, from its latest window."""

@@ -16,13 +16,14 @@ import time
 from sentinel import logjson
 from sentinel.daemon.loop import Daemon, DaemonConfig
 from sentinel.injection import injected_env
+from sentinel_hooks import env
 
 VLLM_VERSION = "0.32.0"
 ENGINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_engine.py")
 
 
 def default_python() -> str:
-    cache = os.environ.get("SENTINEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sentinel")
+    cache = env.read(env.CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "sentinel")
     return os.path.join(cache, f"vllm-venv-{VLLM_VERSION}", "bin", "python")
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sentinel.daemon.state import ProcessState
 from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
+
+if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
+    from sentinel.daemon.state import ProcessState
 
 
 @dataclass(frozen=True)

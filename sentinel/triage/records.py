@@ -15,16 +15,21 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sentinel.daemon.state import CHECK_LABELS, ProcessState, kind_name
 from sentinel.triage import fingerprint
 from sentinel.triage.catalog import Catalog
 from sentinel.triage.readers.cudagdb import GdbReport
-from sentinel_hooks import frames
+from sentinel_hooks import frames, layout
 from sentinel_hooks import ringformat as rf
+from sentinel_hooks.ringformat import CHECK_LABELS, kind_name
+
+if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
+    from sentinel.daemon.state import ProcessState
+
+RECORD_COLUMNS = ("seq", "ts_ns", "step", "kind", "code", "tag", "aux", "a", "b", "c")
 
 FAULTHANDLER_MAX = 64 * 1024
 # A death this close to a related process's stronger fault is its consequence (see is_consequence).
@@ -104,7 +109,8 @@ def evidence_from(state: ProcessState | None) -> list[str]:
     last = state.last
     if len(last):
         ctx = last[(last["kind"] == rf.Kind.CONTEXT) & (last["code"] == rf.Context.BATCH)]
-        if len(ctx) and bool(((ctx["c"] & rf.BATCH_AT_BUDGET) != 0).any()):
+        flags = ctx.view(rf.numpy_dtype(rf.Kind.CONTEXT, rf.Context.BATCH))["flags"]
+        if len(ctx) and bool(((flags & rf.BATCH_AT_BUDGET) != 0).any()):
             ev.add("token_budget_boundary")
         probes = last[last["kind"] == rf.Kind.PROBE]
         ev.update(CHECK_LABELS.get(int(c), "unknown") for c in np.unique(probes["code"]).tolist())
@@ -114,8 +120,8 @@ def evidence_from(state: ProcessState | None) -> list[str]:
 def render_records(recs: np.ndarray, names: Callable[[int], str], limit: int = 32) -> list[dict[str, Any]]:
     """The last records as readable dicts (newest last)."""
     out = []
-    for r in recs[-limit:].tolist():
-        seq, ts, step, kind, code, tag, aux, a, b, c, _ = r
+    for r in recs[-limit:]:
+        seq, ts, step, kind, code, tag, aux, a, b, c = (int(r[f]) for f in RECORD_COLUMNS)
         d: dict[str, Any] = {"seq": seq, "time": round(ts / 1e9, 6), "step": step, "kind": kind_name(kind)}
         if kind == rf.Kind.PROBE:
             d["check"] = CHECK_LABELS.get(code, str(code))
@@ -198,17 +204,11 @@ def faulthandler_summary(text: str) -> tuple[str, str]:
     return err, frames.blame(threads[best][1])
 
 
-def faulthandler_path(base_dir: str, host: str, pid: int) -> str:
-    # host and pid come from the ring header: keep them to one name inside faults/.
-    name = f"faulthandler_{host}_{pid}.log".replace(os.sep, "_").replace("\0", "_")
-    return os.path.join(base_dir, "faults", name)
-
-
 def from_core(report: GdbReport, core_path: str, state: ProcessState | None, names: Callable[[int], str],
               base_dir: str, catalog: Catalog, notes: list[str] | None = None) -> FaultRecord:
     ident = dict(state.identity) if state else {}
     cuda_error, frame = exception_texts(state, names)
-    fh = read_faulthandler(faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1))) if ident else ""
+    fh = read_faulthandler(layout.faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1))) if ident else ""
     if not frame:
         frame = faulthandler_summary(fh)[1]
     try:
@@ -232,7 +232,7 @@ def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, 
     """A process that died with no GPU coredump: its Python-side evidence."""
     ident = dict(state.identity)
     cuda_error, frame = exception_texts(state, names)
-    fh = read_faulthandler(faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1)))
+    fh = read_faulthandler(layout.faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1)))
     fatal, fh_frame = faulthandler_summary(fh)
     exception = cuda_error or fatal or "died without a word (SIGKILL or OOM kill?)"
     notes = []

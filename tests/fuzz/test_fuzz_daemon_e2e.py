@@ -17,9 +17,10 @@ from pathlib import Path
 
 from fuzz_support import FIXTURES
 
-from sentinel.daemon.journal import Journal, journal_path
+from sentinel.daemon.journal import Journal
 from sentinel.triage.readers import cudagdb
 from sentinel_hooks import ringformat as rf
+from sentinel_hooks.layout import journal_path
 from sentinel_hooks.writer import RingWriter
 
 

@@ -243,7 +243,7 @@ def test_kernel_matches_the_torch_reference_on_random_inputs():
     """The fused Triton kernel and the torch reference (the CPU path) agree, case by case."""
     import random
 
-    from sentinel_hooks import device, kernels
+    from sentinel_hooks import device, kernels, slots
 
     rng = random.Random(3)
     for trial in range(60):
@@ -257,14 +257,10 @@ def test_kernel_matches_the_torch_reference_on_random_inputs():
         nseq = max(0, rows - rng.randint(0, 2))
         seq = torch.randint(-2, cols * (ps or 1) + 3, (nseq,), device="cuda") if rng.random() < 0.8 else None
         cu = torch.randint(0, 5, (rows + 1,), device="cuda").cumsum(0) if rng.random() < 0.5 else None
-        acc = torch.zeros((device.NPROG, device.NFIELDS), dtype=torch.int64, device="cuda")
-        acc[:, device.MAXIDX] = -1
-        acc[:, device.BADMAX] = -1
-        acc[:, device.FIRST_BAD_CALL] = device.INT64_MAX
-        acc[:, device.BADMIN] = device.INT64_MAX
+        acc = torch.tensor([slots.INITIAL] * slots.NPROG, dtype=torch.int64, device="cuda")
         kernels.launch_paged_kv(pt, num_pages, seq, ps, cu, acc, 0, False)
-        got = device.reduce_slots(acc.tolist())
+        got = slots.reduce_slots(acc.tolist())
         s = device.paged_kv_stats(torch, pt, num_pages, seq, ps, cu)
         want = [1, int(s["oob"]), int(s["trail"]), int(s["max"]), int(s["seqbad"]),
-                0 if int(s["oob"]) else device.INT64_MAX, int(s["badmax"]), int(s["badmin"])]
+                0 if int(s["oob"]) else slots.INT64_MAX, int(s["badmax"]), int(s["badmin"])]
         assert got == want, (trial, rows, cols, nseq, ps)

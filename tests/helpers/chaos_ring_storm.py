@@ -18,6 +18,7 @@ import random
 import sys
 import time
 
+from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.writer import RingWriter
 
@@ -26,7 +27,7 @@ period = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
 live = int(sys.argv[6]) if len(sys.argv) > 6 else 3
 hold = sys.argv[7] if len(sys.argv) > 7 else None
 rng = random.Random(seed)
-rings = rf.rings_dir(base)
+rings = layout.rings_dir(base)
 os.makedirs(rings, mode=0o700, exist_ok=True)
 made = {"valid": 0, "junk": 0, "bursts": 0}
 alive: collections.deque = collections.deque()  # (paths, writers) of the bursts on disk

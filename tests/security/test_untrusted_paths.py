@@ -45,6 +45,7 @@ from security_support import OUTSIDER_GID, OUTSIDER_UID, PYTHON, SENTINEL, TESTS
 from sentinel.daemon.loop import Daemon, DaemonConfig
 from sentinel.triage import records as faults
 from sentinel.triage.catalog import CatalogError
+from sentinel_hooks import layout
 from sentinel_hooks.writer import RingWriter
 
 SECRET = "TOP-SECRET-OUTSIDE-SENTINEL-DIR"
@@ -207,7 +208,7 @@ def test_faulthandler_path_from_the_ring_header_stays_in_faults(h, top: Path, ca
 def test_faulthandler_path_with_separators_or_nul_is_one_name(top: Path) -> None:
     base = top / "s"
     for host, pid in (("../../etc/passwd", 1), ("/abs/path", 2), ("a\0b", 3), ("..", "4/../../x")):
-        path = Path(faults.faulthandler_path(str(base), host, pid))
+        path = Path(layout.faulthandler_path(str(base), host, pid))
         assert path.parent == base / "faults" and "\0" not in str(path), path
     assert faults.read_faulthandler(str(base / "faults" / "a\0b")) == ""  # a NUL: nothing read, nothing raised
 

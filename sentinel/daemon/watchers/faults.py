@@ -15,6 +15,7 @@ from sentinel.daemon.coredumps import CoreCollector, is_core_name, parse_core_na
 from sentinel.daemon.discovery import Discovery
 from sentinel.daemon.watchers.rings import RingWatcher
 from sentinel.triage import records
+from sentinel_hooks import layout
 
 __all__ = ["FaultWatcher", "MAX_FAULT_INFO"]
 
@@ -31,7 +32,7 @@ class FaultWatcher:
         self.ctx = ctx
         self.rings = rings
         config = ctx.config
-        self.cores_dir = os.path.join(config.base_dir, "cores")
+        self.cores_dir = layout.cores_dir(config.base_dir)
         self.collector = CoreCollector(self.cores_dir, config.cuda_gdb, config.gdb_timeout_s,
                                        max_bytes=config.cores_max_bytes, keep_per_signature=config.cores_per_signature,
                                        policy=ctx.fs_policy)

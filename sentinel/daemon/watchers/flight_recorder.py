@@ -14,6 +14,7 @@ from sentinel.daemon.context import DaemonContext
 from sentinel.daemon.discovery import Discovery
 from sentinel.daemon.watchers.hangs import HangWatcher
 from sentinel.triage.readers import flight_recorder
+from sentinel_hooks import layout
 
 __all__ = ["FlightRecorderWatcher"]
 
@@ -27,7 +28,7 @@ class FlightRecorderWatcher:
     def __init__(self, ctx: DaemonContext, hangs: HangWatcher) -> None:
         self.ctx = ctx
         self.hangs = hangs
-        self.fr_dir = os.path.join(ctx.config.base_dir, "fr")
+        self.fr_dir = layout.fr_dir(ctx.config.base_dir)
         ctx.fs_policy.make_dirs(self.fr_dir)  # watched for file events: it must exist (dumps land there later)
         self.discovery = Discovery(self.fr_dir, ctx.config.rescan_interval, ctx.config.use_events,
                                    lambda n: not n.startswith("."))

@@ -15,7 +15,7 @@ from sentinel.daemon.context import DaemonContext
 from sentinel.daemon.discovery import Discovery
 from sentinel.daemon.ringreader import RingReader
 from sentinel.daemon.state import LAST_RECORDS, ProcessState
-from sentinel.triage import records
+from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 
 __all__ = ["RingWatcher"]
@@ -52,7 +52,7 @@ class RingWatcher:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
         config = ctx.config
-        self.rings_dir = rf.rings_dir(config.base_dir)
+        self.rings_dir = layout.rings_dir(config.base_dir)
         ctx.fs_policy.make_dirs(self.rings_dir)
         self.readers: dict[str, RingReader] = {}
         self.rejected: dict[str, int] = {}  # reason -> rings refused
@@ -213,17 +213,17 @@ class RingWatcher:
         # One line per process and check every VIOLATION_LOG_S: a violation every step must
         # not flood the log; the counters carry the totals.
         now = time.monotonic()
-        for check, tag, a, b, c, aux, step in state.new_violations:
-            key = (state.ring, check)
+        for v in state.new_violations:
+            key = (state.ring, v.check)
             if now - self._violation_logged.get(key, -1e9) < VIOLATION_LOG_S:
                 continue
             self._violation_logged[key] = now
             log.warning("invariant violation", extra={
-                "check": check, "site": reader.name(tag), "pid": state.identity.get("pid"),
-                "rank": state.identity.get("rank"), "count": a,
+                "check": v.check, "site": reader.name(v.tag), "pid": state.identity.get("pid"),
+                "rank": state.identity.get("rank"), "count": v.count,
                 # -1: not known (a length from the GPU path, an entry past a row's prefix)
-                "value": None if b == -1 and check in ("seqlens_invalid", "page_table_trailing_oob") else b,
-                "limit": c, "aux": aux, "step": step,  # the step of the violating call, not this poll's
+                "value": None if v.value == -1 and v.check in ("seqlens_invalid", "page_table_trailing_oob") else v.value,
+                "limit": v.limit, "aux": v.detail, "step": v.step,  # the step of the violating call, not this poll's
             })
         state.new_violations.clear()
 
@@ -262,7 +262,7 @@ class RingWatcher:
         reused = any(s.alive and s.identity.get("pid") == pid and s.identity.get("host", "") == host
                      for s in states.values())
         if pid is not None and not reused:
-            paths.append(records.faulthandler_path(self.ctx.config.base_dir, host, pid))
+            paths.append(layout.faulthandler_path(self.ctx.config.base_dir, host, pid))
         for path in paths:
             try:
                 os.unlink(path)

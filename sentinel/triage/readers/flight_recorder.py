@@ -9,7 +9,6 @@ strings and numbers, and refuses every global (``os.system`` included) with a cl
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from typing import Any
 
@@ -129,8 +128,3 @@ def read(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         data = f.read(MAX_BYTES + 1)
     return summarize(loads(data))
-
-
-def dump_prefix(base_dir: str) -> str:
-    """Where `sentinel run` points TORCH_FR_DUMP_TEMP_FILE (unless the user set it)."""
-    return os.path.join(base_dir, "fr", "trace_rank_")

@@ -1,0 +1,76 @@
+"""The SENTINEL_DIR tree, built in one place for the hooks and the sidecar alike.
+
+    SENTINEL_DIR/
+      rings/          one ring file per hooked process (<host>.<pid>.<created_ns>.ring)
+      cores/          GPU coredumps (CUDA_COREDUMP_FILE points here) and their dump-on-demand pipes
+      faults/         each process's faulthandler dump (faulthandler_<host>_<pid>.log)
+      fr/             PyTorch Flight Recorder dumps (TORCH_FR_DUMP_TEMP_FILE points here)
+      evidence/       what a trap saw, as JSON
+      hooks/          the versioned copy of the hooks package `sentinel run` puts on PYTHONPATH
+      journal.sqlite  the daemon's journal
+      catalog.toml    known issues of this site (optional; read by the daemon)
+
+Imports only ``env`` (itself standard library only).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from . import env
+
+__all__ = ["default_dir", "rings_dir", "cores_dir", "faults_dir", "fr_dir", "evidence_dir", "hooks_dir",
+           "journal_path", "catalog_path", "faulthandler_path", "fr_dump_prefix"]
+
+
+def default_dir() -> str:
+    """SENTINEL_DIR, else a per-user folder under XDG_RUNTIME_DIR or the temp dir."""
+    found = env.read(env.DIR)
+    if found:
+        return found
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"sentinel-{os.getuid()}")
+
+
+def rings_dir(base: str) -> str:
+    return os.path.join(base, "rings")
+
+
+def cores_dir(base: str | None = None) -> str:
+    return os.path.join(base or default_dir(), "cores")
+
+
+def faults_dir(base: str | None = None) -> str:
+    return os.path.join(base or default_dir(), "faults")
+
+
+def fr_dir(base: str) -> str:
+    return os.path.join(base, "fr")
+
+
+def evidence_dir(base: str | None = None) -> str:
+    return os.path.join(base or default_dir(), "evidence")
+
+
+def hooks_dir(base: str) -> str:
+    return os.path.join(base, "hooks")
+
+
+def journal_path(base: str) -> str:
+    return os.path.join(base, "journal.sqlite")
+
+
+def catalog_path(base: str) -> str:
+    return os.path.join(base, "catalog.toml")
+
+
+def faulthandler_path(base: str, host: str, pid: int) -> str:
+    """The faulthandler dump of ``pid`` on ``host`` (both from the ring header: kept to one name)."""
+    name = f"faulthandler_{host}_{pid}.log".replace(os.sep, "_").replace("\0", "_")
+    return os.path.join(faults_dir(base), name)
+
+
+def fr_dump_prefix(base: str) -> str:
+    """Where `sentinel run` points TORCH_FR_DUMP_TEMP_FILE (unless the user set it)."""
+    return os.path.join(fr_dir(base), "trace_rank_")
