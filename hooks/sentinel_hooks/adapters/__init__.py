@@ -1,10 +1,11 @@
 """Framework adapters: the probes at vLLM's and SGLang's own choke points, with no code change.
 
-``arm()`` (called by ``sentinel_hooks.inject.arm()``, so by the injected ``sitecustomize`` and by
+``TABLE`` lists the adapters (name -> module, plugin entry-point group); ``ADAPTERS`` and the
+entry points (``ENTRY_POINTS``) derive from it. ``arm()`` (called by ``sentinel_hooks.inject.arm()``, so by the injected ``sitecustomize`` and by
 the frameworks' plugin entry points) registers each adapter's post-import hooks. Nothing here
 imports a framework: an adapter patches a module when the serving process imports it.
 
-    SENTINEL_ADAPTERS   comma list of adapters to arm (default: all of ADAPTERS); "none" arms none
+    SENTINEL_ADAPTERS   comma list of adapters to arm (default: all of TABLE); "none" arms none
 
 Each adapter fails soft (see base.py): a hook point missing in a framework version it does not
 know disables it with one warning and a counted adapter error; the framework runs on untouched.
@@ -15,26 +16,51 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import runtime
 
-# name -> module holding ADAPTER (an Adapter instance) and register() (the plugin entry point)
-ADAPTERS = {
-    "vllm": "sentinel_hooks.adapters.vllm",
-    "sglang": "sentinel_hooks.adapters.sglang",
+__all__ = ["ADAPTERS", "ENTRY_POINTS", "ENTRY_POINT_NAME", "TABLE", "AdapterEntry", "arm", "enabled", "get",
+           "status"]
+
+ENTRY_POINT_NAME = "sentinel"  # our name in each framework's plugin group
+
+
+class AdapterEntry(NamedTuple):
+    """One adapter: the module holding ``ADAPTER`` (an Adapter instance) and ``register()`` (its
+    framework's plugin entry point), and the entry-point group the framework loads plugins from."""
+
+    module: str
+    group: str
+
+    @property
+    def entry_point(self) -> str:
+        """The entry point's value, ``module:register``."""
+        return f"{self.module}:register"
+
+
+# The one table. ADAPTERS and ENTRY_POINTS derive from it; pyproject.toml's
+# [project.entry-points.*] cannot import it, so tests/test_adapter_table.py holds them equal.
+TABLE: dict[str, AdapterEntry] = {
+    "vllm": AdapterEntry("sentinel_hooks.adapters.vllm", "vllm.general_plugins"),
+    "sglang": AdapterEntry("sentinel_hooks.adapters.sglang", "sglang.srt.plugins"),
 }
 
-# The frameworks' plugin entry points, as declared in pyproject.toml. ``sentinel run`` and
+# name -> module holding ADAPTER and register()
+ADAPTERS: dict[str, str] = {name: entry.module for name, entry in TABLE.items()}
+
+# group -> {name: value}: the frameworks' plugin entry points. ``sentinel run`` and
 # ``sentinel install-hooks`` also write them into a dist-info next to the copied hooks, so the
 # plugin route works from PYTHONPATH alone, with nothing installed in the serving environment.
-ENTRY_POINTS = {
-    "vllm.general_plugins": {"sentinel": "sentinel_hooks.adapters.vllm:register"},
-    "sglang.srt.plugins": {"sentinel": "sentinel_hooks.adapters.sglang:register"},
-}
+ENTRY_POINTS: dict[str, dict[str, str]] = {}
+for _entry in TABLE.values():
+    ENTRY_POINTS.setdefault(_entry.group, {})[ENTRY_POINT_NAME] = _entry.entry_point
+del _entry
 
 
 def enabled(env: dict[str, str] | None = None) -> list[str]:
+    """The adapters SENTINEL_ADAPTERS names: all of TABLE by default or for "all", none for "none"
+    ("0", "off"); unknown names are left out with one warning."""
     env = os.environ if env is None else env
     raw = env.get("SENTINEL_ADAPTERS", "").strip().lower()
     if not raw or raw == "all":

@@ -1,9 +1,10 @@
-"""What every framework adapter shares, in the style of OpenTelemetry's instrumentors.
+"""What every framework adapter shares, in the style of OpenTelemetry's ``BaseInstrumentor``.
 
-An adapter
+An adapter (a subclass of the abstract ``Adapter``)
 
-- declares the framework versions it was verified against (``verified_versions``;
-  ``instrumentation_dependencies()`` gives them as requirement strings);
+- declares the framework versions it was verified against (``verified_versions``) and the range
+  it claims (``supported_versions``); ``instrumentation_dependencies()`` gives both as requirement
+  strings, and they are checked (see "Versions" below);
 - patches lazily: ``instrument()`` only registers post-import hooks, and each hook point is
   patched when the serving process itself imports the module that holds it. Importing an adapter
   never imports its framework;
@@ -14,27 +15,50 @@ An adapter
   disables the adapter: every patch is undone and the framework runs on untouched. A missing
   *optional* hook point costs only that point (same warning and count, the rest stays on).
 
+Template methods: ``instrument()`` and ``uninstrument()`` are the base's; a subclass gives
+``hook_points()`` (abstract: what to patch, framework knowledge) and may override
+``instrumentation_dependencies()`` and ``_forget()`` (drop its caches once unpatched). The base
+writes once what every adapter needs: the framework's version and identity, the version check,
+the heartbeat (``heartbeat()``), first-step identity reads (``once()``), the record-only stride
+observer (``stride_observer()``) and the plugin entry point's body (``register_plugin()``).
+
+Versions. When the framework's top-level module is imported (and in any case before the first of
+the adapter's hook points is patched), the adapter reads the running framework's version
+(``__version__``, else ``importlib.metadata.version`` of the first of ``distributions`` that is
+installed) and compares it with ``instrumentation_dependencies()`` (``versions.check_version``:
+release tuples, stdlib only). The verdict is ``status()["version_check"]``: ``"verified"`` (a pinned
+version, a local label such as ``+cu128`` aside), ``"in range"``, ``"out of range"`` or
+``"unknown"`` (no version found). Anything but "verified" logs one line. The verdict changes
+nothing else, on purpose, unlike OpenTelemetry (which skips instrumenting on a conflict): out of
+range, the adapter patches exactly as in range; every hook point whose names resolve keeps
+working, and a missing one disables the adapter as above. The name checks are the real guard.
+
 Only ``SentinelViolation`` (trap mode) ever leaves a patched function; that is the point of trap.
 """
 
 from __future__ import annotations
 
+import abc
 import functools
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
-from .. import importhook, runtime
+from .. import importhook, probes, runtime
 from .. import ringformat as rf
 from ..probes import SentinelViolation
+from .versions import IN_RANGE, OUT_OF_RANGE, UNKNOWN, VERIFIED, check_version
+
+__all__ = ["ADAPTER_ERROR_EVENT", "Adapter", "AdapterDrift", "HookPoint"]
 
 # EVENT record code for an adapter error: a = 1, tag = "adapter:<name>". The daemon counts them
 # as sentinel_adapter_errors_total{adapter=<name>}.
 ADAPTER_ERROR_EVENT = rf.ADAPTER_ERROR_EVENT
 
 _MISSING = object()
+Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]  # make_wrapper(original) -> wrapper
 
 
 class AdapterDrift(Exception):
@@ -42,7 +66,9 @@ class AdapterDrift(Exception):
 
 
 class HookPoint:
-    """One module an adapter patches when it is imported: ``patch(module)`` does the work."""
+    """One module an adapter patches when it is imported: ``patch(module)`` does the work.
+
+    ``required``: a failure disables the adapter; otherwise it costs only this point."""
 
     def __init__(self, module: str, patch: Callable[[ModuleType], None], *, required: bool = True) -> None:
         self.module = module
@@ -50,38 +76,58 @@ class HookPoint:
         self.required = required
 
 
-class Adapter:
+class Adapter(abc.ABC):
     name = ""  # bounded label: "vllm", "sglang"
     module = ""  # the framework's top-level module
     distributions: tuple[str, ...] = ()  # the framework's distribution names on PyPI
     verified_versions: tuple[str, ...] = ()  # the versions whose source this adapter was checked against
+    # The range it claims, as (lowest, first excluded) release strings, e.g. ("0.32", "0.34").
+    # ("", ""): no range beyond the verified versions.
+    supported_versions: tuple[str, str] = ("", "")
 
     def __init__(self) -> None:
         self.instrumented = False
         self.disabled: str | None = None  # why, once disabled
         self.errors = 0
         self.framework_version: str | None = None
+        self.distribution: str | None = None  # the installed distribution found, if any
+        self.version_check: str | None = None  # VERIFIED, IN_RANGE, OUT_OF_RANGE, UNKNOWN
         self.patched_modules: list[str] = []
         self._patches: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, what it held, our wrapper)
         self._propagated: list[tuple[Any, Any]] = []  # (wrapper, original) bound by name elsewhere too
         self._generation = 0
         self._lock = threading.RLock()
+        self._once: set[str] = set()
+        self._stride_sites_tripped: set[str] = set()
 
-    # -- OpenTelemetry-style surface ---------------------------------------------------------------
+    # -- what a subclass gives ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def hook_points(self) -> Iterable[HookPoint]:
+        """The framework's modules to patch, each when imported (the framework module itself is
+        the base's: its version check and identity)."""
 
     def instrumentation_dependencies(self) -> tuple[str, ...]:
-        """Requirement strings for the verified versions, e.g. ``("vllm == 0.32.0", ...)``."""
-        return tuple(f"{d} == {v}" for d in self.distributions for v in self.verified_versions)
+        """Requirement strings, alternatives (any one satisfied is enough, like OpenTelemetry's
+        ``_instruments_any``): a pin per distribution and verified version, e.g.
+        ``"vllm == 0.32.0"``, then a range per distribution, e.g. ``"vllm >= 0.32, < 0.34"``."""
+        pins = tuple(f"{d} == {v}" for d in self.distributions for v in self.verified_versions)
+        low, high = self.supported_versions
+        ranges = tuple(f"{d} >= {low}, < {high}" for d in self.distributions) if low and high else ()
+        return pins + ranges
 
-    def hook_points(self) -> Iterable[HookPoint]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _forget(self) -> None:  # noqa: B027 - an optional hook, not an abstract one
+        """Drop per-process caches once ``uninstrument()`` has undone every patch (default: none)."""
+
+    # -- OpenTelemetry-style surface ---------------------------------------------------------------
 
     @property
     def active(self) -> bool:
         return self.instrumented and self.disabled is None
 
     def instrument(self) -> bool:
-        """Register the post-import hooks (patching at once what is already imported).
+        """Register the post-import hooks (patching at once what is already imported): the
+        framework module's (version check, identity), then ``hook_points()``.
 
         Idempotent. Returns whether the adapter is active. Never raises."""
         with self._lock:
@@ -91,14 +137,15 @@ class Adapter:
             self._generation += 1
             generation = self._generation
         try:
-            for point in self.hook_points():
+            for point in [HookPoint(self.module, self._on_framework), *self.hook_points()]:
                 importhook.when_imported(point.module, self._guarded(point, generation))
         except Exception as exc:
             self.fail("instrument", exc)
         return self.active
 
     def uninstrument(self) -> None:
-        """Undo every patch. Hooks registered for modules not yet imported become no-ops."""
+        """Undo every patch, then ``_forget()``. Hooks registered for modules not yet imported
+        become no-ops. Never raises."""
         with self._lock:
             self.instrumented = False
             self._generation += 1
@@ -122,11 +169,57 @@ class Adapter:
                     setattr(module, attr, original)
                 except Exception:  # pragma: no cover
                     pass
+        try:
+            self._forget()
+        except Exception as exc:  # pragma: no cover - clearing a cache does not fail
+            runtime.failed(f"adapter {self.name} forget", exc)
 
     def status(self) -> dict[str, Any]:
+        """State for ``sentinel status`` and tests: active, disabled (why), errors, the framework
+        version seen and its verdict (``version_check``), what is patched."""
         return {"adapter": self.name, "active": self.active, "instrumented": self.instrumented,
                 "disabled": self.disabled, "errors": self.errors, "framework_version": self.framework_version,
-                "verified_versions": list(self.verified_versions), "patched_modules": list(self.patched_modules)}
+                "distribution": self.distribution, "version_check": self.version_check,
+                "verified_versions": list(self.verified_versions),
+                "supported_versions": list(self.supported_versions), "patched_modules": list(self.patched_modules)}
+
+    def register_plugin(self) -> None:
+        """The body of the framework's plugin entry point (``register()`` in each adapter module):
+        arm the hooks as ``sentinel run`` does, and this adapter even if SENTINEL_ADAPTERS leaves
+        it out (unless it is "none"). Never raises: a plugin must never break the host's start-up."""
+        try:
+            from .. import inject
+
+            inject.arm()
+            from . import arm
+
+            arm(only=(self.name,), force=True)
+        except Exception as exc:
+            runtime.failed(f"{self.name} plugin register", exc)
+
+    # -- the framework module: version check and identity ------------------------------------------
+
+    def _on_framework(self, module: ModuleType | None) -> None:
+        """Read and check the framework's version, once, and publish the framework identity."""
+        with self._lock:
+            if self.version_check is not None:
+                return
+            self.version_check = UNKNOWN
+        version, self.distribution = _framework_version(module, self.distributions)
+        self.framework_version = version or ""
+        try:
+            self.version_check = check_version(version, self.instrumentation_dependencies(), self.distribution)
+        except ValueError as exc:  # a requirement string of ours that does not parse: counted, not fatal
+            self.error("version check", exc)
+        if self.version_check != VERIFIED:
+            low, high = self.supported_versions
+            declared = f"its declared range (>= {low}, < {high})" if low and high else ""
+            verdict = {IN_RANGE: f" but is in {declared}" if declared else " but is one up to a release suffix",
+                       OUT_OF_RANGE: f" and is out of {declared}" if declared else "", UNKNOWN: ""}[self.version_check]
+            runtime.log_once(f"adapter-version:{self.name}", "%s adapter: %s %s is not a version it was verified "
+                             "against (%s)%s; patching anyway, and it disables itself if a hook point is missing",
+                             self.name, self.module, version or "unknown", ", ".join(self.verified_versions), verdict)
+        runtime.set_identity(framework=self.name, framework_version=(version or "")[:31])
 
     # -- helpers for subclasses --------------------------------------------------------------------
 
@@ -135,6 +228,9 @@ class Adapter:
             if generation != self._generation or not self.active:
                 return
             try:
+                if self.version_check is None and point.module != self.module:
+                    # a framework module imported before its package's hook ran: check first
+                    self._on_framework(sys.modules.get(self.module))
                 point.patch(module)
                 self.patched_modules.append(point.module)
             except Exception as exc:
@@ -152,7 +248,7 @@ class Adapter:
             where = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__qualname__
             raise AdapterDrift(f"{where} has no {', '.join(missing)}")
 
-    def patch(self, owner: Any, attr: str, make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    def patch(self, owner: Any, attr: str, make_wrapper: Wrapper) -> None:
         """Replace ``owner.attr`` (a function or method) by ``make_wrapper(original)``.
 
         Raises AdapterDrift when the attribute is missing or not callable. A second call for the
@@ -177,8 +273,7 @@ class Adapter:
             setattr(owner, attr, wrapper)
             self._patches.append((owner, attr, raw, wrapper))
 
-    def patch_everywhere(self, module: ModuleType, attr: str,
-                         make_wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    def patch_everywhere(self, module: ModuleType, attr: str, make_wrapper: Wrapper) -> None:
         """Patch a module-level function where it is defined and in every module that already
         bound it by name (``from m import f``); modules importing it later bind the wrapper.
         ``uninstrument()`` puts the original back everywhere, those later bindings included."""
@@ -195,12 +290,54 @@ class Adapter:
                 with self._lock:
                     self._patches.append((other, other_attr, original, wrapper))
 
+    def heartbeat(self) -> None:
+        """One serving step of this process (``sentinel_hooks.step()``), while the adapter is
+        active: the heartbeat in the ring header and a STEP record. Never raises."""
+        if not self.active:
+            return
+        try:
+            runtime.writer().step()
+        except Exception as exc:
+            runtime.failed("step", exc)
+
+    def once(self, where: str, fn: Callable[..., Any], *args: Any) -> None:
+        """``guard(where, fn, *args)`` the first time ``where`` comes up (an identity read on the
+        first step), never again; nothing while the adapter is inactive."""
+        if not self.active or where in self._once:
+            return
+        self._once.add(where)
+        self.guard(where, fn, *args)
+
+    def stride_observer(self, site: str) -> Wrapper:
+        """make_wrapper for a framework function that silently repairs a size-1 dimension's stride
+        (seed 002): ``check_strides`` sees its first argument before the repair, under ``site``.
+        Record only: a trap records (and keeps evidence) once per site and never raises; the
+        original always runs and its result is returned."""
+        adapter = self
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def observed(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+                if adapter.active and site not in adapter._stride_sites_tripped:
+                    try:
+                        probes.check_strides(tensor, name=site, tma=False)  # degenerate size-1 strides only
+                    except SentinelViolation:
+                        adapter._stride_sites_tripped.add(site)
+                    except Exception as exc:  # pragma: no cover - check_strides does not raise
+                        runtime.failed(site, exc)
+                return original(tensor, *args, **kwargs)
+
+            return observed
+
+        return make
+
     def error(self, what: str, exc: BaseException | None = None) -> None:
         """Count one adapter error and log it once (per kind)."""
         self.errors += 1
         runtime.errors += 1
         detail = f"{type(exc).__name__}: {exc}" if exc is not None else ""
         version = self.framework_version or "unknown"
+        if self.version_check not in (None, VERIFIED, UNKNOWN):
+            version = f"{version} ({self.version_check})"
         runtime.log_once(f"adapter:{self.name}:{what}",
                          "%s adapter: %s (%s); %s %s, verified against %s", self.name, what, detail,
                          self.module, version, ", ".join(self.verified_versions) or "none")
@@ -230,6 +367,28 @@ class Adapter:
         except Exception as exc:
             self.fail(where, exc)
             return None
+
+
+def _framework_version(module: ModuleType | None, distributions: Sequence[str]) -> tuple[str | None, str | None]:
+    """(version, distribution): the module's ``__version__``, else the first installed
+    distribution's; the distribution is the first of ``distributions`` installed, if any."""
+    version = getattr(module, "__version__", None) if module is not None else None
+    version = str(version) if version else None
+    distribution = None
+    try:
+        import importlib.metadata as md
+
+        for dist in distributions:
+            try:
+                found = md.version(dist)
+            except md.PackageNotFoundError:
+                continue
+            distribution = dist
+            version = version or found
+            break
+    except Exception:  # metadata is a hint: a broken dist-info must not cost the adapter
+        pass
+    return version, distribution
 
 
 def _bindings_of(obj: Any) -> list[tuple[str, ModuleType, str]]:

@@ -1,8 +1,10 @@
 """The SGLang adapter: the probes at SGLang's own choke points, with no change to SGLang's code.
 
-Written against the source of sglang 0.5.23 (the wheel on PyPI). Where it patches, each when
-SGLang imports the module (the attention backend, the KV pool and the CUDA-graph runners all
-live in the scheduler process; TP workers are not separate processes):
+Written against the source of sglang 0.5.23 (the wheel on PyPI). Its declared range is that
+release and its post-releases (0.5.23 <= version < 0.5.24): SGLang ships features in the third
+digit. Where it patches, each when SGLang imports the module (the attention backend, the KV pool
+and the CUDA-graph runners all live in the scheduler process; TP workers are not separate
+processes):
 
 - TRT-LLM MHA (``TRTLLMHAAttnBackend``, the SM100 default):
   - ``init_forward_metadata`` (eager) and ``init_forward_metadata_in_graph`` (recorded into the
@@ -44,12 +46,15 @@ from typing import Any
 from .. import probes, runtime
 from .base import Adapter, HookPoint
 
+__all__ = ["ADAPTER", "CANONICALIZE", "RELIES_ON", "SGLangAdapter", "register"]
+
 RUNNER = "sglang.srt.model_executor.model_runner"
 TRTLLM = "sglang.srt.layers.attention.trtllm_mha_backend"
 FLASHINFER = "sglang.srt.layers.attention.flashinfer_backend"
 CANONICALIZE_MODULE = "sglang.kernels.ops.attention.utils"
 SCHEDULER = "sglang.srt.managers.scheduler"
 CANONICALIZE = "canonicalize_stride"
+CANONICALIZE_SITE = "sglang.canonicalize_stride"  # the probe site its stride records go under
 
 # Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_sglang_source.py
 # resolves each one in the sglang wheel's source, so a release that moves one fails in CI.
@@ -113,15 +118,14 @@ class SGLangAdapter(Adapter):
     module = "sglang"
     distributions = ("sglang",)
     verified_versions = ("0.5.23",)
+    supported_versions = ("0.5.23", "0.5.24")
 
     def __init__(self) -> None:
         super().__init__()
         self._local = threading.local()  # .runner: the ModelRunner in forward; .depth: inside a hook
-        self._identity_done = False
 
     def hook_points(self) -> list[HookPoint]:
-        return [
-            HookPoint("sglang", self._on_sglang),
+        return [  # the base adds "sglang" itself (version check, identity)
             HookPoint(RUNNER, self._patch_runner),
             HookPoint(TRTLLM, self._patch_trtllm),
             HookPoint(FLASHINFER, self._patch_flashinfer),
@@ -130,22 +134,6 @@ class SGLangAdapter(Adapter):
         ]
 
     # -- hook points -------------------------------------------------------------------------------
-
-    def _on_sglang(self, module: ModuleType) -> None:
-        version = str(getattr(module, "__version__", "") or "")
-        if not version:
-            import importlib.metadata
-
-            try:
-                version = importlib.metadata.version("sglang")
-            except importlib.metadata.PackageNotFoundError:
-                version = ""
-        self.framework_version = version
-        if version not in self.verified_versions:
-            runtime.log_once("adapter-version:sglang", "sglang adapter: sglang %s is not a version it was verified "
-                             "against (%s); patching anyway, and it disables itself if a hook point is missing",
-                             version or "unknown", ", ".join(self.verified_versions))
-        runtime.set_identity(framework="sglang", framework_version=version[:31])
 
     def _patch_scheduler_idle(self, module: ModuleType) -> None:
         """The scheduler's idle state, for the heartbeat alert: with no batch to run, its event loop
@@ -174,17 +162,14 @@ class SGLangAdapter(Adapter):
                     return original(runner, *args, **kwargs)
                 local = adapter._local
                 previous, local.runner = getattr(local, "runner", None), runner
-                if not adapter._identity_done:
-                    adapter._identity_done = True
-                    adapter.guard("ModelRunner identity", adapter._identity, runner)
+                adapter.once("ModelRunner identity", adapter._identity, runner)
                 fb = args[0] if args else kwargs.get("forward_batch")
                 adapter.guard("ModelRunner.forward", adapter._note_batch, fb)
                 try:
                     return original(runner, *args, **kwargs)
                 finally:
                     local.runner = previous
-                    if adapter.active:
-                        _heartbeat()
+                    adapter.heartbeat()
 
             return forward
 
@@ -208,30 +193,12 @@ class SGLangAdapter(Adapter):
 
     def _patch_canonicalize(self, module: ModuleType) -> None:
         self.require(module, CANONICALIZE)
-        self.patch_everywhere(module, CANONICALIZE, self._canonicalize_wrapper)
+        self.patch_everywhere(module, CANONICALIZE, self.stride_observer(CANONICALIZE_SITE))
 
     def _canonicalize_binding(self, module: ModuleType) -> None:
         current = getattr(module, CANONICALIZE)
         if getattr(current, "__sentinel_adapter__", None) != self.name:
-            self.patch(module, CANONICALIZE, self._canonicalize_wrapper)
-
-    def _canonicalize_wrapper(self, original):
-        adapter = self
-        site = "sglang.canonicalize_stride"
-        tripped = []
-
-        def canonicalize_stride(tensor, *args, **kwargs):
-            if adapter.active and not tripped:
-                try:
-                    # Degenerate size-1 strides only: that is what SGLang repairs here, silently.
-                    probes.check_strides(tensor, name=site, tma=False)
-                except probes.SentinelViolation:
-                    tripped.append(True)  # trap: record (and evidence) once, never raise
-                except Exception as exc:  # pragma: no cover - check_strides does not raise
-                    runtime.failed(site, exc)
-            return original(tensor, *args, **kwargs)
-
-        return canonicalize_stride
+            self.patch(module, CANONICALIZE, self.stride_observer(CANONICALIZE_SITE))
 
     def _metadata_wrapper(self, where: str, check):
         adapter = self
@@ -380,26 +347,10 @@ def _alloc_pages(alloc: Any, attr: str, page_size: int) -> int | None:
     return size // max(1, page_size) + 1
 
 
-def _heartbeat() -> None:
-    try:
-        w = runtime._writer
-        (w if w is not None else runtime.start()).step()
-    except Exception as exc:
-        runtime.failed("step", exc)
-
-
 ADAPTER = SGLangAdapter()
 
 
 def register() -> None:
     """The ``sglang.srt.plugins`` entry point: SGLang calls it in every process it starts (filtered
     by ``SGLANG_PLUGINS``). Arms the hooks as ``sentinel run`` does."""
-    try:
-        from .. import inject
-
-        inject.arm()
-        from . import arm
-
-        arm(only=("sglang",), force=True)
-    except Exception as exc:  # a plugin must never break SGLang's start-up
-        runtime.failed("sglang plugin register", exc)
+    ADAPTER.register_plugin()
