@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sentinel.daemon.loop import Daemon, DaemonConfig
-from sentinel.triage import catalog, fingerprint
+from sentinel.triage import catalog, consequences, fingerprint, report
 from sentinel.triage import records as faults
 from sentinel.triage.readers import cudagdb
 from sentinel_hooks import frames
@@ -546,7 +546,7 @@ def test_a_parent_killed_right_after_its_child_faulted_is_a_consequence(h):
         # Paged once, for the child's signature; the parent is counted apart.
         assert list(d.faults.fault_counts) == [(child["signature"], "sigsegv", "", "", "crash")]
         assert d.faults.consequence_counts == {(child["signature"], "killed"): 1}
-        assert faults.render_report(faults.FaultRecord.from_dict(parent)).splitlines()[1] == (
+        assert report.render_report(faults.FaultRecord.from_dict(parent)).splitlines()[1] == (
             f"  consequence of fault {child['id']}: see `sentinel triage --fault {child['id']}`")
     finally:
         d.close()
@@ -594,13 +594,13 @@ def test_with_the_window_off_every_death_is_its_own_fault(h):
      {"host": "n2", "pid": 12, "job": "localhost:29500", "pod": "b"}, False),
 ])
 def test_related_processes(a, b, expected):
-    assert faults.related(a, b) is expected and faults.related(b, a) is expected
+    assert consequences.related(a, b) is expected and consequences.related(b, a) is expected
 
 
 def test_siblings_only_under_a_hooked_parent():
     """Two children of one shell or supervisor are not one job; two workers of one engine are."""
     a, b = {"host": "n1", "pid": 11, "ppid": 10}, {"host": "n1", "pid": 12, "ppid": 10}
-    assert faults.related(a, b, siblings=True) and not faults.related(a, b, siblings=False)
+    assert consequences.related(a, b, siblings=True) and not consequences.related(a, b, siblings=False)
 
 
 def test_a_loopback_rendezvous_is_no_job_and_a_pod_is_one():

@@ -28,6 +28,7 @@ ADAPTER_NAMES = ("vllm", "sglang")
 INT32_MAX = (1 << 31) - 1
 _FALSE = ("0", "false", "no", "off")
 _TRUE = ("1", "true", "yes", "on")
+NONE_WORDS = ("none", "0", "off")  # "names" variables with keywords: none of them
 
 
 class _Partly(ValueError):
@@ -116,7 +117,7 @@ class Var:
             low = text.lower()
             if self.keywords and low == "all":
                 return self.choices
-            if self.keywords and low in ("none", "0", "off"):
+            if self.keywords and low in NONE_WORDS:
                 return ()
             wanted = tuple(dict.fromkeys(n.strip() for n in low.split(",") if n.strip()))
             unknown = [n for n in wanted if n not in self.choices]
@@ -149,8 +150,8 @@ def _flag(name: str, default: bool, doc: str, bad: bool | None = None) -> Var:
 
 
 # In the order the README documents them.
-DIR = Var("SENTINEL_DIR", "text", None, "where rings, coredumps and dumps go (default: $XDG_RUNTIME_DIR or the "
-          "temp dir, /sentinel-UID)")
+DIR = Var("SENTINEL_DIR", "text", None, "where rings, coredumps and dumps go (default: $XDG_RUNTIME_DIR/sentinel-UID, "
+          "else TMPDIR/sentinel-UID)")
 DISABLE = _flag("SENTINEL_DISABLE", False, "turn every hook into a counted no-op", bad=True)
 MODE = Var("SENTINEL_MODE", "choice", "observe", "observe: record violations; trap: raise SentinelViolation before "
            "the kernel runs; contain: redirect bad page indices to SENTINEL_CONTAIN_PAGE", choices=MODES)

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--group: {exc}") from None
     logjson.setup(args.log_level)
     allowed = None if args.any_owner else {os.getuid(), *args.allow_uid}
+    from sentinel.daemon.journal import JournalError
     from sentinel.triage.catalog import CatalogError
     from sentinel.triage.hangs import HangConfig
 
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             group=group, consequence_window_s=args.consequence_window, dead_ttl_s=args.dead_ttl,
             crash_grace_s=args.crash_grace, pod_resources_socket=args.pod_resources_socket,
         ))
-    except (CatalogError, OSError) as exc:
+    except (CatalogError, JournalError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})
         return 2
     host, port = args.listen

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sentinel.triage import catalog as catalog_mod
-    from sentinel.triage import records
+    from sentinel.triage import records, report
 
     try:
         cat = catalog_mod.load(args.catalog)
@@ -45,18 +45,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rec.as_dict(), indent=2, default=str))
     else:
-        print(records.render_report(rec))
+        print(report.render_report(rec))
     return 0 if rec.exception_class != "unknown" else 1
 
 
+def _open(path: str):  # noqa: ANN202
+    from sentinel.daemon.journal import Journal, JournalError
+
+    try:
+        return Journal(path)
+    except JournalError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _journaled(base_dir: str, fault_id: int) -> dict:
-    from sentinel.daemon.journal import Journal
     from sentinel_hooks.layout import journal_path
 
     path = journal_path(base_dir)
     if not os.path.exists(path):
         raise CommandError(f"no journal at {path}")
-    j = Journal(path)
+    j = _open(path)
     try:
         d = j.fault(fault_id)
     finally:
@@ -67,8 +75,7 @@ def _journaled(base_dir: str, fault_id: int) -> dict:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sentinel.daemon.journal import Journal
-    from sentinel.triage import records
+    from sentinel.triage import report
     from sentinel_hooks.layout import journal_path
 
     path = journal_path(args.dir)
@@ -76,7 +83,7 @@ def _list(args: argparse.Namespace) -> int:
         raise CommandError(f"no such directory: {args.dir}")
     if not os.path.exists(path):
         raise CommandError(f"no journal at {path}: no daemon has run with --dir {args.dir}", 1)
-    j = Journal(path)
+    j = _open(path)
     try:
         rows = j.faults(limit=args.list)
     finally:
@@ -86,7 +93,7 @@ def _list(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"no faults journaled in {args.dir}")
     else:
-        print(records.render_list(rows))
+        print(report.render_list(rows))
     return 0
 
 

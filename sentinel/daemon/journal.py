@@ -103,11 +103,19 @@ def _fill_fault_kinds(db: sqlite3.Connection) -> None:
         db.execute("UPDATE faults SET kind = ? WHERE id = ?", (kind, fid))
 
 
+class JournalError(Exception):
+    """The journal cannot be used by this version: written by a newer Sentinel (its schema
+    version is higher), or its schema version is not one at all."""
+
+
 class Journal:
     def __init__(self, path: str, policy: FsPolicy | None = None) -> None:
         """Open (or create) the journal. A new one gets ``policy``'s mode and group (default 0600);
         so do its -wal and -shm files, which SQLite creates with the database file's mode. The
-        daemon passes its policy, which an existing journal is brought to as well."""
+        daemon passes its policy, which an existing journal is brought to as well.
+
+        Raises JournalError for a journal of a newer schema than SCHEMA_VERSION (it is left as it
+        is), sqlite3.Error or OSError when the file cannot be opened."""
         self.path = path
         own = policy or FsPolicy()
         own.make_dirs(os.path.dirname(path) or ".")
@@ -127,6 +135,7 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._check_version()
         for table, column, decl, fill in MIGRATIONS:
             if column not in {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}:
                 try:
@@ -140,6 +149,20 @@ class Journal:
                 with self.db:
                     fill(self.db)
         self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def _check_version(self) -> None:
+        """Refuse a journal this version would misread: migrations only go forward."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            return  # new (or from before the version was written): version 1, migrated below
+        found = str(row[0])
+        if not found.isdigit():
+            self.db.close()
+            raise JournalError(f"{self.path}: schema version {found[:20]!r} is not a version")
+        if int(found) > int(SCHEMA_VERSION):
+            self.db.close()
+            raise JournalError(f"{self.path} has schema version {found}, newer than this Sentinel's "
+                               f"{SCHEMA_VERSION}: upgrade sentinel, or give another --dir")
 
     def save(self, states: list[ProcessState]) -> int:
         """Upsert the states marked dirty, in one transaction. Returns how many were written."""

@@ -17,7 +17,8 @@ from typing import Any
 from sentinel.daemon.config import DaemonConfig
 from sentinel.daemon.context import DaemonContext
 from sentinel.daemon.journal import Journal
-from sentinel.daemon.state import ProcessState, Snapshot
+from sentinel.daemon.snapshot import Snapshot
+from sentinel.daemon.state import ProcessState
 from sentinel.daemon.watchers import Watcher
 from sentinel.daemon.watchers.faults import FaultWatcher
 from sentinel.daemon.watchers.flight_recorder import FlightRecorderWatcher

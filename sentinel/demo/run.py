@@ -119,7 +119,8 @@ def _settle(daemon: Daemon, done: Callable[[], bool], guard_s: float = 30.0) -> 
 
 def _crash_phase(daemon: Daemon, env: dict) -> str:
     """A rank that crashes natively after an off-by-one page index: the fault record."""
-    from sentinel.triage.records import FaultRecord, render_report
+    from sentinel.triage.records import FaultRecord
+    from sentinel.triage.report import render_report
 
     print("\nPhase 3: a crash. A rank serves with an off-by-one page index, then segfaults in native code.")
     print("The daemon builds the fault record from its faulthandler file and its last ring records.\n")
@@ -157,7 +158,8 @@ def _gpu_present() -> bool:
 def _gpu_phase(daemon: Daemon, env: dict) -> str:
     """Where a GPU is present: a real CUDA fault, its coredump read by cuda-gdb, the record."""
     from sentinel.triage.readers.cudagdb import find_cuda_gdb
-    from sentinel.triage.records import FaultRecord, render_report
+    from sentinel.triage.records import FaultRecord
+    from sentinel.triage.report import render_report
 
     if not _gpu_present():
         return ""

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from sentinel import __version__
-from sentinel.daemon.state import Snapshot
+from sentinel.daemon.snapshot import Snapshot
 
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
 # The serving job is `job_id`: Prometheus owns `job` (the scrape job).

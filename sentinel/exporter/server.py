@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from sentinel.daemon.state import Snapshot
+from sentinel.daemon.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from sentinel.exporter.webconfig import WebConfig

@@ -16,7 +16,7 @@ from fuzz_support import FIXTURES, count, fuzz, mutate
 from hypothesis import example
 from hypothesis import strategies as st
 
-from sentinel.triage import catalog, fingerprint
+from sentinel.triage import catalog, fingerprint, report
 from sentinel.triage import records as faults
 from sentinel.triage.readers import cudagdb
 
@@ -45,7 +45,7 @@ def check_transcript(text: str) -> cudagdb.GdbReport:
     assert re.fullmatch(r"[0-9a-f]{12}", rec.signature)
     assert rec.exception_class and rec.kernel_family == (fingerprint.kernel_family(r.kernel) if r.kernel else "")
     json.dumps(rec.as_dict(), default=str)  # what the journal stores
-    assert faults.render_report(rec)
+    assert report.render_report(rec)
     return r
 
 

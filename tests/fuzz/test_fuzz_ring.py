@@ -27,7 +27,8 @@ from prometheus_client import generate_latest
 
 from sentinel.daemon.journal import Journal
 from sentinel.daemon.ringreader import MAX_SEQ, RingReader, parse_header
-from sentinel.daemon.state import MAX_COUNT, MAX_GROUP_SIZE, ProcessState, Snapshot
+from sentinel.daemon.snapshot import Snapshot
+from sentinel.daemon.state import MAX_COUNT, MAX_GROUP_SIZE, ProcessState
 from sentinel.exporter.collectors import build_registry
 from sentinel.triage.hangs import HangConfig, HangDetector
 from sentinel_hooks import ringformat as rf

@@ -186,7 +186,7 @@ def test_health_endpoint_follows_the_poll_loop() -> None:
     """200 while snapshots are fresh, 503 once the poll loop has stopped publishing; no auth."""
     import time
 
-    from sentinel.daemon.state import Snapshot
+    from sentinel.daemon.snapshot import Snapshot
     from sentinel.exporter.collectors import build_registry
     from sentinel.exporter.server import HEALTHY_POLL_AGE_S, serve
 

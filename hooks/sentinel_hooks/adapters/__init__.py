@@ -14,11 +14,10 @@ know disables it with one warning and a counted adapter error; the framework run
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from .. import runtime
+from .. import env, runtime
 
 __all__ = ["ADAPTERS", "ENTRY_POINTS", "ENTRY_POINT_NAME", "TABLE", "AdapterEntry", "arm", "enabled", "get",
            "status"]
@@ -58,21 +57,13 @@ for _entry in TABLE.values():
 del _entry
 
 
-def enabled(env: dict[str, str] | None = None) -> list[str]:
-    """The adapters SENTINEL_ADAPTERS names: all of TABLE by default or for "all", none for "none"
-    ("0", "off"); unknown names are left out with one warning."""
-    env = os.environ if env is None else env
-    raw = env.get("SENTINEL_ADAPTERS", "").strip().lower()
-    if not raw or raw == "all":
-        return list(ADAPTERS)
-    if raw in ("none", "0", "off"):
-        return []
-    wanted = [n.strip() for n in raw.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in ADAPTERS]
-    if unknown:
-        runtime.log_once("adapters-env", "SENTINEL_ADAPTERS names unknown adapters %s; known: %s",
-                         unknown, ", ".join(ADAPTERS))
-    return [n for n in wanted if n in ADAPTERS]
+def enabled(environ: dict[str, str] | None = None) -> list[str]:
+    """The adapters SENTINEL_ADAPTERS names (env.ADAPTERS): all of TABLE by default or for "all", none
+    for "none" ("0", "off"); unknown names are left out, logged once and counted."""
+    reading = env.ADAPTERS.read(environ)
+    if reading.problem:
+        runtime.config_problem(reading.problem)
+    return [n for n in reading.value if n in ADAPTERS]
 
 
 def get(name: str) -> Any:
@@ -89,7 +80,7 @@ def arm(only: Iterable[str] | None = None, force: bool = False) -> list[str]:
     names = enabled()
     if only is not None:
         only = list(only)
-        none = os.environ.get("SENTINEL_ADAPTERS", "").strip().lower() in ("none", "0", "off")
+        none = (env.ADAPTERS.read().raw or "").strip().lower() in env.NONE_WORDS
         names = [n for n in only if n in ADAPTERS and (n in names or (force and not none))]
     for name in names:
         try:

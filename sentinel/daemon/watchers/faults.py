@@ -14,7 +14,7 @@ from sentinel.daemon.context import DaemonContext
 from sentinel.daemon.coredumps import CoreCollector, is_core_name, parse_core_name
 from sentinel.daemon.discovery import Discovery
 from sentinel.daemon.watchers.rings import RingWatcher
-from sentinel.triage import records
+from sentinel.triage import consequences, records
 from sentinel_hooks import layout
 
 __all__ = ["FaultWatcher", "MAX_FAULT_INFO"]
@@ -40,15 +40,15 @@ class FaultWatcher:
         self.fault_counts = ctx.journal.fault_counts()
         self.consequence_counts = ctx.journal.consequence_counts()
         # Faults of their own (not consequences): those that may still explain a related death
-        # (records.is_consequence), and the newest MAX_FAULT_INFO of the last dead_ttl_s, exported as
+        # (consequences.is_consequence), and the newest MAX_FAULT_INFO of the last dead_ttl_s, exported as
         # sentinel_fault_info (what the fault alerts fire from).
-        self._causes = records.CauseIndex()
-        self._fault_info: collections.deque[records.FaultInfo] = collections.deque(maxlen=MAX_FAULT_INFO)
+        self._causes = consequences.CauseIndex()
+        self._fault_info: collections.deque[consequences.FaultInfo] = collections.deque(maxlen=MAX_FAULT_INFO)
         since = time.time() - max(config.dead_ttl_s, 2 * config.consequence_window_s)
         for d in reversed(ctx.journal.faults(MAX_FAULT_INFO, since)):
             rec = records.FaultRecord.from_dict(d)
             if rec.consequence_of is None:
-                info = records.FaultInfo.of(rec)
+                info = consequences.FaultInfo.of(rec)
                 self._causes.add(info)
                 self._fault_info.append(info)
         self.triage_seconds: list[float] = []
@@ -133,7 +133,7 @@ class FaultWatcher:
                 continue
             due.append(records.from_crash(state, self.rings.names(state), self.ctx.config.base_dir, self.ctx.catalog))
         # The strongest evidence first, so that a death it explains is linked to it in the same poll.
-        for rec in sorted(due, key=records.strength, reverse=True):
+        for rec in sorted(due, key=consequences.strength, reverse=True):
             ring = rec.dedupe_key.removeprefix("crash:")
             if self._may_be_explained_later(rec, now):
                 continue  # a related process's record may still explain this death: wait for it
@@ -158,7 +158,7 @@ class FaultWatcher:
         out stronger than ``rec``: its GPU coredump can still come, or its evidence is stronger."""
         config = self.ctx.config
         window = config.consequence_window_s
-        if records.strength(rec) >= 3 or window <= 0:
+        if consequences.strength(rec) >= 3 or window <= 0:
             return False
         # Never longer than a related dump could take to come and be read: then it is recorded anyway.
         if time.time() > rec.died_at + window + config.crash_grace_s + config.gdb_timeout_s:
@@ -168,13 +168,13 @@ class FaultWatcher:
             other = self.ctx.states.get(ring)
             if other is None or other.ring == rec.dedupe_key.removeprefix("crash:"):
                 continue
-            if not (records.related(rec.identity, other.identity, siblings)
+            if not (consequences.related(rec.identity, other.identity, siblings)
                     and abs(other.ended_at - rec.died_at) <= window):
                 continue
             if now < deadline or self.collector.pending_for(other.identity.get("pid")):
                 return True
             probe = records.from_crash(other, self.rings.names(other), config.base_dir, self.ctx.catalog)
-            if records.strength(probe) > records.strength(rec):
+            if consequences.strength(probe) > consequences.strength(rec):
                 return True
         return False
 
@@ -183,7 +183,7 @@ class FaultWatcher:
         self._causes.prune(time.time() - 2 * window)
         cause = self._causes.cause_of(rec, window, self.ctx.hooked)
         if cause is not None:
-            records.link_consequence(rec, cause)
+            consequences.link_consequence(rec, cause)
         try:
             rec.id = self.ctx.journal.record_fault(rec)
         except Exception:
@@ -200,7 +200,7 @@ class FaultWatcher:
                 "seconds_from_cause": round(rec.died_at - cause.died_at, 2),
             })
             return
-        info = records.FaultInfo.of(rec)
+        info = consequences.FaultInfo.of(rec)
         self._causes.add(info)
         self._fault_info.append(info)
         key = (rec.signature, rec.exception_class, rec.kernel_family, rec.known_issue["id"] if rec.known_issue else "",

@@ -1,0 +1,87 @@
+"""Fault records for people: the ``sentinel triage --list`` table and the ``sentinel triage`` report."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from typing import Any
+
+from sentinel.triage.records import FaultRecord
+
+__all__ = ["render_list", "render_report"]
+
+
+def render_list(rows: list[dict[str, Any]]) -> str:
+    """`sentinel triage --list`: one line per journaled fault (``Journal.faults`` rows), newest first."""
+    table = [["ID", "TIME (UTC)", "KIND", "SIGNATURE", "EXCEPTION", "KERNEL", "PID", "RANK", "POD/HOST", "KNOWN ISSUE",
+              "NOTE"]]
+    for d in rows:
+        ident = d.get("identity") or {}
+        rank = ident.get("rank")
+        table.append([
+            str(d["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d.get("created_at") or 0)),
+            d.get("kind") or "-", d["signature"], d["exception_class"], d.get("kernel_family") or "-",
+            str(ident.get("pid", "-")), "-" if rank in (None, -1) else str(rank),
+            ident.get("pod") or ident.get("host") or "-", (d.get("known_issue") or {}).get("id", "-"),
+            f"consequence of {d['consequence_of']}" if d.get("consequence_of") is not None else "",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def render_report(rec: FaultRecord) -> str:
+    """A report for a person: what, where, known issue, evidence, where to look."""
+    ident = rec.identity or {}
+    head = f"Fault {rec.id}" if rec.id is not None else "Fault"
+    lines = [f"{head}  signature {rec.signature}  ({', '.join(x for x in (rec.kind, rec.source) if x)})"]
+    if rec.consequence_of is not None:
+        lines.append(f"  consequence of fault {rec.consequence_of}: see `sentinel triage --fault {rec.consequence_of}`")
+    lines.append(f"  exception   {rec.exception}  [{rec.exception_class}]")
+    if rec.kernel:
+        lines.append(f"  kernel      {rec.kernel}")
+        lines.append(f"  family      {rec.kernel_family}")
+    g = rec.gdb or {}
+    if g.get("pc"):
+        where = f"{g.get('source_file')}:{g.get('source_line')}" if g.get("source_file") else ""
+        lines.append(f"  at          PC {g['pc']} {g.get('function', '')} {where}".rstrip())
+    if g.get("focus_block"):
+        lines.append(f"  thread      block {g['focus_block']} thread {g['focus_thread']} of grid {g.get('grid')} "
+                     f"x {g.get('block_dim')}, device {g.get('device')} SM {g.get('sm')} warp {g.get('warp')} "
+                     f"lane {g.get('lane')}")
+    if rec.top_frame:
+        lines.append(f"  python      {rec.top_frame}")
+    if rec.cuda_error and rec.cuda_error != rec.exception:
+        lines.append(f"  error text  {rec.cuda_error}")
+    if ident:
+        lines.append(f"  process     pid {ident.get('pid')} rank {ident.get('rank')} job {ident.get('job') or '-'} "
+                     f"host {ident.get('host')} {('pod ' + ident['pod']) if ident.get('pod') else ''}".rstrip())
+    ki = rec.known_issue
+    if ki:
+        lines.append(f"  known issue {ki['id']}: {ki['title']}")
+        for label, key in (("cause", "root_cause"), ("fix", "remediation")):
+            if ki.get(key):
+                lines.append(textwrap.fill(ki[key], width=100, initial_indent=f"    {label:<10}",
+                                           subsequent_indent=" " * 14))
+        if ki.get("reference"):
+            lines.append(f"    reference {ki['reference']}")
+        if ki.get("runbook"):
+            lines.append(f"    runbook   {ki['runbook']}")
+    else:
+        lines.append("  known issue none matched")
+    if rec.evidence:
+        lines.append(f"  evidence    {', '.join(rec.evidence)}")
+    if rec.last_records:
+        lines.append("  last records")
+        for r in rec.last_records[-8:]:
+            detail = {k: v for k, v in r.items() if k not in ("seq", "time", "kind", "step")}
+            lines.append(f"    step {r['step']:>7}  {r['kind']:<8} {json.dumps(detail)}")
+    if rec.faulthandler:
+        fh = [ln for ln in rec.faulthandler.splitlines() if ln.strip()][:8]
+        lines.append("  faulthandler")
+        lines.extend(f"    {ln}" for ln in fh)
+    if rec.core_path:
+        lines.append(f"  coredump    {rec.core_path} ({rec.core_bytes} bytes)")
+    for note in rec.notes:
+        lines.append(f"  note        {note}")
+    return "\n".join(lines)
