@@ -3,4 +3,6 @@
 This package never imports torch. The in-process hooks live in ``sentinel_hooks``.
 """
 
+__all__ = []
+
 __version__ = "0.1.0"

@@ -19,6 +19,10 @@ import sentinel_hooks
 from sentinel_hooks import env as sentinel_env
 from sentinel_hooks import layout
 
+__all__ = [
+    "HOOKS_PACKAGE", "hooks_digest", "install_hooks", "prepare", "injected_env", "compile_tree", "code_umask",
+]
+
 HOOKS_PACKAGE = os.path.dirname(os.path.abspath(sentinel_hooks.__file__))
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sentinel.demo.vllm import default_python
+from sentinel.demo.vllm_demo import default_python
 
 pytestmark = [pytest.mark.vllm]
 

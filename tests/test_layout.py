@@ -175,7 +175,7 @@ def test_the_ring_format_imports_nothing_else_of_the_hooks() -> None:
 def test_every_module_imports_alone() -> None:
     """Each module in a fresh interpreter of its own (an import order that only works when another
     module was imported first is a hidden circle). The Triton kernel needs Triton (GPU machines)."""
-    needs_triton = {"sentinel_hooks.kernels", "sentinel.demo.cuda"}
+    needs_triton = {"sentinel_hooks.kernels", "sentinel.demo.cuda_fault"}
     skip = needs_triton | {"sentinel.__main__"}
     failed = {}
     for name in sorted(set(MODULES) - skip):
@@ -265,3 +265,46 @@ def test_every_package_is_shipped() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in MODULES.items() if path.name == "__init__.py"} | {"sentinel_hooks._inject"}
     assert listed == packages
+
+
+def test_nothing_next_to_the_engine_script_shadows_a_framework() -> None:
+    """sentinel/demo/vllm_engine.py runs as a file in the vLLM environment, with sentinel/demo/ as
+    sys.path[0]: a module there named vllm.py (or cuda.py, torch.py, ...) would be imported instead
+    of the real package. It was, once: the demo's engine died at `from vllm import LLM`."""
+    demo = ROOT / "sentinel" / "demo"
+    assert (demo / "vllm_engine.py").is_file()
+    shadowing = {"vllm", "torch", "triton", "cuda", "transformers", "numpy", "sglang", "flashinfer", "huggingface_hub",
+                 "tokenizers", "safetensors", "psutil", "json", "os", "sys", "time"}
+    assert sorted(p.stem for p in demo.glob("*.py") if p.stem in shadowing) == []
+
+
+def test_every_module_declares_its_public_names() -> None:
+    """``__all__`` on every module (scripts run as files aside), naming only what it defines."""
+    scripts = {"sentinel.__main__", "sentinel_hooks._inject.sitecustomize", "sentinel.demo.vllm_engine"}
+    missing, wrong = [], {}
+    for name, path in MODULES.items():
+        if name in scripts:
+            continue
+        tree = ast.parse(path.read_text())
+        decl = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                and any(getattr(t, "id", None) == "__all__" for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))]
+        if not decl:
+            missing.append(name)
+            continue
+        names = ast.literal_eval(decl[0].value)
+        defined = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        if set(names) - defined and name != "sentinel_hooks":  # that one's names load lazily, from api.py
+            wrong[name] = sorted(set(names) - defined)
+    assert missing == [] and wrong == {}
+    import sentinel_hooks
+    from sentinel_hooks import api
+
+    assert sentinel_hooks.__all__ == api.__all__
+    assert all(getattr(sentinel_hooks, n) is getattr(api, n) for n in api.__all__)

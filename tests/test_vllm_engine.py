@@ -38,7 +38,7 @@ VLLM_PY = VLLM_VENV / "bin" / "python"
 READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exists()
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
-ENGINE = Path(__file__).resolve().parents[1] / "sentinel" / "vllm_engine.py"  # also the demo's
+ENGINE = Path(__file__).resolve().parents[1] / "sentinel" / "demo" / "vllm_engine.py"  # also the demo's
 PLUGIN_DIR = HELPERS / "vllm_plugin"
 CORRUPT_AT = 3  # the 3rd metadata build: a decode step with both requests in the batch
 

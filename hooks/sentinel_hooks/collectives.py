@@ -22,6 +22,8 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 
+__all__ = ["OPS", "OP_NAMES", "GROUP_INFO", "ASYNC_ALWAYS", "POLL_S", "poll_once", "install", "uninstall"]
+
 # op name -> (position of `group`, position of `async_op`, (position, keyword) of the tensor whose
 # size and dtype are recorded), from torch.distributed's signatures. Codes: ringformat.COLLECTIVE_OPS.
 _ARGS: dict[str, tuple[int, int | None, tuple[int, str] | None]] = {

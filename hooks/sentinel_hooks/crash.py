@@ -23,6 +23,11 @@ from . import env, frames, layout, runtime
 from . import ringformat as rf
 from .writer import FsPolicy
 
+__all__ = [
+    "SKIP_FLAGS", "CORE_PREFIX", "CORE_SUFFIX", "coredump_env", "setup_coredumps", "setup_faulthandler",
+    "FATAL_SIGNALS", "REPORT_ONLY_HANDLERS", "rearm_faulthandler", "setup_excepthook",
+]
+
 # Small dumps, written fast: the skip flags drop memory contents, yet cuda-gdb still names the
 # exception, the kernel, the PC and the thread (measured on H100: 0.9-5.5 MB instead of 40 MB).
 # CUDA_ENABLE_LIGHTWEIGHT_COREDUMP is gone in CUDA 13; these flags replace it.

@@ -21,6 +21,12 @@ from . import runtime
 from .config import probe_config
 from .slots import INITIAL, INT64_MAX, MAX_SITES, NFIELDS, NPROG, Slot, reduce_slots
 
+__all__ = [
+    "CALLS", "OOB", "TRAIL", "MAXIDX", "SEQBAD", "FIRST_BAD_CALL", "BADMAX", "BADMIN", "MAX_HOLD", "Site",
+    "Slab", "triton_available", "slab_row", "prepare", "launch_paged_kv", "paged_kv_stats", "offending_index",
+    "Drain", "note_num_pages", "flush",
+]
+
 # The accumulator layout (offsets, initial values, reductions) is slots.py's.
 CALLS, OOB, TRAIL, MAXIDX, SEQBAD, FIRST_BAD_CALL, BADMAX, BADMIN = Slot
 MAX_HOLD = 8  # drains a row may be held back in a row for a kernel caught half-way

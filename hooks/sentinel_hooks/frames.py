@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+__all__ = ["PLUMBING", "OWN", "is_own", "is_stdlib", "is_dispatch", "is_plumbing", "activity", "blame"]
+
 # Path fragments of dispatch plumbing, matched after normalising separators to "/".
 PLUMBING = (
     "/torch/_ops.py",

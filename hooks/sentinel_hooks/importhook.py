@@ -16,6 +16,8 @@ from types import ModuleType
 
 from . import runtime
 
+__all__ = ["when_imported"]
+
 _hooks: dict[str, list[Callable[[ModuleType], None]]] = {}
 _lock = threading.RLock()
 _finder: _Finder | None = None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from . import crash, env, importhook, runtime
 
+__all__ = ["arm"]
+
 armed = False
 
 

@@ -15,6 +15,11 @@ from .slots import INT64_MAX as _INT64_MAX
 from .slots import NFIELDS as _NFIELDS
 from .slots import NPROG, Slot
 
+__all__ = [
+    "INT64_MAX", "NFIELDS", "CALLS", "OOB", "TRAIL", "MAXIDX", "SEQBAD", "FIRST_BAD_CALL", "BADMAX", "BADMIN",
+    "BLOCK", "launch_paged_kv",
+]
+
 # A slot's counters and their offsets are slots.py's. Compiled kernels may not read plain globals:
 # each offset is a constexpr here.
 INT64_MAX = tl.constexpr(_INT64_MAX)

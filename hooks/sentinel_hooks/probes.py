@@ -30,6 +30,10 @@ from .config import INT32_MAX, MODES, PROBES, ProbeConfig, probe_config
 from .device import Site
 from .writer import FsPolicy
 
+__all__ = [
+    "SentinelViolation", "config", "configure", "check_paged_kv", "check_strides", "note_batch", "save_evidence",
+]
+
 _sites: dict[tuple[str, str], Site] = {}
 _refused: set[str] = set()  # probe sites whose contain page was refused (logged and counted once)
 _evidence_seq = itertools.count(1)

@@ -25,6 +25,17 @@ import struct
 import sys
 from typing import Any
 
+__all__ = [
+    "MAGIC", "VERSION", "HEADER_SIZE", "STRINGS_OFFSET", "STRINGS_SIZE", "RECORDS_OFFSET", "RING_SUFFIX",
+    "DEFAULT_CAPACITY", "MAX_CAPACITY", "Kind", "Mark", "Check", "Context", "COLLECTIVE_OPS",
+    "COLLECTIVE_OP_NAMES", "ADAPTER_ERROR_EVENT", "CONFIG_ERROR_EVENT", "CONTAINED_EVENT", "BATCH_AT_BUDGET",
+    "BATCH_OVER_BUDGET", "BATCH_GRAPH_HIT", "BATCH_GRAPH_KNOWN", "KIND_NAMES", "CHECK_LABELS", "kind_name",
+    "PAYLOAD_NAMES", "RECORD_FIELDS", "RECORD", "RECORD_SIZE", "HEADER_FIELDS", "HEADER", "WORDS_OFFSET", "Word",
+    "PROBE_MODES", "WORD_NAMES", "WORDS_SIZE", "IDENTITY_READ_TRIES", "IDENTITY_TEXT", "IDENTITY_INT",
+    "RingFormatError", "file_size", "pack_header", "unpack_header", "header_words", "read_header", "numpy_dtype",
+    "read_string",
+]
+
 MAGIC = b"SNTLRING"
 VERSION = 1
 

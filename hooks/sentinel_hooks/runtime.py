@@ -18,6 +18,11 @@ from . import env, layout
 from . import ringformat as rf
 from .writer import FsPolicy, RingWriter, check_identity_fields, identity_from_env
 
+__all__ = [
+    "NullWriter", "at_step_milestones", "log_once", "setting", "config_problem", "count_config_error",
+    "set_idle", "set_mode", "start", "disable", "writer", "failed", "set_identity", "reset_for_tests",
+]
+
 log = logging.getLogger("sentinel_hooks")
 
 

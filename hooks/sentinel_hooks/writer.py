@@ -24,6 +24,11 @@ from . import layout
 from . import ringformat as rf
 from .env import DIR_MODE, FILE_MODE, FRAMEWORK, GROUP, HOST, JOB, NAMESPACE, POD, read
 
+__all__ = [
+    "identity_from_env", "GROUP_DIR_MODE", "GROUP_FILE_MODE", "resolve_group", "FsPolicy",
+    "check_identity_fields", "RingWriter",
+]
+
 _time_ns = time.time_ns
 _RECORDS_OFFSET = rf.RECORDS_OFFSET
 _STEP, _LAST_STEP_NS = rf.Word.STEP.value, rf.Word.LAST_STEP_NS.value

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.vllm:
-        from sentinel.demo.vllm import run_vllm_demo
+        from sentinel.demo.vllm_demo import run_vllm_demo
 
         return run_vllm_demo(args.vllm_python, args.dir)
     from sentinel.demo.run import run_demo

@@ -13,6 +13,8 @@ from sentinel.triage.readers import cudagdb
 from sentinel_hooks import layout
 from sentinel_hooks.crash import coredump_env
 
+__all__ = ["checks", "render", "default_dir", "NAME", "HELP", "add_arguments", "run"]
+
 
 def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []

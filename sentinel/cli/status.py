@@ -22,6 +22,11 @@ from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.layout import journal_path
 
+__all__ = [
+    "open_hangs", "render_hangs", "collect", "render_table", "find_rings", "format_record", "NAME", "HELP",
+    "add_arguments", "run",
+]
+
 
 def _journal_rows(base_dir: str) -> dict[str, dict[str, Any]]:
     path = journal_path(base_dir)

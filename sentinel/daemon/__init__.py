@@ -4,3 +4,5 @@
 ``journal`` persists it (the only SQL); the other modules read one source each (rings, GPU
 coredumps, NVML, the kubelet's pod resources, py-spy stacks). Never imports torch.
 """
+
+__all__ = []

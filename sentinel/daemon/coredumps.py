@@ -23,6 +23,8 @@ from sentinel.triage.readers import cudagdb
 from sentinel_hooks.crash import CORE_PREFIX, CORE_SUFFIX
 from sentinel_hooks.writer import FsPolicy
 
+__all__ = ["is_core_name", "parse_core_name", "PendingCore", "TriageResult", "CoreCollector"]
+
 log = logging.getLogger("sentinel.coredumps")
 
 

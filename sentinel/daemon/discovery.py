@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from sentinel_hooks import ringformat as rf
 
+__all__ = ["is_ring_name", "Discovery"]
+
 log = logging.getLogger("sentinel.discovery")
 
 

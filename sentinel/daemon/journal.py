@@ -18,6 +18,8 @@ import numpy as np
 from sentinel.daemon.state import MAX_KIND, ProcessState
 from sentinel_hooks.writer import FsPolicy
 
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "MIGRATIONS", "JournalError", "Journal"]
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS processes (
     ring TEXT PRIMARY KEY,

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["XidEvent", "GpuSample", "NvmlMonitor"]
+
 log = logging.getLogger("sentinel.nvml")
 
 

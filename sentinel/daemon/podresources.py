@@ -21,6 +21,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "DEFAULT_SOCKET", "LIST_METHOD", "REFRESH_S", "TIMEOUT_S", "PodDevice", "parse_list_response",
+    "list_devices", "PodAttribution",
+]
+
 log = logging.getLogger("sentinel.podresources")
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"

@@ -18,6 +18,11 @@ import numpy as np
 
 from sentinel_hooks import ringformat as rf
 
+__all__ = [
+    "DTYPE", "payload", "EMPTY", "HOLE_GRACE_S", "LOOKAHEAD", "MAX_SEQ", "TailResult", "RingReader",
+    "parse_header", "check_header",
+]
+
 DTYPE = rf.numpy_dtype()
 
 

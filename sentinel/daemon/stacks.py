@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 
+__all__ = ["find_py_spy", "dump"]
+
 
 def find_py_spy() -> str | None:
     found = shutil.which("py-spy")

@@ -14,6 +14,11 @@ from sentinel.daemon.ringreader import DTYPE, payload
 from sentinel.daemon.snapshot import ProcessView
 from sentinel_hooks import ringformat as rf
 
+__all__ = [
+    "KIND_NAMES", "CHECK_LABELS", "BATCH_COUNTERS", "MAX_KIND", "LAST_RECORDS", "STEP_WINDOW", "WARMUP_STEPS",
+    "MAX_GROUP_SIZE", "MAX_COUNT", "Violation", "GroupProgress", "ProcessState",
+]
+
 KIND_NAMES, CHECK_LABELS, kind_name = rf.KIND_NAMES, rf.CHECK_LABELS, rf.kind_name
 BATCH_COUNTERS = ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size")
 MAX_KIND = max(KIND_NAMES) + 1

@@ -26,6 +26,8 @@ from sentinel.exporter.server import serve
 from sentinel.injection import injected_env
 from sentinel.triage.hangs import HangConfig
 
+__all__ = ["WORLD", "SCENARIOS", "PHASE_GUARD_S", "run_demo"]
+
 WORLD = 3
 SCENARIOS = {0: ["healthy"], 1: ["offbyone", "dp_padding"], 2: ["stride"]}
 

@@ -10,6 +10,9 @@ Prints JSON lines:
 ``{"event": "generated", "outputs": [[token ids], ...]}`` or ``{"event": "error", ...}``.
 With SENTINEL_TEST_GO_FILE set it then waits (up to 120 s) for that file, so the test can
 scrape the daemon while the engine's processes are alive. Knows nothing of Sentinel.
+
+Run as a file, its folder is sys.path[0]: no module next to it may be named like a package the
+engine imports (vllm, torch, cuda, ...), or that import finds ours (tests/test_layout.py checks).
 """
 
 import json

@@ -29,6 +29,8 @@ import signal
 import sys
 import time
 
+__all__ = ["SCENARIOS", "main"]
+
 SCENARIOS = ("healthy", "offbyone", "dp_padding", "stride")
 
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-fault", action="store_true", help="a real CUDA fault (needs a GPU and Triton)")
     args = p.parse_args(argv)
     if args.cuda_fault:
-        from sentinel.demo.cuda import main as cuda_fault
+        from sentinel.demo.cuda_fault import main as cuda_fault
 
         return cuda_fault()
     if args.gloo_port:

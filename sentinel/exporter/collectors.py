@@ -20,6 +20,11 @@ from prometheus_client.registry import Collector
 from sentinel import __version__
 from sentinel.daemon.snapshot import Snapshot
 
+__all__ = [
+    "PROCESS_LABELS", "process_labels", "process_families", "daemon_families", "probe_families",
+    "collective_families", "fault_families", "SECTIONS", "SnapshotCollector", "build_registry",
+]
+
 # Identity labels on every per-process series. Bounded: no per-layer or per-request labels.
 # The serving job is `job_id`: Prometheus owns `job` (the scrape job).
 PROCESS_LABELS = ("job_id", "host", "pod", "namespace", "rank", "local_rank", "pid")

@@ -50,6 +50,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+__all__ = [
+    "MAX_FILE_BYTES", "TLS_VERSIONS", "CLIENT_AUTH", "UNSUPPORTED", "TOP_KEYS", "TLS_KEYS", "BCRYPT_HASH",
+    "HANDLER_TIMEOUT_S", "WebConfigError", "TLSConfig", "WebConfig", "parse", "load", "ssl_context", "BasicAuth",
+    "require_basic_auth", "serve",
+]
+
 log = logging.getLogger("sentinel.webconfig")
 
 MAX_FILE_BYTES = 1 << 20

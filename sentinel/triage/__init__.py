@@ -4,3 +4,5 @@
 them against known issues (``data/catalog.toml``), ``hangs`` names a collective hang's culprit, and
 ``readers/`` holds one reader per artifact kind. Never imports torch, nor the daemon.
 """
+
+__all__ = []

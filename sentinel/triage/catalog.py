@@ -13,6 +13,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = [
+    "BUILTIN", "ISSUE_KEYS", "MATCH_KEYS", "CatalogError", "KnownIssue", "XidInfo", "Catalog", "parse", "load",
+]
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover

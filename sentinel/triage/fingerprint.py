@@ -11,6 +11,8 @@ import hashlib
 import re
 import string
 
+__all__ = ["exception_class", "kernel_family", "signature"]
+
 _IDENT_CHARS = string.ascii_letters + string.digits + "_"
 
 _EXCEPTIONS = (

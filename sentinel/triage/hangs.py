@@ -22,6 +22,8 @@ import numpy as np
 
 from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
 
+__all__ = ["Culprit", "Hang", "HangConfig", "HangDetector"]
+
 if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
     from sentinel.daemon.state import ProcessState
 

@@ -24,6 +24,12 @@ from sentinel_hooks import frames, layout
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.ringformat import CHECK_LABELS, kind_name
 
+__all__ = [
+    "RECORD_COLUMNS", "FAULTHANDLER_MAX", "CONSEQUENCE_WINDOW_S", "FAULT_KINDS", "fault_kind", "FaultRecord",
+    "evidence_from", "render_records", "exception_texts", "read_faulthandler", "faulthandler_summary",
+    "from_core", "from_crash",
+]
+
 if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
     from sentinel.daemon.state import ProcessState
 

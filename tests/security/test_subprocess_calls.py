@@ -37,7 +37,7 @@ DOCUMENTED = {
         "the CUDA demo rank is waited for with wait(timeout=120), then killed",
     ("sentinel/demo/run.py", "run_demo"):
         "the demo's workload ranks run for the demo's duration; its loop has a deadline and kills them in finally",
-    ("sentinel/demo/vllm.py", "run_vllm_demo"):
+    ("sentinel/demo/vllm_demo.py", "run_vllm_demo"):
         "the interactive vLLM demo's engine: wait(timeout=30), then killpg of its session",
 }
 REAPERS = {"kill", "killpg", "terminate", "wait"}  # what a function that starts a long-lived child must call

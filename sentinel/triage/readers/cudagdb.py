@@ -14,6 +14,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["GDB_COMMANDS", "GdbReport", "MAX_DIGITS", "parse", "find_cuda_gdb", "run"]
+
 GDB_COMMANDS = ("info cuda kernels", "bt", "info cuda devices", "x/4i $pc")
 
 

@@ -12,6 +12,10 @@ import io
 import pickle
 from typing import Any
 
+__all__ = [
+    "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "loads", "summarize", "read",
+]
+
 MAX_BYTES = 64 << 20
 MAX_TUPLE_DEPTH = 100  # dumps nest tuples one or two deep
 MAX_TEXT = 256  # characters of a dump's string kept in the summary

@@ -18,6 +18,8 @@ from sentinel.daemon.loop import Daemon, DaemonConfig
 from sentinel.injection import injected_env
 from sentinel_hooks import env
 
+__all__ = ["VLLM_VERSION", "ENGINE", "default_python", "run_vllm_demo"]
+
 VLLM_VERSION = "0.32.0"
 ENGINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_engine.py")
 

@@ -10,6 +10,8 @@ import triton.language as tl
 
 import sentinel_hooks as sh
 
+__all__ = ["paged_gather", "main"]
+
 
 @triton.jit
 def paged_gather(table_ptr, cache_ptr, out_ptr, PAGE: tl.constexpr):
