@@ -8,16 +8,19 @@ import json
 import os
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
+from sentinel.triage.readers import flight_recorder
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
 NAME = "triage"
 HELP = "explain a fault: a GPU coredump, a saved cuda-gdb transcript, or a journaled fault"
-USAGE = "sentinel triage [CORE | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
+USAGE = "sentinel triage [FILE | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("core", nargs="?", help="a GPU coredump (.nvcudmp) to read with cuda-gdb")
+    p.add_argument("core", nargs="?", metavar="FILE",
+                   help="a GPU coredump (.nvcudmp, read with cuda-gdb), a saved cuda-gdb transcript, or a PyTorch "
+                        "Flight Recorder dump: what it is is detected")
     p.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
     p.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
     p.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
@@ -31,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from sentinel.triage import catalog as catalog_mod
     from sentinel.triage import records, report
+    from sentinel.triage.readers import cudagdb
 
     try:
         cat = catalog_mod.load(args.catalog)
@@ -41,6 +45,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.list:
         return _list(args)
     else:
+        if args.core and not args.cuda_gdb_output and not _is_coredump(args.core):
+            reader = _detect(args.core)
+            if reader is flight_recorder:
+                return _flight_recorder(args)
+            if reader is not cudagdb:
+                raise CommandError(f"{args.core}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
+            args.cuda_gdb_output, args.core = args.core, None  # a saved transcript
         rec = _from_debugger(args, cat)
     if args.json:
         print(json.dumps(rec.as_dict(), indent=2, default=str))
@@ -127,3 +138,51 @@ def _from_debugger(args: argparse.Namespace, cat):  # noqa: ANN001, ANN202
     rec = records.from_core(report, core, None, lambda tag: "", args.dir, cat, notes)
     rec.source = "coredump" if core else "transcript"
     return rec
+
+
+def _head(path: str) -> bytes:
+    from sentinel.triage.readers import HEAD_BYTES
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _is_coredump(path: str) -> bool:
+    """A GPU coredump is an ELF file (cuda-gdb reads it); a missing file goes the coredump way too,
+    which says it is missing."""
+    return not os.path.isfile(path) or _head(path).startswith(b"\x7fELF")
+
+
+def _detect(path: str):  # noqa: ANN202
+    """The reader of a file that is not a coredump. Raises CommandError when none knows it."""
+    from sentinel.triage.readers import READERS, detect
+
+    reader = detect(_head(path))
+    if reader is None:
+        kinds = ", ".join(r.KIND for r in READERS)
+        raise CommandError(f"{path}: not a GPU coredump, nor one of: {kinds}")
+    return reader
+
+
+def _flight_recorder(args: argparse.Namespace) -> int:
+    """A Flight Recorder dump: its summary (restricted unpickling; an unsafe dump is refused)."""
+    try:
+        summary = flight_recorder.read(args.core)
+    except Exception as exc:
+        raise CommandError(f"{args.core}: Flight Recorder dump refused: {exc}", 1) from None
+    print(json.dumps(summary, indent=2) if args.json else _render_fr(args.core, summary))
+    return 0
+
+
+def _render_fr(path: str, summary: dict) -> str:
+    lines = [f"{path}: PyTorch Flight Recorder dump (version {summary.get('version') or '?'})"]
+    for pg, g in sorted(summary.get("groups", {}).items()):
+        lines.append(f"  process group {pg}: last enqueued #{g.get('last_enqueued')}, last completed "
+                     f"#{g.get('last_completed')}")
+        for e in g.get("last", []):
+            lines.append(f"    #{e.get('collective_seq_id')} {e.get('profiling_name')} {e.get('state')}")
+    return "\n".join(lines)
+

@@ -1,4 +1,26 @@
-"""One reader per artifact kind (cuda-gdb transcripts, Flight Recorder dumps): each parses its own
-format into plain data for ``sentinel.triage.records``."""
+"""One reader per artifact kind: each module says whether a file looks like its kind
+(``looks_like(head: bytes) -> bool``, on the file's first bytes) and parses it into plain data.
 
-__all__ = []
+Every reader module has ``KIND`` (its name for people) and ``looks_like``; ``READERS`` lists them in
+the order ``detect`` asks. Adding a reader: its module here, plus one entry in ``READERS``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from sentinel.triage.readers import cudagdb, flight_recorder
+
+__all__ = ["HEAD_BYTES", "READERS", "detect"]
+
+HEAD_BYTES = 64 * 1024  # what detect() is given of a file: enough for any reader's markers
+
+READERS: tuple[ModuleType, ...] = (flight_recorder, cudagdb)
+
+
+def detect(head: bytes) -> ModuleType | None:
+    """The reader whose kind ``head`` (up to HEAD_BYTES of a file) looks like; None when none does."""
+    for reader in READERS:
+        if reader.looks_like(head):
+            return reader
+    return None

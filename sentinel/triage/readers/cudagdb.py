@@ -14,9 +14,20 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["GDB_COMMANDS", "GdbReport", "MAX_DIGITS", "parse", "find_cuda_gdb", "run"]
+__all__ = ["GDB_COMMANDS", "GdbReport", "KIND", "MAX_DIGITS", "find_cuda_gdb", "looks_like", "parse", "run"]
 
 GDB_COMMANDS = ("info cuda kernels", "bt", "info cuda devices", "x/4i $pc")
+KIND = "cuda-gdb transcript"
+
+# What only cuda-gdb prints: its exception banners and signals, its prompt, its focus lines.
+_MARKERS = re.compile(rb"CUDA Exception:|CUDA_EXCEPTION_\d+|\(cuda-gdb\)|cuda-gdb|\[Current focus set to|"
+                      rb"Switching focus to CUDA kernel|exception was triggered at PC")
+
+
+def looks_like(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes, up to 64 KiB) is a cuda-gdb transcript: text with one of
+    the lines only cuda-gdb prints. A GPU coredump itself (ELF) is not: cuda-gdb must read it."""
+    return not head.startswith(b"\x7fELF") and b"\0" not in head[:4096] and bool(_MARKERS.search(head))
 
 
 @dataclass

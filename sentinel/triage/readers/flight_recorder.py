@@ -13,13 +13,21 @@ import pickle
 from typing import Any
 
 __all__ = [
-    "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "loads", "summarize", "read",
+    "KIND", "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "looks_like", "loads", "summarize",
+    "read",
 ]
 
 MAX_BYTES = 64 << 20
 MAX_TUPLE_DEPTH = 100  # dumps nest tuples one or two deep
 MAX_TEXT = 256  # characters of a dump's string kept in the summary
 MAX_GROUPS = 4096
+KIND = "Flight Recorder dump"
+
+
+def looks_like(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts like a pickle of protocol 2 to 5, the form
+    ProcessGroupNCCL dumps in. Whether it is a safe Flight Recorder dump, ``loads`` decides."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 class UnsafeDump(pickle.UnpicklingError):

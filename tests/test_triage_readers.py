@@ -1,0 +1,67 @@
+"""`sentinel triage FILE` finds out what FILE is: each reader says whether a file looks like its kind
+(real cuda-gdb transcripts captured on an H100/H200, a Flight Recorder dump of the reference NCCL
+hang's shape), and the command reports on it as it would with the explicit option."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from test_flight_recorder import REFERENCE
+
+from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cuda-gdb"
+TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
+
+
+def test_every_reader_has_a_kind_and_a_test() -> None:
+    assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND}  # a new reader: add its cases here
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
+def test_real_transcripts_are_cuda_gdb(path: Path) -> None:
+    assert detect(path.read_bytes()[:65536]) is cudagdb
+
+
+@pytest.mark.parametrize("proto", [2, 3, 4, 5])
+def test_a_flight_recorder_dump_is_one(proto: int) -> None:
+    assert detect(pickle.dumps(REFERENCE, protocol=proto)) is flight_recorder
+
+
+@pytest.mark.parametrize("head", [b"", b"hello\n", b"\x7fELF\x02\x01\x01" + b"\0" * 64 + b"CUDA Exception:",
+                                  b"INFO 11-29 vllm serving on port 8000\n", b"\x80\x09junk", b"\x00\x01bin\xff" * 64])
+def test_other_files_are_no_reader_s(head: bytes) -> None:
+    # A GPU coredump (ELF) goes to cuda-gdb, not to a reader, even with a marker in its bytes.
+    assert detect(head) is None
+
+
+def test_triage_file_detects_a_transcript(h) -> None:  # noqa: ANN001
+    path = FIXTURES / "cuda-gdb-illegal-address.txt"
+    by_option = h.run([h.sentinel, "triage", "--cuda-gdb-output", str(path), "--json", "--dir", h.dir], env=h.env())
+    detected = h.run([h.sentinel, "triage", str(path), "--json", "--dir", h.dir], env=h.env())
+    assert detected.returncode == by_option.returncode == 0, detected.stderr
+    a, b = json.loads(detected.stdout), json.loads(by_option.stdout)
+    for when in ("created_at", "died_at"):  # the moment each command ran
+        assert abs(a.pop(when) - b.pop(when)) < 3600
+    assert a == b and a["source"] == "transcript" and a["exception_class"] == "illegal_address"
+
+
+def test_triage_file_summarises_a_flight_recorder_dump(h, tmp_path: Path) -> None:  # noqa: ANN001
+    dump = tmp_path / "trace_rank_0"
+    dump.write_bytes(pickle.dumps(REFERENCE))
+    res = h.run([h.sentinel, "triage", str(dump), "--dir", h.dir], env=h.env())
+    assert res.returncode == 0, res.stderr
+    assert "Flight Recorder dump (version 2.10)" in res.stdout
+    assert "process group 0: last enqueued #6, last completed #5" in res.stdout
+
+
+def test_triage_file_refuses_what_it_does_not_know_in_one_line(h, tmp_path: Path) -> None:  # noqa: ANN001
+    other = tmp_path / "server.log"
+    other.write_text("INFO 11-29 12:00:00 engine started\n")
+    res = h.run([h.sentinel, "triage", str(other), "--dir", h.dir], env=h.env())
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        f"sentinel triage: {other}: not a GPU coredump, nor one of: {', '.join(r.KIND for r in READERS)}"]
