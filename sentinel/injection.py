@@ -35,6 +35,9 @@ def _package_files() -> list[str]:
 
 
 def hooks_digest() -> str:
+    """12 hex digits naming this hooks version's copy: the head of a SHA-256 over the package's .py
+    files (relative path and bytes, in a fixed order) and its dist-info text. Raises OSError if a
+    file cannot be read."""
     h = hashlib.sha256()
     for path in _package_files():
         h.update(os.path.relpath(path, HOOKS_PACKAGE).encode())
@@ -113,6 +116,11 @@ def prepare(base_dir: str) -> str:
 
 
 def injected_env(base_dir: str, env: dict[str, str] | None = None, eager: bool = False) -> dict[str, str]:
+    """A copy of ``env`` (default: os.environ) that hooks a command: the hooks copy (``prepare``) and
+    its ``_inject`` folder first on PYTHONPATH, SENTINEL_DIR = ``base_dir`` made absolute,
+    SENTINEL_EAGER=1 with ``eager``, and defaults (the caller's own values win) for CUDA's coredump
+    variables (unless SENTINEL_COREDUMP is off) and TORCH_FR_DUMP_TEMP_FILE. Creates ``base_dir``
+    (0700) and those folders; raises OSError when it cannot."""
     env = dict(os.environ if env is None else env)
     base_dir = os.path.abspath(base_dir)
     os.makedirs(base_dir, mode=0o700, exist_ok=True)

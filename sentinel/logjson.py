@@ -13,6 +13,10 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts`` (Unix seconds, 3 decimals), ``time`` (UTC, ISO 8601),
+    ``level``, ``logger``, ``msg``, every ``extra`` field (values JSON cannot encode as str) and ``exc``
+    (the traceback) when there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": round(record.created, 3),
@@ -30,6 +34,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "info", stream=None) -> None:
+    """Send the ``sentinel`` loggers to ``stream`` (default: stderr) as JSON lines at ``level``
+    (debug, info, warning, error), replacing their handlers; nothing propagates to the root logger.
+    Raises ValueError for an unknown level."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("sentinel")

@@ -308,3 +308,19 @@ def test_every_module_declares_its_public_names() -> None:
 
     assert sentinel_hooks.__all__ == api.__all__
     assert all(getattr(sentinel_hooks, n) is getattr(api, n) for n in api.__all__)
+
+
+def test_every_public_function_and_class_has_a_docstring() -> None:
+    """The names in each module's __all__ that are functions or classes say what they take and give."""
+    missing = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        public = None
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                public = set(ast.literal_eval(node.value))
+        for node in tree.body:
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_")
+                    and (public is None or node.name in public) and not ast.get_docstring(node)):
+                missing.append(f"{name}.{node.name}")
+    assert missing == []

@@ -21,6 +21,10 @@ _FIELDS = (("mode", env.MODE), ("sample_every", env.SAMPLE_EVERY), ("contain_pag
 
 @dataclass
 class ProbeConfig:
+    """The probes' settings: ``mode`` (one of MODES), ``sample_every`` (probe every Nth call of a
+    site), ``enabled`` checks (of PROBES), ``contain_page`` (the page contain mode redirects bad
+    indices to) and ``drain_ms`` (milliseconds between drains of the GPU counters)."""
+
     mode: str = "observe"  # one of MODES
     sample_every: int = 1  # run the probes on every Nth call of a site
     enabled: frozenset[str] = field(default_factory=lambda: frozenset(PROBES))  # of PROBES

@@ -76,6 +76,8 @@ class Slab:
 
 
 def triton_available() -> bool:
+    """Whether the Triton kernels (``kernels``) import, decided once per process (a failure is logged
+    once). Never raises."""
     global _triton_ok
     if _triton_ok is None:
         try:
@@ -130,6 +132,10 @@ def prepare(torch: Any, device: Any = None) -> None:
 
 def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
                     cu_seqlens_q: Any, contain: bool, contain_page: int) -> None:
+    """Enqueue one call's paged-KV checks on the table's device (the fused Triton kernel, else torch
+    ops), never waiting on the GPU. ``page_table``: 2-D integer (rows, cols) on CUDA; ``seq_lens`` (rows,)
+    in tokens; ``cu_seqlens_q`` (rows + 1,). ``contain`` rewrites bad entries to ``contain_page`` in
+    place. A no-op when the site gets no accumulator row; errors propagate to the caller."""
     row = slab_row(torch, site, page_table.device)
     if row is None:
         return
@@ -249,6 +255,10 @@ def _release_capture() -> None:
 # -- drain -----------------------------------------------------------------------------------------
 
 class Drain(threading.Thread):
+    """The daemon thread that, every ``interval_s`` seconds (SENTINEL_DRAIN_MS / 1000), copies each
+    device's accumulators to the host and writes the deltas to the ring; paused during CUDA graph
+    captures. A failed tick is counted (``runtime.failed``), never raised."""
+
     def __init__(self, torch: Any, interval_s: float) -> None:
         super().__init__(name="sentinel-drain", daemon=True)
         self.torch = torch
@@ -332,6 +342,8 @@ _num_pages: dict[str, int] = {}  # last num_pages per site, for CONTEXT records 
 
 
 def note_num_pages(site: Site, num_pages: int) -> None:
+    """Remember ``num_pages`` for ``site`` (by name): the drain's PAGED_KV context and probe records
+    report it."""
     _num_pages[site.name] = num_pages
 
 

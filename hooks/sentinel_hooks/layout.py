@@ -34,34 +34,42 @@ def default_dir() -> str:
 
 
 def rings_dir(base: str) -> str:
+    """``base``/rings: one ring file per hooked process."""
     return os.path.join(base, "rings")
 
 
 def cores_dir(base: str | None = None) -> str:
+    """``base``/cores (``base`` default: ``default_dir()``): GPU coredumps and their pipes."""
     return os.path.join(base or default_dir(), "cores")
 
 
 def faults_dir(base: str | None = None) -> str:
+    """``base``/faults (``base`` default: ``default_dir()``): each process's faulthandler dump."""
     return os.path.join(base or default_dir(), "faults")
 
 
 def fr_dir(base: str) -> str:
+    """``base``/fr: PyTorch Flight Recorder dumps."""
     return os.path.join(base, "fr")
 
 
 def evidence_dir(base: str | None = None) -> str:
+    """``base``/evidence (``base`` default: ``default_dir()``): what a trap saw, as JSON."""
     return os.path.join(base or default_dir(), "evidence")
 
 
 def hooks_dir(base: str) -> str:
+    """``base``/hooks: the versioned copies of the hooks that `sentinel run` puts on PYTHONPATH."""
     return os.path.join(base, "hooks")
 
 
 def journal_path(base: str) -> str:
+    """``base``/journal.sqlite: the daemon's journal."""
     return os.path.join(base, "journal.sqlite")
 
 
 def catalog_path(base: str) -> str:
+    """``base``/catalog.toml: this site's known issues (optional)."""
     return os.path.join(base, "catalog.toml")
 
 

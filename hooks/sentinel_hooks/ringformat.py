@@ -63,6 +63,9 @@ class Kind(enum.IntEnum):
 
 
 class Mark(enum.IntEnum):
+    """MARK records' ``code``: START when a process opens its ring, EXIT when it closes it at a clean
+    exit."""
+
     START = 1
     EXIT = 2
 
@@ -238,6 +241,8 @@ class RingFormatError(ValueError):
 
 
 def file_size(capacity: int) -> int:
+    """Bytes in a ring file of ``capacity`` slots: header and string table (RECORDS_OFFSET), then
+    RECORD_SIZE (64) bytes per slot."""
     return RECORDS_OFFSET + capacity * RECORD_SIZE
 
 

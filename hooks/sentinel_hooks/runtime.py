@@ -91,6 +91,8 @@ errors = 0  # hook calls that failed and were swallowed
 
 
 def log_once(key: str, message: str, *args: Any) -> None:
+    """Log ``message % args`` as one warning of the ``sentinel_hooks`` logger, prefixed "sentinel: ",
+    the first time ``key`` is seen in this process. Never raises."""
     if key in _logged:
         return
     _logged.add(key)
@@ -213,6 +215,8 @@ def disable(reason: str) -> None:
 
 
 def writer() -> RingWriter | NullWriter:
+    """This process's ring writer, started on first use (``start``): a NullWriter when the hooks are
+    disabled or no ring could be opened. Never raises."""
     w = _writer
     return w if w is not None else start()
 

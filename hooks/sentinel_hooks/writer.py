@@ -176,6 +176,8 @@ class FsPolicy:
 
 
 def check_identity_fields(fields: dict[str, Any]) -> None:
+    """Raise KeyError unless every key of ``fields`` is a ring identity field (``ringformat.IDENTITY_TEXT``
+    or ``IDENTITY_INT``); the values are not checked."""
     unknown = set(fields) - set(rf.IDENTITY_TEXT) - set(rf.IDENTITY_INT)
     if unknown:
         raise KeyError(f"unknown identity fields: {sorted(unknown)}")

@@ -20,6 +20,7 @@ log = logging.getLogger("sentinel.cli")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel daemon`."""
     add_dir(p, "SENTINEL_DIR to watch")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9464),
                    help="HOST:PORT for /metrics (default: 127.0.0.1:9464)")
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hang threshold = max(floor, this x p99 collective/step time) (default: 10)")
     p.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to run on coredumps (default: from PATH / CUDA_HOME)")
     p.add_argument("--gdb-timeout", type=finite_float(0), default=60.0, help="seconds per cuda-gdb run (default: 60)")
-    p.add_argument("--cores-max-mb", type=finite_float(0), default=2048, help="disk cap for kept coredumps (default: 2048)")
+    p.add_argument("--cores-max-mb", type=finite_float(0), default=2048, help="disk cap for kept coredumps, in MiB (default: 2048)")
     p.add_argument("--cores-per-signature", type=positive_int, default=3,
                    help="coredumps kept per fault signature: the first, the latest and the rest (default: 3)")
     p.add_argument("--catalog", action="append", default=[], metavar="FILE",
@@ -64,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel daemon` until SIGTERM or SIGINT; returns 0, or 2 (a JSON log line says why) when
+    the journal, a catalog, the folder or the --listen address cannot be used. Raises CommandError
+    (exit 2) for a bad --web-config or --group."""
     from sentinel import logjson
     from sentinel.daemon.loop import Daemon, DaemonConfig
     from sentinel.exporter.collectors import build_registry

@@ -14,6 +14,7 @@ FRESH_DIR = True  # a fresh temp dir unless --dir is given (main leaves --dir un
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel demo`."""
     p.add_argument("--duration", type=finite_float(0), default=20.0, help="seconds of workload (default: 20)")
     p.add_argument("--dir", default=None, help="use this SENTINEL_DIR instead of a fresh temp dir")
     p.add_argument("--vllm", action="store_true",
@@ -22,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel demo` (the vLLM one with --vllm); returns its exit status: 0 when it saw what it
+    should, 1 otherwise, 2 when the vLLM environment is missing."""
     if args.vllm:
         from sentinel.demo.vllm_demo import run_vllm_demo
 

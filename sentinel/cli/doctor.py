@@ -17,6 +17,9 @@ __all__ = ["checks", "render", "default_dir", "NAME", "HELP", "add_arguments", "
 
 
 def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
+    """The doctor's checks for ``base_dir`` (``gdb``: the cuda-gdb to look for), one dict each:
+    ``check``, ``status`` ("ok", "warn" or "fail"), ``detail`` and ``fix`` (what to do; may be empty).
+    Looks at cuda-gdb, Yama's ptrace_scope, the coredump variables, the folder, NVML, watchdog, Python."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, ok: bool | None, detail: str, fix: str = "") -> None:
@@ -32,9 +35,12 @@ def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
             "journaled, without a GPU backtrace")
     scope = "/proc/sys/kernel/yama/ptrace_scope"
     try:
-        level = int(open(scope).read().strip())
+        with open(scope) as f:
+            level = int(f.read().strip())
         add("ptrace", level <= 1, f"kernel.yama.ptrace_scope = {level}",
             "" if level <= 1 else "py-spy needs ptrace: set ptrace_scope to 0 or 1, or run the sidecar with SYS_PTRACE")
+    except ValueError:
+        add("ptrace", None, f"{scope} does not hold a number", "check the kernel's Yama settings")
     except OSError:
         add("ptrace", None, "no Yama ptrace_scope (ptrace governed by capabilities only)",
             "in Kubernetes, give the sidecar SYS_PTRACE and shareProcessNamespace for py-spy")
@@ -82,6 +88,8 @@ def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
+    """The checks as text: one ``[ok  ]``, ``[warn]`` or ``[FAIL]`` line each, and an indented
+    ``-> fix`` line under each one not ok that has a fix."""
     marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
     lines = []
     for r in rows:
@@ -92,6 +100,7 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def default_dir() -> str:
+    """SENTINEL_DIR's default folder (``layout.default_dir``)."""
     return layout.default_dir()
 
 
@@ -102,12 +111,14 @@ HELP = "check cuda-gdb, ptrace, the coredump environment, NVML and SENTINEL_DIR"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel doctor`."""
     add_dir(p)
     p.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to check")
     add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel doctor`; returns 1 if a check failed, else 0 (warnings too)."""
     rows = checks(os.path.abspath(args.dir), args.cuda_gdb)
     print(json.dumps(rows, indent=2) if args.json else render(rows))
     return 1 if any(r["status"] == "fail" for r in rows) else 0

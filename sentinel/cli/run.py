@@ -18,6 +18,7 @@ USAGE = "sentinel run [--dir DIR] [--eager] -- CMD [ARGS...]"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel run`."""
     add_dir(p, "SENTINEL_DIR for the rings")
     p.add_argument("--eager", action="store_true",
                    help="create each Python process's ring at start-up, not at its first hook call")
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel run`: exec the command with the hooks injected, or without them (one line on
+    stderr) when --dir cannot be prepared; does not return. Raises CommandError: exit 2 with no
+    command, 127 when it is not on PATH; OSError when the exec fails."""
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
@@ -40,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"sentinel: running {cmd[0]} without hooks: cannot prepare {args.dir} ({type(exc).__name__}: {exc})",
               file=sys.stderr)
         env = dict(os.environ)
-    os.execve(exe, cmd, env)
+    try:
+        os.execve(exe, cmd, env)
+    except OSError as exc:  # not executable, a bad interpreter line: as a shell says it
+        raise CommandError(f"cannot run {cmd[0]}: {exc}", 126) from None
     return 0  # not reached
 
 

@@ -68,6 +68,9 @@ def open_hangs(base_dir: str, include_resolved: bool = False) -> list[dict[str, 
 
 
 def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
+    """Hangs (``open_hangs``'s rows) as text: a ``!! HANG`` line each with its culprits and waiting
+    ranks, then a line per culprit; ``full`` adds the evidence's py-spy stacks and GPU utilisation.
+    "" for no hangs."""
     now = time.time()
     lines = []
     for hg in hangs:
@@ -95,6 +98,10 @@ def _opt(v: Any) -> Any:
 
 
 def collect(base_dir: str) -> list[dict[str, Any]]:
+    """One dict per hooked process of ``base_dir``, live ones first: read from each ring (rings that
+    cannot be read are skipped), then the journal's processes whose ring is gone. ``heartbeat_age_s``
+    is in seconds (None before a step); ``records``, ``overwritten``, ``dropped`` and ``torn`` count
+    records."""
     now = time.time()
     journal = _journal_rows(base_dir)
     out: dict[str, dict[str, Any]] = {}
@@ -187,6 +194,8 @@ def _probe_summary(recs: Any) -> dict[str, Any]:
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
+    """``collect``'s rows as an aligned text table (DROPS = overwritten + dropped + torn), or a line
+    saying there are none."""
     if not rows:
         return "no hooked processes found"
     cols = [
@@ -252,12 +261,14 @@ HELP = "list hooked processes: rank, pid, alive, step, heartbeat, records, drops
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel status`."""
     add_dir(p)
     add_json(p, "print a JSON list instead of a table")
     p.add_argument("--hangs", action="store_true", help="show recorded collective hangs with their stacks")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel status`; returns 0. Raises CommandError (exit 2) when --dir is not a directory."""
     if not os.path.isdir(args.dir):
         raise CommandError(f"no such directory: {args.dir}")
     if args.hangs:

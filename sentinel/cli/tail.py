@@ -19,6 +19,7 @@ USAGE = "sentinel tail (--pid PID | --rank RANK) [-n N] [--follow] [--dir DIR]"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel tail`."""
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--pid", type=int, help="the process's pid (as `sentinel status` shows it)")
     who.add_argument("--rank", type=int, help="the newest ring of this rank")
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel tail`; returns 0. Raises CommandError: exit 2 when there is no rings folder, exit 1
+    for no ring of that pid or rank, or a ring that cannot be read."""
     from sentinel.cli.status import find_rings, format_record
     from sentinel.daemon.ringreader import RingReader
     from sentinel.triage.records import render_records

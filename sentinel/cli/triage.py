@@ -18,6 +18,7 @@ USAGE = "sentinel triage [FILE | --cuda-gdb-output FILE | --fault ID | --list [N
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `sentinel triage`."""
     p.add_argument("core", nargs="?", metavar="FILE",
                    help="a GPU coredump (.nvcudmp, read with cuda-gdb), a saved cuda-gdb transcript, or a PyTorch "
                         "Flight Recorder dump: what it is is detected")
@@ -32,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `sentinel triage`; returns 0 for a fault explained, 1 when no CUDA exception was found.
+    Raises CommandError (exit 2) for a bad catalog, a missing file or journal, or a file of no known kind."""
     from sentinel.triage import catalog as catalog_mod
     from sentinel.triage import records, report
     from sentinel.triage.readers import cudagdb

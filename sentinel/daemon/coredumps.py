@@ -34,6 +34,8 @@ _CORE_NAME = re.compile(re.escape(CORE_PREFIX) + r"[A-Za-z0-9._-]+" + re.escape(
 
 
 def is_core_name(name: str) -> bool:
+    """Whether ``name`` is a GPU coredump name as the hooks set it (core_<host>_<pid>_<time>.nvcudmp,
+    only letters, digits, ``.``, ``_`` and ``-``): the only files handed to cuda-gdb."""
     return bool(_CORE_NAME.match(name))
 
 
@@ -56,6 +58,9 @@ def parse_core_name(name: str) -> tuple[str, int | None]:
 
 @dataclass
 class PendingCore:
+    """A coredump seen in cores/ and not yet complete. ``first_seen`` and ``stable_since`` are
+    monotonic seconds; ``size`` is in bytes (-1: not read yet); ``pid`` is None when the name has none."""
+
     path: str
     host: str
     pid: int | None
@@ -66,6 +71,10 @@ class PendingCore:
 
 @dataclass
 class TriageResult:
+    """One dump's triage, from the worker thread to the daemon: cuda-gdb's parsed report and raw
+    transcript (empty without cuda-gdb or when it failed), ``seconds`` cuda-gdb ran, ``notes`` for the
+    fault record, and ``done_at`` in Unix seconds."""
+
     path: str
     host: str
     pid: int | None
@@ -77,6 +86,11 @@ class TriageResult:
 
 
 class CoreCollector:
+    """GPU coredumps in ``cores_dir``: ``offer`` names, ``poll`` hands each complete one (its writer
+    gone, or its size stable for ``stable_s`` seconds) to a worker thread that runs cuda-gdb (``timeout_s``
+    seconds a dump) and puts a TriageResult on ``results``; ``enforce_retention`` keeps the folder under
+    ``max_bytes`` bytes. Raises OSError when ``cores_dir`` cannot be created."""
+
     def __init__(self, cores_dir: str, gdb: str | None = None, timeout_s: float = 60.0, stable_s: float = 3.0,
                  max_bytes: int = 2 << 30, keep_per_signature: int = 2, policy: FsPolicy | None = None) -> None:
         self.cores_dir = cores_dir
@@ -94,9 +108,9 @@ class CoreCollector:
         self.largest = 0  # the biggest dump seen: retention keeps that much room under the cap
         self.grew = False  # a dump appeared or grew since the daemon last enforced the cap
         self.errors = 0
+        (policy or FsPolicy()).make_dirs(cores_dir)  # first: a folder that cannot be made leaves no thread
         self._worker = threading.Thread(target=self._run, name="sentinel-triage", daemon=True)
         self._worker.start()
-        (policy or FsPolicy()).make_dirs(cores_dir)
         if self.gdb is None:
             log.warning("cuda-gdb not found: GPU coredumps are kept and journaled without a backtrace "
                         "(install the CUDA toolkit's cuda-gdb or pass --cuda-gdb); `sentinel doctor` checks")

@@ -20,11 +20,17 @@ log = logging.getLogger("sentinel.discovery")
 
 
 def is_ring_name(name: str) -> bool:
+    """Whether ``name`` is a ring file (``*.ring``) ready to read: dot files (a writer's ``.name.tmp``
+    before its rename) are not."""
     # Writers create ".name.tmp" and rename when the header is complete: skip dot files.
     return name.endswith(rf.RING_SUFFIX) and not name.startswith(".")
 
 
 class Discovery:
+    """New names in one folder that pass ``predicate``: from watchdog file events where watchdog is
+    installed and works (else logged once), plus a full rescan every ``rescan_interval`` seconds
+    (monotonic clock). The constructor never raises; a missing folder reads as empty."""
+
     def __init__(self, rings_dir: str, rescan_interval: float = 5.0, use_events: bool = True,
                  predicate: Callable[[str], bool] = is_ring_name) -> None:
         self.rings_dir = rings_dir

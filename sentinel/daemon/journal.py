@@ -111,6 +111,10 @@ class JournalError(Exception):
 
 
 class Journal:
+    """The daemon's SQLite journal (``layout.journal_path``, WAL mode): process states and read
+    positions, faults, hangs and XIDs, which outlive a restart. One autocommit connection, usable from
+    any thread; its methods raise sqlite3.Error when the database fails."""
+
     def __init__(self, path: str, policy: FsPolicy | None = None) -> None:
         """Open (or create) the journal. A new one gets ``policy``'s mode and group (default 0600);
         so do its -wal and -shm files, which SQLite creates with the database file's mode. The

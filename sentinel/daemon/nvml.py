@@ -20,6 +20,10 @@ log = logging.getLogger("sentinel.nvml")
 
 @dataclass(frozen=True)
 class XidEvent:
+    """One NVML critical-XID event (nvmlEventTypeXidCriticalError): the GPU (index as a string, and
+    its UUID), the XID code, the compute pids on that GPU when it was read, ``at`` in Unix seconds
+    (when the daemon read it), and the (namespace, pod) pairs holding the GPU (node mode; else empty)."""
+
     gpu: str  # index as a string (a bounded metric label)
     uuid: str
     xid: int
@@ -30,6 +34,10 @@ class XidEvent:
 
 @dataclass(frozen=True)
 class GpuSample:
+    """One GPU's NVML reading: index as a string, UUID, product name, ``utilization`` 0..1 (NVML's
+    busy percent over its last sample period, / 100), ``memory_used`` and ``memory_total`` in bytes,
+    and the compute pids on it."""
+
     gpu: str
     uuid: str
     name: str
@@ -40,6 +48,10 @@ class GpuSample:
 
 
 class NvmlMonitor:
+    """NVML for the daemon: ``sample()`` reads every GPU's utilisation and memory; ``start()`` runs a
+    thread that puts XidEvents on ``events``. Without NVML (no driver or no pynvml, or ``enabled``
+    False) ``ok`` is False, ``reason`` says why and ``sample()`` returns []. Never raises."""
+
     def __init__(self, enabled: bool = True, attribute: Callable[[str], list[Any]] | None = None) -> None:
         """``attribute(uuid)`` names the pods holding a GPU (``podresources.PodAttribution.pods_for``):
         called on the watcher thread, so that a slow kubelet never holds up the daemon's poll."""

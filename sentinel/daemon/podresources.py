@@ -36,6 +36,9 @@ TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class PodDevice:
+    """One container a device is allocated to, from the kubelet's List response: its namespace, pod
+    and container names and the resource name."""
+
     namespace: str
     pod: str
     container: str

@@ -51,6 +51,10 @@ _SCAN_CHUNK = 1 << 16
 
 @dataclass
 class TailResult:
+    """What one ``RingReader.tail`` call read: ``records``, a 1-D array of DTYPE (64-byte ring
+    records) in sequence order, and the records lost since the last call: ``overwritten`` (the
+    writer lapped the reader) and ``torn`` (slots that never became valid)."""
+
     records: np.ndarray  # valid new records, in sequence order
     overwritten: int = 0  # lost because the writer lapped the reader
     torn: int = 0  # slots that never became valid

@@ -82,6 +82,11 @@ def _opt(v: Any) -> Any:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The daemon's whole state after one poll, replaced (never changed) by the poll thread and read
+    by the exporter without locks. ``taken_at`` is Unix seconds, ``poll_seconds`` and ``triage_sum``
+    durations in seconds, ``*_bytes`` bytes. Keys: ``hangs_total`` (job, group); ``faults`` (signature,
+    exception class, kernel family, known-issue id, kind); ``rejected`` a ring refusal's reason."""
+
     processes: tuple[ProcessView, ...] = ()
     hangs: tuple[Any, ...] = ()
     hangs_total: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -17,6 +17,8 @@ __all__ = ["find_py_spy", "dump"]
 
 
 def find_py_spy() -> str | None:
+    """The py-spy to run: on PATH, else beside this Python's executable (installed with the daemon);
+    None when there is neither. Never raises."""
     found = shutil.which("py-spy")
     if found:
         return found

@@ -15,6 +15,9 @@ __all__ = ["paged_gather", "main"]
 
 @triton.jit
 def paged_gather(table_ptr, cache_ptr, out_ptr, PAGE: tl.constexpr):
+    """Triton kernel, one program per page-table entry: copies page ``table[pid]`` (PAGE elements) of
+    ``cache`` to ``out[pid * PAGE:]``. ``table``: int32 (n,); ``cache``, ``out``: flat bfloat16. No
+    bounds check, on purpose."""
     pid = tl.program_id(0)
     page = tl.load(table_ptr + pid).to(tl.int64)
     offs = tl.arange(0, PAGE)
@@ -22,6 +25,9 @@ def paged_gather(table_ptr, cache_ptr, out_ptr, PAGE: tl.constexpr):
 
 
 def main() -> int:
+    """The GPU scenario on the current CUDA device: 50 probed steps (index ``num_pages`` from step 20,
+    read from the spare page), then a gather at page 2**30. Expected to end in an illegal-address
+    CUDA error; returns 0 only if none came."""
     num_pages, page = 8657, 64
     cache = torch.randn((num_pages + 1) * page, device="cuda", dtype=torch.bfloat16)
     table = torch.randint(0, num_pages, (512,), device="cuda", dtype=torch.int32)

@@ -197,6 +197,10 @@ def _short(line: str) -> str:
 
 
 def run_demo(duration: float = 20.0, base_dir: str | None = None) -> int:
+    """The built-in demo in ``base_dir`` (default: a fresh temp dir): a daemon and /metrics on a free
+    127.0.0.1 port in this process, the ranks for ``duration`` seconds, then the hang, crash and (with
+    a GPU) CUDA-fault phases, printed as they go. Returns 0 when every expected violation, the hang's
+    culprit and the crash were seen, else 1."""
     base = os.path.abspath(base_dir or tempfile.mkdtemp(prefix="sentinel-demo-"))
     os.makedirs(base, mode=0o700, exist_ok=True)
     port = _free_port()

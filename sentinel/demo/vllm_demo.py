@@ -25,11 +25,17 @@ ENGINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_engine.p
 
 
 def default_python() -> str:
+    """The cached vLLM environment's python, whether or not it exists:
+    CACHE/vllm-venv-<VLLM_VERSION>/bin/python, CACHE being $SENTINEL_CACHE, else ~/.cache/sentinel."""
     cache = env.read(env.CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "sentinel")
     return os.path.join(cache, f"vllm-venv-{VLLM_VERSION}", "bin", "python")
 
 
 def run_vllm_demo(python: str | None = None, base_dir: str | None = None) -> int:
+    """The vLLM demo: a daemon in this process and vllm_engine.py run by ``python`` (default:
+    ``default_python()``) under the hooks, in ``base_dir`` (default: a fresh temp dir). Returns 0 when
+    the engine generated and a paged-KV probe reported, 1 otherwise, 2 without that python. The
+    engine's output is read with no time limit."""
     python = python or default_python()
     if not os.access(python, os.X_OK):
         print(f"sentinel demo --vllm: no vLLM environment at {python}.\n"
@@ -56,7 +62,10 @@ def run_vllm_demo(python: str | None = None, base_dir: str | None = None) -> int
         for line in proc.stdout:
             if not line.startswith("{"):
                 continue
-            ev = json.loads(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a line of vLLM's own that starts with a brace
             if ev.get("event") == "generated":
                 generated = ev["outputs"]
                 break

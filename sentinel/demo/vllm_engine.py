@@ -41,6 +41,7 @@ MAX_TOKENS = 8
 
 
 def emit(**fields):
+    """Print ``fields`` as one JSON line on stdout, flushed (the demo and the tests read it)."""
     print(json.dumps(fields), flush=True)
 
 
@@ -58,6 +59,9 @@ def attention_isa(llm):
 
 
 def main():
+    """Write the model's config into sys.argv[1], run the engine and emit its events; exits 3 after
+    the ``error`` event when generation raises. Then waits up to 120 s for SENTINEL_TEST_GO_FILE, if
+    set."""
     model_dir = sys.argv[1]
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "config.json"), "w") as f:

@@ -9,10 +9,10 @@ kernel gets, note_batch with the token budget. A scenario injects one of the see
   offbyone    seed 000: from 25 % of the run, one page index == num_pages (read silently: the
               buffer has a spare page, as in the real bug)
   dp_padding  seed 001: from 50 % of the run, batch_size is padded by 2 past the metadata rows
+  stride      seed 002: the KV view has a size-1 head dim with stride 1 (not TMA-aligned)
 
 The run's progress is its time out of --duration, or, with --crash-at, its steps out of that
 step: a slow machine then still reaches every scenario before the crash.
-  stride      seed 002: the KV view has a size-1 head dim with stride 1 (not TMA-aligned)
 
 With --gloo-port, the ranks form a torch.distributed (gloo) group and all-reduce every step;
 --hang-rank stops joining at collective --hang-at (seed 002's ending: one rank stops, the others
@@ -35,6 +35,9 @@ SCENARIOS = ("healthy", "offbyone", "dp_padding", "stride")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo workload (``argv`` default: sys.argv[1:]); returns 0 after --duration seconds, unless
+    told to end otherwise: SIGKILL (--die-after), SIGSEGV (--crash-at), a CUDA fault (--cuda-fault),
+    or stuck until killed (--hang-rank, with --gloo-port)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=15.0, help="seconds of serving, counted from the first step")
     p.add_argument("--step-ms", type=float, default=5.0, help="target step time")

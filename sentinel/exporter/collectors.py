@@ -32,6 +32,8 @@ _IDENTITY_KEYS = ("job", "host", "pod", "namespace", "rank", "local_rank", "pid"
 
 
 def process_labels(identity: dict) -> list[str]:
+    """The PROCESS_LABELS values of a process's identity, in that order, as strings: "" for a field
+    that is missing or -1."""
     out = []
     for name in _IDENTITY_KEYS:
         v = identity.get(name)

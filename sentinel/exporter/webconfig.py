@@ -99,6 +99,10 @@ class WebConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TLSConfig:
+    """A checked ``tls_server_config``: file paths resolved against the web-config file's folder, the
+    client-certificate mode and the TLS version bounds as ``ssl`` values (``max_version`` None: no
+    upper bound)."""
+
     cert_file: str
     key_file: str
     client_auth: ssl.VerifyMode = ssl.CERT_NONE
@@ -109,6 +113,9 @@ class TLSConfig:
 
 @dataclass(frozen=True)
 class WebConfig:
+    """A parsed web-config file: its TLS settings (None: plain HTTP) and the basic-auth users (user ->
+    bcrypt hash; empty: no auth)."""
+
     tls: TLSConfig | None = None
     users: dict[str, str] = field(default_factory=dict)  # user -> bcrypt hash
 

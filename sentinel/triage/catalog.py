@@ -28,11 +28,18 @@ MATCH_KEYS = {"exception", "kernel", "evidence", "evidence_any"}
 
 
 class CatalogError(ValueError):
+    """A catalog file that cannot be used (not TOML, an unknown key, a wrong type, a bad regex, a
+    match with no condition); the message names the file and the entry."""
+
     pass
 
 
 @dataclass(frozen=True)
 class KnownIssue:
+    """One ``[[issue]]`` of a catalog: the text on-call sees and its match conditions, all of which
+    must hold: ``exception`` (any of these classes), ``kernel`` (a case-insensitive regex searched in
+    the kernel family), ``evidence`` (all of these keys), ``evidence_any`` (at least one)."""
+
     id: str
     title: str
     root_cause: str = ""
@@ -66,6 +73,9 @@ class KnownIssue:
 
 @dataclass(frozen=True)
 class XidInfo:
+    """One ``[[xid]]`` of a catalog: an NVIDIA XID code's name, severity (critical, warning or info),
+    meaning and action."""
+
     code: int
     name: str
     severity: str = "critical"
@@ -75,6 +85,10 @@ class XidInfo:
 
 @dataclass
 class Catalog:
+    """Known issues and XIDs, from the built-in catalog.toml and the users' files (``load``).
+    ``match`` gives the matching issue with the most conditions (the first among equals), ``xid`` a
+    placeholder (severity warning) for a code not in the catalog."""
+
     issues: list[KnownIssue] = field(default_factory=list)
     xids: dict[int, XidInfo] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)

@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imp
 
 @dataclass(frozen=True)
 class Culprit:
+    """A rank a hang is blamed on: its global rank (-1: unknown, e.g. a group rank with no ring), its
+    rank in the group, why (``died``, ``host_stall``, ``behind``, ``missing``), the last collective it
+    enqueued, and a readable detail."""
+
     rank: int  # global rank (-1 when unknown)
     group_rank: int
     reason: str  # died | host_stall | behind | missing
@@ -39,6 +43,10 @@ class Culprit:
 
 @dataclass(frozen=True)
 class Hang:
+    """A process group stuck at collective ``seq``, with its culprits and the ranks waiting on it.
+    ``since`` and ``detected_at`` are Unix seconds; ``threshold_s`` is the stall, in seconds, that
+    made it a hang."""
+
     job: str
     group: str
     seq: int  # the first collective not enqueued by every rank (or not completed by any)
@@ -62,12 +70,20 @@ class Hang:
 
 @dataclass
 class HangConfig:
+    """The hang threshold, in seconds: max(``floor_s``, ``multiplier`` x the p99 of the group's
+    collective durations and its members' step times). Dead members count (as culprits) for
+    ``dead_grace_s`` seconds after they died."""
+
     floor_s: float = 5.0  # never alert sooner than this
     multiplier: float = 10.0  # x p99 of collective durations and of step times
     dead_grace_s: float = 600.0  # dead members keep counting for this long (they are culprits)
 
 
 class HangDetector:
+    """Finds stuck process groups in the daemon's per-process states (their collective sequence
+    numbers; see the module docstring), holding no state between calls. ``now`` is Unix seconds (the
+    states' heartbeat and collective times are ns)."""
+
     def __init__(self, config: HangConfig | None = None) -> None:
         self.config = config or HangConfig()
 

@@ -59,6 +59,11 @@ def fault_kind(source: str, exception_class: str, texts: str) -> str:
 
 @dataclass
 class FaultRecord:
+    """One fault, as journaled and reported: what died (``source``, ``kind``), its evidence (exception,
+    kernel, frame, faulthandler text, last ring records, cuda-gdb's report) and, after ``finish``, its
+    ``signature`` and known-issue match. ``created_at`` and ``died_at`` are Unix seconds,
+    ``triage_seconds`` is cuda-gdb's run time in seconds, ``core_bytes`` the dump's size in bytes."""
+
     source: str  # coredump | process_crash | xid
     exception: str  # the exception as reported (cuda-gdb, CUDA error text, signal, XID name)
     exception_class: str
@@ -210,6 +215,9 @@ def faulthandler_summary(text: str) -> tuple[str, str]:
 
 def from_core(report: GdbReport, core_path: str, state: ProcessState | None, names: Callable[[int], str],
               base_dir: str, catalog: Catalog, notes: list[str] | None = None) -> FaultRecord:
+    """The fault record of a GPU coredump: cuda-gdb's ``report``, plus what the process's ring state
+    (None: no ring matched the dump), hooks and faulthandler dump add, matched against ``catalog``.
+    ``core_bytes`` is 0 when the dump is gone."""
     ident = dict(state.identity) if state else {}
     cuda_error, frame = exception_texts(state, names)
     fh = read_faulthandler(layout.faulthandler_path(base_dir, ident.get("host", ""), ident.get("pid", -1))) if ident else ""

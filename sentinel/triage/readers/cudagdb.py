@@ -32,6 +32,10 @@ def looks_like(head: bytes) -> bool:
 
 @dataclass
 class GdbReport:
+    """What a cuda-gdb transcript says of a GPU fault: the CUDA exception, the faulting kernel and
+    where its PC was, launch dimensions, the device, the backtrace. Strings empty (and ``None``)
+    for what the transcript does not show; ``ok`` when it has an exception or a kernel."""
+
     exception: str = ""  # e.g. "Warp Illegal Address", "Warp Assert"
     kernel: str = ""  # the faulting kernel's name, as cuda-gdb prints it (templates included)
     pc: str = ""
@@ -82,6 +86,8 @@ MAX_DIGITS = 18  # larger numbers are not coordinates or line numbers (and int()
 
 
 def parse(text: str) -> GdbReport:
+    """Parse any cuda-gdb transcript (batch output, or one saved by hand) into a GdbReport. Never
+    raises; the time it takes is linear in the text (tests/fuzz/test_fuzz_cudagdb.py)."""
     r = GdbReport()
     if not isinstance(text, str):
         return r
