@@ -17,6 +17,7 @@ from typing import Any
 from sentinel.cli.options import CommandError, add_dir, add_json
 from sentinel.daemon.discovery import is_ring_name
 from sentinel.daemon.ringreader import RingReader
+from sentinel.daemon.snapshot import identity_columns
 from sentinel.daemon.state import CHECK_LABELS
 from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
@@ -93,10 +94,6 @@ def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _opt(v: Any) -> Any:
-    return None if v is None or v == -1 else v
-
-
 def collect(base_dir: str) -> list[dict[str, Any]]:
     """One dict per hooked process of ``base_dir``, live ones first: read from each ring (rings that
     cannot be read are skipped), then the journal's processes whose ring is gone. ``heartbeat_age_s``
@@ -129,14 +126,7 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
             k: v for k, v in saved.items() if k not in probes["violations"] and v}
         out[name] = {
             "ring": name,
-            "pid": h["pid"],
-            "rank": _opt(h["rank"]),
-            "local_rank": _opt(h["local_rank"]),
-            "world_size": _opt(h["world_size"]),
-            "job": h["job"],
-            "host": h["host"],
-            "pod": h["pod"],
-            "framework": h["framework"],
+            **identity_columns(h),
             "alive": alive,
             "exit": "running" if alive else ("exited" if h["exit_ns"] else "died"),
             "mode": rf.PROBE_MODES[h["mode"]] if 0 <= h.get("mode", 0) < len(rf.PROBE_MODES) else "",
@@ -155,14 +145,7 @@ def collect(base_dir: str) -> list[dict[str, Any]]:
         ident = json.loads(row["identity"])
         out[name] = {
             "ring": name,
-            "pid": ident.get("pid"),
-            "rank": _opt(ident.get("rank")),
-            "local_rank": _opt(ident.get("local_rank")),
-            "world_size": _opt(ident.get("world_size")),
-            "job": ident.get("job", ""),
-            "host": ident.get("host", ""),
-            "pod": ident.get("pod", ""),
-            "framework": ident.get("framework", ""),
+            **identity_columns(ident),
             "alive": False,
             "exit": row["exit"] if row["exit"] != "running" else "unknown",
             "mode": "",

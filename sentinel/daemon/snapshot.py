@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ProcessView", "Snapshot"]
+__all__ = ["ProcessView", "Snapshot", "identity_columns"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,7 @@ class ProcessView:
         ident = self.identity
         return {
             "ring": self.ring,
-            "pid": ident.get("pid"),
-            "rank": _opt(ident.get("rank")),
-            "local_rank": _opt(ident.get("local_rank")),
-            "world_size": _opt(ident.get("world_size")),
-            "job": ident.get("job", ""),
-            "host": ident.get("host", ""),
-            "pod": ident.get("pod", ""),
-            "namespace": ident.get("namespace", ""),
-            "framework": ident.get("framework", ""),
-            "framework_version": ident.get("framework_version", ""),
+            **identity_columns(ident),
             "alive": self.alive,
             "exit": self.exit,
             "step": self.step,
@@ -76,8 +67,25 @@ class ProcessView:
         }
 
 
-def _opt(v: Any) -> Any:
-    return None if v is None or v == -1 else v
+def identity_columns(ident: dict[str, Any]) -> dict[str, Any]:
+    """A process's identity (a ring header's, or the journal's copy of it) as the columns `sentinel
+    status` and the daemon's JSON show: -1 (not known) becomes None, a missing string "". The one
+    place those columns are named."""
+    def known(v: Any) -> Any:
+        return None if v is None or v == -1 else v
+
+    return {
+        "pid": ident.get("pid"),
+        "rank": known(ident.get("rank")),
+        "local_rank": known(ident.get("local_rank")),
+        "world_size": known(ident.get("world_size")),
+        "job": ident.get("job", ""),
+        "host": ident.get("host", ""),
+        "pod": ident.get("pod", ""),
+        "namespace": ident.get("namespace", ""),
+        "framework": ident.get("framework", ""),
+        "framework_version": ident.get("framework_version", ""),
+    }
 
 
 @dataclass(frozen=True)
