@@ -8,7 +8,7 @@ import json
 import os
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
-from sentinel.triage.readers import flight_recorder
+from sentinel.triage.readers import flight_recorder, kernel_log
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             reader = _detect(args.core)
             if reader is flight_recorder:
                 return _flight_recorder(args)
+            if reader is kernel_log:
+                return _kernel_log(args, cat)
             if reader is not cudagdb:
                 raise CommandError(f"{args.core}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
             args.cuda_gdb_output, args.core = args.core, None  # a saved transcript
@@ -177,6 +179,41 @@ def _flight_recorder(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise CommandError(f"{args.core}: Flight Recorder dump refused: {exc}", 1) from None
     print(json.dumps(summary, indent=2) if args.json else _render_fr(args.core, summary))
+    return 0
+
+
+def _kernel_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
+    """NVRM Xid lines: one line per GPU and XID (repeats counted), with the catalog's meaning and action."""
+    from dataclasses import asdict
+
+    with open(args.core, errors="replace") as f:
+        events = kernel_log.parse(f.read())
+    if not events:
+        raise CommandError(f"{args.core}: no NVRM Xid line it could read", 1)
+    if args.json:
+        print(json.dumps([asdict(e) | {"catalog": asdict(cat.xid(e.xid))} for e in events], indent=2))
+        return 0
+    groups: dict[tuple[str, int, bool], list] = {}
+    for e in events:
+        groups.setdefault((e.pci, e.xid, e.nvswitch), []).append(e)
+    lines = [f"{args.core}: {len(events)} NVRM Xid event(s) on {len({e.pci for e in events})} GPU(s)"]
+    for (pci, xid, nvswitch), evs in groups.items():
+        info = cat.xid(xid) if not nvswitch else None
+        first, last = evs[0], evs[-1]
+        who = sorted({f"{e.process or '?'} (pid {e.pid})" for e in evs if e.pid is not None})
+        name = f"SXid {xid} (NVSwitch)" if nvswitch else f"Xid {xid} {info.name} [{info.severity}]"
+        lines.append(f"  GPU {pci}{' ' + first.uuid if first.uuid else ''}: {name} x{len(evs)}"
+                     + (f", {first.time} .. {last.time}" if first.time else ""))
+        if who:
+            lines.append(f"    processes  {', '.join(who[:8])}")
+        if first.mmu_fault or first.sm_exception:
+            lines.append(f"    fault      {first.mmu_fault or first.sm_exception}")
+        else:
+            lines.append(f"    detail     {first.detail[:200]}")
+        if info is not None:
+            lines.append(f"    meaning    {info.meaning}")
+            lines.append(f"    action     {info.action}")
+    print("\n".join(lines))
     return 0
 
 
