@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 from test_flight_recorder import REFERENCE
 
-from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder, kernel_log
+from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder, kernel_log, watchdog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cuda-gdb"
 TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
 
 
 def test_every_reader_has_a_kind_and_a_test() -> None:
-    # A new reader: add its cases here, or in a test file of its own (kernel_log: tests/test_kernel_log.py).
-    assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND}
+    # A new reader: add its cases here, or in a test file of its own (tests/test_kernel_log.py,
+    # tests/test_watchdog_reader.py).
+    assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND, watchdog.KIND}
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)

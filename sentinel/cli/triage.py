@@ -8,7 +8,7 @@ import json
 import os
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
-from sentinel.triage.readers import flight_recorder, kernel_log
+from sentinel.triage.readers import flight_recorder, kernel_log, watchdog
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                 return _flight_recorder(args)
             if reader is kernel_log:
                 return _kernel_log(args, cat)
+            if reader is watchdog:
+                return _watchdog(args)
             if reader is not cudagdb:
                 raise CommandError(f"{args.core}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
             args.cuda_gdb_output, args.core = args.core, None  # a saved transcript
@@ -215,6 +217,59 @@ def _kernel_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
             lines.append(f"    action     {info.action}")
     print("\n".join(lines))
     return 0
+
+
+def _watchdog(args: argparse.Namespace) -> int:
+    """A c10d watchdog / desync report: the hang it shows, its culprit ranks and who waits where."""
+    from dataclasses import asdict
+
+    with open(args.core, errors="replace") as f:
+        rep = watchdog.parse(f.read())
+    if not rep.ok:
+        raise CommandError(f"{args.core}: no watchdog line it could read", 1)
+    if args.json:
+        print(json.dumps(asdict(rep) | {"culprit_ranks": rep.culprit_ranks()}, indent=2))
+        return 0
+    lines = []
+    for pg in rep.pg_status[:1] or [None]:
+        where = f"PG {pg.pg}" + (f" ({pg.pg_name})" if pg and pg.pg_name else "") if pg else "a process group"
+        t = rep.timeouts[0] if rep.timeouts else None
+        d = rep.desyncs[0] if rep.desyncs else None
+        what = f" at {d.op} collective #{d.seq}" if d else (f" at {t.op} work #{t.seq}" if t else "")
+        what += f", timeout {t.timeout_ms / 1000:g} s" if t else ""
+        lines.append(f"{args.core}: collective hang in {where}{what}")
+        if pg:
+            lines.append(f"  rank {pg.rank}: last enqueued #{pg.last_enqueued}, last completed #{pg.last_completed}")
+    culprits = rep.culprit_ranks()
+    for d in rep.desyncs:
+        for ranks, text in d.culprits:
+            lines.append(f"  culprit   rank {_span(ranks)}: {text}")
+        for s in d.states:
+            if set(s.ranks) - set(culprits):
+                lines.append(f"  waiting   rank {_span(s.ranks)}: {s.state} {s.op} #{s.seq}")
+    if rep.timeouts and not rep.desyncs:
+        ranks = sorted({t.rank for t in rep.timeouts})
+        lines.append(f"  timed out rank {_span(ranks)} (no desync report: set TORCH_NCCL_DESYNC_DEBUG=1 to have "
+                     "the culprit named; a rank missing from this list never joined)")
+    for w in rep.nccl_warnings[:5]:
+        lines.append(f"  NCCL WARN {w}")
+    print("\n".join(lines))
+    return 0
+
+
+def _span(ranks) -> str:  # noqa: ANN001
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out, run = [], []
+    for r in sorted(set(ranks)):
+        if run and r == run[-1] + 1:
+            run.append(r)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+        run = [r]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+    return ", ".join(out)
 
 
 def _render_fr(path: str, summary: dict) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sentinel.triage.readers import cudagdb, flight_recorder, kernel_log
+from sentinel.triage.readers import cudagdb, flight_recorder, kernel_log, watchdog
 
 __all__ = ["HEAD_BYTES", "READERS", "detect"]
 
 HEAD_BYTES = 64 * 1024  # what detect() is given of a file: enough for any reader's markers
 
-READERS: tuple[ModuleType, ...] = (flight_recorder, cudagdb, kernel_log)
+READERS: tuple[ModuleType, ...] = (flight_recorder, cudagdb, kernel_log, watchdog)
 
 
 def detect(head: bytes) -> ModuleType | None:

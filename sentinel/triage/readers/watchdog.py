@@ -1,0 +1,187 @@
+"""c10d / NCCL watchdog reports: the lines ``ProcessGroupNCCL`` writes when a collective times out,
+its desync-debug report (``TORCH_NCCL_DESYNC_DEBUG=1``), and NCCL's own ``NCCL WARN`` lines.
+
+Formats (PyTorch 2.1 to 2.10, as logged with or without the ``[rankN]:`` prefix, a Ray
+``(RayWorkerVllm pid=..)`` prefix or a line number):
+
+    [Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=241, OpType=ALLREDUCE,
+        NumelIn=6, NumelOut=6, Timeout(ms)=600000) ran for 600086 milliseconds before timing out.
+    [PG 1 Rank 0] Exception (either an error or timeout) detected by watchdog at work: 1580, last
+        enqueued NCCL work: 1582, last completed NCCL work: 1579.
+    [PG 2 Rank 0] Timeout at NCCL work: 2, last enqueued NCCL work: 2, last completed NCCL work: 1.
+    [PG ID 0 PG GUID 0(default_pg) Rank 0]  failure detected by watchdog at work sequence id: 241 PG
+        status: last enqueued work: 315, last completed work: 183
+    Rank 0
+             - [0] Timeout at collective: ALLREDUCE, #315
+             - To our best knowledge, the lagging/dead/mismatched ranks that caused the desync are:
+                 [7] finished collective #182, but didn't join collective #183 (count from 1)
+             - Snapshot of ranks' latest states:
+               #315 started ranks:
+                 [0, 1, 2] started ALLREDUCE
+
+The parser never raises; what a text does not show stays empty.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["KIND", "Desync", "PgStatus", "RankState", "WatchdogReport", "WorkTimeout", "looks_like", "parse"]
+
+KIND = "c10d watchdog report"
+
+_MARKER = re.compile(rb"Watchdog caught collective operation timeout|WorkNCCL\(SeqNum=|detected by watchdog|"
+                     rb"lagging/dead/mismatched ranks|Timeout at NCCL work|NCCL WARN")
+_WORK = re.compile(r"\[Rank (?P<rank>\d+)\] Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(?P<seq>\d+), "
+                   r"OpType=(?P<op>\w+)(?:, NumelIn=(?P<nin>-?\d+), NumelOut=(?P<nout>-?\d+))?, Timeout\(ms\)=(?P<tmo>\d+)\)"
+                   r"(?: ran for (?P<ran>\d+) milliseconds)?")
+_PG_A = re.compile(r"\[PG (?P<pg>\S+?) Rank (?P<rank>\d+)\] (?:Exception \(either an error or timeout\) detected by "
+                   r"watchdog at work|Timeout at NCCL work): (?P<at>\d+), last enqueued NCCL work: (?P<enq>-?\d+), "
+                   r"last completed NCCL work: (?P<done>-?\d+)")
+_PG_B = re.compile(r"\[PG ID (?P<pg>\S+) PG GUID (?P<guid>[^\s(]+)(?:\((?P<name>[^)]*)\))? Rank (?P<rank>\d+)\]\s+failure "
+                   r"detected by watchdog at work sequence id: (?P<at>\d+) PG status: last enqueued work: (?P<enq>-?\d+), "
+                   r"last completed work: (?P<done>-?\d+)")
+_DESYNC_AT = re.compile(r"-\s*\[(?P<rank>\d+)\] Timeout at collective: (?P<op>\w+), #(?P<seq>\d+)")
+_CULPRIT = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<text>(?:finished|joined|did|didn't|started|is|are|has|\w+).*)$")
+_STATE_HEAD = re.compile(r"^\s*#(?P<seq>\d+) (?P<state>\w+) ranks:\s*$")
+_STATE_ROW = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<state>\w+) (?P<op>\w+)\s*$")
+_WARN = re.compile(r"NCCL WARN (?P<text>.+)$")
+
+
+@dataclass(frozen=True)
+class WorkTimeout:
+    """One rank's "Watchdog caught collective operation timeout" line. Milliseconds; numel in elements."""
+
+    rank: int
+    seq: int
+    op: str
+    numel_in: int | None
+    numel_out: int | None
+    timeout_ms: int
+    ran_ms: int | None
+
+
+@dataclass(frozen=True)
+class PgStatus:
+    """A process group's status at the timeout, as one rank saw it (sequence numbers of its works)."""
+
+    rank: int
+    pg: str
+    pg_name: str
+    at_work: int
+    last_enqueued: int
+    last_completed: int
+
+
+@dataclass(frozen=True)
+class RankState:
+    """A line of the desync report's snapshot: ``ranks`` are at collective ``seq`` in ``state``."""
+
+    seq: int
+    state: str  # "finished", "started", "scheduled"
+    ranks: tuple[int, ...]
+    op: str
+
+
+@dataclass
+class Desync:
+    """The desync-debug report of one rank: where it timed out, the culprits it names, and the
+    snapshot of every rank's latest state."""
+
+    rank: int
+    op: str
+    seq: int
+    culprits: list[tuple[tuple[int, ...], str]] = field(default_factory=list)  # (ranks, what they did)
+    states: list[RankState] = field(default_factory=list)
+
+
+@dataclass
+class WatchdogReport:
+    """Everything watchdog-related a text shows."""
+
+    timeouts: list[WorkTimeout] = field(default_factory=list)
+    pg_status: list[PgStatus] = field(default_factory=list)
+    desyncs: list[Desync] = field(default_factory=list)
+    nccl_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.timeouts or self.pg_status or self.desyncs or self.nccl_warnings)
+
+    def culprit_ranks(self) -> list[int]:
+        """The ranks a desync report names as lagging, dead or mismatched, in order, once each."""
+        return list(dict.fromkeys(r for d in self.desyncs for ranks, _ in d.culprits for r in ranks))
+
+
+def looks_like(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) holds a watchdog, desync or NCCL WARN line."""
+    return bool(_MARKER.search(head))
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:4096])
+
+
+def parse(text: str) -> WatchdogReport:
+    """Read every watchdog line, desync report and NCCL WARN line of ``text``. Never raises."""
+    rep = WatchdogReport()
+    desync: Desync | None = None
+    section = ""
+    state_seq, state_name = 0, ""
+    for line in text.splitlines():
+        if len(line) > 8192:
+            continue
+        m = _WORK.search(line)
+        if m:
+            rep.timeouts.append(WorkTimeout(int(m["rank"]), int(m["seq"]), m["op"], _int(m["nin"]), _int(m["nout"]),
+                                            int(m["tmo"]), _int(m["ran"])))
+        m = _PG_A.search(line)
+        if m:
+            rep.pg_status.append(PgStatus(int(m["rank"]), m["pg"], "", int(m["at"]), int(m["enq"]), int(m["done"])))
+            continue
+        m = _PG_B.search(line)
+        if m:
+            rep.pg_status.append(PgStatus(int(m["rank"]), m["pg"], m["name"] or "", int(m["at"]), int(m["enq"]),
+                                          int(m["done"])))
+            continue
+        m = _WARN.search(line)
+        if m:
+            rep.nccl_warnings.append(m["text"].strip()[:500])
+            continue
+        m = _DESYNC_AT.search(line)
+        if m:
+            desync = Desync(int(m["rank"]), m["op"], int(m["seq"]))
+            rep.desyncs.append(desync)
+            section = ""
+            continue
+        if desync is None:
+            continue
+        if "lagging/dead/mismatched ranks" in line:
+            section = "culprits"
+            continue
+        if "Snapshot of ranks' latest states" in line:
+            section = "states"
+            continue
+        if section == "culprits":
+            c = _CULPRIT.match(line)
+            if c:
+                desync.culprits.append((_ranks(c["ranks"]), c["text"].strip()))
+                continue
+        if section == "states":
+            h = _STATE_HEAD.match(line)
+            if h:
+                state_seq, state_name = int(h["seq"]), h["state"]
+                continue
+            r = _STATE_ROW.match(line)
+            if r:
+                desync.states.append(RankState(state_seq, r["state"] or state_name, _ranks(r["ranks"]), r["op"]))
+                continue
+        if line.strip() and not line.startswith((" ", "\t")):
+            section = ""  # a new log line ends the report
+            desync = None
+    return rep
+
+
+def _int(s: str | None) -> int | None:
+    return int(s) if s is not None and len(s) <= 19 else None
