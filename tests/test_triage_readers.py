@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_flight_recorder import REFERENCE
 
-from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder, kernel_log, watchdog
+from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder, kernel_log, serving_log, watchdog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cuda-gdb"
 TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
@@ -19,8 +19,9 @@ TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
 
 def test_every_reader_has_a_kind_and_a_test() -> None:
     # A new reader: add its cases here, or in a test file of its own (tests/test_kernel_log.py,
-    # tests/test_watchdog_reader.py).
-    assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND, watchdog.KIND}
+    # tests/test_watchdog_reader.py, tests/test_serving_log_reader.py).
+    assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND, watchdog.KIND,
+                                         serving_log.KIND}
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)
@@ -34,7 +35,7 @@ def test_a_flight_recorder_dump_is_one(proto: int) -> None:
 
 
 @pytest.mark.parametrize("head", [b"", b"hello\n", b"\x7fELF\x02\x01\x01" + b"\0" * 64 + b"CUDA Exception:",
-                                  b"INFO 11-29 vllm serving on port 8000\n", b"\x80\x09junk", b"\x00\x01bin\xff" * 64])
+                                  b"INFO 11-29 vllm serving on port 8000\n", b"Traceback (most recent call last):\nValueError: x\n", b"\x80\x09junk", b"\x00\x01bin\xff" * 64])
 def test_other_files_are_no_reader_s(head: bytes) -> None:
     # A GPU coredump (ELF) goes to cuda-gdb, not to a reader, even with a marker in its bytes.
     assert detect(head) is None

@@ -8,7 +8,7 @@ import json
 import os
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
-from sentinel.triage.readers import flight_recorder, kernel_log, watchdog
+from sentinel.triage.readers import flight_recorder, kernel_log, serving_log, watchdog
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                 return _kernel_log(args, cat)
             if reader is watchdog:
                 return _watchdog(args)
+            if reader is serving_log:
+                return _serving_log(args, cat)
             if reader is not cudagdb:
                 raise CommandError(f"{args.core}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
             args.cuda_gdb_output, args.core = args.core, None  # a saved transcript
@@ -216,6 +218,19 @@ def _kernel_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
             lines.append(f"    meaning    {info.meaning}")
             lines.append(f"    action     {info.action}")
     print("\n".join(lines))
+    return 0
+
+
+def _serving_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
+    """A serving log: the fault record of the failure it logged."""
+    from sentinel.triage import records, report
+
+    with open(args.core, errors="replace") as f:
+        rep = serving_log.parse(f.read())
+    if not rep.ok:
+        raise CommandError(f"{args.core}: no failure in it (no CUDA error, device assert or TMA failure)", 1)
+    rec = records.from_log(rep, args.core, cat)
+    print(json.dumps(rec.as_dict(), indent=2, default=str) if args.json else report.render_report(rec))
     return 0
 
 

@@ -16,6 +16,7 @@ __all__ = ["exception_class", "kernel_family", "signature"]
 _IDENT_CHARS = string.ascii_letters + string.digits + "_"
 
 _EXCEPTIONS = (
+    (r"tma descriptor", "tma_descriptor"),  # a host-side refusal to build the descriptor, before any launch
     (r"misaligned", "misaligned_address"),
     (r"out.of.range", "out_of_range_address"),
     (r"illegal address|illegal memory access", "illegal_address"),

@@ -32,6 +32,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
     from sentinel.daemon.state import ProcessState
+    from sentinel.triage.readers.serving_log import LogReport
 
 RECORD_COLUMNS = ("seq", "ts_ns", "step", "kind", "code", "tag", "aux", "a", "b", "c")
 
@@ -64,7 +65,7 @@ class FaultRecord:
     ``signature`` and known-issue match. ``created_at`` and ``died_at`` are Unix seconds,
     ``triage_seconds`` is cuda-gdb's run time in seconds, ``core_bytes`` the dump's size in bytes."""
 
-    source: str  # coredump | process_crash | xid
+    source: str  # coredump | process_crash | transcript | log
     exception: str  # the exception as reported (cuda-gdb, CUDA error text, signal, XID name)
     exception_class: str
     kernel: str = ""
@@ -78,6 +79,7 @@ class FaultRecord:
     faulthandler: str = ""
     last_records: list[dict[str, Any]] = field(default_factory=list)
     gdb: dict[str, Any] = field(default_factory=dict)
+    log: dict[str, Any] = field(default_factory=dict)  # what a serving log showed (readers.serving_log)
     core_path: str = ""
     core_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -236,6 +238,27 @@ def from_core(report: GdbReport, core_path: str, state: ProcessState | None, nam
         dedupe_key=f"core:{os.path.basename(core_path)}",
         # A dump is written as the process dies: if the daemon has not seen the death yet, it is now.
         died_at=(state.ended_at or time.time()) if state is not None else 0.0,
+    )
+    return rec.finish(catalog)
+
+
+def from_log(report: LogReport, path: str, catalog: Catalog) -> FaultRecord:
+    """The fault record of a serving log (``readers.serving_log``): the failure it logged, the kernel
+    a device assert names, the innermost application frame of its traceback, the evidence its text
+    supports, the engine's death chain as notes."""
+    detail: dict[str, Any] = {}
+    if report.assertion:
+        detail.update(assert_file=report.assertion[0], assert_line=report.assertion[1],
+                      condition=report.assertion[2], block=report.block, thread=report.thread,
+                      asserts=report.asserts)
+    if report.tma_strides:
+        detail.update(tma_shape=report.tma_shape, tma_strides=report.tma_strides)
+    if report.error_type:
+        detail["error_type"] = report.error_type
+    rec = FaultRecord(
+        source="log", exception=report.exception, exception_class="", kernel=report.kernel, top_frame=report.frame,
+        evidence=list(report.evidence), cuda_error=report.cuda_error,
+        log=detail, notes=list(report.chain), dedupe_key=f"log:{os.path.abspath(path)}",
     )
     return rec.finish(catalog)
 

@@ -49,6 +49,12 @@ def render_report(rec: FaultRecord) -> str:
         lines.append(f"  thread      block {g['focus_block']} thread {g['focus_thread']} of grid {g.get('grid')} "
                      f"x {g.get('block_dim')}, device {g.get('device')} SM {g.get('sm')} warp {g.get('warp')} "
                      f"lane {g.get('lane')}")
+    lg = rec.log or {}
+    if lg.get("assert_file"):
+        lines.append(f"  at          {lg['assert_file']}:{lg['assert_line']}, block {lg['block']} thread {lg['thread']}"
+                     f" ({lg['asserts']} failing thread(s) logged)")
+    if lg.get("tma_strides"):
+        lines.append(f"  TMA         shape {lg.get('tma_shape')} strides {lg['tma_strides']}")
     if rec.top_frame:
         lines.append(f"  python      {rec.top_frame}")
     if rec.cuda_error and rec.cuda_error != rec.exception:
