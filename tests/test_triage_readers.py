@@ -68,3 +68,28 @@ def test_triage_file_refuses_what_it_does_not_know_in_one_line(h, tmp_path: Path
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.strip().splitlines() == [
         f"sentinel triage: {other}: not a GPU coredump, nor one of: {', '.join(r.KIND for r in READERS)}"]
+
+
+def test_several_files_and_standard_input(h, tmp_path: Path) -> None:  # noqa: ANN001
+    """One report per file, each kind detected; a file it does not know is one line among them and
+    makes the exit status non-zero; '-' reads standard input."""
+    fixtures = FIXTURES.parent
+    other = tmp_path / "notes.txt"
+    other.write_text("nothing went wrong here\n")
+    files = [fixtures / "watchdog" / "pt152623-desync-rank0.log", fixtures / "kernel-log" / "kmsg-xid79.txt", other]
+    res = h.run([h.sentinel, "triage", *map(str, files), "--dir", h.dir], env=h.env())
+    assert res.returncode == 2, res.stderr
+    heads = [ln for ln in res.stdout.splitlines() if ln.startswith("== ")]
+    assert heads == [f"== {f}" for f in files]
+    assert "culprit   rank 7" in res.stdout and "Xid 79 GPU has fallen off the bus" in res.stdout
+    assert f"sentinel triage: {other}: not a GPU coredump" in res.stdout
+    res = h.run([h.sentinel, "triage", *map(str, files[:2]), "--json", "--dir", h.dir], env=h.env())
+    docs = json.loads(res.stdout)
+    assert res.returncode == 0 and [d["file"] for d in docs] == list(map(str, files[:2]))
+    assert docs[0]["result"]["culprit_ranks"] == [7] and docs[1]["result"][0]["xid"] == 79
+
+    log = (fixtures / "serving-log" / "fi2232-tma-descriptor.log").read_text()
+    res = h.run([h.sentinel, "triage", "-", "--json", "--dir", h.dir], env=h.env(), input=log)
+    assert res.returncode == 0 and json.loads(res.stdout)["known_issue"]["id"] == "degenerate-stride-tma"
+    res = h.run([h.sentinel, "triage", "-", "--dir", h.dir], env=h.env(), input="")
+    assert res.returncode == 2 and res.stderr.startswith("sentinel triage: -: not a GPU coredump")

@@ -4,8 +4,14 @@ journal (one fault by id, or the list of the last ones)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
 from sentinel.triage.readers import flight_recorder, kernel_log, serving_log, watchdog
@@ -13,15 +19,16 @@ from sentinel.triage.readers import flight_recorder, kernel_log, serving_log, wa
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
 NAME = "triage"
-HELP = "explain a fault: a GPU coredump, a saved cuda-gdb transcript, or a journaled fault"
-USAGE = "sentinel triage [FILE | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
+HELP = "explain a fault from its evidence files (coredumps, cuda-gdb output, logs, dmesg, watchdog reports) or the journal"
+USAGE = "sentinel triage [FILE... | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `sentinel triage`."""
-    p.add_argument("core", nargs="?", metavar="FILE",
-                   help="a GPU coredump (.nvcudmp, read with cuda-gdb), a saved cuda-gdb transcript, or a PyTorch "
-                        "Flight Recorder dump: what it is is detected")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="evidence files, '-' for standard input: GPU coredumps (read with cuda-gdb), saved cuda-gdb "
+                        "transcripts, Flight Recorder dumps, kernel logs with NVIDIA Xid lines, c10d watchdog reports, "
+                        "serving logs; what each is is detected")
     p.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
     p.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
     p.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
@@ -36,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `sentinel triage`; returns 0 for a fault explained, 1 when no CUDA exception was found.
     Raises CommandError (exit 2) for a bad catalog, a missing file or journal, or a file of no known kind."""
     from sentinel.triage import catalog as catalog_mod
-    from sentinel.triage import records, report
-    from sentinel.triage.readers import cudagdb
+    from sentinel.triage import records
 
     try:
         cat = catalog_mod.load(args.catalog)
@@ -45,28 +51,77 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     if args.fault is not None:
         rec = records.FaultRecord.from_dict(_journaled(args.dir, args.fault))
-    elif args.list:
+        return _show(args, _of_record(rec))
+    if args.list:
         return _list(args)
-    else:
-        if args.core and not args.cuda_gdb_output and not _is_coredump(args.core):
-            reader = _detect(args.core)
-            if reader is flight_recorder:
-                return _flight_recorder(args)
-            if reader is kernel_log:
-                return _kernel_log(args, cat)
-            if reader is watchdog:
-                return _watchdog(args)
-            if reader is serving_log:
-                return _serving_log(args, cat)
-            if reader is not cudagdb:
-                raise CommandError(f"{args.core}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
-            args.cuda_gdb_output, args.core = args.core, None  # a saved transcript
-        rec = _from_debugger(args, cat)
+    if args.cuda_gdb_output or not args.files:
+        return _show(args, _of_record(_from_debugger(args, None, cat)))
+    with _stdin_as_file(args.files) as files:
+        results: list[tuple[str, Result | None, str]] = []  # (name as given, result, or the error's line)
+        for name, path in zip(args.files, files):
+            try:
+                results.append((name, _one(args, path, cat), ""))
+            except CommandError as exc:
+                message = str(exc).replace(path, name)  # standard input is "-", not our temporary file
+                if len(files) == 1:
+                    raise CommandError(message, exc.code) from None
+                results.append((name, Result(exc.code, "", None), message))
+    if len(results) == 1:
+        return _show(args, results[0][1])
     if args.json:
-        print(json.dumps(rec.as_dict(), indent=2, default=str))
+        print(json.dumps([{"file": name, "error": err} if err else {"file": name, "result": r.doc}
+                          for name, r, err in results], indent=2, default=str))
     else:
-        print(report.render_report(rec))
-    return 0 if rec.exception_class != "unknown" else 1
+        print("\n\n".join(f"== {name}\n" + (f"sentinel triage: {err}" if err else r.text) for name, r, err in results))
+    return max(r.code for _, r, _ in results)
+
+
+class Result(NamedTuple):
+    """What triage made of one file: the exit status it earns, the text for people, the JSON document."""
+
+    code: int
+    text: str
+    doc: Any
+
+
+def _show(args: argparse.Namespace, result: Result) -> int:
+    print(json.dumps(result.doc, indent=2, default=str) if args.json else result.text)
+    return result.code
+
+
+def _of_record(rec: Any) -> Result:
+    from sentinel.triage import report
+
+    return Result(0 if rec.exception_class != "unknown" else 1, report.render_report(rec), rec.as_dict())
+
+
+@contextlib.contextmanager
+def _stdin_as_file(files: list[str]) -> Iterator[list[str]]:
+    """The file list, with '-' (standard input, read once) saved to a temporary file of its own."""
+    if "-" not in files:
+        yield files
+        return
+    with tempfile.TemporaryDirectory(prefix="sentinel-triage-") as tmp:
+        path = os.path.join(tmp, "stdin")
+        with open(path, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f)
+        yield [path if name == "-" else name for name in files]
+
+
+def _one(args: argparse.Namespace, path: str, cat) -> Result:  # noqa: ANN001
+    """One file: a coredump goes to cuda-gdb, anything else to the reader whose kind it looks like."""
+    from sentinel.triage.readers import cudagdb
+
+    if _is_coredump(path):
+        return _of_record(_from_debugger(args, path, cat))
+    reader = _detect(path)
+    if reader is cudagdb:
+        return _of_record(_from_debugger(args, None, cat, transcript=path))
+    handlers = {flight_recorder: _flight_recorder, kernel_log: _kernel_log, watchdog: _watchdog,
+                serving_log: _serving_log}
+    if reader not in handlers:
+        raise CommandError(f"{path}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
+    return handlers[reader](path, cat)
 
 
 def _open(path: str):  # noqa: ANN202
@@ -117,30 +172,33 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_debugger(args: argparse.Namespace, cat):  # noqa: ANN001, ANN202
-    """A fault record from a saved cuda-gdb transcript, or from cuda-gdb run on a coredump."""
+def _from_debugger(args: argparse.Namespace, core: str | None, cat, transcript: str | None = None):  # noqa: ANN001, ANN202
+    """A fault record from a saved cuda-gdb transcript (``transcript``, else --cuda-gdb-output), or
+    from cuda-gdb run on the coredump ``core``."""
     from sentinel.triage import records
     from sentinel.triage.readers import cudagdb
 
-    if args.cuda_gdb_output:
+    transcript = transcript or args.cuda_gdb_output
+    if transcript:
         try:
-            text = open(args.cuda_gdb_output, errors="replace").read()
+            with open(transcript, errors="replace") as f:
+                text = f.read()
         except OSError as exc:
             raise CommandError(str(exc)) from None
         report, core, notes = cudagdb.parse(text), "", []
-    elif args.core:
-        if not os.path.isfile(args.core):
-            raise CommandError(f"no such file: {args.core}")
+    elif core:
+        if not os.path.isfile(core):
+            raise CommandError(f"no such file: {core}")
         exe = cudagdb.find_cuda_gdb(args.cuda_gdb)
         if exe is None:
             raise CommandError("cuda-gdb not found (pass --cuda-gdb PATH); `sentinel doctor` explains")
         try:
-            text, _secs = cudagdb.run(args.core, exe, args.timeout)
+            text, _secs = cudagdb.run(core, exe, args.timeout)
         except Exception as exc:
             raise CommandError(f"cuda-gdb failed: {exc}", 1) from None
-        report, core, notes = cudagdb.parse(text), os.path.abspath(args.core), []
+        report, core, notes = cudagdb.parse(text), os.path.abspath(core), []
     else:
-        raise CommandError("give a CORE file, --cuda-gdb-output FILE, --fault ID or --list")
+        raise CommandError("give a FILE, --cuda-gdb-output FILE, --fault ID or --list")
     if not report.ok:
         notes.append("no CUDA exception or kernel found in the transcript: " + ("; ".join(report.errors) or
                      "is it a cuda-gdb transcript of a GPU coredump?"))
@@ -176,31 +234,28 @@ def _detect(path: str):  # noqa: ANN202
     return reader
 
 
-def _flight_recorder(args: argparse.Namespace) -> int:
+def _flight_recorder(path: str, cat) -> Result:  # noqa: ANN001
     """A Flight Recorder dump: its summary (restricted unpickling; an unsafe dump is refused)."""
     try:
-        summary = flight_recorder.read(args.core)
+        summary = flight_recorder.read(path)
     except Exception as exc:
-        raise CommandError(f"{args.core}: Flight Recorder dump refused: {exc}", 1) from None
-    print(json.dumps(summary, indent=2) if args.json else _render_fr(args.core, summary))
-    return 0
+        raise CommandError(f"{path}: Flight Recorder dump refused: {exc}", 1) from None
+    return Result(0, _render_fr(path, summary), summary)
 
 
-def _kernel_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
+def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
     """NVRM Xid lines: one line per GPU and XID (repeats counted), with the catalog's meaning and action."""
     from dataclasses import asdict
 
-    with open(args.core, errors="replace") as f:
+    with open(path, errors="replace") as f:
         events = kernel_log.parse(f.read())
     if not events:
-        raise CommandError(f"{args.core}: no NVRM Xid line it could read", 1)
-    if args.json:
-        print(json.dumps([asdict(e) | {"catalog": asdict(cat.xid(e.xid))} for e in events], indent=2))
-        return 0
+        raise CommandError(f"{path}: no NVRM Xid line it could read", 1)
+    doc = [asdict(e) | {"catalog": asdict(cat.xid(e.xid))} for e in events]
     groups: dict[tuple[str, int, bool], list] = {}
     for e in events:
         groups.setdefault((e.pci, e.xid, e.nvswitch), []).append(e)
-    lines = [f"{args.core}: {len(events)} NVRM Xid event(s) on {len({e.pci for e in events})} GPU(s)"]
+    lines = [f"{path}: {len(events)} NVRM Xid event(s) on {len({e.pci for e in events})} GPU(s)"]
     for (pci, xid, nvswitch), evs in groups.items():
         info = cat.xid(xid) if not nvswitch else None
         first, last = evs[0], evs[-1]
@@ -217,34 +272,29 @@ def _kernel_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
         if info is not None:
             lines.append(f"    meaning    {info.meaning}")
             lines.append(f"    action     {info.action}")
-    print("\n".join(lines))
-    return 0
+    return Result(0, "\n".join(lines), doc)
 
 
-def _serving_log(args: argparse.Namespace, cat) -> int:  # noqa: ANN001
+def _serving_log(path: str, cat) -> Result:  # noqa: ANN001
     """A serving log: the fault record of the failure it logged."""
-    from sentinel.triage import records, report
+    from sentinel.triage import records
 
-    with open(args.core, errors="replace") as f:
+    with open(path, errors="replace") as f:
         rep = serving_log.parse(f.read())
     if not rep.ok:
-        raise CommandError(f"{args.core}: no failure in it (no CUDA error, device assert or TMA failure)", 1)
-    rec = records.from_log(rep, args.core, cat)
-    print(json.dumps(rec.as_dict(), indent=2, default=str) if args.json else report.render_report(rec))
-    return 0
+        raise CommandError(f"{path}: no failure in it (no CUDA error, device assert or TMA failure)", 1)
+    return _of_record(records.from_log(rep, path, cat))
 
 
-def _watchdog(args: argparse.Namespace) -> int:
+def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
     """A c10d watchdog / desync report: the hang it shows, its culprit ranks and who waits where."""
     from dataclasses import asdict
 
-    with open(args.core, errors="replace") as f:
+    with open(path, errors="replace") as f:
         rep = watchdog.parse(f.read())
     if not rep.ok:
-        raise CommandError(f"{args.core}: no watchdog line it could read", 1)
-    if args.json:
-        print(json.dumps(asdict(rep) | {"culprit_ranks": rep.culprit_ranks()}, indent=2))
-        return 0
+        raise CommandError(f"{path}: no watchdog line it could read", 1)
+    doc = asdict(rep) | {"culprit_ranks": rep.culprit_ranks()}
     lines = []
     for pg in rep.pg_status[:1] or [None]:
         where = f"PG {pg.pg}" + (f" ({pg.pg_name})" if pg and pg.pg_name else "") if pg else "a process group"
@@ -252,24 +302,23 @@ def _watchdog(args: argparse.Namespace) -> int:
         d = rep.desyncs[0] if rep.desyncs else None
         what = f" at {d.op} collective #{d.seq}" if d else (f" at {t.op} work #{t.seq}" if t else "")
         what += f", timeout {t.timeout_ms / 1000:g} s" if t else ""
-        lines.append(f"{args.core}: collective hang in {where}{what}")
+        lines.append(f"{path}: collective hang in {where}{what}")
         if pg:
             lines.append(f"  rank {pg.rank}: last enqueued #{pg.last_enqueued}, last completed #{pg.last_completed}")
     culprits = rep.culprit_ranks()
     for d in rep.desyncs:
         for ranks, text in d.culprits:
             lines.append(f"  culprit   rank {_span(ranks)}: {text}")
-        for s in d.states:
-            if set(s.ranks) - set(culprits):
-                lines.append(f"  waiting   rank {_span(s.ranks)}: {s.state} {s.op} #{s.seq}")
+        for st in d.states:
+            if set(st.ranks) - set(culprits):
+                lines.append(f"  waiting   rank {_span(st.ranks)}: {st.state} {st.op} #{st.seq}")
     if rep.timeouts and not rep.desyncs:
         ranks = sorted({t.rank for t in rep.timeouts})
         lines.append(f"  timed out rank {_span(ranks)} (no desync report: set TORCH_NCCL_DESYNC_DEBUG=1 to have "
                      "the culprit named; a rank missing from this list never joined)")
     for w in rep.nccl_warnings[:5]:
         lines.append(f"  NCCL WARN {w}")
-    print("\n".join(lines))
-    return 0
+    return Result(0, "\n".join(lines), doc)
 
 
 def _span(ranks) -> str:  # noqa: ANN001

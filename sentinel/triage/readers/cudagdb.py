@@ -20,7 +20,7 @@ GDB_COMMANDS = ("info cuda kernels", "bt", "info cuda devices", "x/4i $pc")
 KIND = "cuda-gdb transcript"
 
 # What only cuda-gdb prints: its exception banners and signals, its prompt, its focus lines.
-_MARKERS = re.compile(rb"CUDA Exception:|CUDA_EXCEPTION_\d+|\(cuda-gdb\)|cuda-gdb|\[Current focus set to|"
+_MARKERS = re.compile(rb"CUDA Exception:|CUDA_EXCEPTION_\d+|\(cuda-gdb\)|\[Current focus set to|"
                       rb"Switching focus to CUDA kernel|exception was triggered at PC")
 
 

@@ -32,7 +32,7 @@ __all__ = ["KIND", "Desync", "PgStatus", "RankState", "WatchdogReport", "WorkTim
 KIND = "c10d watchdog report"
 
 _MARKER = re.compile(rb"Watchdog caught collective operation timeout|WorkNCCL\(SeqNum=|detected by watchdog|"
-                     rb"lagging/dead/mismatched ranks|Timeout at NCCL work|NCCL WARN")
+                     rb"lagging/dead/mismatched ranks|Timeout at NCCL work|\[\d+\] (?:\S+:\d+ )?NCCL WARN ")
 _WORK = re.compile(r"\[Rank (?P<rank>\d+)\] Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(?P<seq>\d+), "
                    r"OpType=(?P<op>\w+)(?:, NumelIn=(?P<nin>-?\d+), NumelOut=(?P<nout>-?\d+))?, Timeout\(ms\)=(?P<tmo>\d+)\)"
                    r"(?: ran for (?P<ran>\d+) milliseconds)?")
@@ -46,7 +46,8 @@ _DESYNC_AT = re.compile(r"-\s*\[(?P<rank>\d+)\] Timeout at collective: (?P<op>\w
 _CULPRIT = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<text>(?:finished|joined|did|didn't|started|is|are|has|\w+).*)$")
 _STATE_HEAD = re.compile(r"^\s*#(?P<seq>\d+) (?P<state>\w+) ranks:\s*$")
 _STATE_ROW = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<state>\w+) (?P<op>\w+)\s*$")
-_WARN = re.compile(r"NCCL WARN (?P<text>.+)$")
+# NCCL's own format: "host:pid:tid [cudaDev] file.cc:line NCCL WARN <text>"
+_WARN = re.compile(r"\[\d+\] (?:\S+:\d+ )?NCCL WARN (?P<text>.+)$")
 
 
 @dataclass(frozen=True)
