@@ -15,8 +15,16 @@ __all__ = ["exception_class", "kernel_family", "signature"]
 
 _IDENT_CHARS = string.ascii_letters + string.digits + "_"
 
+# One class per distinct hardware exception cuda-gdb names (CUDA_EXCEPTION_1..N), then the host-side
+# errors and signals. Order matters: the more specific pattern first.
 _EXCEPTIONS = (
     (r"tma descriptor", "tma_descriptor"),  # a host-side refusal to build the descriptor, before any launch
+    (r"misaligned register", "misaligned_register"),  # a register pair not aligned for a 64-bit op: not memory
+    (r"cluster target block not present", "cluster_block_not_present"),
+    (r"cluster out.of.range", "cluster_out_of_range_address"),
+    (r"invalid address space", "invalid_address_space"),
+    (r"illegal instruction parameter", "illegal_instruction_parameter"),
+    (r"syscall error", "syscall_error"),
     (r"misaligned", "misaligned_address"),
     (r"out.of.range", "out_of_range_address"),
     (r"illegal address|illegal memory access", "illegal_address"),
@@ -62,7 +70,9 @@ def kernel_family(name: str) -> str:
     ``fmhaSm100fKernel_QkvE4m3OBfloat16H128PagedKvP64...`` -> ``fmhaSm100fKernel``;
     ``at::native::vectorized_gather_kernel<16, long>`` -> ``at::native::vectorized_gather_kernel``;
     ``cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_128x128_32x3_tn_align8`` ->
-    ``cutlass_80_tensorop_bf16_s16816gemm_relu_bf16``.
+    ``cutlass_80_tensorop_bf16_s16816gemm_relu_bf16``;
+    ``bmm_E2m1_E2m1E2m1_Fp32_Ab16_Bb16_Cb16_t128x16x512u2_s5_..._sm100f`` -> ``bmm`` (trtllm-gen: data
+    types, tile, stages and schedule are variants of one generated GEMM).
     """
     n = (name or "").strip()
     n = _strip_brackets(n, "<", ">")
@@ -73,7 +83,10 @@ def kernel_family(name: str) -> str:
     i = n.find("Kernel_", len(n.rstrip(_IDENT_CHARS)))
     if 0 <= i < len(n) - 7:
         n = n[: i + 6]
-    n = re.sub(r"_[A-Za-z]*\d+x\d+(x\d+)?(_.*)?$", "", n, flags=re.S)  # tile sizes and everything after them
+    n = re.sub(r"_[A-Za-z]*\d+x\d+(?:x\d+)?[A-Za-z0-9]*(_.*)?$", "", n, flags=re.S)  # tiles (t128x16x512u2), all after
+    # trtllm-gen's generated GEMMs name their data types next: bmm_E2m1_E2m1E2m1_Fp32_Ab16_Bb16_Cb16_t128...
+    # and bmm_Bfloat16_Bfloat16Bfloat16_Fp32_t128... are one family, "bmm".
+    n = re.sub(r"(?:_(?:E\dm\d|Bfloat16|Fp(?:4|8|16|32|64)|Int(?:4|8|16|32)|Uint8|[ABC]b\d{1,3})+){2,}$", "", n)
     n = re.sub(r"_(sm|SM)\d+[a-z]?$", "", n)
     n = re.sub(r"_\d+$", "", n)  # generated-kernel counters (triton_poi_fused_add_0)
     return n or "unknown"

@@ -69,12 +69,20 @@ _EXC = re.compile(r"CUDA Exception:\s*([^\n]+)")
 _SIGNAL = re.compile(r"Program terminated with signal (SIG\w+), ([^\n]+)")
 _PC = re.compile(r"exception was triggered at PC\s+(0x[0-9a-fA-F]+)\s+([^\n]*)")
 _LINE_END = re.compile(r":(\d+)\)$")  # the end of "(file.py:8)"
+# "[Current focus set to ...]" (a coredump's batch transcript) or "[Switching focus to ...]" (a live session).
 _FOCUS = re.compile(
-    r"\[Current focus set to CUDA kernel \d+, grid \d+, block (\([\d,\s]+\)), thread (\([\d,\s]+\)), "
-    r"device (\d+), sm (\d+), warp (\d+), lane (\d+)\]"
+    r"\[(?:Current focus set to|Switching focus to) CUDA kernel \d+, grid \d+, block (\([\d,\s]+\)), "
+    r"thread (\([\d,\s]+\)), device (\d+), sm (\d+), warp (\d+), lane (\d+)\]"
 )
-_FRAME0 = re.compile(r"^#0\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(\S[^\n]*?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*\(([^\n]*)",
+# The kernel's frame: #0, or a later one when #0 is an inlined device function (operator*, a helper).
+_FRAME0 = re.compile(r"^#\d+\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(\S[^\n]*?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*(?:\(([^\n]*)|$)",
                      re.M)
+# Fields people paste from a coredump's summary: "Faulting kernel:" (name on the next line or the same),
+# "kernel: void name<...>(...)", "Launch geometry: <<<(4,8,1),(512,1,1)>>>", "GridDim (64,1,1)  BlockDim (32,4,1)".
+_SUMMARY_KERNEL = re.compile(r"^(?:Faulting kernel|[Kk]ernel):[ \t]*(?:\n[ \t]*)?(\S[^\n]{0,2000})", re.M)
+_SUMMARY_GEOMETRY = re.compile(r"<<<(\([\d,\s]+\)),\s*(\([\d,\s]+\))>>>")
+_SUMMARY_DIMS = re.compile(r"GridDim\s*(\([\d,\s]+\))\s+BlockDim\s*(\([\d,\s]+\))")
+_SUMMARY_FOCUS = re.compile(r"focus: device (\d+), sm (\d+), warp (\d+), lane (\d+)")
 _FRAME_AT = re.compile(r"\)\s+at\s+(\S+?):(\d+)$")
 _KERNELS_ROW = re.compile(r"^\*\s+\d+\s+\S+\s+\d+\s+\d+\s+\w+\s+0x[0-9a-fA-F]+\s+(\([\d,\s]+\))\s+(\([\d,\s]+\))\s+([^\n]+)",
                           re.M)
@@ -102,10 +110,10 @@ def parse(text: str) -> GdbReport:
         r.focus_block, r.focus_thread = _dims(m.group(1)), _dims(m.group(2))
         r.device, r.sm, r.warp, r.lane = (_int(m.group(i)) for i in (3, 4, 5, 6))
     for m in _FRAME0.finditer(text):
-        args = m.group(4).rstrip()  # after the "(" of the argument list: "...)" or "...) at file:line"
+        # After the "(" of the argument list: "...)", "...) at file:line", or an argument list that
+        # wraps onto the next lines (a live session's bt); none at all ("kernel<<<...>>>").
+        args = (m.group(4) or "").rstrip()
         at = None if args.endswith(")") else _FRAME_AT.search(args)
-        if not args.endswith(")") and at is None:
-            continue
         r.kernel = m.group(1).strip()
         r.grid, r.block_dim = _dims(m.group(2)), _dims(m.group(3))
         if at and not r.source_file:
@@ -116,6 +124,13 @@ def parse(text: str) -> GdbReport:
             r.grid, r.block_dim = _dims(m.group(1)), _dims(m.group(2))
         if not r.kernel:
             r.kernel = re.sub(r"\(\)$", "", m.group(3).strip())
+    if not r.kernel and (m := _SUMMARY_KERNEL.search(text)):
+        name = m.group(1).strip()
+        r.kernel = re.sub(r"^void\s+", "", name)
+    if not r.grid and (m := _SUMMARY_GEOMETRY.search(text) or _SUMMARY_DIMS.search(text)):
+        r.grid, r.block_dim = _dims(m.group(1)), _dims(m.group(2))
+    if r.device is None and (m := _SUMMARY_FOCUS.search(text)):
+        r.device, r.sm, r.warp, r.lane = (_int(m.group(i)) for i in (1, 2, 3, 4))
     if not r.kernel and r.function:
         r.kernel = r.function
     if m := _DEVICE_ROW.search(text):
