@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 from test_flight_recorder import REFERENCE
 
-from sentinel.triage.readers import READERS, cudagdb, detect, flight_recorder, kernel_log, serving_log, watchdog
+from sentinel.triage.readers import (
+    READERS,
+    cudagdb,
+    detect,
+    flight_recorder,
+    fr_analysis,
+    kernel_log,
+    serving_log,
+    watchdog,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cuda-gdb"
 TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
@@ -19,9 +28,9 @@ TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
 
 def test_every_reader_has_a_kind_and_a_test() -> None:
     # A new reader: add its cases here, or in a test file of its own (tests/test_kernel_log.py,
-    # tests/test_watchdog_reader.py, tests/test_serving_log_reader.py).
+    # tests/test_watchdog_reader.py, tests/test_serving_log_reader.py, tests/test_fr_cross_rank.py).
     assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND, watchdog.KIND,
-                                         serving_log.KIND}
+                                         serving_log.KIND, fr_analysis.KIND}
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
-from sentinel.triage.readers import flight_recorder, kernel_log, serving_log, watchdog
+from sentinel.triage.readers import flight_recorder, fr_analysis, kernel_log, serving_log, watchdog
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return _list(args)
     if args.cuda_gdb_output or not args.files:
         return _show(args, _of_record(_from_debugger(args, None, cat)))
+    args.files = _expand_dirs(args.files)
     with _stdin_as_file(args.files) as files:
         results: list[tuple[str, Result | None, str]] = []  # (name as given, result, or the error's line)
         for name, path in zip(args.files, files):
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                 if len(files) == 1:
                     raise CommandError(message, exc.code) from None
                 results.append((name, Result(exc.code, "", None), message))
+        across = _across_ranks(args.files, files)
+    if across is not None:
+        results.append(("across ranks (Flight Recorder dumps)", across, ""))
     if len(results) == 1:
         return _show(args, results[0][1])
     if args.json:
@@ -74,6 +78,48 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(f"== {name}\n" + (f"sentinel triage: {err}" if err else r.text) for name, r, err in results))
     return max(r.code for _, r, _ in results)
+
+
+def _expand_dirs(names: list[str]) -> list[str]:
+    """A directory stands for the files in it (a folder of per-rank Flight Recorder dumps), sorted."""
+    out = []
+    for name in names:
+        if name != "-" and os.path.isdir(name):
+            out += sorted(os.path.join(name, f) for f in os.listdir(name) if os.path.isfile(os.path.join(name, f)))
+        else:
+            out.append(name)
+    return out
+
+
+def _across_ranks(names: list[str], paths: list[str]) -> Result | None:
+    """The analyser's cross-rank view when two or more of the files are Flight Recorder dumps whose
+    names end in their rank (trace_rank_0, trace_rank_22): which ranks never joined a collective,
+    which joined it with another op, size or dtype."""
+    import re
+
+    dumps = {}
+    for name, path in zip(names, paths):
+        m = re.search(r"(\d+)$", os.path.basename(name))
+        if m and os.path.isfile(path) and flight_recorder.looks_like(_head(path)[:2]):
+            try:
+                dumps[int(m[1])] = flight_recorder.loads(open(path, "rb").read(flight_recorder.MAX_BYTES + 1))
+            except Exception:  # refused (unsafe or malformed): its own report says so
+                continue
+    if len(dumps) < 2:
+        return None
+    try:
+        findings = flight_recorder.cross_rank(dumps)
+    except Exception as exc:
+        return Result(1, f"not comparable: {exc}", {"error": str(exc)})
+    lines = [f"{len(dumps)} ranks ({', '.join(map(str, sorted(dumps)))}): "
+             + (f"{len(findings)} collective(s) not the same on every rank" if findings else "every collective matches")]
+    for f in findings[:20]:
+        lines.append(f"  {f['op']} #{f['seq']} in {f['pg']}:")
+        for c in f["culprits"]:
+            lines.append(f"    culprit rank {c['rank']}: {c['error']}, {c['found']} where {c['expected']} was expected")
+        if f["missing"]:
+            lines.append(f"    never joined: rank {_span(f['missing'])}")
+    return Result(0, "\n".join(lines), findings)
 
 
 class Result(NamedTuple):
@@ -117,8 +163,8 @@ def _one(args: argparse.Namespace, path: str, cat) -> Result:  # noqa: ANN001
     reader = _detect(path)
     if reader is cudagdb:
         return _of_record(_from_debugger(args, None, cat, transcript=path))
-    handlers = {flight_recorder: _flight_recorder, kernel_log: _kernel_log, watchdog: _watchdog,
-                serving_log: _serving_log}
+    handlers = {flight_recorder: _flight_recorder, fr_analysis: _fr_analysis, kernel_log: _kernel_log,
+                watchdog: _watchdog, serving_log: _serving_log}
     if reader not in handlers:
         raise CommandError(f"{path}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
     return handlers[reader](path, cat)
@@ -241,6 +287,25 @@ def _flight_recorder(path: str, cat) -> Result:  # noqa: ANN001
     except Exception as exc:
         raise CommandError(f"{path}: Flight Recorder dump refused: {exc}", 1) from None
     return Result(0, _render_fr(path, summary), summary)
+
+
+def _fr_analysis(path: str, cat) -> Result:  # noqa: ANN001
+    """The Flight Recorder analyser's output: each collective in error, with its culprit ranks."""
+    from dataclasses import asdict
+
+    with open(path, errors="replace") as f:
+        errors = fr_analysis.parse(f.read())
+    if not errors:
+        raise CommandError(f"{path}: no error block it could read", 1)
+    lines = []
+    for e in errors:
+        ranks = [c[0] for c in e.culprits]
+        lines.append(f"{path}: {e.op or 'a collective'} #{e.seq} in {e.group or '?'} mismatched"
+                     + (f": culprit rank {_span(ranks)}" if ranks else "")
+                     + (f" (world size {e.world_size}, {e.state})" if e.world_size else ""))
+        for rank, kind, detail in e.culprits:
+            lines.append(f"  culprit   rank {rank}: {kind}" + (f", {detail}" if detail else ""))
+    return Result(0, "\n".join(lines), [asdict(e) for e in errors])
 
 
 def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001

@@ -13,8 +13,8 @@ import pickle
 from typing import Any
 
 __all__ = [
-    "KIND", "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "looks_like", "loads", "summarize",
-    "read",
+    "KIND", "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "cross_rank", "looks_like", "loads",
+    "summarize", "read",
 ]
 
 MAX_BYTES = 64 << 20
@@ -140,3 +140,53 @@ def read(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         data = f.read(MAX_BYTES + 1)
     return summarize(loads(data))
+
+
+# -- across ranks -----------------------------------------------------------------------------------
+
+def _text(v: Any) -> str:
+    """A bounded text of a plain value (sizes are lists of lists of ints)."""
+    if isinstance(v, str):
+        return v[:MAX_TEXT]
+    return repr(v)[:MAX_TEXT] if isinstance(v, list | tuple | int | float) or v is None else "?"
+
+
+def cross_rank(docs: dict[int, Any]) -> list[dict[str, Any]]:
+    """What PyTorch's Flight Recorder analyser finds across ranks, from each rank's loaded dump
+    (``{rank: doc}``, docs from ``loads``): per process group and collective sequence number, the
+    ranks that never enqueued it, and the ranks whose op, input sizes or dtypes differ from the
+    majority's. Returns one finding per collective that is not the same on every rank:
+    ``{"pg", "seq", "op", "expected": {...}, "culprits": [{"rank", "error", "found"}], "missing": [ranks]}``,
+    in order. Raises pickle.UnpicklingError for a doc that is not a dump."""
+    seen: dict[tuple[str, int], dict[int, dict[str, str]]] = {}
+    last: dict[str, dict[int, int]] = {}
+    for rank, doc in docs.items():
+        if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+            raise pickle.UnpicklingError(f"rank {rank}: not a Flight Recorder dump: no 'entries' list")
+        for e in doc["entries"]:
+            if not isinstance(e, dict) or e.get("is_p2p"):
+                continue
+            pg = e.get("process_group")
+            name = str(_scalar(pg[1] if isinstance(pg, list | tuple) and len(pg) > 1 else pg) or "0")
+            seq = _scalar(e.get("collective_seq_id"))
+            if not isinstance(seq, int) or isinstance(seq, bool):
+                continue
+            seen.setdefault((name, seq), {})[rank] = {
+                "op": _text(e.get("profiling_name")), "input_sizes": _text(e.get("input_sizes")),
+                "input_dtypes": _text(e.get("input_dtypes"))}
+            last.setdefault(name, {})[rank] = max(last.get(name, {}).get(rank, 0), seq)
+    findings = []
+    for (pg, seq), by_rank in sorted(seen.items()):
+        ranks_here = last.get(pg, {})
+        missing = sorted(r for r in ranks_here if r not in by_rank and ranks_here[r] < seq)
+        culprits = []
+        for key, error in (("op", "COLLECTIVE_TYPE_MISMATCH"), ("input_sizes", "SIZE_OR_SYNTAX_MISMATCH"),
+                           ("input_dtypes", "DTYPE_MISMATCH")):
+            values = [v[key] for v in by_rank.values()]
+            expected = max(set(values), key=lambda x: (values.count(x), x == by_rank[min(by_rank)][key]))
+            culprits += [{"rank": r, "error": error, "expected": expected, "found": v[key]}
+                         for r, v in sorted(by_rank.items()) if v[key] != expected]
+        if culprits or missing:
+            first = by_rank[min(by_rank)]
+            findings.append({"pg": pg, "seq": seq, "op": first["op"], "culprits": culprits, "missing": missing})
+    return findings
