@@ -1,6 +1,5 @@
 """The hooks' public functions, re-exported by the package (``import sentinel_hooks as sh; sh.step()``)."""
 
-
 from __future__ import annotations
 
 from typing import Any

@@ -113,13 +113,10 @@ def setting(var: env.Var) -> Any:
 
 def config_problem(message: str) -> None:
     """A refused setting (the default was used): logged once, counted once. Never raises."""
-    if message not in _reported:
-        _reported.add(message)
-        log_once("cfg:" + message, "%s", message)
+    key = "cfg:" + message
+    if key not in _logged:
+        log_once(key, "%s", message)
         count_config_error()
-
-
-_reported: set[str] = set()
 
 
 def count_config_error(n: int = 1) -> None:
@@ -277,7 +274,6 @@ def reset_for_tests() -> None:
     errors = 0
     _mode, _pending_config_errors, _idle = "", 0, None
     _logged.clear()
-    _reported.clear()
     _identity_overrides.clear()
     if w is not None:
         w.close(clean_exit=False)

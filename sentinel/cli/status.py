@@ -18,7 +18,6 @@ from sentinel.cli.options import CommandError, add_dir, add_json
 from sentinel.daemon.discovery import is_ring_name
 from sentinel.daemon.ringreader import RingReader
 from sentinel.daemon.snapshot import identity_columns
-from sentinel.daemon.state import CHECK_LABELS
 from sentinel_hooks import layout
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.layout import journal_path
@@ -169,7 +168,7 @@ def _probe_summary(recs: Any) -> dict[str, Any]:
     for r in recs[(recs["kind"] == rf.Kind.PROBE) | (recs["kind"] == rf.Kind.CONTEXT)].tolist():
         _seq, _ts, _step, kind, code, tag, _aux, a, b, _c, _end = r
         if kind == rf.Kind.PROBE:
-            label = CHECK_LABELS.get(code, str(code))
+            label = rf.CHECK_LABELS.get(code, str(code))
             violations[label] = violations.get(label, 0) + max(0, a)
         elif code == rf.Context.PAGED_KV and a >= 0:
             sites[tag] = b - 1 - a

@@ -15,13 +15,12 @@ from sentinel.daemon.snapshot import ProcessView
 from sentinel_hooks import ringformat as rf
 
 __all__ = [
-    "KIND_NAMES", "CHECK_LABELS", "BATCH_COUNTERS", "MAX_KIND", "LAST_RECORDS", "STEP_WINDOW", "WARMUP_STEPS",
+    "BATCH_COUNTERS", "MAX_KIND", "LAST_RECORDS", "STEP_WINDOW", "WARMUP_STEPS",
     "MAX_GROUP_SIZE", "MAX_COUNT", "Violation", "GroupProgress", "ProcessState",
 ]
 
-KIND_NAMES, CHECK_LABELS, kind_name = rf.KIND_NAMES, rf.CHECK_LABELS, rf.kind_name
 BATCH_COUNTERS = ("steps", "at_token_budget", "over_token_budget", "uncaptured_batch_size")
-MAX_KIND = max(KIND_NAMES) + 1
+MAX_KIND = max(rf.KIND_NAMES) + 1
 LAST_RECORDS = 256  # what a fault record gets of a process's final moments
 STEP_WINDOW = 1024  # step durations kept for percentiles
 WARMUP_STEPS = 2  # durations of the first steps (and a group's first collective) are not typical
@@ -206,15 +205,15 @@ class ProcessState:
         kind = recs["kind"]
         probes = self._in_bounds(payload(recs[kind == rf.Kind.PROBE], rf.Kind.PROBE), "count")
         if len(probes):
-            counts = np.bincount(probes["code"], weights=probes["count"], minlength=len(CHECK_LABELS) + 1)
+            counts = np.bincount(probes["code"], weights=probes["count"], minlength=len(rf.CHECK_LABELS) + 1)
             for code, n in enumerate(counts.tolist()):
                 if n:
-                    label = CHECK_LABELS.get(code, "unknown")
+                    label = rf.CHECK_LABELS.get(code, "unknown")
                     self.violations[label] = self.violations.get(label, 0) + int(n)
             # Keep the detail of the newest few for logs (the exporter only counts).
             for r in probes[-8:]:
                 self.new_violations.append(Violation(
-                    CHECK_LABELS.get(int(r["code"]), "unknown"), int(r["tag"]), int(r["count"]), int(r["value"]),
+                    rf.CHECK_LABELS.get(int(r["code"]), "unknown"), int(r["tag"]), int(r["count"]), int(r["value"]),
                     int(r["limit"]), int(r["detail"]), int(r["step"])))
         ctx = recs[kind == rf.Kind.CONTEXT]
         if not len(ctx):
@@ -296,7 +295,7 @@ class ProcessState:
         out: dict[str, int] = {}
         for k, v in enumerate(self.by_kind.tolist()):
             if v:
-                name = kind_name(k) if k < MAX_KIND else "unknown"
+                name = rf.kind_name(k) if k < MAX_KIND else "unknown"
                 out[name] = out.get(name, 0) + v
         return out
 
