@@ -73,7 +73,7 @@ def test_triage_names_the_culprit_and_the_waiting_ranks(h) -> None:  # noqa: ANN
     path = FIXTURES / "pt152623-desync-rank0.log"
     res = h.run([h.sentinel, "triage", str(path), "--dir", h.dir], env=h.env())
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [
+    assert res.stdout.splitlines()[:5] == [
         f"{path}: collective hang in PG 0 (default_pg) at ALLREDUCE collective #315, timeout 600 s",
         "  rank 0: last enqueued #315, last completed #183",
         "  culprit   rank 7: finished collective #182, but didn't join collective #183 (count from 1)",

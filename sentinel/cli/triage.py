@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 if len(files) == 1:
                     raise CommandError(message, exc.code) from None
                 results.append((name, Result(exc.code, "", None), message))
-        across = _across_ranks(args.files, files)
+        across = _across_ranks(args.files, files, cat)
     if across is not None:
         results.append(("across ranks (Flight Recorder dumps)", across, ""))
     if len(results) == 1:
@@ -91,7 +91,7 @@ def _expand_dirs(names: list[str]) -> list[str]:
     return out
 
 
-def _across_ranks(names: list[str], paths: list[str]) -> Result | None:
+def _across_ranks(names: list[str], paths: list[str], cat) -> Result | None:  # noqa: ANN001
     """The analyser's cross-rank view when two or more of the files are Flight Recorder dumps whose
     names end in their rank (trace_rank_0, trace_rank_22): which ranks never joined a collective,
     which joined it with another op, size or dtype."""
@@ -111,6 +111,7 @@ def _across_ranks(names: list[str], paths: list[str]) -> Result | None:
         findings = flight_recorder.cross_rank(dumps)
     except Exception as exc:
         return Result(1, f"not comparable: {exc}", {"error": str(exc)})
+    known = _fr_known(cat, [(f["op"], [c["error"] for c in f["culprits"]], bool(f["missing"])) for f in findings])
     lines = [f"{len(dumps)} ranks ({', '.join(map(str, sorted(dumps)))}): "
              + (f"{len(findings)} collective(s) not the same on every rank" if findings else "every collective matches")]
     for f in findings[:20]:
@@ -119,7 +120,28 @@ def _across_ranks(names: list[str], paths: list[str]) -> Result | None:
             lines.append(f"    culprit rank {c['rank']}: {c['error']}, {c['found']} where {c['expected']} was expected")
         if f["missing"]:
             lines.append(f"    never joined: rank {_span(f['missing'])}")
-    return Result(0, "\n".join(lines), findings)
+    if findings:
+        from sentinel.triage.report import render_known
+
+        lines += render_known(known)
+    return Result(0, "\n".join(lines), {"findings": findings, "known_issue": known})
+
+
+_FR_ERRORS = {"SIZE_OR_SYNTAX_MISMATCH": "size_mismatch", "COLLECTIVE_TYPE_MISMATCH": "op_mismatch",
+              "DTYPE_MISMATCH": "dtype_mismatch", "COLLECTIVE_STATE_MISMATCH": "state_mismatch"}
+
+
+def _fr_known(cat, found: list[tuple[str, list[str], bool]]) -> dict | None:  # noqa: ANN001
+    """The catalog's match for Flight Recorder findings: (op, the culprits' error types, whether a rank
+    never joined) per collective in error. Evidence: ``collective_hang`` and the mismatch kinds."""
+    if not found:
+        return None
+    ev = {"collective_hang"} | {_FR_ERRORS.get(e, e.lower()) for _, errs, _ in found for e in errs}
+    if any(missing for *_, missing in found):
+        ev.add("never_joined")
+    text = "\n".join(f"{op} {' '.join(errs)}" for op, errs, _ in found[:32])
+    match = cat.match("collective_hang", "", ev, text)
+    return match.as_dict() if match else None
 
 
 class Result(NamedTuple):
@@ -305,7 +327,11 @@ def _fr_analysis(path: str, cat) -> Result:  # noqa: ANN001
                      + (f" (world size {e.world_size}, {e.state})" if e.world_size else ""))
         for rank, kind, detail in e.culprits:
             lines.append(f"  culprit   rank {rank}: {kind}" + (f", {detail}" if detail else ""))
-    return Result(0, "\n".join(lines), [asdict(e) for e in errors])
+    from sentinel.triage.report import render_known
+
+    known = _fr_known(cat, [(e.op, [c[1] for c in e.culprits], False) for e in errors])
+    lines += render_known(known)
+    return Result(0, "\n".join(lines), {"errors": [asdict(e) for e in errors], "known_issue": known})
 
 
 def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
@@ -316,7 +342,13 @@ def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
         events = kernel_log.parse(f.read())
     if not events:
         raise CommandError(f"{path}: no NVRM Xid line it could read", 1)
-    doc = [asdict(e) | {"catalog": asdict(cat.xid(e.xid))} for e in events]
+    from sentinel.triage.report import render_known
+
+    def known(e: kernel_log.XidEvent) -> dict | None:
+        match = cat.match("", "", {f"xid_{e.xid}"}, f"Xid {e.xid}: {e.detail}")
+        return match.as_dict() if match else None
+
+    doc = [asdict(e) | {"catalog": asdict(cat.xid(e.xid)), "known_issue": known(e)} for e in events]
     groups: dict[tuple[str, int, bool], list] = {}
     for e in events:
         groups.setdefault((e.pci, e.xid, e.nvswitch), []).append(e)
@@ -337,6 +369,8 @@ def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
         if info is not None:
             lines.append(f"    meaning    {info.meaning}")
             lines.append(f"    action     {info.action}")
+        if (ki := known(first)) is not None:
+            lines += ["  " + ln for ln in render_known(ki)]
     return Result(0, "\n".join(lines), doc)
 
 
@@ -359,7 +393,11 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
         rep = watchdog.parse(f.read())
     if not rep.ok:
         raise CommandError(f"{path}: no watchdog line it could read", 1)
-    doc = asdict(rep) | {"culprit_ranks": rep.culprit_ranks()}
+    from sentinel.triage.report import render_known
+
+    match = cat.match("collective_hang", "", set(rep.evidence()), rep.text())
+    known = match.as_dict() if match else None
+    doc = asdict(rep) | {"culprit_ranks": rep.culprit_ranks(), "evidence": rep.evidence(), "known_issue": known}
     lines = []
     for pg in rep.pg_status[:1] or [None]:
         where = f"PG {pg.pg}" + (f" ({pg.pg_name})" if pg and pg.pg_name else "") if pg else "a process group"
@@ -383,6 +421,7 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
                      "the culprit named; a rank missing from this list never joined)")
     for w in rep.nccl_warnings[:5]:
         lines.append(f"  NCCL WARN {w}")
+    lines += render_known(known)
     return Result(0, "\n".join(lines), doc)
 
 

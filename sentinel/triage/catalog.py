@@ -1,8 +1,9 @@
 """The known-issue catalog: evidence -> root cause, remediation, upstream reference.
 
-Built-in entries live in sentinel/triage/data/catalog.toml. Users extend them with their own TOML file
-(same format); an entry with the same id replaces the built-in one. A bad file is rejected with
-a message naming the file and the entry, never half-loaded.
+Built-in entries live in the TOML files of sentinel/triage/data/catalog/ (its README.md documents the
+format). Users extend them with their own TOML file (same format); an entry with the same id replaces
+the built-in one. A bad file is rejected with a message naming the file and the entry, never
+half-loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "BUILTIN", "ISSUE_KEYS", "MATCH_KEYS", "CatalogError", "KnownIssue", "XidInfo", "Catalog", "parse", "load",
+    "BUILTIN", "builtin_files", "ISSUE_KEYS", "MATCH_KEYS", "CatalogError", "KnownIssue", "XidInfo", "Catalog", "parse", "load",
 ]
 
 if sys.version_info >= (3, 11):
@@ -22,9 +23,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "catalog.toml")
+BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "catalog")  # a folder of *.toml
 ISSUE_KEYS = {"id", "title", "seed", "root_cause", "remediation", "reference", "runbook", "match"}
-MATCH_KEYS = {"exception", "kernel", "evidence", "evidence_any"}
+MATCH_KEYS = {"exception", "kernel", "evidence", "evidence_any", "text"}
 
 
 class CatalogError(ValueError):
@@ -38,7 +39,8 @@ class CatalogError(ValueError):
 class KnownIssue:
     """One ``[[issue]]`` of a catalog: the text on-call sees and its match conditions, all of which
     must hold: ``exception`` (any of these classes), ``kernel`` (a case-insensitive regex searched in
-    the kernel family), ``evidence`` (all of these keys), ``evidence_any`` (at least one)."""
+    the kernel family), ``evidence`` (all of these keys), ``evidence_any`` (at least one), ``text`` (a
+    case-insensitive regex searched in the record's text: its exception, kernel, frame and log lines)."""
 
     id: str
     title: str
@@ -51,11 +53,13 @@ class KnownIssue:
     kernel: re.Pattern | None = None
     evidence: tuple[str, ...] = ()
     evidence_any: tuple[str, ...] = ()
+    text: re.Pattern | None = None
 
     def conditions(self) -> int:
-        return bool(self.exception) + bool(self.kernel) + len(self.evidence) + bool(self.evidence_any)
+        return (bool(self.exception) + bool(self.kernel) + len(self.evidence) + bool(self.evidence_any)
+                + bool(self.text))
 
-    def matches(self, exception_class: str, kernel_family: str, evidence: set[str]) -> bool:
+    def matches(self, exception_class: str, kernel_family: str, evidence: set[str], text: str = "") -> bool:
         if self.exception and exception_class not in self.exception:
             return False
         if self.kernel is not None and not self.kernel.search(kernel_family or ""):
@@ -63,6 +67,8 @@ class KnownIssue:
         if any(e not in evidence for e in self.evidence):
             return False
         if self.evidence_any and not any(e in evidence for e in self.evidence_any):
+            return False
+        if self.text is not None and not self.text.search(text or ""):
             return False
         return self.conditions() > 0
 
@@ -93,10 +99,11 @@ class Catalog:
     xids: dict[int, XidInfo] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
 
-    def match(self, exception_class: str, kernel_family: str, evidence: set[str]) -> KnownIssue | None:
+    def match(self, exception_class: str, kernel_family: str, evidence: set[str], text: str = "") -> KnownIssue | None:
+        """The matching issue with the most conditions; ``text`` is the record's text (see KnownIssue)."""
         best = None
         for issue in self.issues:
-            if issue.matches(exception_class, kernel_family, evidence) and (
+            if issue.matches(exception_class, kernel_family, evidence, text) and (
                 best is None or issue.conditions() > best.conditions()
             ):
                 best = issue
@@ -122,6 +129,15 @@ def _strs(value: Any, where: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CatalogError(f"{where}: {key} must be a string or a list of strings")
     return tuple(value)
+
+
+def _regex(match: dict, key: str, where: str) -> re.Pattern | None:
+    if key not in match:
+        return None
+    try:
+        return re.compile(_text(match[key], where, f"match.{key}"), re.I)
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((...
+        raise CatalogError(f"{where}: match.{key} is not a valid regex: {exc}") from None
 
 
 def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
@@ -156,12 +172,7 @@ def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
         match = entry.get("match", {})
         if not isinstance(match, dict) or set(match) - MATCH_KEYS:
             raise CatalogError(f"{where}: [issue.match] may only hold {sorted(MATCH_KEYS)}")
-        kernel = None
-        if "kernel" in match:
-            try:
-                kernel = re.compile(_text(match["kernel"], where, "match.kernel"), re.I)
-            except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((...
-                raise CatalogError(f"{where}: match.kernel is not a valid regex: {exc}") from None
+        kernel, text = (_regex(match, key, where) for key in ("kernel", "text"))
         issue = KnownIssue(
             id=entry["id"], title=_text(entry.get("title"), where, "title") or entry["id"],
             root_cause=_text(entry.get("root_cause"), where, "root_cause"),
@@ -170,7 +181,7 @@ def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
             runbook=_text(entry.get("runbook"), where, "runbook"), seed=_text(entry.get("seed"), where, "seed"),
             exception=_strs(match.get("exception"), where, "match.exception"), kernel=kernel,
             evidence=_strs(match.get("evidence"), where, "match.evidence"),
-            evidence_any=_strs(match.get("evidence_any"), where, "match.evidence_any"),
+            evidence_any=_strs(match.get("evidence_any"), where, "match.evidence_any"), text=text,
         )
         if issue.conditions() == 0:
             raise CatalogError(f"{where}: [issue.match] has no condition; it would match every fault")
@@ -191,10 +202,25 @@ def parse(data: bytes | str, source: str = "<catalog>") -> Catalog:
     return cat
 
 
+def builtin_files() -> list[str]:
+    """The built-in catalog's files (``BUILTIN/*.toml``), in name order."""
+    return sorted(os.path.join(BUILTIN, n) for n in os.listdir(BUILTIN) if n.endswith(".toml"))
+
+
 def load(extra: list[str] | None = None) -> Catalog:
-    """The built-in catalog, extended by ``extra`` files in order (later entries replace earlier)."""
-    with open(BUILTIN, "rb") as f:
-        cat = parse(f.read(), BUILTIN)
+    """The built-in catalog, extended by ``extra`` files in order (later entries replace earlier).
+    Raises CatalogError for a bad file, or an id two built-in files both define; OSError for a file
+    that cannot be read."""
+    cat = Catalog()
+    for path in builtin_files():
+        with open(path, "rb") as f:
+            part = parse(f.read(), path)
+        twice = {i.id for i in cat.issues} & {i.id for i in part.issues}
+        if twice:
+            raise CatalogError(f"{path}: ids already defined by another built-in file: {sorted(twice)}")
+        cat.issues += part.issues
+        cat.xids.update(part.xids)
+        cat.sources.append(path)
     for path in extra or []:
         with open(path, "rb") as f:
             more = parse(f.read(), path)

@@ -96,9 +96,15 @@ class FaultRecord:
         self.kernel_family = fingerprint.kernel_family(self.kernel) if self.kernel else ""
         self.signature = fingerprint.signature(self.exception, self.kernel, self.top_frame)
         self.kind = fault_kind(self.source, self.exception_class, f"{self.exception} {self.cuda_error}")
-        match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence))
+        match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence), self.text())
         self.known_issue = match.as_dict() if match else None
         return self
+
+    def text(self) -> str:
+        """What a catalog ``text`` regex searches: the exception, CUDA error, kernel, frame, the log lines
+        that carried the failure and the notes (the engine's death chain, an XID's detail)."""
+        parts = [self.exception, self.cuda_error, self.kernel, self.top_frame, *self.log.get("lines", ()), *self.notes]
+        return "\n".join(p for p in parts if p)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,6 +261,7 @@ def from_log(report: LogReport, path: str, catalog: Catalog) -> FaultRecord:
         detail.update(tma_shape=report.tma_shape, tma_strides=report.tma_strides)
     if report.error_type:
         detail["error_type"] = report.error_type
+    detail["lines"] = list(report.lines)
     rec = FaultRecord(
         source="log", exception=report.exception, exception_class="", kernel=report.kernel, top_frame=report.frame,
         evidence=list(report.evidence), cuda_error=report.cuda_error,

@@ -9,7 +9,7 @@ from typing import Any
 
 from sentinel.triage.records import FaultRecord
 
-__all__ = ["render_list", "render_report"]
+__all__ = ["render_known", "render_list", "render_report"]
 
 
 def render_list(rows: list[dict[str, Any]]) -> str:
@@ -28,6 +28,21 @@ def render_list(rows: list[dict[str, Any]]) -> str:
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def render_known(ki: dict[str, Any] | None) -> list[str]:
+    """The lines of a catalog match (``KnownIssue.as_dict``), indented for a report; None: none matched."""
+    if not ki:
+        return ["  known issue none matched"]
+    lines = [f"  known issue {ki['id']}: {ki['title']}"]
+    for label, key in (("cause", "root_cause"), ("fix", "remediation")):
+        if ki.get(key):
+            lines.append(textwrap.fill(ki[key], width=100, initial_indent=f"    {label:<10}", subsequent_indent=" " * 14))
+    if ki.get("reference"):
+        lines.append(f"    reference {ki['reference']}")
+    if ki.get("runbook"):
+        lines.append(f"    runbook   {ki['runbook']}")
+    return lines
 
 
 def render_report(rec: FaultRecord) -> str:
@@ -62,19 +77,7 @@ def render_report(rec: FaultRecord) -> str:
     if ident:
         lines.append(f"  process     pid {ident.get('pid')} rank {ident.get('rank')} job {ident.get('job') or '-'} "
                      f"host {ident.get('host')} {('pod ' + ident['pod']) if ident.get('pod') else ''}".rstrip())
-    ki = rec.known_issue
-    if ki:
-        lines.append(f"  known issue {ki['id']}: {ki['title']}")
-        for label, key in (("cause", "root_cause"), ("fix", "remediation")):
-            if ki.get(key):
-                lines.append(textwrap.fill(ki[key], width=100, initial_indent=f"    {label:<10}",
-                                           subsequent_indent=" " * 14))
-        if ki.get("reference"):
-            lines.append(f"    reference {ki['reference']}")
-        if ki.get("runbook"):
-            lines.append(f"    runbook   {ki['runbook']}")
-    else:
-        lines.append("  known issue none matched")
+    lines += render_known(rec.known_issue)
     if rec.evidence:
         lines.append(f"  evidence    {', '.join(rec.evidence)}")
     if rec.last_records:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sentinel.triage import catalog
 
 SOURCE = "fuzz.toml"
-BUILTIN = open(catalog.BUILTIN, "rb").read()
+BUILTIN = b"\n".join(open(p, "rb").read() for p in catalog.builtin_files())
 
 
 def toml(value: object) -> str:
@@ -68,7 +68,8 @@ def issues(draw: st.DrawFn, ident: str) -> dict:
     match = {}
     for key, strat in (("exception", WORDS), ("kernel", st.sampled_from(["fmha", "^at::native::", "gather|scatter",
                                                                          "(?i)paged_.*"])),
-                       ("evidence", WORDS), ("evidence_any", WORDS)):
+                       ("evidence", WORDS), ("evidence_any", WORDS),
+                       ("text", st.sampled_from(["illegal memory", "^RuntimeError", "NCCL WARN .*"]))):
         if draw(st.booleans()):
             match[key] = draw(strat)
     if not any(match.get(k) for k in match):

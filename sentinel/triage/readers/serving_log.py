@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from sentinel_hooks import frames
 
-__all__ = ["KIND", "LogReport", "looks_like", "parse"]
+__all__ = ["KIND", "MAX_LINES", "LogReport", "looks_like", "parse"]
 
 KIND = "serving log"
+MAX_LINES = 64  # failure lines kept per report, 400 characters each
 
 _MARKER = re.compile(rb"CUDA error: |device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
                      rb"CUDA out of memory|illegal memory access|misaligned address|an illegal instruction|"
@@ -46,6 +47,7 @@ _SHAPE = re.compile(r"^\s*Shape:((?:\s+\d+)+)\s*$")
 _STRIDE = re.compile(r"^\s*Stride:((?:\s+\d+)+)\s*$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]{1,500})", line (?P<line>\d+), in (?P<func>\S+)')
 _ERROR_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)): (?P<msg>.{0,300})$")
+_NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
 _DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80})")
 
@@ -58,12 +60,15 @@ class LogReport:
     ``assertion``: (source file, line, condition) of a device-side assert, with ``block`` and
     ``thread`` of the first failing thread; ``tma_shape`` / ``tma_strides``: the descriptor's dump;
     ``frame``: the innermost application frame of the traceback; ``chain``: the engine's death
-    messages, in order; ``evidence``: catalog evidence keys the text supports.
+    messages, in order; ``evidence``: catalog evidence keys the text supports; ``lines``: the lines
+    that carried the failure (error, assert, TMA, ``NCCL WARN`` and death lines, prefixes removed; at
+    most MAX_LINES), which a catalog ``text`` regex searches.
     """
 
     exception: str = ""
     cuda_error: str = ""  # the first "CUDA error: ..." text, whatever the failure's own text is
     error_type: str = ""
+    error_line: str = ""  # the first "SomeError: message" line that ends a traceback
     assertion: tuple[str, int, str] | None = None
     asserts: int = 0
     block: str = ""
@@ -73,6 +78,8 @@ class LogReport:
     frame: str = ""
     chain: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    nccl_warnings: int = 0
 
     @property
     def ok(self) -> bool:
@@ -113,6 +120,14 @@ def _package_path(path: str) -> str:
 def parse(text: str) -> LogReport:
     """Read the first failure of ``text`` and the traceback around it. Never raises."""
     rep = LogReport()
+    seen: set[str] = set()
+
+    def keep(line: str) -> None:
+        line = line.strip()[:400]
+        if len(rep.lines) < MAX_LINES and line not in seen:  # every rank logs the same error
+            seen.add(line)
+            rep.lines.append(line)
+
     tracebacks: list[list[tuple[str, int, str]]] = []
     current: list[tuple[str, int, str]] | None = None
     shape: list[int] = []
@@ -139,9 +154,13 @@ def parse(text: str) -> LogReport:
         e = _ERROR_LINE.match(line.strip())
         if e and current is not None:
             rep.error_type = rep.error_type or e["type"].rsplit(".", 1)[-1]
+            rep.error_line = rep.error_line or line.strip()[:400]
+            keep(line)
             current = None
         a = _ASSERT.search(line)
         if a:
+            if rep.asserts < 4:
+                keep(line)
             rep.asserts += 1
             if rep.assertion is None:
                 rep.assertion = (a["file"], int(a["line"]), a["cond"])
@@ -150,6 +169,7 @@ def parse(text: str) -> LogReport:
             continue
         t = _TMA.search(line)
         if t:
+            keep(line)
             in_tma = True
             rep.exception = rep.exception or t[0].strip()
             continue
@@ -164,14 +184,16 @@ def parse(text: str) -> LogReport:
                 rep.tma_strides = [int(x) for x in s[1].split()[:8] if len(x) <= 20]
                 in_tma = False
                 continue
-        c = _CUDA_ERROR.search(line)
+        c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
+        if c or o or w or d:
+            keep(line)
         if c:
             rep.cuda_error = rep.cuda_error or f"CUDA error: {c[1].strip()}"
             rep.exception = rep.exception or rep.cuda_error
-        o = _OOM.search(line)
         if o and not rep.exception:
             rep.exception = o[1].strip()
-        d = _DEATH.search(line)
+        if w:
+            rep.nccl_warnings += 1
         if d and len(rep.chain) < 8:
             rep.chain.append(d[1].strip())
     # The innermost application frame of the first traceback that has one (the raising thread's;
@@ -181,12 +203,16 @@ def parse(text: str) -> LogReport:
         if where:
             rep.frame = where
             break
+    if not rep.exception and rep.chain:  # the engine died of a Python exception: its text is the failure
+        rep.exception = rep.error_line or rep.chain[0]
     rep.evidence = _evidence(rep)
     return rep
 
 
 def _evidence(rep: LogReport) -> list[str]:
     ev = set()
+    if rep.nccl_warnings:
+        ev.add("nccl_warn")
     if rep.assertion and re.search(r"index out of bounds|idx_dim|index_size|out of range", rep.assertion[2], re.I):
         ev.add("index_out_of_bounds")
     if rep.tma_strides:

@@ -110,6 +110,29 @@ class WatchdogReport:
     def ok(self) -> bool:
         return bool(self.timeouts or self.pg_status or self.desyncs or self.nccl_warnings)
 
+    def evidence(self) -> list[str]:
+        """Catalog evidence keys: ``collective_hang``, ``desync_report``, ``never_joined`` (a culprit that
+        did not join a collective), ``nccl_warn``."""
+        ev = set()
+        if self.timeouts or self.pg_status or self.desyncs:
+            ev.add("collective_hang")
+        if self.desyncs:
+            ev.add("desync_report")
+        if any("join" in text for d in self.desyncs for _, text in d.culprits):
+            ev.add("never_joined")
+        if self.nccl_warnings:
+            ev.add("nccl_warn")
+        return sorted(ev)
+
+    def text(self) -> str:
+        """What a catalog ``text`` regex searches: the timed-out works, the culprits' lines and the
+        NCCL WARN lines."""
+        parts = [f"WorkNCCL(SeqNum={t.seq}, OpType={t.op}, Timeout(ms)={t.timeout_ms})" for t in self.timeouts[:4]]
+        parts += [f"Timeout at collective: {d.op}, #{d.seq}" for d in self.desyncs[:4]]
+        parts += [text for d in self.desyncs[:4] for _, text in d.culprits[:8]]
+        parts += [f"NCCL WARN {w}" for w in dict.fromkeys(self.nccl_warnings)][:32]
+        return "\n".join(parts)
+
     def culprit_ranks(self) -> list[int]:
         """The ranks a desync report names as lagging, dead or mismatched, in order, once each."""
         return list(dict.fromkeys(r for d in self.desyncs for ranks, _ in d.culprits for r in ranks))
