@@ -6,6 +6,7 @@
       faults/         each process's faulthandler dump (faulthandler_<host>_<pid>.log)
       fr/             PyTorch Flight Recorder dumps (TORCH_FR_DUMP_TEMP_FILE points here)
       evidence/       what a trap saw, as JSON
+      logs/           the output `sentinel run --log-tap` copied from each command (<host>.<pid>.log)
       hooks/          the versioned copy of the hooks package `sentinel run` puts on PYTHONPATH
       journal.sqlite  the daemon's journal
       catalog.toml    known issues of this site (optional; read by the daemon)
@@ -21,7 +22,7 @@ import tempfile
 from . import env
 
 __all__ = ["default_dir", "rings_dir", "cores_dir", "faults_dir", "fr_dir", "evidence_dir", "hooks_dir",
-           "journal_path", "catalog_path", "faulthandler_path", "fr_dump_prefix"]
+           "logs_dir", "tap_log_path", "tap_log_pid", "journal_path", "catalog_path", "faulthandler_path", "fr_dump_prefix"]
 
 
 def default_dir() -> str:
@@ -61,6 +62,26 @@ def evidence_dir(base: str | None = None) -> str:
 def hooks_dir(base: str) -> str:
     """``base``/hooks: the versioned copies of the hooks that `sentinel run` puts on PYTHONPATH."""
     return os.path.join(base, "hooks")
+
+
+def logs_dir(base: str) -> str:
+    """``base``/logs: the output of the commands `sentinel run --log-tap` ran, one file each."""
+    return os.path.join(base, "logs")
+
+
+def tap_log_path(base: str, host: str, pid: int) -> str:
+    """The tapped output of the command ``pid`` on ``host`` (stdout and stderr, whole lines)."""
+    name = f"{host}.{pid}.log".replace(os.sep, "_").replace("\0", "_")
+    return os.path.join(logs_dir(base), name)
+
+
+def tap_log_pid(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a ``tap_log_path`` file name; None for another name."""
+    stem, dot, ext = name.rpartition(".")
+    host, _, pid = stem.rpartition(".")
+    if ext != "log" or not host or not pid.isdigit() or len(pid) > 10:
+        return None
+    return host, int(pid)
 
 
 def journal_path(base: str) -> str:

@@ -61,6 +61,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pod-resources-socket", metavar="PATH", default=None,
                    help="node mode: attribute each GPU's XIDs to the pods holding it, from the kubelet's pod-resources "
                         "API at PATH (/var/lib/kubelet/pod-resources/kubelet.sock; needs sentinel-gpu[node])")
+    p.add_argument("--log-file", action="append", default=[], metavar="GLOB",
+                   help="follow serving logs matching GLOB (repeatable), e.g. a node's container logs "
+                        "'/var/log/pods/*/*/*.log': a CUDA error, device assert or engine death written there becomes "
+                        "a fault record at once. DIR/logs/ (`sentinel run --log-tap`) is always followed")
+    p.add_argument("--kmsg", default="/dev/kmsg", metavar="PATH",
+                   help="follow the kernel log for NVIDIA Xid lines: /dev/kmsg (needs CAP_SYSLOG where "
+                        "kernel.dmesg_restrict=1; without it, XIDs come from NVML only) or a file in its format; "
+                        "'off' to not (default: /dev/kmsg)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             cores_per_signature=args.cores_per_signature, catalogs=args.catalog, nvml=not args.no_nvml,
             group=group, consequence_window_s=args.consequence_window, dead_ttl_s=args.dead_ttl,
             crash_grace_s=args.crash_grace, pod_resources_socket=args.pod_resources_socket,
+            log_files=args.log_file, kmsg="" if args.kmsg == "off" else args.kmsg,
         ))
     except (CatalogError, JournalError, OSError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

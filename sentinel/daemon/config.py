@@ -40,4 +40,6 @@ class DaemonConfig:
     # cores/ folder is listed once more before giving up).
     crash_grace_s: float = 2.0
     consequence_window_s: float = records.CONSEQUENCE_WINDOW_S  # deaths this close to a related fault follow from it
+    log_files: list[str] = field(default_factory=list)  # globs of serving logs to follow (besides DIR/logs/)
+    kmsg: str = ""  # the kernel log to follow for XIDs (/dev/kmsg, or a file in its format); "": off
     group: int | None = None  # share what the daemon creates with this gid (setgid dirs 2770, files 0640)

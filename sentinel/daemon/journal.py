@@ -266,6 +266,13 @@ class Journal:
             )
         return cur.lastrowid if cur.rowcount else None
 
+    def update_fault(self, rec: Any) -> None:
+        """Save a journaled fault's record again (``rec.id``), with the evidence merged into it; its
+        signature, class and known-issue columns (what was counted and paged) stay."""
+        with self.db:
+            self.db.execute("UPDATE faults SET record = ?, core_path = ? WHERE id = ?",
+                            (json.dumps(rec.as_dict(), default=str), rec.core_path, rec.id))
+
     def fault(self, fault_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT id, record, core_deleted FROM faults WHERE id = ?", (fault_id,)).fetchone()
         if row is None:

@@ -2,8 +2,9 @@
 
 One poll thread owns all mutable state (``DaemonContext`` and the watchers). After each poll it
 publishes a ``Snapshot``, which the HTTP exporter thread reads without locks. The watchers run in
-data-flow order: the rings first (what the processes said and who died), then what is derived
-from them (hangs, Flight Recorder evidence for those hangs, fault records), then the GPUs.
+data-flow order: the rings first (what the processes said and who died), their logs, then what is
+derived from them (hangs, Flight Recorder evidence for those hangs, fault records), then the GPUs
+(the kernel log's XIDs, NVML's).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from sentinel.daemon.watchers.faults import FaultWatcher
 from sentinel.daemon.watchers.flight_recorder import FlightRecorderWatcher
 from sentinel.daemon.watchers.gpus import GpuWatcher
 from sentinel.daemon.watchers.hangs import HangWatcher
+from sentinel.daemon.watchers.kernel_log import KernelLogWatcher
+from sentinel.daemon.watchers.logs import LogWatcher
 from sentinel.daemon.watchers.rings import RingWatcher
 
 __all__ = ["Daemon", "DaemonConfig"]
@@ -51,11 +54,14 @@ class Daemon:
         self.ctx = DaemonContext.open(config)
         self.rings = RingWatcher(self.ctx)
         self.faults = FaultWatcher(self.ctx, self.rings)
-        self.gpus = GpuWatcher(self.ctx)
+        self.logs = LogWatcher(self.ctx, self.rings, self.faults)
+        self.gpus = GpuWatcher(self.ctx, self.faults)
+        self.kernel_log = KernelLogWatcher(self.ctx, self.gpus)
         self.hangs = HangWatcher(self.ctx, self.gpus)
         self.flight_recorder = FlightRecorderWatcher(self.ctx, self.hangs)
         # The order they are polled in (data flow); adding a watcher is one line here.
-        self.watchers: list[Watcher] = [self.rings, self.hangs, self.flight_recorder, self.faults, self.gpus]
+        self.watchers: list[Watcher] = [self.rings, self.logs, self.hangs, self.flight_recorder, self.faults,
+                                        self.kernel_log, self.gpus]
         self.polls = 0
         self._last_poll_s = 0.0
         self._next_persist = 0.0

@@ -61,6 +61,7 @@ class NvmlMonitor:
         self.events: queue.SimpleQueue[XidEvent] = queue.SimpleQueue()
         self._nv: Any = None
         self._handles: list[Any] = []
+        self._pci: dict[str, tuple[str, str]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if not enabled:
@@ -120,6 +121,34 @@ class NvmlMonitor:
                 self.events.put(XidEvent(str(idx), uuid, int(data.eventData), pids, time.time(), pods))
             except Exception as exc:
                 log.warning("could not read an XID event", extra={"error": str(exc)})
+
+    def _pci_map(self) -> dict[str, tuple[str, str]]:
+        """PCI address as the kernel log writes it ("0000:3b:00") -> (NVML index, UUID); built once."""
+        if self._pci is None:
+            self._pci = {}
+            for i, h in enumerate(self._handles):
+                try:
+                    bus = _s(self._nv.nvmlDeviceGetPciInfo(h).busId).lower()  # "00000000:3b:00.0"
+                    domain, rest = bus.split(":", 1)
+                    self._pci[f"{int(domain, 16):04x}:{rest.rsplit('.', 1)[0]}"] = (str(i), _s(self._nv.nvmlDeviceGetUUID(h)))
+                except Exception:
+                    continue
+        return self._pci
+
+    def index_for_pci(self, pci: str) -> str | None:
+        """The NVML index (as a string) of the GPU at ``pci`` ("0000:3b:00", as in an Xid line); None
+        without NVML or for an address it does not know."""
+        if not self.ok:
+            return None
+        hit = self._pci_map().get(pci.lower().rsplit(".", 1)[0] if pci.count(".") else pci.lower())
+        return hit[0] if hit else None
+
+    def uuid_for_pci(self, pci: str) -> str:
+        """The UUID of the GPU at ``pci``; "" when not known."""
+        if not self.ok:
+            return ""
+        hit = self._pci_map().get(pci.lower().rsplit(".", 1)[0] if pci.count(".") else pci.lower())
+        return hit[1] if hit else ""
 
     def sample(self) -> list[GpuSample]:
         if not self.ok:

@@ -108,6 +108,12 @@ class Snapshot:
     triage_sum: float = 0.0
     fr_rejected: int = 0
     gdb_rejected: int = 0
+    faults_merged: int = 0  # sightings merged into an existing fault record (a log line, then its coredump)
+    log_files: int = 0  # serving logs followed
+    log_bytes: int = 0
+    log_failures: int = 0  # failures read from serving logs
+    kmsg_xids: int = 0  # XID lines read from the kernel log
+    kmsg_lost: int = 0  # kernel log records overwritten before the daemon read them
     rejected: dict[str, int] = field(default_factory=dict)
     ingested: int = 0
     polls: int = 0

@@ -157,6 +157,18 @@ def daemon_families(snap: Snapshot) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "sentinel_ring_delete_errors", "Dead processes' rings the daemon could not delete (not its own to delete: "
         "see the daemon log); SENTINEL_DIR fills up.", value=snap.ring_delete_errors)
+    yield GaugeMetricFamily("sentinel_log_files_followed", "Serving logs the daemon follows (DIR/logs/ and --log-file).",
+                            value=snap.log_files)
+    yield CounterMetricFamily("sentinel_log_read_bytes", "Bytes of serving logs read.", value=snap.log_bytes)
+    yield CounterMetricFamily("sentinel_log_failures", "Failures (CUDA errors, device asserts, engine deaths) read from "
+                              "serving logs; each is a fault record, or evidence merged into one.", value=snap.log_failures)
+    yield CounterMetricFamily("sentinel_fault_sightings_merged", "Sightings of a failure merged into the fault record "
+                              "of the same process (a log line, then its death, coredump or XID): paged once.",
+                              value=snap.faults_merged)
+    yield CounterMetricFamily("sentinel_kernel_log_xids", "NVRM Xid lines read from the kernel log (--kmsg).",
+                              value=snap.kmsg_xids)
+    yield CounterMetricFamily("sentinel_kernel_log_lost", "Kernel log records overwritten before the daemon read them.",
+                              value=snap.kmsg_lost)
     yield CounterMetricFamily(
         "sentinel_journal_write_errors", "Journal writes that failed (e.g. a full disk); the daemon runs on and retries.",
         value=snap.journal_errors,

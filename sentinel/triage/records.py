@@ -90,6 +90,7 @@ class FaultRecord:
     kind: str = ""  # cuda | crash | killed (see fault_kind)
     died_at: float = 0.0  # when the daemon saw the process die (0: not known, e.g. a transcript)
     consequence_of: int | None = None  # the id of the fault this death followed from (see is_consequence)
+    seen_as: list[str] = field(default_factory=list)  # the other sources that saw this fault (see absorb)
 
     def finish(self, catalog: Catalog) -> FaultRecord:
         self.exception_class = fingerprint.exception_class(self.exception)
@@ -99,6 +100,30 @@ class FaultRecord:
         match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence), self.text())
         self.known_issue = match.as_dict() if match else None
         return self
+
+    def absorb(self, other: FaultRecord, catalog: Catalog) -> None:
+        """Take in ``other``, the same failure seen another way (the process's log line, its death, its
+        GPU coredump, an XID): its evidence and notes join, and what this record lacks (kernel, frame,
+        cuda-gdb's report, the coredump, the faulthandler dump, the ring's last records) is filled in;
+        the known issue is matched again on all of it. The signature, exception and kind stay as first
+        recorded: the fault was paged with them."""
+        self.seen_as.append(other.source)
+        self.evidence = sorted(set(self.evidence) | set(other.evidence))
+        for name in ("kernel", "top_frame", "cuda_error", "faulthandler", "core_path", "core_bytes", "gdb",
+                     "last_records", "triage_seconds", "died_at"):
+            if not getattr(self, name) and getattr(other, name):
+                setattr(self, name, getattr(other, name))
+        if self.kernel and not self.kernel_family:
+            self.kernel_family = fingerprint.kernel_family(self.kernel)
+        self.identity = {**other.identity, **self.identity}
+        lines = list(dict.fromkeys([*self.log.get("lines", ()), *other.log.get("lines", ())]))
+        self.log = {**other.log, **self.log, **({"lines": lines} if lines else {})}
+        self.notes.append(f"also seen as {other.source}: {other.exception}"
+                          + (f" in {other.kernel}" if other.kernel else ""))
+        self.notes += [n for n in other.notes if n not in self.notes]
+        match = catalog.match(self.exception_class, self.kernel_family, set(self.evidence), self.text())
+        if match is not None:
+            self.known_issue = match.as_dict()
 
     def text(self) -> str:
         """What a catalog ``text`` regex searches: the exception, CUDA error, kernel, frame, the log lines
@@ -248,10 +273,12 @@ def from_core(report: GdbReport, core_path: str, state: ProcessState | None, nam
     return rec.finish(catalog)
 
 
-def from_log(report: LogReport, path: str, catalog: Catalog) -> FaultRecord:
+def from_log(report: LogReport, path: str, catalog: Catalog, state: ProcessState | None = None,
+             names: Callable[[int], str] | None = None, base_dir: str = "") -> FaultRecord:
     """The fault record of a serving log (``readers.serving_log``): the failure it logged, the kernel
     a device assert names, the innermost application frame of its traceback, the evidence its text
-    supports, the engine's death chain as notes."""
+    supports, the engine's death chain as notes. With the process's ring ``state`` (the daemon, live),
+    its identity, probe evidence and last records join in."""
     detail: dict[str, Any] = {}
     if report.assertion:
         detail.update(assert_file=report.assertion[0], assert_line=report.assertion[1],
@@ -264,9 +291,14 @@ def from_log(report: LogReport, path: str, catalog: Catalog) -> FaultRecord:
     detail["lines"] = list(report.lines)
     rec = FaultRecord(
         source="log", exception=report.exception, exception_class="", kernel=report.kernel, top_frame=report.frame,
-        evidence=list(report.evidence), cuda_error=report.cuda_error,
+        evidence=sorted(set(report.evidence) | set(evidence_from(state))), cuda_error=report.cuda_error,
         log=detail, notes=list(report.chain), dedupe_key=f"log:{os.path.abspath(path)}",
     )
+    if state is not None:
+        rec.identity = dict(state.identity)
+        rec.last_records = render_records(state.last, names or (lambda tag: ""))
+        if not rec.top_frame:
+            rec.top_frame = exception_texts(state, names or (lambda tag: ""))[1]
     return rec.finish(catalog)
 
 

@@ -1,6 +1,10 @@
 """The faults watcher: GPU coredumps in SENTINEL_DIR/cores/ and processes that died, turned into
 fingerprinted fault records, linked to the fault they follow from, journaled, and kept within the
-coredump retention."""
+coredump retention.
+
+One failure is one record, however many ways it is seen: a process's log line (the logs watcher), its
+death, its GPU coredump and an XID naming its pid, within ``merge_window_s`` of each other, are
+merged into the first record (``FaultRecord.absorb``), which alone is counted and paged."""
 
 from __future__ import annotations
 
@@ -51,6 +55,11 @@ class FaultWatcher:
                 info = consequences.FaultInfo.of(rec)
                 self._causes.add(info)
                 self._fault_info.append(info)
+        # The records of the last merge window by process ((host, pid), or the log file of an
+        # unattributed failure), and the XIDs of the last window that named pids.
+        self._recent: dict[tuple, records.FaultRecord] = {}
+        self._recent_xids: collections.deque[tuple[float, int, tuple[int, ...], str]] = collections.deque(maxlen=256)
+        self.merged = 0  # evidence merged into an existing record instead of a record of its own
         self.triage_seconds: list[float] = []
         self.gdb_rejected = 0  # cuda-gdb transcripts with no exception or kernel in them
         for state in ctx.states.values():
@@ -80,6 +89,7 @@ class FaultWatcher:
             "triage_count": len(self.triage_seconds),
             "triage_sum": sum(self.triage_seconds),
             "gdb_rejected": self.gdb_rejected,
+            "faults_merged": self.merged,
         }
 
     def close(self) -> None:
@@ -113,7 +123,7 @@ class FaultWatcher:
                                     self.ctx.catalog, res.notes)
             rec.triage_seconds = res.seconds
             self.triage_seconds.append(res.seconds)
-            self._journal_fault(rec)
+            self.journal_fault(rec)
             self._retain(rec.signature)
 
     def _record_deaths(self) -> None:
@@ -140,7 +150,7 @@ class FaultWatcher:
             del pending[ring]
             state = self.ctx.states[ring]
             state.crash_checked = state.dirty = True
-            self._journal_fault(rec)
+            self.journal_fault(rec)
 
     def _core_on_disk(self, pid: int | None) -> bool:
         """Whether cores/ holds a dump of ``pid`` that file events have not brought yet: offered now."""
@@ -178,7 +188,69 @@ class FaultWatcher:
                 return True
         return False
 
-    def _journal_fault(self, rec: records.FaultRecord) -> None:
+    @property
+    def merge_window_s(self) -> float:
+        """How far apart two sightings of one process's failure may be: a log line comes first, its
+        GPU coredump up to crash_grace_s + gdb_timeout_s later."""
+        c = self.ctx.config
+        return max(c.consequence_window_s, c.crash_grace_s + c.gdb_timeout_s + 5.0)
+
+    @staticmethod
+    def _key(rec: records.FaultRecord) -> tuple:
+        ident = rec.identity or {}
+        if ident.get("pid") is not None:
+            return ("pid", ident.get("host", ""), ident["pid"])
+        if rec.source == "log":  # no process known: one record per failure window of that file
+            return ("file", rec.dedupe_key.split(":")[1] if ":" in rec.dedupe_key else rec.dedupe_key)
+        return ("key", rec.dedupe_key)
+
+    def attach_xid(self, xid: int, pids: tuple[int, ...], detail: str, at: float) -> None:
+        """An XID that named ``pids`` (the kernel log's pid=, NVML's compute processes): evidence
+        ``xid_<N>`` for their fault records, now and for those made within the merge window."""
+        self._recent_xids.append((at, xid, pids, detail))
+        for rec in self._recent.values():
+            if rec.identity.get("pid") in pids and f"xid_{xid}" not in rec.evidence and rec.id is not None:
+                self._add_xid(rec, xid, detail)
+                self._update(rec)
+
+    def _add_xid(self, rec: records.FaultRecord, xid: int, detail: str) -> None:
+        rec.evidence = sorted(set(rec.evidence) | {f"xid_{xid}"})
+        rec.notes.append(f"Xid {xid}: {detail}"[:300])
+        rec.seen_as.append("xid")
+        match = self.ctx.catalog.match(rec.exception_class, rec.kernel_family, set(rec.evidence), rec.text())
+        if match is not None:
+            rec.known_issue = match.as_dict()
+
+    def _update(self, rec: records.FaultRecord) -> None:
+        try:
+            self.ctx.journal.update_fault(rec)
+        except Exception:
+            self.ctx.journal_failed("journal write failed for a fault's merged evidence")
+
+    def journal_fault(self, rec: records.FaultRecord) -> None:
+        """Journal, count, export and log a fault record, or merge it into the record of the same
+        failure seen another way in the last ``merge_window_s`` (journaled again, not counted again)."""
+        now = time.time()
+        window = self.merge_window_s
+        self._recent = {k: r for k, r in self._recent.items() if now - r.created_at <= window}
+        pid = (rec.identity or {}).get("pid")
+        for at, xid, pids, detail in self._recent_xids:
+            if pid in pids and now - at <= window and f"xid_{xid}" not in rec.evidence:
+                self._add_xid(rec, xid, detail)
+        key = self._key(rec)
+        first = self._recent.get(key)
+        if first is not None and first.id is not None and first.dedupe_key != rec.dedupe_key:
+            first.absorb(rec, self.ctx.catalog)
+            self.merged += 1
+            self._update(first)
+            log.info("fault evidence merged", extra={"fault_id": first.id, "source": rec.source,
+                                                     "exception": rec.exception, "signature": rec.signature})
+            return
+        self._record(rec)
+        if rec.id is not None:
+            self._recent[key] = rec
+
+    def _record(self, rec: records.FaultRecord) -> None:
         window = self.ctx.config.consequence_window_s
         self._causes.prune(time.time() - 2 * window)
         cause = self._causes.cause_of(rec, window, self.ctx.hooked)

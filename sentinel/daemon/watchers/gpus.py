@@ -1,5 +1,6 @@
-"""The GPU watcher: NVML's XID events (attributed to processes, and to pods in node mode) and a
-sample of each GPU's utilisation and memory every two seconds."""
+"""The GPU watcher: XID events (NVML's, and the kernel log's through ``watchers.kernel_log``),
+attributed to processes (and to pods in node mode), and a sample of each GPU's utilisation and
+memory every two seconds. An XID both sources report is counted once."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ from typing import Any
 
 from sentinel.daemon.context import DaemonContext
 from sentinel.daemon.nvml import GpuSample, NvmlMonitor, XidEvent
+from sentinel.daemon.watchers.faults import FaultWatcher
 
 __all__ = ["GpuWatcher"]
 
 log = logging.getLogger("sentinel.daemon")
 SAMPLE_INTERVAL_S = 2.0
+SAME_XID_S = 5.0  # NVML and the kernel log report one XID this close together (seconds)
 
 
 class GpuWatcher:
     """NVML, read on its own thread (``NvmlMonitor``); XIDs journaled and counted here."""
 
-    def __init__(self, ctx: DaemonContext) -> None:
+    def __init__(self, ctx: DaemonContext, faults: FaultWatcher | None = None) -> None:
         self.ctx = ctx
+        self.faults = faults
+        self._last: dict[tuple[str, int], tuple[float, str]] = {}  # (gpu, xid) -> (when, source)
         attribute = None
         if ctx.config.nvml and ctx.config.pod_resources_socket:
             from sentinel.daemon.podresources import PodAttribution
@@ -54,9 +59,20 @@ class GpuWatcher:
         """Each GPU's state now (NVML; [] without it). Safe from any thread."""
         return self.nvml.sample()
 
-    def record_xid(self, ev: XidEvent) -> None:
-        """Journal, count and log one XID event (NVML's thread delivers them; tests may too)."""
+    def record_xid(self, ev: XidEvent, source: str = "nvml", detail: str = "") -> None:
+        """Journal, count and log one XID event (NVML's thread and the kernel-log watcher deliver them;
+        tests may too), unless the other source reported it within SAME_XID_S; either way, the fault
+        records of its pids get it as evidence."""
         info = self.ctx.catalog.xid(ev.xid)
+        if self.faults is not None and ev.pids:
+            self.faults.attach_xid(ev.xid, ev.pids, detail or info.name, ev.at)
+        key = (ev.gpu, ev.xid)
+        prev = self._last.get(key)
+        self._last[key] = (ev.at, source)
+        if prev is not None and prev[1] != source and ev.at - prev[0] <= SAME_XID_S:
+            return  # the same event, seen by the other source
+        if len(self._last) > 4096:
+            self._last = {k: v for k, v in self._last.items() if ev.at - v[0] <= SAME_XID_S}
         procs = [s for s in self.ctx.states.values() if s.identity.get("pid") in ev.pids]
         try:
             self.ctx.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at, ev.pods)
@@ -67,6 +83,6 @@ class GpuWatcher:
             self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
         log.error("gpu xid", extra={
             "gpu": ev.gpu, "uuid": ev.uuid, "xid": ev.xid, "xid_name": info.name, "severity": info.severity,
-            "meaning": info.meaning, "action": info.action, "pids": list(ev.pids),
+            "meaning": info.meaning, "action": info.action, "pids": list(ev.pids), "source": source, "detail": detail,
             "ranks": [s.identity.get("rank") for s in procs], "pods": [f"{ns}/{pod}" for ns, pod in ev.pods],
         })

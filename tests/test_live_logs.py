@@ -1,0 +1,221 @@
+"""The live log and kernel-log paths, with real processes and a real daemon.
+
+- `sentinel run --log-tap`: a hooked process logs a CUDA error and dies; the daemon reads the line from
+  the tap's file and journals a fault record with the process's ring evidence (its probe's
+  out-of-bounds page, hence the known issue), without a coredump. Its death, and an XID naming its
+  pid in a kmsg-format file the daemon follows (``--kmsg FILE``, the reader it uses on /dev/kmsg),
+  merge into that one record: one failure, one record.
+- The tap never holds the host up: a stdout nobody reads (a full pipe) or a reader that has gone,
+  and the host still writes all it wants and exits normally; the tap counts what it dropped.
+- `--log-file GLOB`: a node's container log (CRI format) of a pod with one hooked process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from sentinel.daemon.watchers.logs import plain_line
+from sentinel.logtap import LogFileSink, Sink
+from sentinel_hooks import layout
+
+GUARD_S = 90  # bounds a hang of the test, never the pace it asserts
+
+# A hooked process with an off-by-one page index (the probe sees it), that then logs the CUDA error
+# torch raises and dies of SIGABRT (as a CUDA fault's process usually does: abort in the driver).
+FAULTING = r"""
+import os, signal, sys, time, traceback, torch, sentinel_hooks as sh
+table = torch.randint(0, 100, (8, 4), dtype=torch.int32)
+table[3, 1] = 100  # one past the 100 pages
+for _ in range(3):
+    sh.check_paged_kv(table, 100, name="attn")
+    sh.step()
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+def forward():
+    raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                       "asynchronously reported at some other API call, so the stacktrace below might be incorrect.")
+try:
+    forward()
+except RuntimeError:
+    traceback.print_exc()
+sys.stderr.flush()
+sys.stdin.readline()
+os.kill(os.getpid(), signal.SIGABRT)
+"""
+
+
+def _faults(h, base: str) -> list[dict]:
+    res = h.run([h.sentinel, "triage", "--list", "--json", "--dir", base], env=h.env())
+    return json.loads(res.stdout) if res.returncode == 0 and res.stdout.strip() else []
+
+
+def _fault(h, base: str, fid: int) -> dict:
+    res = h.run([h.sentinel, "triage", "--fault", str(fid), "--json", "--dir", base], env=h.env())
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_logged_cuda_error_its_death_and_its_xid_are_one_fault_record(h, tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("")
+    d = h.daemon(args=("--no-nvml", "--kmsg", str(kmsg)))
+    proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--eager", "--log-tap", "--", h.python, "-c", FAULTING],
+                   env=h.env(), stdin=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+    # The log line alone: a record, attributed to the process, with its ring's evidence.
+    rows = h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the fault record of the logged error")
+    assert len(rows) == 1
+    rec = _fault(h, h.dir, rows[0]["id"])
+    assert rec["source"] == "log" and rec["kind"] == "cuda" and rec["exception_class"] == "illegal_address"
+    assert rec["identity"]["pid"] == pid
+    assert "page_table_oob" in rec["evidence"]
+    assert rec["known_issue"]["id"] == "paged-kv-page-index-off-by-one"
+    assert rec["top_frame"] == "<string>:11 in forward"
+    assert any(r["kind"] == "probe" for r in rec["last_records"])
+    assert rec["core_path"] == "" and rec["log"]["lines"]
+
+    # Its death: merged into it, not a record of its own.
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.wait(timeout=GUARD_S) == 128 + 6  # sentinel run passes the command's death on
+    h.wait_for(lambda: _metric(d.scrape(), "sentinel_fault_sightings_merged_total") >= 1, timeout=GUARD_S,
+               what="the death merged into the record")
+    # An XID in the kernel log naming its pid: evidence of the same record.
+    with open(kmsg, "a") as f:
+        f.write(f"3,2212,73581234,-;NVRM: Xid (PCI:0000:3b:00): 31, pid={pid}, name=python3, Ch 00000008, intr "
+                "10000000. MMU Fault: ENGINE GRAPHICS GPCCLIENT_T1_0 faulted @ 0x7f29_5b8c9000. Fault is of type "
+                "FAULT_PDE ACCESS_TYPE_VIRT_READ\n SUBSYSTEM=pci\n DEVICE=+pci:0000:3b:00.0\n")
+    h.wait_for(lambda: _metric(d.scrape(), "sentinel_gpu_xid_errors_total", gpu="pci:0000:3b:00", xid="31") == 1,
+               timeout=GUARD_S, what="the XID counted")
+    h.wait_for(lambda: "xid_31" in _fault(h, h.dir, rows[0]["id"])["evidence"], timeout=GUARD_S, interval=0.2,
+               what="the XID attached to the fault")
+    rec = _fault(h, h.dir, rows[0]["id"])
+    assert rec["seen_as"] == ["process_crash", "xid"]
+    assert len(_faults(h, h.dir)) == 1
+    scrape = d.scrape()
+    assert _metric(scrape, "sentinel_kernel_log_xids_total") == 1
+    assert sum(_metric(ln, "sentinel_faults_total") for ln in scrape.splitlines()
+               if ln.startswith("sentinel_faults_total")) == 1
+
+
+HOG = r"""
+import os, sys
+chunk = b"x" * 65535 + b"\n"
+for _ in range(256):  # 16 MiB
+    n = os.write(1, chunk)
+    assert n == len(chunk)
+print("done", file=sys.stderr, flush=True)
+"""
+
+
+def test_the_tap_never_blocks_the_host_on_a_full_pipe(h) -> None:
+    r, w = os.pipe()  # nobody reads r: the pipe fills after 64 KiB
+    try:
+        res = subprocess.run([h.sentinel, "run", "--dir", h.dir, "--log-tap", "--", h.python, "-c", HOG],
+                             env=h.env(), stdout=w, stderr=subprocess.PIPE, timeout=GUARD_S)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert res.returncode == 0, res.stderr
+    err = res.stderr.decode()
+    assert "done" in err and re.search(r"dropped \d+ bytes of stdout", err), err
+
+
+def test_the_tap_never_blocks_or_kills_the_host_when_its_reader_has_gone(h) -> None:
+    r, w = os.pipe()
+    os.close(r)  # the reader has gone: writes to w fail with EPIPE
+    try:
+        res = subprocess.run([h.sentinel, "run", "--dir", h.dir, "--log-tap", "--", h.python, "-c", HOG],
+                             env=h.env(), stdout=w, stderr=subprocess.PIPE, timeout=GUARD_S)
+    finally:
+        os.close(w)
+    assert res.returncode == 0, res.stderr
+    logs = list(Path(layout.logs_dir(h.dir)).glob("*.log"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0  # the daemon's copy still has it
+
+
+def test_a_container_log_is_followed_and_attributed_to_its_pod(h, tmp_path: Path) -> None:
+    log_dir = tmp_path / "var" / "log" / "pods" / "serving_llm-0_6f1c9a" / "vllm"
+    log_dir.mkdir(parents=True)
+    log = log_dir / "0.log"
+    log.write_text("2026-11-30T01:00:00.000000000Z stdout F INFO started\n")
+    d = h.daemon(args=("--no-nvml", "--kmsg", "off", "--log-file", str(tmp_path / "var/log/pods/*/*/*.log")))
+    proc = h.spawn_py("import os, sys, sentinel_hooks as sh\nsh.step()\nprint(os.getpid(), flush=True)\nsys.stdin.readline()",
+                      env=h.hooked_env(SENTINEL_POD="llm-0", SENTINEL_NAMESPACE="serving"), stdin=subprocess.PIPE,
+                      text=True)
+    pid = int(proc.stdout.readline())
+    h.wait_for(lambda: any(s.get("pid") == pid for s in h.status_json()), timeout=GUARD_S, what="the ring attached")
+    with open(log, "a") as f:
+        for line in ("Traceback (most recent call last):",
+                     '  File "/usr/local/lib/python3.12/dist-packages/vllm/v1/worker/gpu_model_runner.py", line 1520, '
+                     "in execute_model",
+                     "RuntimeError: CUDA error: an illegal memory access was encountered"):
+            f.write(f"2026-11-30T01:00:01.{time.time_ns() % 10**9:09d}Z stderr F {line}\n")
+    rows = h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the container log's fault")
+    rec = _fault(h, h.dir, rows[0]["id"])
+    assert rec["identity"]["pid"] == pid and rec["identity"]["pod"] == "llm-0"
+    assert rec["top_frame"] == "vllm/v1/worker/gpu_model_runner.py:1520 in execute_model"
+    assert _metric(d.scrape(), "sentinel_log_files_followed") == 1
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
+def test_plain_line_unwraps_cri_and_docker_json_lines() -> None:
+    assert plain_line("2026-11-30T01:00:01.123456789Z stderr F RuntimeError: x") == "RuntimeError: x"
+    assert plain_line("2026-11-30T01:00:01.123456789+00:00 stdout P partial") == "partial"
+    assert plain_line('{"log":"CUDA error: x\\n","stream":"stderr","time":"2026-11-30T01:00:01Z"}') == "CUDA error: x"
+    assert plain_line('{"log": broken') == '{"log": broken'
+    assert plain_line("[rank0]: RuntimeError: y") == "[rank0]: RuntimeError: y"
+
+
+def test_tap_log_names_round_trip(tmp_path: Path) -> None:
+    path = layout.tap_log_path(str(tmp_path), "node-1.example", 4242)
+    assert layout.tap_log_pid(os.path.basename(path)) == ("node-1.example", 4242)
+    assert layout.tap_log_pid("notes.txt") is None and layout.tap_log_pid("x.y.log") is None
+
+
+def test_the_log_file_keeps_whole_lines_and_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "h.1.log"
+    sink = LogFileSink(str(path), max_bytes=64)
+    sink.put_stream("stdout", b"out-1 begins ")
+    sink.put_stream("stderr", b"err-1\n")
+    sink.put_stream("stdout", b"and ends\n")
+    for i in range(8):
+        sink.put_stream("stderr", f"line {i}\n".encode())
+    sink.put_stream("stdout", b"no newline at the end")
+    sink.flush_partial()
+    sink.close(5)
+    text = (tmp_path / "h.1.log.1").read_text() + path.read_text()
+    assert "out-1 begins and ends\n" in text and "err-1\n" in text and "no newline at the end\n" in text
+    assert path.stat().st_size <= 64 and sink.dropped == 0
+
+
+def test_a_sink_that_cannot_keep_up_drops_and_counts() -> None:
+    gate = __import__("threading").Event()
+
+    class Stuck(Sink):
+        def write(self, data: bytes) -> None:
+            gate.wait(30)
+
+    sink = Stuck("test", limit=100)
+    for _ in range(10):
+        sink.put(b"y" * 40)  # never blocks
+    assert sink.dropped >= 40 * 7  # at most two 40-byte pieces fit behind the one being written
+    gate.set()
+    sink.close(5)
+    assert sink.dropped + sink.written == 400
