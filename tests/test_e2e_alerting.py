@@ -115,6 +115,19 @@ raise RuntimeError("CUDA error: an illegal memory access was encountered")
 """
 
 
+# A log-only CUDA fault: no coredump; the process logs the error torch raises (through `sentinel run
+# --log-tap`) and dies of it. Prints its pid, then the wall time of the error.
+LOG_ONLY = r"""
+import os, sys, time, sentinel_hooks as sh
+for _ in range(3):
+    sh.step()
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+print(repr(time.time()), flush=True)
+raise RuntimeError("CUDA error: misaligned address\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.")
+"""
+
+
 class Receiver(BaseHTTPRequestHandler):
     """PagerDuty's Events v2 API (/pd) and the pager and team webhooks (/pager, /team)."""
 
@@ -235,8 +248,12 @@ def test_pages_are_right_fast_and_resolve(h, tmp_path):
                         env=h.env(SENTINEL_POD="pod-b", SENTINEL_NAMESPACE="e2e", STOP_FILE=str(b_stop),
                                   BAD_FILE=str(tmp_path / "bad-b"), BUG_MARK=str(tmp_path / "bug-b")), text=True)
         killed = run("pod-b", STEPPER)
+        log_only = h.spawn([h.sentinel, "run", "--dir", dirs["pod-b"], "--log-tap", "--", h.python, "-c", LOG_ONLY],
+                           env=h.env(SENTINEL_POD="pod-b", SENTINEL_NAMESPACE="e2e", SENTINEL_JOB="e2e-log"),
+                           stdin=subprocess.PIPE, text=True)
+        log_only_pid = int(log_only.stdout.readline())
         # Pod C: a sidecar with nothing to watch.
-        h.wait_for(lambda: len(h.rings(dirs["pod-a"])) >= 6 and len(h.rings(dirs["pod-b"])) == 2, timeout=HANG_GUARD_S,
+        h.wait_for(lambda: len(h.rings(dirs["pod-a"])) >= 6 and len(h.rings(dirs["pod-b"])) == 3, timeout=HANG_GUARD_S,
                    what="the rings of pods A and B")
         Path(dirs["pod-b"], "rings", "junk.1.1.ring").write_bytes(os.urandom(8192))
 
@@ -306,6 +323,21 @@ scrape_configs:
         assert details["known_issue"] == "paged-kv-page-index-off-by-one" and details["runbook"] == "docs/runbooks/cuda-fault.md"
         assert re.fullmatch(r"[0-9a-f]{12}", details["signature"]), details
 
+        # The log-only fault: paged from its log line, with its signature and runbook.
+        log_only.stdin.write("\n")
+        log_only.stdin.flush()
+        log_fault_at = float(log_only.stdout.readline())
+
+        def log_pages():
+            return [(t, m) for t, m in pd_events("trigger") if "SentinelCudaFault" in m["payload"]["summary"]
+                    and f"pid={log_only_pid}" in m["payload"]["custom_details"]["firing"]]
+
+        t_l, log_page = _wait(log_pages, HANG_GUARD_S, "the log-only fault's page")[0]
+        latency["log_only_fault_s"] = t_l - log_fault_at
+        details = log_page["payload"]["custom_details"]
+        assert "misaligned_address" in log_page["payload"]["summary"] and "on pod-b" in log_page["payload"]["summary"]
+        assert re.fullmatch(r"[0-9a-f]{12}", details["signature"]) and details["runbook"] == "docs/runbooks/cuda-fault.md"
+
         # The hang pages with its culprit: rank 1, whose host loop stalled.
         t_h, hang = _wait(lambda: [(t, m) for t, m in pd_events("trigger")
                                    if "SentinelCollectiveHang" in m["payload"]["summary"]], HANG_GUARD_S, "the hang page")[0]
@@ -358,12 +390,16 @@ scrape_configs:
                     assert labels.get("pod") and labels.get("namespace") == "e2e", line
                     if "SentinelCudaFault" in m["payload"]["summary"] or "OutOfBounds" in m["payload"]["summary"]:
                         assert labels.get("pid") and labels.get("host"), line  # (and rank, where it has one)
-                        assert labels.get("rank") or labels["pid"] in (str(faulting.pid), str(stale.pid)), line
-        # No CUDA-fault page for anything but the CUDA fault; no page at all for the kill.
+                        assert labels.get("rank") or labels["pid"] in (str(faulting.pid), str(stale.pid),
+                                                                                     str(log_only_pid)), line
+        # No CUDA-fault page for anything but the two CUDA faults; no page at all for the kill. The
+        # log-only fault paged once: its death, merged into its record, is no second page.
         for _t, m in pd_events("trigger"):
             assert f"pid={killed.pid}" not in m["payload"]["custom_details"]["firing"], m
         assert all(f"pid={faulting.pid}" in m["payload"]["custom_details"]["firing"]
+                   or f"pid={log_only_pid}" in m["payload"]["custom_details"]["firing"]
                    for _t, m in pd_events("trigger") if "SentinelCudaFault" in m["payload"]["summary"])
+        assert len(log_pages()) == 1 and log_only.wait(timeout=60) == 1
 
         # Every dashboard query runs here; the panels this scenario feeds return series.
         import build

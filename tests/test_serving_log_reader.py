@@ -87,3 +87,28 @@ def test_triage_on_a_log(h) -> None:  # noqa: ANN001
     assert d["known_issue"]["id"] == "index-out-of-bounds-assert" and d["source"] == "log"
     res = h.run([h.sentinel, "triage", str(path), "--dir", h.dir], env=h.env())
     assert "  python      vllm/v1/sample/ops/penalties.py:39 in apply_all_penalties" in res.stdout.splitlines()
+
+
+def test_seed_classes_leave_their_evidence_in_logs() -> None:
+    """The settings and dumps a log shows give the seed classes' evidence, and only when they hold."""
+    budget = "INFO 11-14 22:31:55 [config.py:2434] Chunked prefill is enabled with max_num_batched_tokens=8192.\n"
+    crash = "RuntimeError: Triton Error [CUDA]: an illegal memory access was encountered\n"
+    dump = "ERROR [dump_input.py:76] Dumping scheduler output for model execution: SchedulerOutput(total_num_scheduled_tokens={})\n"
+    at_budget = serving_log.parse(budget + crash + dump.format(8192))
+    assert at_budget.exception == "CUDA error: an illegal memory access was encountered"
+    assert at_budget.evidence == ["token_budget_boundary"]
+    assert serving_log.parse(budget + crash + dump.format(8191)).evidence == []
+    assert serving_log.parse("'max_num_batched_tokens': 4096, x\n" + crash + dump.format(4096)).evidence == ["token_budget_boundary"]
+    # a dump line past the reader's line limit is still read for its step size
+    long_dump = dump.format(8192).replace("SchedulerOutput(", "SchedulerOutput(" + "x, " * 5000)
+    assert serving_log.parse(budget + crash + long_dump).evidence == ["token_budget_boundary"]
+
+    args = "server_args=ServerArgs(attention_backend='{}', enable_dp_attention={}, speculative_algorithm={})\n"
+    cuda = "torch.AcceleratorError: CUDA error: an illegal memory access was encountered\n"
+    assert serving_log.parse(args.format("trtllm_mha", "True", "'EAGLE'") + cuda).evidence == ["dp_padding_trtllm"]
+    for off in (("trtllm_mha", "False", "'EAGLE'"), ("trtllm_mha", "True", "None"), ("fa3", "True", "'EAGLE'")):
+        assert serving_log.parse(args.format(*off) + cuda).evidence == [], off
+
+    oob = serving_log.parse("[TP0]     page_table.max=8657  num_pages_in_cache=8657\n")
+    assert oob.exception.startswith("page index out of range") and oob.evidence == ["page_table_at_capacity", "page_table_oob"]
+    assert not serving_log.parse("[TP0]     page_table.max=8656  num_pages_in_cache=8657\n").ok

@@ -13,7 +13,12 @@ a journal's (``Jun 10 16:45:05 host bash[107468]:``):
 - ``Traceback (most recent call last):`` blocks: the innermost application frame of the last one that
   names an error (``sentinel_hooks.frames.blame``), paths shortened to the package
   (``vllm/v1/sample/ops/penalties.py``) so that one fault has one signature on every install;
-- the engine-death chain: ``EngineDeadError``, ``Worker failed with error``, a worker's death.
+- the engine-death chain: ``EngineDeadError``, ``Worker failed with error``, a worker's death;
+- what the seed classes leave in a log: the token budget (vLLM's ``max_num_batched_tokens=N`` at
+  start-up) and the faulting step's size (``total_num_scheduled_tokens=N`` in the scheduler output
+  vLLM dumps when its engine dies); SGLang's ``server_args=ServerArgs(...)`` (DP attention, speculative
+  decoding, the attention backend); a page-table bounds check's ``page_table.max=N
+  num_pages_in_cache=M``.
 
 The parser never raises; time is linear in the text.
 """
@@ -30,7 +35,7 @@ __all__ = ["KIND", "MAX_LINES", "LogReport", "looks_like", "parse"]
 KIND = "serving log"
 MAX_LINES = 64  # failure lines kept per report, 400 characters each
 
-_MARKER = re.compile(rb"CUDA error: |device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
+_MARKER = re.compile(rb"CUDA error: |CUDA driver error: |Triton Error \[CUDA\]: |page_table\.max=|device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
                      rb"CUDA out of memory|illegal memory access|misaligned address|an illegal instruction|"
                      rb"unspecified launch failure|EngineDeadError|Worker failed with error")
 # The prefixes engines put before a line, any number of them, in any order.
@@ -38,7 +43,8 @@ _PREFIX = re.compile(r"^(?:\s*(?:\x1b\[[0-9;]*m)?(?:\([A-Za-z_]\w*(?: [^()]{0,80
                      r"\[rank\d+\]:|(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[^\]\s]{1,80}\]|"
                      r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|"
                      r"\S{1,6}\s+\d{1,2}\s+\d\d:\d\d:\d\d\s+\S+\s+[\w.-]+\[\d+\]:)(?:\x1b\[[0-9;]*m)?)+ ?")
-_CUDA_ERROR = re.compile(r"CUDA error: ([^\n']{1,200}?)(?:'|$|\n)")
+# torch's "CUDA error: ...", its driver-API variant, and Triton's launcher's "Triton Error [CUDA]: ...".
+_CUDA_ERROR = re.compile(r"(?:CUDA (?:driver )?error|Triton Error \[CUDA\]): ([^\n']{1,200}?)(?:'|$|\n)")
 _OOM = re.compile(r"(CUDA out of memory\.[^\n]{0,200})")
 _ASSERT = re.compile(r"(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
                      r"block: \[(?P<block>[\d,\s]+)\], thread: \[(?P<thread>[\d,\s]+)\] Assertion [`'](?P<cond>.{1,400}?)[`'] failed")
@@ -47,6 +53,10 @@ _SHAPE = re.compile(r"^\s*Shape:((?:\s+\d+)+)\s*$")
 _STRIDE = re.compile(r"^\s*Stride:((?:\s+\d+)+)\s*$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]{1,500})", line (?P<line>\d+), in (?P<func>\S+)')
 _ERROR_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)): (?P<msg>.{0,300})$")
+_BUDGET = re.compile(r"max_num_batched_tokens['\"]?\s*[=:]\s*(\d{1,9})|--max-num-batched-tokens[= ](\d{1,9})")
+_SCHEDULED = re.compile(r"total_num_scheduled_tokens=(\d{1,9})")
+_PAGE_MAX = re.compile(r"page_table\.max=(\d{1,12})\s+num_pages_in_cache=(\d{1,12})")
+_LONG_LINE_KEYS = ("max_num_batched_tokens", "total_num_scheduled_tokens", "ServerArgs(")  # in lines of any length
 _NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
 _DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80})")
@@ -80,6 +90,10 @@ class LogReport:
     evidence: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     nccl_warnings: int = 0
+    token_budget: int = 0  # max_num_batched_tokens, when the log shows it
+    scheduled_tokens: int = -1  # the dumped step's total_num_scheduled_tokens; -1: no dump
+    page_table: tuple[int, int] | None = None  # (largest page index, pages in the cache) of a bounds check
+    server_args: dict[str, str] = field(default_factory=dict)  # SGLang's, the ones the catalog reads
 
     @property
     def ok(self) -> bool:
@@ -134,6 +148,8 @@ def parse(text: str) -> LogReport:
     in_tma = False
     source = ""
     for raw in text.splitlines():
+        if any(k in raw for k in _LONG_LINE_KEYS):
+            _settings(raw, rep)
         if len(raw) > 8192:
             continue
         line, tag = _strip(raw.rstrip())
@@ -184,6 +200,13 @@ def parse(text: str) -> LogReport:
                 rep.tma_strides = [int(x) for x in s[1].split()[:8] if len(x) <= 20]
                 in_tma = False
                 continue
+        pm = _PAGE_MAX.search(line)
+        if pm:
+            rep.page_table = (int(pm[1]), int(pm[2]))
+            keep(line)
+            if rep.page_table[0] >= rep.page_table[1] and not rep.exception:  # a bounds check caught it first
+                rep.exception = (f"page index out of range: page_table.max={rep.page_table[0]} "
+                                 f"num_pages_in_cache={rep.page_table[1]}")
         c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
         if c or o or w or d:
             keep(line)
@@ -209,8 +232,36 @@ def parse(text: str) -> LogReport:
     return rep
 
 
+_SERVER_ARGS = ("enable_dp_attention", "speculative_algorithm", "attention_backend")
+
+
+def _settings(raw: str, rep: LogReport) -> None:
+    """The settings a line shows (see the module's docstring); the last of each wins."""
+    b = _BUDGET.search(raw)
+    if b:
+        rep.token_budget = int(b[1] or b[2])
+    t = _SCHEDULED.search(raw)
+    if t:
+        rep.scheduled_tokens = int(t[1])
+    if "ServerArgs(" in raw:
+        for key in _SERVER_ARGS:
+            m = re.search(rf"\b{key}=('[^']{{0,80}}'|\w{{1,40}})", raw)
+            if m:
+                rep.server_args[key] = m[1].strip("'")
+
+
 def _evidence(rep: LogReport) -> list[str]:
     ev = set()
+    if rep.page_table and rep.page_table[0] >= rep.page_table[1] > 0:
+        ev.update(("page_table_oob", "page_table_at_capacity"))
+    if rep.token_budget and rep.scheduled_tokens == rep.token_budget:
+        ev.add("token_budget_boundary")
+    args = rep.server_args
+    # SGLang's DP-padding case: DP attention pads the batch for its MLP sync, and the TRT-LLM MHA
+    # backend was passed the padded batch size under speculative decoding (sglang#21649).
+    if (args.get("enable_dp_attention") == "True" and args.get("speculative_algorithm", "None") != "None"
+            and args.get("attention_backend", "").startswith("trtllm")):
+        ev.add("dp_padding_trtllm")
     if rep.nccl_warnings:
         ev.add("nccl_warn")
     if rep.assertion and re.search(r"index out of bounds|idx_dim|index_size|out of range", rep.assertion[2], re.I):
