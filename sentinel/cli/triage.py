@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         across = _across_ranks(args.files, files, cat)
     if across is not None:
         results.append(("across ranks (Flight Recorder dumps)", across, ""))
+    joined = _incident(args.files, results, cat)
+    if joined is not None:
+        results.append(("the incident (all files together)", joined, ""))
     if len(results) == 1:
         return _show(args, results[0][1])
     if args.json:
@@ -78,6 +81,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(f"== {name}\n" + (f"sentinel triage: {err}" if err else r.text) for name, r, err in results))
     return max(r.code for _, r, _ in results)
+
+
+def _incident(names: list[str], results: list[tuple[str, Result | None, str]], cat) -> Result | None:  # noqa: ANN001
+    """Two or more files that showed something join into one incident (``triage.incident``)."""
+    from sentinel.triage import incident, records, report
+
+    shown = [(name, r) for name, r, err in results if r is not None and not err and r.item is not None]
+    if len(shown) < 2:
+        return None
+    recs = [r.item for _, r in shown if isinstance(r.item, records.FaultRecord)]
+    hangs = [r.item for _, r in shown if isinstance(r.item, incident.Hang)]
+    # A folder of Flight Recorder dumps is read across ranks: its per-dump summaries add nothing here.
+    xids = [x for _, r in shown if isinstance(r.item, list) for x in r.item]
+    inc = incident.join([n for n, _ in shown], recs, hangs, xids, cat)
+    return Result(0, report.render_incident(inc), {"incident": inc.as_dict()}, None)
 
 
 def _expand_dirs(names: list[str]) -> list[str]:
@@ -124,7 +142,18 @@ def _across_ranks(names: list[str], paths: list[str], cat) -> Result | None:  # 
         from sentinel.triage.report import render_known
 
         lines += render_known(known)
-    return Result(0, "\n".join(lines), {"findings": findings, "known_issue": known})
+    from sentinel.triage.incident import Hang
+
+    hang = None
+    if findings:
+        f0 = findings[0]
+        culprits = list(dict.fromkeys([c["rank"] for f in findings for c in f["culprits"]] + [r for f in findings
+                                                                                               for r in f["missing"]]))
+        hang = Hang("Flight Recorder dumps", pg=f0["pg"], op=f0["op"], seq=f0["seq"], culprits=culprits,
+                    waiting=sorted(set(dumps) - set(culprits)),
+                    detail=[f"rank {c['rank']}: {c['error']}, {c['found']} where {c['expected']} was expected"
+                            for c in f0["culprits"][:3]])
+    return Result(0, "\n".join(lines), {"findings": findings, "known_issue": known}, hang)
 
 
 _FR_ERRORS = {"SIZE_OR_SYNTAX_MISMATCH": "size_mismatch", "COLLECTIVE_TYPE_MISMATCH": "op_mismatch",
@@ -145,11 +174,13 @@ def _fr_known(cat, found: list[tuple[str, list[str], bool]]) -> dict | None:  # 
 
 
 class Result(NamedTuple):
-    """What triage made of one file: the exit status it earns, the text for people, the JSON document."""
+    """What triage made of one file: the exit status it earns, the text for people, the JSON document,
+    and what joins an incident (a FaultRecord, an incident.Hang, or a list of kernel_log.XidEvent)."""
 
     code: int
     text: str
     doc: Any
+    item: Any = None
 
 
 def _show(args: argparse.Namespace, result: Result) -> int:
@@ -160,7 +191,7 @@ def _show(args: argparse.Namespace, result: Result) -> int:
 def _of_record(rec: Any) -> Result:
     from sentinel.triage import report
 
-    return Result(0 if rec.exception_class != "unknown" else 1, report.render_report(rec), rec.as_dict())
+    return Result(0 if rec.exception_class != "unknown" else 1, report.render_report(rec), rec.as_dict(), rec)
 
 
 @contextlib.contextmanager
@@ -327,11 +358,15 @@ def _fr_analysis(path: str, cat) -> Result:  # noqa: ANN001
                      + (f" (world size {e.world_size}, {e.state})" if e.world_size else ""))
         for rank, kind, detail in e.culprits:
             lines.append(f"  culprit   rank {rank}: {kind}" + (f", {detail}" if detail else ""))
+    from sentinel.triage.incident import Hang
     from sentinel.triage.report import render_known
 
     known = _fr_known(cat, [(e.op, [c[1] for c in e.culprits], False) for e in errors])
     lines += render_known(known)
-    return Result(0, "\n".join(lines), {"errors": [asdict(e) for e in errors], "known_issue": known})
+    e0 = errors[0]
+    hang = Hang(path, pg=e0.group or "", op=e0.op or "", seq=e0.seq, culprits=[c[0] for e in errors for c in e.culprits],
+                detail=[f"{c[1]} {c[2]}".strip() for c in e0.culprits[:3]])
+    return Result(0, "\n".join(lines), {"errors": [asdict(e) for e in errors], "known_issue": known}, hang)
 
 
 def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
@@ -371,7 +406,7 @@ def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
             lines.append(f"    action     {info.action}")
         if (ki := known(first)) is not None:
             lines += ["  " + ln for ln in render_known(ki)]
-    return Result(0, "\n".join(lines), doc)
+    return Result(0, "\n".join(lines), doc, events)
 
 
 def _serving_log(path: str, cat) -> Result:  # noqa: ANN001
@@ -388,6 +423,8 @@ def _serving_log(path: str, cat) -> Result:  # noqa: ANN001
 def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
     """A c10d watchdog / desync report: the hang it shows, its culprit ranks and who waits where."""
     from dataclasses import asdict
+
+    from sentinel.triage.incident import Hang
 
     with open(path, errors="replace") as f:
         rep = watchdog.parse(f.read())
@@ -422,7 +459,15 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
     for w in rep.nccl_warnings[:5]:
         lines.append(f"  NCCL WARN {w}")
     lines += render_known(known)
-    return Result(0, "\n".join(lines), doc)
+    pg0 = rep.pg_status[0] if rep.pg_status else None
+    t0 = rep.timeouts[0] if rep.timeouts else None
+    d0 = rep.desyncs[0] if rep.desyncs else None
+    waiting = {t.rank for t in rep.timeouts} | {p.rank for p in rep.pg_status} | {
+        r for d in rep.desyncs for st in d.states for r in st.ranks}
+    hang = Hang(path, pg=(pg0.pg_name or pg0.pg) if pg0 else "", op=(d0.op if d0 else t0.op if t0 else ""),
+                seq=(d0.seq if d0 else t0.seq if t0 else None), culprits=culprits, waiting=sorted(waiting),
+                detail=[f"NCCL WARN {w}" for w in rep.nccl_warnings[:3]])
+    return Result(0, "\n".join(lines), doc, hang)
 
 
 def _span(ranks) -> str:  # noqa: ANN001

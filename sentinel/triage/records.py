@@ -294,6 +294,8 @@ def from_log(report: LogReport, path: str, catalog: Catalog, state: ProcessState
         evidence=sorted(set(report.evidence) | set(evidence_from(state))), cuda_error=report.cuda_error,
         log=detail, notes=list(report.chain), dedupe_key=f"log:{os.path.abspath(path)}",
     )
+    if report.process:
+        rec.identity = dict(report.process)
     if state is not None:
         rec.identity = dict(state.identity)
         rec.last_records = render_records(state.last, names or (lambda tag: ""))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.triage.records import FaultRecord
 
-__all__ = ["render_known", "render_list", "render_report"]
+if TYPE_CHECKING:
+    from sentinel.triage.incident import Incident
+
+__all__ = ["render_incident", "render_known", "render_list", "render_report"]
 
 
 def render_list(rows: list[dict[str, Any]]) -> str:
@@ -75,8 +78,10 @@ def render_report(rec: FaultRecord) -> str:
     if rec.cuda_error and rec.cuda_error != rec.exception:
         lines.append(f"  error text  {rec.cuda_error}")
     if ident:
-        lines.append(f"  process     pid {ident.get('pid')} rank {ident.get('rank')} job {ident.get('job') or '-'} "
-                     f"host {ident.get('host')} {('pod ' + ident['pod']) if ident.get('pod') else ''}".rstrip())
+        rank = ident.get("rank", ident.get("tp_rank"))
+        lines.append(f"  process     pid {ident.get('pid', '-')} rank {'-' if rank in (None, -1) else rank} "
+                     f"job {ident.get('job') or '-'} host {ident.get('host') or '-'} "
+                     f"{('pod ' + ident['pod']) if ident.get('pod') else ''}".rstrip())
     lines += render_known(rec.known_issue)
     if rec.evidence:
         lines.append(f"  evidence    {', '.join(rec.evidence)}")
@@ -93,4 +98,31 @@ def render_report(rec: FaultRecord) -> str:
         lines.append(f"  coredump    {rec.core_path} ({rec.core_bytes} bytes)")
     for note in rec.notes:
         lines.append(f"  note        {note}")
+    return "\n".join(lines)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks[:32])) + (f" and {len(ranks) - 32} more" if len(ranks) > 32 else "")
+
+
+def render_incident(inc: Incident) -> str:
+    """Several files of one failure, together: the culprit and victim ranks, the joined fault record,
+    the hang, the XIDs."""
+    lines = [f"Incident from {len(inc.files)} files"]
+    if inc.culprit_ranks:
+        lines.append(f"  culprit     rank {_ranks(inc.culprit_ranks)}")
+    if inc.victim_ranks:
+        lines.append(f"  victims     rank {_ranks(inc.victim_ranks)} (waited in the collective)")
+    for h in inc.hangs:
+        where = f"{h.op or 'a collective'}" + (f" #{h.seq}" if h.seq is not None else "") + (f" in {h.pg}" if h.pg else "")
+        lines.append(f"  hang        {where}: culprit rank {_ranks(h.culprits) or '?'} ({h.source})")
+        lines.extend(f"              {d}" for d in h.detail)
+    groups: dict[tuple[str, int], int] = {}
+    for x in inc.xids:
+        groups[(x["pci"], x["xid"])] = groups.get((x["pci"], x["xid"]), 0) + 1
+    for (pci, xid), n in groups.items():
+        lines.append(f"  xid         Xid {xid} on GPU {pci} x{n}")
+    if inc.record is not None:
+        lines.append("")
+        lines.append(render_report(inc.record))
     return "\n".join(lines)

@@ -94,6 +94,7 @@ class LogReport:
     scheduled_tokens: int = -1  # the dumped step's total_num_scheduled_tokens; -1: no dump
     page_table: tuple[int, int] | None = None  # (largest page index, pages in the cache) of a bounds check
     server_args: dict[str, str] = field(default_factory=dict)  # SGLang's, the ones the catalog reads
+    process: dict[str, int] = field(default_factory=dict)  # rank, tp_rank, pid from the failure line's prefix
 
     @property
     def ok(self) -> bool:
@@ -135,6 +136,7 @@ def parse(text: str) -> LogReport:
     """Read the first failure of ``text`` and the traceback around it. Never raises."""
     rep = LogReport()
     seen: set[str] = set()
+    failing_tag = ""  # the prefix of the lines up to the failure's: whose failure it is
 
     def keep(line: str) -> None:
         line = line.strip()[:400]
@@ -207,6 +209,8 @@ def parse(text: str) -> LogReport:
             if rep.page_table[0] >= rep.page_table[1] and not rep.exception:  # a bounds check caught it first
                 rep.exception = (f"page index out of range: page_table.max={rep.page_table[0]} "
                                  f"num_pages_in_cache={rep.page_table[1]}")
+        if not rep.exception and tag:
+            failing_tag = tag
         c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
         if c or o or w or d:
             keep(line)
@@ -228,8 +232,20 @@ def parse(text: str) -> LogReport:
             break
     if not rep.exception and rep.chain:  # the engine died of a Python exception: its text is the failure
         rep.exception = rep.error_line or rep.chain[0]
+    rep.process = _process(failing_tag)
     rep.evidence = _evidence(rep)
     return rep
+
+
+def _process(tag: str) -> dict[str, int]:
+    """rank / tp_rank / pid named by an engine's prefix: ``[rank3]:``, ``(VllmWorker rank=1 pid=110)``,
+    ``(VllmWorker TP1 pid=22110)``."""
+    out = {}
+    for key, pattern in (("rank", r"\brank[= ]?(\d{1,6})\b"), ("tp_rank", r"\bTP ?(\d{1,6})\b"), ("pid", r"\bpid=(\d{1,10})\b")):
+        m = re.search(pattern, tag)
+        if m:
+            out[key] = int(m[1])
+    return out
 
 
 _SERVER_ARGS = ("enable_dp_attention", "speculative_algorithm", "attention_backend")
