@@ -13,6 +13,7 @@ from test_flight_recorder import REFERENCE
 
 from sentinel.triage.readers import (
     READERS,
+    compute_sanitizer,
     cudagdb,
     detect,
     flight_recorder,
@@ -28,9 +29,10 @@ TRANSCRIPTS = sorted(FIXTURES.glob("cuda-gdb-*.txt"))
 
 def test_every_reader_has_a_kind_and_a_test() -> None:
     # A new reader: add its cases here, or in a test file of its own (tests/test_kernel_log.py,
-    # tests/test_watchdog_reader.py, tests/test_serving_log_reader.py, tests/test_fr_cross_rank.py).
+    # tests/test_watchdog_reader.py, tests/test_serving_log_reader.py, tests/test_fr_cross_rank.py,
+    # tests/test_compute_sanitizer.py).
     assert {r.KIND for r in READERS} == {cudagdb.KIND, flight_recorder.KIND, kernel_log.KIND, watchdog.KIND,
-                                         serving_log.KIND, fr_analysis.KIND}
+                                         serving_log.KIND, fr_analysis.KIND, compute_sanitizer.KIND}
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.name)

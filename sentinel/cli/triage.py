@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from sentinel.cli.options import CommandError, add_dir, add_json, finite_float
-from sentinel.triage.readers import flight_recorder, fr_analysis, kernel_log, serving_log, watchdog
+from sentinel.triage.readers import compute_sanitizer, flight_recorder, fr_analysis, kernel_log, serving_log, watchdog
 
 __all__ = ["NAME", "HELP", "add_arguments", "run"]
 
 NAME = "triage"
-HELP = "explain a fault from its evidence files (coredumps, cuda-gdb output, logs, dmesg, watchdog reports) or the journal"
+HELP = ("explain a fault from its evidence files (coredumps, cuda-gdb output, logs, dmesg, watchdog reports, "
+        "compute-sanitizer reports) or the journal")
 USAGE = "sentinel triage [FILE... | --cuda-gdb-output FILE | --fault ID | --list [N]] [--json]"
 
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="evidence files, '-' for standard input: GPU coredumps (read with cuda-gdb), saved cuda-gdb "
                         "transcripts, Flight Recorder dumps, kernel logs with NVIDIA Xid lines, c10d watchdog reports, "
-                        "serving logs; what each is is detected")
+                        "compute-sanitizer reports, serving logs; what each is is detected")
     p.add_argument("--cuda-gdb-output", metavar="FILE", help="a saved cuda-gdb transcript")
     p.add_argument("--fault", type=int, metavar="ID", help="a fault from the journal under --dir")
     p.add_argument("--list", type=int, nargs="?", const=20, metavar="N", help="list the last N journaled faults")
@@ -217,7 +218,7 @@ def _one(args: argparse.Namespace, path: str, cat) -> Result:  # noqa: ANN001
     if reader is cudagdb:
         return _of_record(_from_debugger(args, None, cat, transcript=path))
     handlers = {flight_recorder: _flight_recorder, fr_analysis: _fr_analysis, kernel_log: _kernel_log,
-                watchdog: _watchdog, serving_log: _serving_log}
+                watchdog: _watchdog, compute_sanitizer: _sanitizer, serving_log: _serving_log}
     if reader not in handlers:
         raise CommandError(f"{path}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
     return handlers[reader](path, cat)
@@ -418,6 +419,18 @@ def _serving_log(path: str, cat) -> Result:  # noqa: ANN001
     if not rep.ok:
         raise CommandError(f"{path}: no failure in it (no CUDA error, device assert or TMA failure)", 1)
     return _of_record(records.from_log(rep, path, cat))
+
+
+def _sanitizer(path: str, cat) -> Result:  # noqa: ANN001
+    """A compute-sanitizer (or cuda-memcheck) report: the fault record of its first error."""
+    from sentinel.triage import records
+
+    with open(path, errors="replace") as f:
+        rep = compute_sanitizer.parse(f.read())
+    if not rep.ok:
+        summary = f" (ERROR SUMMARY: {rep.error_summary} errors)" if rep.error_summary is not None else ""
+        raise CommandError(f"{path}: no sanitizer error in it{summary}", 1)
+    return _of_record(records.from_sanitizer(rep, path, cat))
 
 
 def _watchdog(path: str, cat) -> Result:  # noqa: ANN001

@@ -17,7 +17,22 @@ _IDENT_CHARS = string.ascii_letters + string.digits + "_"
 
 # One class per distinct hardware exception cuda-gdb names (CUDA_EXCEPTION_1..N), then the host-side
 # errors and signals. Order matters: the more specific pattern first.
+#
+# compute-sanitizer's reports (readers.compute_sanitizer) map onto the same classes where the hardware
+# would raise one for the same bug, so that a sanitizer run that explains a crash gets the crash's
+# class, signature and known issue: an invalid __global__ access is what the GPU reports as an illegal
+# address (CUDA_EXCEPTION_14, cudaErrorIllegalAddress); an invalid __shared__ or __local__ access is
+# outside the shared or local window, an out-of-range address (CUDA_EXCEPTION_5); a misaligned access
+# is misaligned_address whatever the space. The access's direction and size stay in the record's log.
+# What only the sanitizer sees (no hardware exception, often no symptom) gets a class of its own:
+# data_race (racecheck), uninitialized_read (initcheck), barrier_error (synccheck), memory_leak and
+# malloc_free_error (memcheck), cuda_api_error (a failed CUDA API call, after any specific class).
 _EXCEPTIONS = (
+    (r"race reported|potential (?:raw|war|waw) hazard", "data_race"),
+    (r"uninitiali[sz]ed", "uninitialized_read"),
+    (r"barrier error", "barrier_error"),
+    (r"malloc/free error", "malloc_free_error"),
+    (r"\bleaked [\d,]+ bytes|memory leak", "memory_leak"),
     (r"tma descriptor", "tma_descriptor"),  # a host-side refusal to build the descriptor, before any launch
     (r"misaligned register", "misaligned_register"),  # a register pair not aligned for a 64-bit op: not memory
     (r"cluster target block not present", "cluster_block_not_present"),
@@ -26,8 +41,8 @@ _EXCEPTIONS = (
     (r"illegal instruction parameter", "illegal_instruction_parameter"),
     (r"syscall error", "syscall_error"),
     (r"misaligned", "misaligned_address"),
-    (r"out.of.range", "out_of_range_address"),
-    (r"illegal address|illegal memory access", "illegal_address"),
+    (r"out.of.range|invalid __(?:shared|local)__", "out_of_range_address"),
+    (r"illegal address|illegal memory access|invalid __(?:global|generic)__", "illegal_address"),
     (r"illegal instruction", "illegal_instruction"),
     (r"assert", "device_assert"),
     (r"hardware stack overflow", "stack_overflow"),
@@ -39,6 +54,7 @@ _EXCEPTIONS = (
     (r"killed|sigkill", "killed"),
     (r"sigtrap|breakpoint trap", "trap"),
     (r"out of memory", "out_of_memory"),
+    (r"program hit \w+|on cuda api call to", "cuda_api_error"),
 )
 
 

@@ -1,7 +1,7 @@
 """Fault records: what on-call needs a minute after a crash, built from every piece of evidence.
 
 Sources: a GPU coredump read by cuda-gdb, a process that died (its faulthandler traceback and the
-exception text its hooks recorded), an NVML XID event. Each record gets a stable signature, the
+exception text its hooks recorded), an NVML XID event, a serving log, a compute-sanitizer report. Each record gets a stable signature, the
 process identity, its last ring records, and its known-issue match.
 """
 
@@ -27,11 +27,12 @@ from sentinel_hooks.ringformat import CHECK_LABELS, kind_name
 __all__ = [
     "RECORD_COLUMNS", "FAULTHANDLER_MAX", "CONSEQUENCE_WINDOW_S", "FAULT_KINDS", "fault_kind", "FaultRecord",
     "evidence_from", "render_records", "exception_texts", "read_faulthandler", "faulthandler_summary",
-    "from_core", "from_crash",
+    "from_core", "from_crash", "from_log", "from_sanitizer",
 ]
 
 if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
     from sentinel.daemon.state import ProcessState
+    from sentinel.triage.readers.compute_sanitizer import SanitizerReport
     from sentinel.triage.readers.serving_log import LogReport
 
 RECORD_COLUMNS = ("seq", "ts_ns", "step", "kind", "code", "tag", "aux", "a", "b", "c")
@@ -48,12 +49,12 @@ FAULT_KINDS = ("cuda", "crash", "killed")
 
 
 def fault_kind(source: str, exception_class: str, texts: str) -> str:
-    """``cuda`` for a GPU fault (a GPU coredump, or a CUDA error the process raised; running out of GPU
-    memory is not one), ``killed`` for a death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
+    """``cuda`` for a GPU fault (a GPU coredump, a compute-sanitizer error, or a CUDA error the process
+    raised; running out of GPU memory is not one), ``killed`` for a death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
     any other death (a native signal with no CUDA evidence, an uncaught exception)."""
     if exception_class == "out_of_memory":  # "CUDA out of memory" is a resource, not a GPU fault
         return "crash"
-    if source == "coredump" or "cuda" in texts.lower():
+    if source in ("coredump", "sanitizer") or "cuda" in texts.lower():
         return "cuda"
     return "killed" if exception_class == "killed" else "crash"
 
@@ -65,7 +66,7 @@ class FaultRecord:
     ``signature`` and known-issue match. ``created_at`` and ``died_at`` are Unix seconds,
     ``triage_seconds`` is cuda-gdb's run time in seconds, ``core_bytes`` the dump's size in bytes."""
 
-    source: str  # coredump | process_crash | transcript | log
+    source: str  # coredump | process_crash | transcript | log | sanitizer
     exception: str  # the exception as reported (cuda-gdb, CUDA error text, signal, XID name)
     exception_class: str
     kernel: str = ""
@@ -79,7 +80,7 @@ class FaultRecord:
     faulthandler: str = ""
     last_records: list[dict[str, Any]] = field(default_factory=list)
     gdb: dict[str, Any] = field(default_factory=dict)
-    log: dict[str, Any] = field(default_factory=dict)  # what a serving log showed (readers.serving_log)
+    log: dict[str, Any] = field(default_factory=dict)  # what a log or sanitizer report showed (readers.*)
     core_path: str = ""
     core_bytes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -301,6 +302,49 @@ def from_log(report: LogReport, path: str, catalog: Catalog, state: ProcessState
         rec.last_records = render_records(state.last, names or (lambda tag: ""))
         if not rec.top_frame:
             rec.top_frame = exception_texts(state, names or (lambda tag: ""))[1]
+    return rec.finish(catalog)
+
+
+def from_sanitizer(report: SanitizerReport, path: str, catalog: Catalog) -> FaultRecord:
+    """The fault record of a compute-sanitizer report (``readers.compute_sanitizer``): the first
+    device-side error as the fault (its kind, kernel, where, the access, the allocation it missed, the
+    thread), the frame to blame (a Python traceback's, else the innermost application host frame), and
+    the other reports counted per kind and kernel. Sizes and distances in ``log`` are bytes."""
+    f = report.fault
+    detail: dict[str, Any] = {"tool": report.tool, "errors": report.total}
+    if report.legacy:
+        detail["legacy"] = True  # cuda-memcheck, not compute-sanitizer
+    if report.error_summary is not None:
+        detail["error_summary"] = report.error_summary
+    if report.racecheck_summary:
+        detail["racecheck_summary"] = report.racecheck_summary
+    if f is not None:
+        detail.update(check=f.check, kind=f.kind, function=f.function, pc=f.pc, source_file=f.file,
+                      source_line=f.line, thread=f.thread, block=f.block)
+        detail.update({k: v for k, v in (("severity", f.severity), ("space", f.space), ("access", f.access),
+                                         ("size", f.size), ("address", f.address),
+                                         ("address_state", f.address_state), ("allocation", f.allocation),
+                                         ("accesses", f.accesses), ("hazards", f.hazards), ("api_error", f.api_error),
+                                         ("api_call", f.api_call), ("leaked", f.leaked),
+                                         ("device_frames", f.device_frames[:8])) if v})
+    if report.host_frame:
+        detail["host_frame"] = report.host_frame
+    others = report.others
+    if others:
+        detail["others"] = others[:32]
+    detail["lines"] = list(report.lines)
+    notes = []
+    if others:
+        n = sum(o["count"] for o in others)
+        notes.append(f"{n} more report(s) besides this one, {len(others)} distinct (kind, kernel)")
+    api = next((e for e in report.errors if e.api_error and e is not f), None)
+    if api is not None:
+        notes.append(f"then: {api.exception}")
+    rec = FaultRecord(
+        source="sanitizer", exception=report.exception, exception_class="", kernel=report.kernel,
+        top_frame=report.top_frame, evidence=list(report.evidence), cuda_error=report.cuda_error, log=detail,
+        notes=notes, dedupe_key=f"sanitizer:{os.path.abspath(path)}",
+    )
     return rec.finish(catalog)
 
 

@@ -73,7 +73,9 @@ def render_report(rec: FaultRecord) -> str:
                      f" ({lg['asserts']} failing thread(s) logged)")
     if lg.get("tma_strides"):
         lines.append(f"  TMA         shape {lg.get('tma_shape')} strides {lg['tma_strides']}")
-    if rec.top_frame:
+    if lg.get("check"):  # a compute-sanitizer report (records.from_sanitizer)
+        lines += _sanitizer_lines(lg)
+    if rec.top_frame and rec.top_frame != lg.get("host_frame"):  # a sanitizer's host frame has its own line
         lines.append(f"  python      {rec.top_frame}")
     if rec.cuda_error and rec.cuda_error != rec.exception:
         lines.append(f"  error text  {rec.cuda_error}")
@@ -126,3 +128,36 @@ def render_incident(inc: Incident) -> str:
         lines.append("")
         lines.append(render_report(inc.record))
     return "\n".join(lines)
+
+
+def _sanitizer_lines(lg: dict[str, Any]) -> list[str]:
+    """The report lines of a compute-sanitizer fault: where, which thread, the access and the
+    allocation it missed (bytes), the race's accesses, the host frame, the tool's counts."""
+    out = []
+    if lg.get("pc") or lg.get("source_file"):
+        where = f"{lg['source_file']}:{lg.get('source_line')}" if lg.get("source_file") else ""
+        out.append(f"  at          {('+' + lg['pc']) if lg.get('pc') else ''} {where}".rstrip())
+    if lg.get("thread") or lg.get("block"):
+        out.append(f"  thread      block {lg.get('block') or '?'} thread {lg.get('thread') or '?'}")
+    if lg.get("access"):
+        size = f" of {lg['size']} bytes" if lg.get("size") else ""
+        state = f", {lg['address_state']}" if lg.get("address_state") else ""
+        out.append(f"  access      {lg['access']}{size} at {lg.get('address') or '?'} in {lg.get('space') or '?'} "
+                   f"memory{state}")
+    if lg.get("leaked") is not None:
+        out.append(f"  leak        {lg['leaked']} bytes at {lg.get('address') or '?'}, never freed")
+    a = lg.get("allocation")
+    if a:
+        how = "inside" if a.get("relation") == "inside" else f"{a.get('distance')} bytes {a.get('relation')}"
+        out.append(f"  allocation  {how} the nearest allocation, at {a.get('address')} of {a.get('size')} bytes")
+    for acc in lg.get("accesses", [])[:4]:
+        out.append(f"  race        {acc[:200]}")
+    if lg.get("hazards"):
+        out.append(f"  hazards     {lg['hazards']}")
+    if lg.get("host_frame"):
+        out.append(f"  host        {lg['host_frame']}")
+    summary = f", ERROR SUMMARY {lg['error_summary']} error(s)" if lg.get("error_summary") is not None else ""
+    out.append(f"  sanitizer   {lg.get('tool') or '?'}: {lg.get('errors')} report(s) read{summary}")
+    for o in lg.get("others", [])[:5]:
+        out.append(f"    {o['count']} x {o['kind'][:120]}" + (f" in {o['function'][:80]}" if o.get("function") else ""))
+    return out

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sentinel.triage.readers import cudagdb, flight_recorder, fr_analysis, kernel_log, serving_log, watchdog
+from sentinel.triage.readers import (
+    compute_sanitizer,
+    cudagdb,
+    flight_recorder,
+    fr_analysis,
+    kernel_log,
+    serving_log,
+    watchdog,
+)
 
 __all__ = ["HEAD_BYTES", "READERS", "detect"]
 
 HEAD_BYTES = 64 * 1024  # what detect() is given of a file: enough for any reader's markers
 
-READERS: tuple[ModuleType, ...] = (flight_recorder, fr_analysis, cudagdb, kernel_log, watchdog, serving_log)
+# compute_sanitizer before serving_log: a sanitizer report often carries the program's "CUDA error:"
+# line too, and its own reports are the better evidence.
+READERS: tuple[ModuleType, ...] = (flight_recorder, fr_analysis, cudagdb, kernel_log, watchdog, compute_sanitizer,
+                                   serving_log)
 
 
 def detect(head: bytes) -> ModuleType | None:
