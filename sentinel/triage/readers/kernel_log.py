@@ -17,9 +17,10 @@ a kmsg header) is the line's time, kept as written. The parser never raises; a l
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["KIND", "XidEvent", "looks_like", "parse"]
+__all__ = ["KIND", "KEYS", "XidEvent", "looks_like", "parse"]
 
 KIND = "kernel log (NVRM Xid)"
 
@@ -33,6 +34,7 @@ _MMU = re.compile(r"MMU Fault: ENGINE (?P<engine>\S+) (?P<client>\S+) faulted @ 
 _SM = re.compile(r"Graphics SM (?:Warp|Global) Exception on \(GPC (\d+), TPC (\d+), SM (\d+)\): (?P<what>[^\n]+)")
 _MARKER = re.compile(rb"(?:NVRM|nvidia-nvswitch\d*): S?Xid \(PCI:")
 MAX_LINE = 4096  # longer lines are not the driver's
+KEYS = (b"Xid (PCI:", b"NVRM: GPU at")  # every line parse() reads holds one (readers.scan.relevant_lines)
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,12 @@ def looks_like(head: bytes) -> bool:
     return bool(_MARKER.search(head))
 
 
-def parse(text: str) -> list[XidEvent]:
-    """Every Xid/SXid line of ``text`` in order, with the GPU UUIDs its "GPU at" lines give. Never
-    raises; time linear in the text."""
+def parse(text: str | Iterable[str]) -> list[XidEvent]:
+    """Every Xid/SXid line of ``text`` (a string, or its lines) in order, with the GPU UUIDs its
+    "GPU at" lines give. Never raises; time linear in the text."""
     uuids: dict[str, str] = {}
     found: list[tuple[re.Match, str]] = []
-    for line in text.splitlines():
+    for line in text.splitlines() if isinstance(text, str) else text:
         if "Xid (PCI:" not in line and "NVRM: GPU at" not in line or len(line) > MAX_LINE:
             continue
         line = line.rstrip()

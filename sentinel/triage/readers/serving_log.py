@@ -26,11 +26,12 @@ The parser never raises; time is linear in the text.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sentinel_hooks import frames
 
-__all__ = ["KIND", "MAX_LINES", "LogReport", "looks_like", "parse"]
+__all__ = ["KIND", "KEYS", "MAX_LINES", "LogReport", "looks_like", "parse"]
 
 KIND = "serving log"
 MAX_LINES = 64  # failure lines kept per report, 400 characters each
@@ -58,6 +59,11 @@ _SCHEDULED = re.compile(r"total_num_scheduled_tokens=(\d{1,9})")
 _PAGE_MAX = re.compile(r"page_table\.max=(\d{1,12})\s+num_pages_in_cache=(\d{1,12})")
 _LONG_LINE_KEYS = ("max_num_batched_tokens", "total_num_scheduled_tokens", "ServerArgs(")  # in lines of any length
 _NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
+# Every line parse() reads holds one of these (readers.scan.relevant_lines skips the others): short
+# pieces, each shared by several of the lines above, as each costs one pass of bytes.find.
+KEYS = (b"rror", b'File "', b"Traceback", b"xception", b"Exit", b"ssert", b"TMA", b"hape:", b"ride:", b"llegal",
+        b"isaligned", b"out of memory", b"failure", b"died", b"NCCL WARN", b"page_table.max", b"batched_tokens",
+        b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"...")
 _DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80})")
 
@@ -132,8 +138,9 @@ def _package_path(path: str) -> str:
     return path
 
 
-def parse(text: str) -> LogReport:
-    """Read the first failure of ``text`` and the traceback around it. Never raises."""
+def parse(text: str | Iterable[str]) -> LogReport:
+    """Read the first failure of ``text`` (a string, or its lines without newlines, e.g. from
+    ``readers.scan.relevant_lines(f, KEYS)``) and the traceback around it. Never raises."""
     rep = LogReport()
     seen: set[str] = set()
     failing_tag = ""  # the prefix of the lines up to the failure's: whose failure it is
@@ -149,7 +156,7 @@ def parse(text: str) -> LogReport:
     shape: list[int] = []
     in_tma = False
     source = ""
-    for raw in text.splitlines():
+    for raw in text.splitlines() if isinstance(text, str) else text:
         if any(k in raw for k in _LONG_LINE_KEYS):
             _settings(raw, rep)
         if len(raw) > 8192:

@@ -25,6 +25,7 @@ The parser never raises; what a text does not show stays empty.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["KIND", "Desync", "PgStatus", "RankState", "WatchdogReport", "WorkTimeout", "looks_like", "parse"]
@@ -147,14 +148,19 @@ def _ranks(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text)[:4096])
 
 
-def parse(text: str) -> WatchdogReport:
-    """Read every watchdog line, desync report and NCCL WARN line of ``text``. Never raises."""
+# Outside a desync report, a line parse() reads holds one of these: the others are passed over cheaply.
+_KEYS = ("WorkNCCL(", "detected by watchdog", "Timeout at NCCL work", "NCCL WARN", "Timeout at collective")
+
+
+def parse(text: str | Iterable[str]) -> WatchdogReport:
+    """Read every watchdog line, desync report and NCCL WARN line of ``text`` (a string, or its
+    lines). Never raises."""
     rep = WatchdogReport()
     desync: Desync | None = None
     section = ""
     state_seq, state_name = 0, ""
-    for line in text.splitlines():
-        if len(line) > 8192:
+    for line in text.splitlines() if isinstance(text, str) else text:
+        if len(line) > 8192 or (desync is None and not any(k in line for k in _KEYS)):
             continue
         m = _WORK.search(line)
         if m:
