@@ -67,6 +67,59 @@ def test_a_journal_prefixed_log_and_one_signature_on_every_install() -> None:
     assert other.signature == rec.signature
 
 
+def test_sglang_scheduler_death_is_the_chain_and_its_exception_the_failure() -> None:
+    """SGLang's scheduler dies with "Scheduler hit an exception: Traceback ..." on one line (the
+    timestamped prefix stripped); with no CUDA error, the traceback's last line is the failure."""
+    log = ("[2025-11-22 22:22:32 DP4 TP4] Scheduler hit an exception: Traceback (most recent call last):\n"
+           '  File ".../srt/layers/attention/flashattention_backend.py", line 674, in init_forward_metadata\n'
+           "    seq_lens_cpu.max().item()\n"
+           "RuntimeError: max(): Expected reduction dim to be specified for input.numel() == 0.\n"
+           "[2026-02-18 21:57:35] SIGQUIT received. signum=None, frame=None. It usually means one child failed.\n")
+    assert serving_log.looks_like(log.encode())
+    rep = serving_log.parse(log)
+    assert rep.chain[0] == "Scheduler hit an exception" and rep.chain[1].startswith("SIGQUIT received")
+    assert rep.exception.startswith("RuntimeError: max(): Expected reduction dim")
+    assert rep.frame == ".../srt/layers/attention/flashattention_backend.py:674 in init_forward_metadata"
+
+
+def test_deepep_and_flashinfer_cuda_error_layouts() -> None:
+    """DeepEP writes "CUDA error <file>:<line> '<text>'", FlashInfer "CUDA Error: <text> (700) <file>: line N
+    ..." on one long line: both are CUDA errors (the text cut at 200 characters, not lost)."""
+    deepep = "RuntimeError: Failed: CUDA error /build/DeepEP/csrc/deep_ep.cpp:112 'invalid resource handle'"
+    assert serving_log.looks_like(deepep.encode())
+    assert serving_log.parse(deepep).cuda_error == "CUDA error: invalid resource handle"
+    fi = ("CUDA Error: an illegal memory access was encountered (700) /usr/lib/python3/site-packages/flashinfer/data/"
+          "include/flashinfer/attention/prefill.cuh: line 2380 at function cudaLaunchKernel((void*)kernel, nblks, "
+          "nthrs, args, smem_size, stream)")
+    rec = records.from_log(serving_log.parse(fi), "x", catalog.load([]))
+    assert rec.exception_class == "illegal_address" and len(rec.cuda_error) == len("CUDA error: ") + 200
+    assert "cudaLaunchKernel" in rec.log["lines"][0]
+
+
+def test_a_flashinfer_host_error_is_the_failure_when_nothing_else_is() -> None:
+    log = ("(EngineCore pid=269) RuntimeError: Error in function 'aligned_alloc' at /workspace/include/flashinfer/"
+           "allocator.h:49: Buffer overflow when allocating memory for batch_prefill_tmp_v with size 536346624 and "
+           "alignment 16, but only 413138944 bytes available in AlignedAllocator. Increase the workspace buffer size.")
+    assert serving_log.looks_like(log.encode())
+    rep = serving_log.parse(log)
+    assert rep.exception.startswith("Error in function 'aligned_alloc' at ") and rep.exception == rep.lib_error
+    # a CUDA error in the same log is the failure, the FlashInfer text only a line of it
+    rep = serving_log.parse(log + "\ntorch.AcceleratorError: CUDA error: an illegal memory access was encountered")
+    assert rep.exception == "CUDA error: an illegal memory access was encountered" and len(rep.lines) == 2
+
+
+def test_tma_strides_past_the_rank_are_not_the_kernel_s() -> None:
+    """A rank-4 descriptor has 3 strides; the dump's 4th (1041) is uninitialised, not a misalignment. A
+    stride of 2^40 or more is an overflowed index (tma_stride_overflow), whatever its alignment."""
+    dump = ("Error: Failed to initialize the TMA descriptor due to an illegal memory access was encountered\n"
+            "tmaFormat: 9 dim: 4 gmem: 0xc903c15000\nShape: 128 7 2 24 1\nStride: 256 1792 3584 1041\n")
+    rep = serving_log.parse(dump)
+    assert rep.tma_dim == 4 and rep.tma_strides == [256, 1792, 3584, 1041] and rep.evidence == ["tma_descriptor"]
+    rep = serving_log.parse(dump.replace("1792 3584", "384 2305843007066210304"))
+    assert rep.evidence == ["tma_descriptor", "tma_stride_overflow"]
+    assert set(_record("fi2232-tma-descriptor.log").evidence) == {"degenerate_stride", "tma_descriptor", "tma_misaligned"}
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(
     st.text(max_size=200),

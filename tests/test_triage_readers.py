@@ -82,8 +82,8 @@ def test_triage_file_refuses_what_it_does_not_know_in_one_line(h, tmp_path: Path
 
 
 def test_several_files_and_standard_input(h, tmp_path: Path) -> None:  # noqa: ANN001
-    """One report per file, each kind detected; a file it does not know is one line among them and
-    makes the exit status non-zero; '-' reads standard input."""
+    """One report per file, each kind detected, then the incident they make together; a file it does
+    not know is one line among them and makes the exit status non-zero; '-' reads standard input."""
     fixtures = FIXTURES.parent
     other = tmp_path / "notes.txt"
     other.write_text("nothing went wrong here\n")
@@ -91,12 +91,12 @@ def test_several_files_and_standard_input(h, tmp_path: Path) -> None:  # noqa: A
     res = h.run([h.sentinel, "triage", *map(str, files), "--dir", h.dir], env=h.env())
     assert res.returncode == 2, res.stderr
     heads = [ln for ln in res.stdout.splitlines() if ln.startswith("== ")]
-    assert heads == [f"== {f}" for f in files]
+    assert heads == [f"== {f}" for f in files] + ["== the incident (all files together)"]
     assert "culprit   rank 7" in res.stdout and "Xid 79 GPU has fallen off the bus" in res.stdout
     assert f"sentinel triage: {other}: not a GPU coredump" in res.stdout
     res = h.run([h.sentinel, "triage", *map(str, files[:2]), "--json", "--dir", h.dir], env=h.env())
     docs = json.loads(res.stdout)
-    assert res.returncode == 0 and [d["file"] for d in docs] == list(map(str, files[:2]))
+    assert res.returncode == 0 and [d["file"] for d in docs] == [*map(str, files[:2]), "the incident (all files together)"]
     assert docs[0]["result"]["culprit_ranks"] == [7] and docs[1]["result"][0]["xid"] == 79
 
     log = (fixtures / "serving-log" / "fi2232-tma-descriptor.log").read_text()

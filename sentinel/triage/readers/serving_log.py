@@ -5,15 +5,21 @@ What it reads, on lines with or without the engines' prefixes (``(VllmWorker ran
 ``(EngineCore_DP0 pid=..)``, ``ERROR 07-28 16:54:13 [core.py:591]``, ``[WORKER]:``, ``[rank0]:``) and
 a journal's (``Jun 10 16:45:05 host bash[107468]:``):
 
-- ``CUDA error: <text>`` (and ``torch.OutOfMemoryError: CUDA out of memory``);
+- ``CUDA error: <text>`` (FlashInfer writes ``CUDA Error:``; DeepEP ``CUDA error <file>:<line> '<text>'``)
+  and ``torch.OutOfMemoryError: CUDA out of memory``;
+- FlashInfer's host-side errors, ``Error in function '<f>' at <file>:<line>: <message>`` (a workspace
+  buffer too small, a trtllm-gen runner that refuses a shape);
 - PyTorch device-side asserts: ``<file>.cu:<line>: <function>: block: [x,y,z], thread: [x,y,z]
   Assertion `<condition>` failed.``;
 - FlashInfer / CUTLASS ``Failed to initialize the TMA descriptor`` dumps with their ``Shape:`` and
-  ``Stride:`` lines (TMA needs every stride past the innermost to be a multiple of 16 bytes);
+  ``Stride:`` lines (TMA needs every stride past the innermost to be a multiple of 16 bytes and
+  under 2^40; only the ``dim`` the dump's first line gives are real, the values past them are not);
 - ``Traceback (most recent call last):`` blocks: the innermost application frame of the last one that
   names an error (``sentinel_hooks.frames.blame``), paths shortened to the package
   (``vllm/v1/sample/ops/penalties.py``) so that one fault has one signature on every install;
-- the engine-death chain: ``EngineDeadError``, ``Worker failed with error``, a worker's death;
+- the engine-death chain: ``EngineDeadError``, ``Worker failed with error``, a worker's death; SGLang's
+  ``Scheduler hit an exception`` (or ``TpModelWorkerClient hit an exception``) and the launcher's
+  ``SIGQUIT received`` that follows it;
 - what the seed classes leave in a log: the token budget (vLLM's ``max_num_batched_tokens=N`` at
   start-up) and the faulting step's size (``total_num_scheduled_tokens=N`` in the scheduler output
   vLLM dumps when its engine dies); SGLang's ``server_args=ServerArgs(...)`` (DP attention, speculative
@@ -36,20 +42,29 @@ __all__ = ["KIND", "KEYS", "MAX_LINES", "LogReport", "looks_like", "parse"]
 KIND = "serving log"
 MAX_LINES = 64  # failure lines kept per report, 400 characters each
 
-_MARKER = re.compile(rb"CUDA error: |CUDA driver error: |Triton Error \[CUDA\]: |page_table\.max=|device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
+_MARKER = re.compile(rb"CUDA [Ee]rror: |CUDA driver error: |Triton Error \[CUDA\]: |CUDA error [^\s':]+:\d+ '|"
+                     rb"page_table\.max=|device-side assert|Assertion `|"
+                     rb"Failed to initialize the TMA descriptor|Error in function '|"
                      rb"CUDA out of memory|illegal memory access|misaligned address|an illegal instruction|"
-                     rb"unspecified launch failure|EngineDeadError|Worker failed with error")
+                     rb"unspecified launch failure|EngineDeadError|Worker failed with error|"
+                     rb"(?:Scheduler|TpModelWorkerClient) hit an exception|SIGQUIT received|Received sigquit")
 # The prefixes engines put before a line, any number of them, in any order.
 _PREFIX = re.compile(r"^(?:\s*(?:\x1b\[[0-9;]*m)?(?:\([A-Za-z_]\w*(?: [^()]{0,80})?\)|\[[A-Za-z_][\w ]{0,20}\]:|"
                      r"\[rank\d+\]:|(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[^\]\s]{1,80}\]|"
                      r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|"
                      r"\S{1,6}\s+\d{1,2}\s+\d\d:\d\d:\d\d\s+\S+\s+[\w.-]+\[\d+\]:)(?:\x1b\[[0-9;]*m)?)+ ?")
-# torch's "CUDA error: ...", its driver-API variant, and Triton's launcher's "Triton Error [CUDA]: ...".
-_CUDA_ERROR = re.compile(r"(?:CUDA (?:driver )?error|Triton Error \[CUDA\]): ([^\n']{1,200}?)(?:'|$|\n)")
+# torch's ``CUDA error: <text>``, its driver-API variant, Triton's launcher's ``Triton Error [CUDA]: <text>``,
+# FlashInfer's ``CUDA Error: <text>`` and DeepEP's ``CUDA error <file>:<line> '<text>'``; the text runs to a
+# quote or the end of the line, 200 characters at most (a longer one is cut, not lost).
+_CUDA_ERROR = re.compile(r"(?:CUDA (?:driver )?(?:error|Error)|Triton Error \[CUDA\]): ([^\n']{1,200})|"
+                         r"CUDA error [^\s':]+:\d+ '([^\n']{1,200})")
+# FlashInfer's FLASHINFER_ERROR / FLASHINFER_CHECK text: a host-side refusal, no CUDA error behind it.
+_FI_ERROR = re.compile(r"Error in function '[^'\n]{1,120}' at [^\n]{1,600}")
 _OOM = re.compile(r"(CUDA out of memory\.[^\n]{0,200})")
 _ASSERT = re.compile(r"(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
                      r"block: \[(?P<block>[\d,\s]+)\], thread: \[(?P<thread>[\d,\s]+)\] Assertion [`'](?P<cond>.{1,400}?)[`'] failed")
 _TMA = re.compile(r"Failed to initialize the TMA descriptor[^\n]*")
+_TMA_DIM = re.compile(r"\bdim: (\d{1,2})\b")  # "tmaFormat: 9 dim: 4 gmem: 0x..."
 _SHAPE = re.compile(r"^\s*Shape:((?:\s+\d+)+)\s*$")
 _STRIDE = re.compile(r"^\s*Stride:((?:\s+\d+)+)\s*$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]{1,500})", line (?P<line>\d+), in (?P<func>\S+)')
@@ -65,7 +80,8 @@ KEYS = (b"rror", b'File "', b"Traceback", b"xception", b"Exit", b"ssert", b"TMA"
         b"isaligned", b"out of memory", b"failure", b"died", b"NCCL WARN", b"page_table.max", b"batched_tokens",
         b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"...")
 _DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
-                    r"WorkerProc hit an exception[^\n]{0,80})")
+                    r"WorkerProc hit an exception[^\n]{0,80}|(?:Scheduler|TpModelWorkerClient) hit an exception|"
+                    r"SIGQUIT received[^\n]{0,80}|Received sigquit[^\n]{0,80})")
 
 
 @dataclass
@@ -74,7 +90,8 @@ class LogReport:
 
     ``exception`` is the failure's own text (the CUDA error, the assertion, the TMA error);
     ``assertion``: (source file, line, condition) of a device-side assert, with ``block`` and
-    ``thread`` of the first failing thread; ``tma_shape`` / ``tma_strides``: the descriptor's dump;
+    ``thread`` of the first failing thread; ``tma_shape`` / ``tma_strides`` / ``tma_dim``: the
+    descriptor's dump; ``lib_error``: a FlashInfer host-side error, the failure when nothing else is;
     ``frame``: the innermost application frame of the traceback; ``chain``: the engine's death
     messages, in order; ``evidence``: catalog evidence keys the text supports; ``lines``: the lines
     that carried the failure (error, assert, TMA, ``NCCL WARN`` and death lines, prefixes removed; at
@@ -91,6 +108,8 @@ class LogReport:
     thread: str = ""
     tma_shape: list[int] = field(default_factory=list)
     tma_strides: list[int] = field(default_factory=list)
+    tma_dim: int = 0  # the descriptor's rank, from the dump's first line; 0: not given
+    lib_error: str = ""  # the first FlashInfer "Error in function '...' at ...: ..." text
     frame: str = ""
     chain: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
@@ -168,6 +187,10 @@ def parse(text: str | Iterable[str]) -> LogReport:
         if "Traceback (most recent call last)" in line:
             current = []
             tracebacks.append(current)
+            d = _DEATH.search(line)  # SGLang: "Scheduler hit an exception: Traceback (most recent call last):"
+            if d and len(rep.chain) < 8:
+                keep(line)
+                rep.chain.append(d[1].strip())
             continue
         f = _FRAME.match(line)
         if f:
@@ -199,6 +222,10 @@ def parse(text: str | Iterable[str]) -> LogReport:
             rep.exception = rep.exception or t[0].strip()
             continue
         if in_tma:
+            m = _TMA_DIM.search(line)
+            if m and not _SHAPE.match(line):
+                rep.tma_dim = int(m[1])
+                continue
             s = _SHAPE.match(line)
             if s:
                 shape = [int(x) for x in s[1].split()[:8] if len(x) <= 20]
@@ -219,10 +246,13 @@ def parse(text: str | Iterable[str]) -> LogReport:
         if not rep.exception and tag:
             failing_tag = tag
         c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
-        if c or o or w or d:
+        fi = _FI_ERROR.search(line)
+        if c or o or w or d or fi:
             keep(line)
+        if fi:
+            rep.lib_error = rep.lib_error or fi[0].strip()[:400]
         if c:
-            rep.cuda_error = rep.cuda_error or f"CUDA error: {c[1].strip()}"
+            rep.cuda_error = rep.cuda_error or f"CUDA error: {(c[1] or c[2]).strip()}"
             rep.exception = rep.exception or rep.cuda_error
         if o and not rep.exception:
             rep.exception = o[1].strip()
@@ -237,6 +267,8 @@ def parse(text: str | Iterable[str]) -> LogReport:
         if where:
             rep.frame = where
             break
+    if not rep.exception and rep.lib_error:  # FlashInfer refused (no CUDA error): its message is the failure
+        rep.exception = rep.lib_error
     if not rep.exception and rep.chain:  # the engine died of a Python exception: its text is the failure
         rep.exception = rep.error_line or rep.chain[0]
     rep.process = _process(failing_tag)
@@ -291,9 +323,16 @@ def _evidence(rep: LogReport) -> list[str]:
         ev.add("index_out_of_bounds")
     if rep.tma_strides:
         ev.add("tma_descriptor")
+        # A rank-N descriptor has N-1 strides; the dump prints more, and those past them are
+        # uninitialised values, not the kernel's (Stride: 256 1792 3584 1041 with dim 4).
+        strides = rep.tma_strides[: rep.tma_dim - 1] if rep.tma_dim > 1 else rep.tma_strides
         # TMA's global strides (bytes, past the innermost dimension) must be multiples of 16.
-        if any(s % 16 for s in rep.tma_strides if s):
+        if any(s % 16 for s in strides if s):
             ev.add("tma_misaligned")
-        if 1 in rep.tma_shape and any(0 < s < 16 for s in rep.tma_strides):
+        if 1 in rep.tma_shape and any(0 < s < 16 for s in strides):
             ev.add("degenerate_stride")
+        # ... and under 2^40: a larger one is an overflowed index (an int32 gone negative, then
+        # read as a uint64), not a layout.
+        if any(s >= 1 << 40 for s in strides):
+            ev.add("tma_stride_overflow")
     return sorted(ev)
