@@ -38,7 +38,9 @@ _PREFIX = re.compile(r"^(?:\s*(?:\x1b\[[0-9;]*m)?(?:\([A-Za-z_]\w*(?: [^()]{0,80
                      r"\[rank\d+\]:|(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[^\]\s]{1,80}\]|"
                      r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|"
                      r"\S{1,6}\s+\d{1,2}\s+\d\d:\d\d:\d\d\s+\S+\s+[\w.-]+\[\d+\]:)(?:\x1b\[[0-9;]*m)?)+ ?")
-_CUDA_ERROR = re.compile(r"CUDA error: ([^\n']{1,200}?)(?:'|$|\n)")
+# Up to a quote, the line's end or 200 characters: a cuBLAS error names the whole call after it
+# (`cublasGemmStridedBatchedEx(handle, ..., CUDA_R_16BF, ...)`, 300 characters and more).
+_CUDA_ERROR = re.compile(r"CUDA error: ([^\n']{1,200})")
 _OOM = re.compile(r"(CUDA out of memory\.[^\n]{0,200})")
 _ASSERT = re.compile(r"(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
                      r"block: \[(?P<block>[\d,\s]+)\], thread: \[(?P<thread>[\d,\s]+)\] Assertion [`'](?P<cond>.{1,400}?)[`'] failed")
