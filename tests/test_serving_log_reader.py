@@ -120,6 +120,20 @@ def test_tma_strides_past_the_rank_are_not_the_kernel_s() -> None:
     assert set(_record("fi2232-tma-descriptor.log").evidence) == {"degenerate_stride", "tma_descriptor", "tma_misaligned"}
 
 
+def test_a_cuda_error_longer_than_200_characters_is_kept() -> None:
+    """cuBLAS names the whole call after its status: the line is read, its text cut at 200 characters,
+    the line itself kept whole for the catalog's text match."""
+    call = ("cublasGemmStridedBatchedEx(handle, opa, opb, (int)m, (int)n, (int)k, (void*)&falpha, a, CUDA_R_16BF, "
+            "(int)lda, stridea, b, CUDA_R_16BF, (int)ldb, strideb, (void*)&fbeta, c, CUDA_R_16BF, (int)ldc, "
+            "stridec, (int)num_batches, compute_type, CUBLAS_GEMM_DEFAULT_TENSOR_OP)")
+    line = f"RuntimeError: CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling `{call}`"
+    rep = serving_log.parse(line)
+    assert rep.ok and rep.cuda_error == "CUDA error: " + line.split("CUDA error: ", 1)[1][:200]
+    assert rep.lines == [line]
+    assert serving_log.parse("CUDA error: an illegal memory access was encountered").cuda_error == (
+        "CUDA error: an illegal memory access was encountered")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(
     st.text(max_size=200),

@@ -52,6 +52,19 @@ def test_timeout_at_nccl_work_and_nccl_warn() -> None:
     assert rep.nccl_warnings == ["Cuda failure 'an illegal memory access was encountered'"]
 
 
+def test_nccl_warn_keeps_where_nccl_raised_it() -> None:
+    """The text a catalog regex searches carries NCCL's source location: 'Cuda failure 1 'invalid
+    argument'' from transport/nvls.cc is an NVLS fault, from another file another one."""
+    rep = watchdog.parse(
+        "node-a:242431:242479 [5] transport/nvls.cc:158 NCCL WARN Cuda failure 1 'invalid argument'\n"
+        "[2025-04-08 08:39:46] devgpu-a:589012:591652 [0] transport/nvls.cc:158 NCCL WARN Cuda failure 1 'invalid argument'\n"
+        "(VllmWorker rank=1 pid=110) [1] NCCL WARN Call to ibv_create_qp failed\n")
+    assert rep.nccl_warnings == ["Cuda failure 1 'invalid argument'"] * 2 + ["Call to ibv_create_qp failed"]
+    assert rep.nccl_warn_at == ["transport/nvls.cc:158", "transport/nvls.cc:158", ""]
+    assert rep.text().splitlines() == ["transport/nvls.cc:158 NCCL WARN Cuda failure 1 'invalid argument'",
+                                       "NCCL WARN Call to ibv_create_qp failed"]
+
+
 def test_ray_prefix_and_the_old_format() -> None:
     rep = _read("ray-old-format.log")
     assert rep.timeouts == [WorkTimeout(4, 20518, "ALLREDUCE", 106496, 106496, 1800000, 1800270)]

@@ -48,7 +48,7 @@ _CULPRIT = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<text>(?:finished|joined|
 _STATE_HEAD = re.compile(r"^\s*#(?P<seq>\d+) (?P<state>\w+) ranks:\s*$")
 _STATE_ROW = re.compile(r"^\s*\[(?P<ranks>[\d,\s]+)\] (?P<state>\w+) (?P<op>\w+)\s*$")
 # NCCL's own format: "host:pid:tid [cudaDev] file.cc:line NCCL WARN <text>"
-_WARN = re.compile(r"\[\d+\] (?:\S+:\d+ )?NCCL WARN (?P<text>.+)$")
+_WARN = re.compile(r"\[\d+\] (?:(?P<at>\S+:\d+) )?NCCL WARN (?P<text>.+)$")
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,9 @@ class WatchdogReport:
     pg_status: list[PgStatus] = field(default_factory=list)
     desyncs: list[Desync] = field(default_factory=list)
     nccl_warnings: list[str] = field(default_factory=list)
+    # Where NCCL raised each warning ("transport/nvls.cc:158"; "" when the line does not say): the
+    # same "Cuda failure 1 'invalid argument'" means another fault in the NVLS, P2P or IB transport.
+    nccl_warn_at: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -127,11 +130,12 @@ class WatchdogReport:
 
     def text(self) -> str:
         """What a catalog ``text`` regex searches: the timed-out works, the culprits' lines and the
-        NCCL WARN lines."""
+        NCCL WARN lines, each after NCCL's source location when the line gives it."""
         parts = [f"WorkNCCL(SeqNum={t.seq}, OpType={t.op}, Timeout(ms)={t.timeout_ms})" for t in self.timeouts[:4]]
         parts += [f"Timeout at collective: {d.op}, #{d.seq}" for d in self.desyncs[:4]]
         parts += [text for d in self.desyncs[:4] for _, text in d.culprits[:8]]
-        parts += [f"NCCL WARN {w}" for w in dict.fromkeys(self.nccl_warnings)][:32]
+        at = self.nccl_warn_at + [""] * (len(self.nccl_warnings) - len(self.nccl_warn_at))  # a report built by hand
+        parts += [f"{a} NCCL WARN {w}".lstrip() for a, w in dict.fromkeys(zip(at, self.nccl_warnings))][:32]
         return "\n".join(parts)
 
     def culprit_ranks(self) -> list[int]:
@@ -178,6 +182,7 @@ def parse(text: str | Iterable[str]) -> WatchdogReport:
         m = _WARN.search(line)
         if m:
             rep.nccl_warnings.append(m["text"].strip()[:500])
+            rep.nccl_warn_at.append((m["at"] or "")[:200])
             continue
         m = _DESYNC_AT.search(line)
         if m:
