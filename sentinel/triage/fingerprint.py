@@ -44,6 +44,7 @@ _EXCEPTIONS = (
     (r"out.of.range|invalid __(?:shared|local)__", "out_of_range_address"),
     (r"illegal address|illegal memory access|invalid __(?:global|generic)__", "illegal_address"),
     (r"illegal instruction", "illegal_instruction"),
+    (r"assertionerror", "assertion_error"),  # Python's, on the host: not a GPU fault
     (r"assert", "device_assert"),
     (r"hardware stack overflow", "stack_overflow"),
     (r"invalid (pc|program counter)", "invalid_pc"),
