@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/scaling.py
 	$(PY) bench/hangs_cpu.py
 	$(PY) bench/page_latency.py
+	$(PY) bench/triage_logs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/out

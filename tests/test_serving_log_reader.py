@@ -179,3 +179,31 @@ def test_seed_classes_leave_their_evidence_in_logs() -> None:
     oob = serving_log.parse("[TP0]     page_table.max=8657  num_pages_in_cache=8657\n")
     assert oob.exception.startswith("page index out of range") and oob.evidence == ["page_table_at_capacity", "page_table_oob"]
     assert not serving_log.parse("[TP0]     page_table.max=8656  num_pages_in_cache=8657\n").ok
+
+
+def test_a_large_log_read_by_its_key_lines_gives_the_same_diagnosis(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    """Past triage.STREAM_BYTES a log is read through readers.scan (only lines holding serving_log.KEYS,
+    a chunk at a time): every fixture gives the same failure that way, at any chunk size."""
+    import io
+
+    from sentinel.cli import triage as cli_triage
+    from sentinel.cli.main import main
+    from sentinel.triage.readers.scan import relevant_lines
+
+    logs = sorted(FIXTURES.glob("*.log")) + sorted((FIXTURES.parent / "catalog").glob("*/*.log"))
+    logs = [p for p in logs if detect(p.read_bytes()[:65536]) is serving_log]
+    assert len(logs) >= 10
+    for path in logs:
+        whole = serving_log.parse(path.read_text(errors="replace"))
+        for chunk in (8192, 65536, 1 << 20):  # chunks longer than any line: a longer line is cut
+            part = serving_log.parse(relevant_lines(io.BytesIO(path.read_bytes()), serving_log.KEYS, chunk))
+            got = (part.exception, part.kernel, part.frame, part.evidence, part.assertion, part.tma_strides)
+            assert got == (whole.exception, whole.kernel, whole.frame, whole.evidence, whole.assertion,
+                           whole.tma_strides), (path.name, chunk)
+    monkeypatch.setattr(cli_triage, "STREAM_BYTES", 0)
+    out = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(out):
+        assert main(["triage", str(FIXTURES / "vllm21731-scatter-assert.log"), "--json", "--dir", str(tmp_path)]) == 0
+    assert json.loads(out.getvalue())["known_issue"]["id"] == "index-out-of-bounds-assert"

@@ -323,11 +323,38 @@ def _is_coredump(path: str) -> bool:
     return not os.path.isfile(path) or _head(path).startswith(b"\x7fELF")
 
 
-def _detect(path: str):  # noqa: ANN202
-    """The reader of a file that is not a coredump. Raises CommandError when none knows it."""
-    from sentinel.triage.readers import READERS, detect
+STREAM_BYTES = 64 << 20  # a longer file is streamed: only its lines holding a reader's keys are read
 
-    reader = detect(_head(path))
+
+def _lines(f, keys: tuple[bytes, ...]):  # noqa: ANN001, ANN202
+    """A binary file's text for a reader: all of it when short; when long, its lines holding ``keys``
+    (``readers.scan``), a chunk at a time: a log of gigabytes in seconds and bounded memory."""
+    from sentinel.triage.readers.scan import relevant_lines
+
+    if os.fstat(f.fileno()).st_size <= STREAM_BYTES:
+        return f.read().decode("utf-8", "replace")
+    return relevant_lines(f, keys)
+
+
+def _tail(path: str, size: int = 1 << 20) -> bytes:
+    """The last ``size`` bytes of a file: a long log's failure is at its end (the server died of it)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read(size)
+    except OSError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _detect(path: str):  # noqa: ANN202
+    """The reader of a file that is not a coredump, from its first bytes or, for a long log, its last
+    megabyte. Raises CommandError when none knows it."""
+    from sentinel.triage.readers import HEAD_BYTES, READERS, detect
+
+    head = _head(path)
+    reader = detect(head)
+    if reader is None and len(head) >= HEAD_BYTES:
+        reader = detect(_tail(path))
     if reader is None:
         kinds = ", ".join(r.KIND for r in READERS)
         raise CommandError(f"{path}: not a GPU coredump, nor one of: {kinds}")
@@ -374,8 +401,8 @@ def _kernel_log(path: str, cat) -> Result:  # noqa: ANN001
     """NVRM Xid lines: one line per GPU and XID (repeats counted), with the catalog's meaning and action."""
     from dataclasses import asdict
 
-    with open(path, errors="replace") as f:
-        events = kernel_log.parse(f.read())
+    with open(path, "rb") as f:
+        events = kernel_log.parse(_lines(f, kernel_log.KEYS))
     if not events:
         raise CommandError(f"{path}: no NVRM Xid line it could read", 1)
     from sentinel.triage.report import render_known
@@ -414,8 +441,8 @@ def _serving_log(path: str, cat) -> Result:  # noqa: ANN001
     """A serving log: the fault record of the failure it logged."""
     from sentinel.triage import records
 
-    with open(path, errors="replace") as f:
-        rep = serving_log.parse(f.read())
+    with open(path, "rb") as f:
+        rep = serving_log.parse(_lines(f, serving_log.KEYS))
     if not rep.ok:
         raise CommandError(f"{path}: no failure in it (no CUDA error, device assert or TMA failure)", 1)
     return _of_record(records.from_log(rep, path, cat))
@@ -440,7 +467,7 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
     from sentinel.triage.incident import Hang
 
     with open(path, errors="replace") as f:
-        rep = watchdog.parse(f.read())
+        rep = watchdog.parse(line.rstrip("\n") for line in f)
     if not rep.ok:
         raise CommandError(f"{path}: no watchdog line it could read", 1)
     from sentinel.triage.report import render_known

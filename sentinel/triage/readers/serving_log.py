@@ -74,11 +74,12 @@ _SCHEDULED = re.compile(r"total_num_scheduled_tokens=(\d{1,9})")
 _PAGE_MAX = re.compile(r"page_table\.max=(\d{1,12})\s+num_pages_in_cache=(\d{1,12})")
 _LONG_LINE_KEYS = ("max_num_batched_tokens", "total_num_scheduled_tokens", "ServerArgs(")  # in lines of any length
 _NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
-# Every line parse() reads holds one of these (readers.scan.relevant_lines skips the others): short
-# pieces, each shared by several of the lines above, as each costs one pass of bytes.find.
-KEYS = (b"rror", b'File "', b"Traceback", b"xception", b"Exit", b"ssert", b"TMA", b"hape:", b"ride:", b"llegal",
-        b"isaligned", b"out of memory", b"failure", b"died", b"NCCL WARN", b"page_table.max", b"batched_tokens",
-        b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"...")
+# What the lines parse() reads in a large file hold (readers.scan.relevant_lines skips the others):
+# each costs one pass of bytes.find, and a longer one is a faster pass. Frames are found by '", line ',
+# the TMA dump's lines by "Shape:" / "Stride:"; an elision is "[...]".
+KEYS = (b"rror", b'", line ', b"Traceback", b"xception", b"ssert", b"TMA descriptor", b"tmaFormat", b"Shape:",
+        b"Stride:", b"illegal ", b"misaligned", b"out of memory", b"launch failure", b" died", b"NCCL WARN", b"page_table.max",
+        b"batched_tokens", b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"[...]")
 _DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80}|(?:Scheduler|TpModelWorkerClient) hit an exception|"
                     r"SIGQUIT received[^\n]{0,80}|Received sigquit[^\n]{0,80})")
