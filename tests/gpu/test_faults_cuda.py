@@ -90,3 +90,42 @@ def test_real_fault_becomes_a_triaged_record(tmp_path):
         if proc.poll() is None:
             proc.kill()
         d.close()
+
+
+def test_a_real_fault_logged_and_dumped_is_one_record(tmp_path):
+    """The same real fault under `sentinel run --log-tap`: the CUDA error line torch prints (the log
+    watcher) and the GPU coredump (cuda-gdb) are one fault record, not two; the coredump fills in
+    the kernel. Which comes first is the machine's: both orders merge."""
+    base = str(tmp_path / "s")
+    d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, crash_grace_s=30, kmsg=""))
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY)
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--log-tap", "--", sys.executable,
+                             str(script)], env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        rows: list = []
+        while time.monotonic() < deadline:
+            d.poll_once()
+            rows = d.journal.faults()
+            if rows and any(r["source"] == "coredump" or "coredump" in (r.get("seen_as") or []) for r in rows):
+                break
+            time.sleep(0.2)
+        _out, err = proc.communicate(timeout=60)
+        for _ in range(50):  # what is still in flight (the death, the log's last lines) lands in the same record
+            d.poll_once()
+            time.sleep(0.1)
+        rows = d.journal.faults()
+        assert len(rows) == 1, [(r["source"], r["exception"]) for r in rows]
+        rec = rows[0]
+        seen = {rec["source"], *(rec.get("seen_as") or [])}
+        assert "coredump" in seen and rec["kernel_family"] == "paged_gather", (seen, rec["kernel_family"])
+        assert rec["known_issue"]["id"] == "paged-kv-page-index-off-by-one"
+        if "illegal memory access" in err:
+            assert "log" in seen, seen
+        print(json.dumps({"one_record_from": sorted(seen)}))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        d.close()
