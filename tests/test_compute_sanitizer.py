@@ -31,7 +31,8 @@ def test_every_fixture_has_a_source_row() -> None:
     assert len(REPORTS) >= 5
     for path in REPORTS:
         row = next((ln for ln in readme.splitlines() if f"`{path.name}`" in ln), "")
-        assert "https://github.com/" in row, path.name
+        # a public report's URL, or the capture script that made it on a GPU (h200-*)
+        assert "https://github.com/" in row or "`capture.py --case " in row, path.name
 
 
 # -- each public report, field by field ------------------------------------------------------------
@@ -375,3 +376,14 @@ def test_triage_on_a_clean_run(h, tmp_path: Path) -> None:  # noqa: ANN001
     res = h.run([h.sentinel, "triage", str(clean), "--dir", h.dir], env=h.env())
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.strip() == f"sentinel triage: {clean}: no sanitizer error in it (ERROR SUMMARY: 0 errors)"
+
+
+def test_captured_on_an_h200_misaligned_read_and_shared_race() -> None:
+    """Real compute-sanitizer output of capture.py's kernels on an H200 (README), field by field."""
+    rec = _record("h200-misaligned-read.memcheck.txt")
+    assert rec.exception_class == "misaligned_address" and rec.kernel == "misaligned_read" and rec.kind == "cuda"
+    assert (rec.log["thread"], rec.log["block"]) == ("(0,0,0)", "(0,0,0)")
+    assert rec.log["address"] == "0x7fe52c800001" and rec.log["size"] == 4
+    assert rec.log["allocation"]["size"] == 1032 and rec.log["error_summary"] == 39
+    race = _record("h200-shared-race.racecheck.txt")
+    assert race.exception_class == "data_race" and race.kernel == "shared_race" and race.log["hazards"] == 256

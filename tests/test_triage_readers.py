@@ -104,3 +104,30 @@ def test_several_files_and_standard_input(h, tmp_path: Path) -> None:  # noqa: A
     assert res.returncode == 0 and json.loads(res.stdout)["known_issue"]["id"] == "degenerate-stride-tma"
     res = h.run([h.sentinel, "triage", "-", "--dir", h.dir], env=h.env(), input="")
     assert res.returncode == 2 and res.stderr.startswith("sentinel triage: -: not a GPU coredump")
+
+
+def test_a_log_that_holds_a_fault_and_a_hang_gives_both_and_their_incident(tmp_path: Path) -> None:
+    """A rank's own log often holds its CUDA error and the watchdog's timeout: both are read (the
+    order the readers are asked in must not hide one), and they make one incident."""
+    import contextlib
+    import io
+
+    from sentinel.cli.main import main
+
+    log = tmp_path / "rank0.log"
+    log.write_text(
+        "[rank0]:[E1114 22:47:01.1 ProcessGroupNCCL.cpp:632] [Rank 0] Watchdog caught collective operation timeout: "
+        "WorkNCCL(SeqNum=12, OpType=ALLGATHER, NumelIn=6, NumelOut=48, Timeout(ms)=600000) ran for 600086 milliseconds "
+        "before timing out.\n"
+        "[rank0]: Traceback (most recent call last):\n"
+        '[rank0]:   File "/srv/app/serve.py", line 40, in forward\n'
+        "[rank0]: RuntimeError: CUDA error: an illegal instruction was encountered\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["triage", str(log), "--json", "--dir", str(tmp_path)]) == 0
+    docs = json.loads(out.getvalue())
+    assert [d["file"] for d in docs] == [f"{log} (serving log)", f"{log} (c10d watchdog report)",
+                                         "the incident (all files together)"]
+    inc = docs[-1]["result"]["incident"]
+    assert inc["record"]["exception_class"] == "illegal_instruction" and inc["hangs"][0]["op"] == "ALLGATHER"
+    assert inc["culprit_ranks"] == [0]

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         results: list[tuple[str, Result | None, str]] = []  # (name as given, result, or the error's line)
         for name, path in zip(args.files, files):
             try:
-                results.append((name, _one(args, path, cat), ""))
+                found = _one(args, path, cat)
+                results += [(name if len(found) == 1 else f"{name} ({kind})", r, "") for kind, r in found]
             except CommandError as exc:
                 message = str(exc).replace(path, name)  # standard input is "-", not our temporary file
                 if len(files) == 1:
@@ -208,20 +209,38 @@ def _stdin_as_file(files: list[str]) -> Iterator[list[str]]:
         yield [path if name == "-" else name for name in files]
 
 
-def _one(args: argparse.Namespace, path: str, cat) -> Result:  # noqa: ANN001
-    """One file: a coredump goes to cuda-gdb, anything else to the reader whose kind it looks like."""
+# A server's own log can hold several of these at once (a worker's CUDA error, the watchdog's timeout
+# on the other ranks, the NCCL WARN lines): each of them that the file shows is read.
+LOG_KINDS = (serving_log, watchdog, kernel_log)
+
+
+def _one(args: argparse.Namespace, path: str, cat) -> list[tuple[str, Result]]:  # noqa: ANN001
+    """One file's results, (kind, result) each: a coredump goes to cuda-gdb, anything else to the reader
+    whose kind it looks like; a log to every log reader whose kind it shows."""
     from sentinel.triage.readers import cudagdb
 
     if _is_coredump(path):
-        return _of_record(_from_debugger(args, path, cat))
+        return [("coredump", _of_record(_from_debugger(args, path, cat)))]
     reader = _detect(path)
     if reader is cudagdb:
-        return _of_record(_from_debugger(args, None, cat, transcript=path))
+        return [(reader.KIND, _of_record(_from_debugger(args, None, cat, transcript=path)))]
     handlers = {flight_recorder: _flight_recorder, fr_analysis: _fr_analysis, kernel_log: _kernel_log,
                 watchdog: _watchdog, compute_sanitizer: _sanitizer, serving_log: _serving_log}
     if reader not in handlers:
         raise CommandError(f"{path}: a {reader.KIND}, which `sentinel triage` cannot report on yet")
-    return handlers[reader](path, cat)
+    if reader not in LOG_KINDS:
+        return [(reader.KIND, handlers[reader](path, cat))]
+    head, tail = _head(path), _tail(path)
+    kinds = [k for k in LOG_KINDS if k is reader or k.looks_like(head) or k.looks_like(tail)]
+    out, refused = [], None
+    for kind in kinds:
+        try:
+            out.append((kind.KIND, handlers[kind](path, cat)))
+        except CommandError as exc:  # its marker was there, but nothing it could read
+            refused = refused or exc
+    if not out:
+        raise refused or CommandError(f"{path}: nothing it could read", 1)
+    return out
 
 
 def _open(path: str):  # noqa: ANN202
