@@ -5,7 +5,11 @@ What it reads, on lines with or without the engines' prefixes (``(VllmWorker ran
 ``(EngineCore_DP0 pid=..)``, ``ERROR 07-28 16:54:13 [core.py:591]``, ``[WORKER]:``, ``[rank0]:``) and
 a journal's (``Jun 10 16:45:05 host bash[107468]:``):
 
-- ``CUDA error: <text>`` (and ``torch.OutOfMemoryError: CUDA out of memory``);
+- ``CUDA error: <text>`` (and ``torch.OutOfMemoryError: CUDA out of memory``), and the CUDA checks that
+  native extensions print themselves: ``Failed: Cuda error <file>:<line> '<text>'`` (vLLM's custom
+  all-reduce) and ``CUDA error (<file>:<line>): <text>`` (FlashAttention's launch templates);
+- a line that names a GPU fault in another wording (``TopPSamplingFromProbs failed with error code an
+  illegal memory access was encountered``), when nothing above names one;
 - PyTorch device-side asserts: ``<file>.cu:<line>: <function>: block: [x,y,z], thread: [x,y,z]
   Assertion `<condition>` failed.``;
 - FlashInfer / CUTLASS ``Failed to initialize the TMA descriptor`` dumps with their ``Shape:`` and
@@ -30,15 +34,22 @@ __all__ = ["KIND", "MAX_LINES", "LogReport", "looks_like", "parse"]
 KIND = "serving log"
 MAX_LINES = 64  # failure lines kept per report, 400 characters each
 
-_MARKER = re.compile(rb"CUDA error: |device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
+_MARKER = re.compile(rb"CUDA error: |CUDA error \(|Failed: Cuda error |device-side assert|Assertion `|Failed to initialize the TMA descriptor|"
                      rb"CUDA out of memory|illegal memory access|misaligned address|an illegal instruction|"
-                     rb"unspecified launch failure|EngineDeadError|Worker failed with error")
+                     rb"unspecified launch failure|EngineDeadError|Worker failed with error|Worker proc \S+ died|"
+                     rb"Worker \w+ pid \d+ died")
 # The prefixes engines put before a line, any number of them, in any order.
 _PREFIX = re.compile(r"^(?:\s*(?:\x1b\[[0-9;]*m)?(?:\([A-Za-z_]\w*(?: [^()]{0,80})?\)|\[[A-Za-z_][\w ]{0,20}\]:|"
                      r"\[rank\d+\]:|(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[^\]\s]{1,80}\]|"
-                     r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|"
+                     r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?:|"
                      r"\S{1,6}\s+\d{1,2}\s+\d\d:\d\d:\d\d\s+\S+\s+[\w.-]+\[\d+\]:)(?:\x1b\[[0-9;]*m)?)+ ?")
 _CUDA_ERROR = re.compile(r"CUDA error: ([^\n']{1,200}?)(?:'|$|\n)")
+# A native extension's own CUDA check: the text after the source location is cudaGetErrorString's.
+_CUDA_CHECK = re.compile(r"Cuda error [^\s']{1,300}:\d+ '(?P<msg>[^'\n]{1,200})'|"
+                         r"CUDA error \([^()\s]{1,300}:\d+\): (?P<msg2>[^\n]{1,200})")
+# A GPU fault named in a library's own words, outside a "CUDA error:" line.
+_FAULT_TEXT = re.compile(r"an illegal memory access was encountered|misaligned address|"
+                         r"an illegal instruction was encountered|unspecified launch failure")
 _OOM = re.compile(r"(CUDA out of memory\.[^\n]{0,200})")
 _ASSERT = re.compile(r"(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
                      r"block: \[(?P<block>[\d,\s]+)\], thread: \[(?P<thread>[\d,\s]+)\] Assertion [`'](?P<cond>.{1,400}?)[`'] failed")
@@ -48,7 +59,8 @@ _STRIDE = re.compile(r"^\s*Stride:((?:\s+\d+)+)\s*$")
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]{1,500})", line (?P<line>\d+), in (?P<func>\S+)')
 _ERROR_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)): (?P<msg>.{0,300})$")
 _NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
-_DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
+_DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|"
+                    r"Worker (?:proc )?\S+(?: pid \d+)? died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80})")
 
 
@@ -66,6 +78,7 @@ class LogReport:
     """
 
     exception: str = ""
+    fault_line: str = ""  # the first line naming a GPU fault in a library's own words
     cuda_error: str = ""  # the first "CUDA error: ..." text, whatever the failure's own text is
     error_type: str = ""
     error_line: str = ""  # the first "SomeError: message" line that ends a traceback
@@ -185,10 +198,15 @@ def parse(text: str) -> LogReport:
                 in_tma = False
                 continue
         c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
-        if c or o or w or d:
+        k = None if c else _CUDA_CHECK.search(line)
+        if c or k or o or w or d:
             keep(line)
-        if c:
-            rep.cuda_error = rep.cuda_error or f"CUDA error: {c[1].strip()}"
+        elif _FAULT_TEXT.search(line):
+            keep(line)
+            rep.fault_line = rep.fault_line or line.strip()[:400]
+        if c or k:
+            text = c[1] if c else (k["msg"] or k["msg2"])
+            rep.cuda_error = rep.cuda_error or f"CUDA error: {text.strip()}"
             rep.exception = rep.exception or rep.cuda_error
         if o and not rep.exception:
             rep.exception = o[1].strip()
@@ -203,6 +221,8 @@ def parse(text: str) -> LogReport:
         if where:
             rep.frame = where
             break
+    if not rep.exception and rep.fault_line:
+        rep.exception = rep.fault_line
     if not rep.exception and rep.chain:  # the engine died of a Python exception: its text is the failure
         rep.exception = rep.error_line or rep.chain[0]
     rep.evidence = _evidence(rep)
