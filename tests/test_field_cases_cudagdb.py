@@ -70,3 +70,17 @@ def test_lcpp24398_misaligned_register_is_its_own_class() -> None:
 ])
 def test_one_class_per_hardware_exception(text: str, cls: str) -> None:
     assert fingerprint.exception_class(text) == cls
+
+
+def test_a_live_session_s_stop_line_names_the_kernel() -> None:
+    """cuda-gdb's stop on an exception in a live session: "0x... in <kernel>(<params>)" and the launch
+    dimensions on the next line, no "#0" frame (flash-attention issue 1311)."""
+    text = ('Thread 137 "pt_autograd_0" received signal CUDA_EXCEPTION_14, Warp Illegal Address.\n'
+            "[Switching focus to CUDA kernel 0, grid 2749, block (0,8156,0), thread (96,0,0), device 0, sm 0, "
+            "warp 10, lane 0]\n"
+            "0x00007ff9ac5f8fa0 in void flash_bwd_dot_do_o_kernel<true, Flash_bwd_kernel_traits<128, 64, 128, 8, 2, "
+            "4, 2, false, false, cutlass::half_t, Flash_kernel_traits<128, 64, 128, 8, cutlass::half_t> > >"
+            "(Flash_bwd_params)\n   <<<(1,12288,16),(256,1,1)>>> ()\n")
+    r = cudagdb.parse(text)
+    assert fingerprint.kernel_family(r.kernel) == "flash_bwd_dot_do_o_kernel"
+    assert (r.grid, r.block_dim, r.focus_block) == ("(1,12288,16)", "(256,1,1)", "(0,8156,0)")

@@ -207,3 +207,46 @@ def test_a_large_log_read_by_its_key_lines_gives_the_same_diagnosis(monkeypatch,
     with contextlib.redirect_stdout(out):
         assert main(["triage", str(FIXTURES / "vllm21731-scatter-assert.log"), "--json", "--dir", str(tmp_path)]) == 0
     assert json.loads(out.getvalue())["known_issue"]["id"] == "index-out-of-bounds-assert"
+
+
+def test_native_cuda_checks_are_cuda_errors() -> None:
+    """The CUDA checks extensions print themselves (vLLM's CUDACHECK exits the worker with no
+    traceback; FlashAttention's launch template) carry cudaGetErrorString's text."""
+    for text, err in (
+        ("Failed: Cuda error /workspace/csrc/custom_all_reduce.cuh:164 'invalid argument'\n"
+         "(EngineCore pid=3677484) ERROR 09-10 09:37:41 [multiproc_executor.py:314] Worker proc VllmWorker-0 died "
+         "unexpectedly (exit code: None), shutting down executor.", "CUDA error: invalid argument"),
+        ("CUDA error (/build/source/flash-attn/flash_fwd_launch_template.h:184): no kernel image is available for "
+         "execution on the device", "CUDA error: no kernel image is available for execution on the device"),
+    ):
+        assert serving_log.looks_like(text.encode())
+        rep = serving_log.parse(text)
+        assert rep.cuda_error == err and rep.exception == err
+        assert rep.lines[0] == text.splitlines()[0]
+    rep = serving_log.parse("Failed: Cuda error /workspace/csrc/custom_all_reduce.cuh:164 'invalid argument'\n"
+                            "Worker proc VllmWorker-1 died unexpectedly, shutting down executor.")
+    assert rep.chain == ["Worker proc VllmWorker-1 died unexpectedly, shutting down executor."]
+
+
+def test_a_fault_named_in_a_library_s_words_behind_a_timestamp_prefix() -> None:
+    """FlashInfer's 'X failed with error code <CUDA error text>' is the failure when no CUDA error line
+    names one; a collector's bare 'YYYY-MM-DD HH:MM:SS: ' prefix is stripped like the engines' own."""
+    text = ("2025-06-27 17:14:23: (VllmWorker rank=0 pid=776293) ERROR 06-27 17:14:23 [multiproc_executor.py:522] "
+            "WorkerProc hit an exception.\n"
+            "2025-06-27 17:14:23: (VllmWorker rank=1 pid=776294) ERROR 06-27 17:14:23 [multiproc_executor.py:522] "
+            "RuntimeError: TopPSamplingFromProbs failed with error code an illegal memory access was encountered\n")
+    rep = serving_log.parse(text)
+    line = "RuntimeError: TopPSamplingFromProbs failed with error code an illegal memory access was encountered"
+    assert rep.exception == line and line in rep.lines and rep.chain == ["WorkerProc hit an exception."]
+    rec = records.from_log(rep, "x", catalog.load([]))
+    assert rec.exception_class == "illegal_address"
+    # a CUDA error line, when there is one, stays the failure
+    rep = serving_log.parse(text + "RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    assert rep.exception == "CUDA error: an illegal memory access was encountered"
+
+
+def test_a_v0_worker_death_line() -> None:
+    text = ("ERROR 01-11 13:09:40 multiproc_worker_utils.py:123] Worker VllmWorkerProcess pid 26961 died, "
+            "exit code: -15\n")
+    assert serving_log.looks_like(text.encode())
+    assert serving_log.parse(text).chain == ["Worker VllmWorkerProcess pid 26961 died, exit code: -15"]

@@ -77,6 +77,9 @@ _FOCUS = re.compile(
 # The kernel's frame: #0, or a later one when #0 is an inlined device function (operator*, a helper).
 _FRAME0 = re.compile(r"^#\d+\s+(?:0x[0-9a-fA-F]+\s+in\s+)?(\S[^\n]*?)<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>\s*(?:\(([^\n]*)|$)",
                      re.M)
+# Where a live session stopped, as cuda-gdb prints it on the exception: "0x... in <kernel>(<params>)" with
+# the launch dimensions on the next line ("   <<<(1,12288,16),(256,1,1)>>> ()"); no "#0" before it.
+_STOP = re.compile(r"^0x[0-9a-fA-F]+ in (\S[^\n]{0,4000})\n[ \t]*<<<(\([\d,\s]+\)),(\([\d,\s]+\))>>>", re.M)
 # Fields people paste from a coredump's summary: "Faulting kernel:" (name on the next line or the same),
 # "kernel: void name<...>(...)", "Launch geometry: <<<(4,8,1),(512,1,1)>>>", "GridDim (64,1,1)  BlockDim (32,4,1)".
 _SUMMARY_KERNEL = re.compile(r"^(?:Faulting kernel|[Kk]ernel):[ \t]*(?:\n[ \t]*)?(\S[^\n]{0,2000})", re.M)
@@ -119,6 +122,9 @@ def parse(text: str) -> GdbReport:
         if at and not r.source_file:
             r.source_file, r.source_line = at.group(1), _int(at.group(2))
         break
+    if not r.kernel and (m := _STOP.search(text)):
+        r.kernel = m.group(1).strip()
+        r.grid, r.block_dim = _dims(m.group(2)), _dims(m.group(3))
     if m := _KERNELS_ROW.search(text):
         if not r.grid:
             r.grid, r.block_dim = _dims(m.group(1)), _dims(m.group(2))

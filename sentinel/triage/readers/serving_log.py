@@ -9,6 +9,10 @@ a journal's (``Jun 10 16:45:05 host bash[107468]:``):
   and ``torch.OutOfMemoryError: CUDA out of memory``;
 - FlashInfer's host-side errors, ``Error in function '<f>' at <file>:<line>: <message>`` (a workspace
   buffer too small, a trtllm-gen runner that refuses a shape);
+- the CUDA checks that native extensions print themselves: ``Failed: Cuda error <file>:<line> '<text>'``
+  (vLLM's custom all-reduce) and ``CUDA error (<file>:<line>): <text>`` (FlashAttention's launch templates);
+- a line that names a GPU fault in another wording (``TopPSamplingFromProbs failed with error code an
+  illegal memory access was encountered``), when nothing above names one;
 - PyTorch device-side asserts: ``<file>.cu:<line>: <function>: block: [x,y,z], thread: [x,y,z]
   Assertion `<condition>` failed.``;
 - FlashInfer / CUTLASS ``Failed to initialize the TMA descriptor`` dumps with their ``Shape:`` and
@@ -43,15 +47,16 @@ KIND = "serving log"
 MAX_LINES = 64  # failure lines kept per report, 400 characters each
 
 _MARKER = re.compile(rb"CUDA [Ee]rror: |CUDA driver error: |Triton Error \[CUDA\]: |CUDA error [^\s':]+:\d+ '|"
-                     rb"page_table\.max=|device-side assert|Assertion `|"
+                     rb"CUDA error \(|Failed: Cuda error |page_table\.max=|device-side assert|Assertion `|"
                      rb"Failed to initialize the TMA descriptor|Error in function '|"
                      rb"CUDA out of memory|illegal memory access|misaligned address|an illegal instruction|"
-                     rb"unspecified launch failure|EngineDeadError|Worker failed with error|"
+                     rb"unspecified launch failure|EngineDeadError|Worker failed with error|Worker proc \S+ died|"
+                     rb"Worker \w+ pid \d+ died|"
                      rb"(?:Scheduler|TpModelWorkerClient) hit an exception|SIGQUIT received|Received sigquit")
 # The prefixes engines put before a line, any number of them, in any order.
 _PREFIX = re.compile(r"^(?:\s*(?:\x1b\[[0-9;]*m)?(?:\([A-Za-z_]\w*(?: [^()]{0,80})?\)|\[[A-Za-z_][\w ]{0,20}\]:|"
                      r"\[rank\d+\]:|(?:ERROR|WARNING|INFO|DEBUG|CRITICAL)\s+\d\d-\d\d\s+[\d:.]+\s+\[?[^\]\s]{1,80}\]|"
-                     r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|"
+                     r"\[\d{4}-\d\d-\d\d[ T][\d:.,]+[^\]]*\]|\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?:|"
                      r"\S{1,6}\s+\d{1,2}\s+\d\d:\d\d:\d\d\s+\S+\s+[\w.-]+\[\d+\]:)(?:\x1b\[[0-9;]*m)?)+ ?")
 # torch's ``CUDA error: <text>``, its driver-API variant, Triton's launcher's ``Triton Error [CUDA]: <text>``,
 # FlashInfer's ``CUDA Error: <text>`` and DeepEP's ``CUDA error <file>:<line> '<text>'``; the text runs to a
@@ -60,8 +65,14 @@ _CUDA_ERROR = re.compile(r"(?:CUDA (?:driver )?(?:error|Error)|Triton Error \[CU
                          r"CUDA error [^\s':]+:\d+ '([^\n']{1,200})")
 # FlashInfer's FLASHINFER_ERROR / FLASHINFER_CHECK text: a host-side refusal, no CUDA error behind it.
 _FI_ERROR = re.compile(r"Error in function '[^'\n]{1,120}' at [^\n]{1,600}")
+# A native extension's own CUDA check: the text after the source location is cudaGetErrorString's.
+_CUDA_CHECK = re.compile(r"Cuda error [^\s']{1,300}:\d+ '(?P<msg>[^'\n]{1,200})'|"
+                         r"CUDA error \([^()\s]{1,300}:\d+\): (?P<msg2>[^\n]{1,200})")
+# A GPU fault named in a library's own words, outside a "CUDA error:" line.
+_FAULT_TEXT = re.compile(r"an illegal memory access was encountered|misaligned address|"
+                         r"an illegal instruction was encountered|unspecified launch failure")
 _OOM = re.compile(r"(CUDA out of memory\.[^\n]{0,200})")
-_ASSERT = re.compile(r"(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
+_ASSERT = re.compile(r"(?<![\w./-])(?P<file>[\w./-]+\.(?:cu|cuh|h|cpp)):(?P<line>\d+): (?P<func>[^:]{1,200}): "
                      r"block: \[(?P<block>[\d,\s]+)\], thread: \[(?P<thread>[\d,\s]+)\] Assertion [`'](?P<cond>.{1,400}?)[`'] failed")
 _TMA = re.compile(r"Failed to initialize the TMA descriptor[^\n]*")
 _TMA_DIM = re.compile(r"\bdim: (\d{1,2})\b")  # "tmaFormat: 9 dim: 4 gmem: 0x..."
@@ -76,11 +87,12 @@ _LONG_LINE_KEYS = ("max_num_batched_tokens", "total_num_scheduled_tokens", "Serv
 _NCCL_WARN = re.compile(r"NCCL WARN .{0,300}")
 # What the lines parse() reads in a large file hold (readers.scan.relevant_lines skips the others):
 # each costs one pass of bytes.find, and a longer one is a faster pass. Frames are found by '", line ',
-# the TMA dump's lines by "Shape:" / "Stride:"; an elision is "[...]".
+# the TMA dump's lines by "Shape:" / "Stride:"; an elision by "...".
 KEYS = (b"rror", b'", line ', b"Traceback", b"xception", b"ssert", b"TMA descriptor", b"tmaFormat", b"Shape:",
-        b"Stride:", b"illegal ", b"misaligned", b"out of memory", b"launch failure", b" died", b"NCCL WARN", b"page_table.max",
-        b"batched_tokens", b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"[...]")
-_DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|Worker \S+ died[^\n]{0,80}|"
+        b"Stride:", b"illegal ", b"misaligned", b"out of memory", b"launch failure", b" died", b"NCCL WARN",
+        b"page_table.max", b"batched_tokens", b"batched-tokens", b"scheduled_tokens", b"ServerArgs", b"...")
+_DEATH = re.compile(r"(EngineDeadError[^\n]{0,200}|Worker failed with error[^\n]{0,160}|"
+                    r"Worker (?:proc )?\S+(?: pid \d+)? died[^\n]{0,80}|"
                     r"WorkerProc hit an exception[^\n]{0,80}|(?:Scheduler|TpModelWorkerClient) hit an exception|"
                     r"SIGQUIT received[^\n]{0,80}|Received sigquit[^\n]{0,80})")
 
@@ -100,6 +112,7 @@ class LogReport:
     """
 
     exception: str = ""
+    fault_line: str = ""  # the first line naming a GPU fault in a library's own words
     cuda_error: str = ""  # the first "CUDA error: ..." text, whatever the failure's own text is
     error_type: str = ""
     error_line: str = ""  # the first "SomeError: message" line that ends a traceback
@@ -206,7 +219,9 @@ def parse(text: str | Iterable[str]) -> LogReport:
             rep.error_line = rep.error_line or line.strip()[:400]
             keep(line)
             current = None
-        a = _ASSERT.search(line)
+        # a device assert names its thread: only such a line is searched (the file pattern, tried at every
+        # position of a long path-like line, is quadratic)
+        a = _ASSERT.search(line) if "block: [" in line and "ssert" in line else None
         if a:
             if rep.asserts < 4:
                 keep(line)
@@ -247,13 +262,18 @@ def parse(text: str | Iterable[str]) -> LogReport:
         if not rep.exception and tag:
             failing_tag = tag
         c, o, w, d = _CUDA_ERROR.search(line), _OOM.search(line), _NCCL_WARN.search(line), _DEATH.search(line)
+        k = None if c else _CUDA_CHECK.search(line)
         fi = _FI_ERROR.search(line)
-        if c or o or w or d or fi:
+        if c or k or o or w or d or fi:
             keep(line)
+        elif _FAULT_TEXT.search(line):
+            keep(line)
+            rep.fault_line = rep.fault_line or line.strip()[:400]
         if fi:
             rep.lib_error = rep.lib_error or fi[0].strip()[:400]
-        if c:
-            rep.cuda_error = rep.cuda_error or f"CUDA error: {(c[1] or c[2]).strip()}"
+        if c or k:
+            text = (c[1] or c[2]) if c else (k["msg"] or k["msg2"])
+            rep.cuda_error = rep.cuda_error or f"CUDA error: {text.strip()}"
             rep.exception = rep.exception or rep.cuda_error
         if o and not rep.exception:
             rep.exception = o[1].strip()
@@ -270,6 +290,8 @@ def parse(text: str | Iterable[str]) -> LogReport:
             break
     if not rep.exception and rep.lib_error:  # FlashInfer refused (no CUDA error): its message is the failure
         rep.exception = rep.lib_error
+    if not rep.exception and rep.fault_line:
+        rep.exception = rep.fault_line
     if not rep.exception and rep.chain:  # the engine died of a Python exception: its text is the failure
         rep.exception = rep.error_line or rep.chain[0]
     rep.process = _process(failing_tag)
