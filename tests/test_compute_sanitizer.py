@@ -385,5 +385,6 @@ def test_captured_on_an_h200_misaligned_read_and_shared_race() -> None:
     assert (rec.log["thread"], rec.log["block"]) == ("(0,0,0)", "(0,0,0)")
     assert rec.log["address"] == "0x7fe52c800001" and rec.log["size"] == 4
     assert rec.log["allocation"]["size"] == 1032 and rec.log["error_summary"] == 39
+    assert rec.top_frame == "capture.py:83 in run_case"  # its own launch frame, not the traceback after it
     race = _record("h200-shared-race.racecheck.txt")
     assert race.exception_class == "data_race" and race.kernel == "shared_race" and race.log["hazards"] == 256

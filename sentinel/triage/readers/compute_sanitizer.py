@@ -203,6 +203,17 @@ class SanitizerError:
             return f"Program hit {self.api_error} on CUDA API call to {self.api_call}"
         return _HEX.sub("0x…", self.kind.rstrip("."))
 
+    def python_frame(self) -> str:
+        """The innermost application frame among the backtrace's Python frames (recent releases print
+        them: ``Host Frame: run_case in capture.py:83``), as ``sentinel_hooks.frames.blame`` picks it;
+        "" if it has none."""
+        py = []
+        for f in self.host_frames:
+            file, _, line = f.source.rpartition(":")
+            if file.endswith(".py") and line.isdigit():
+                py.append((file, int(line), f.function))
+        return frames.blame(py)
+
     def host_frame(self) -> HostFrame | None:
         """The innermost application frame of the host backtrace: the first that is neither CUDA's nor
         interpreter plumbing and has a name; else the first that is not CUDA's; None if none."""
@@ -260,8 +271,10 @@ class SanitizerReport:
 
     @property
     def top_frame(self) -> str:
-        """The frame to blame: a Python traceback's, else the fault's host frame."""
-        return self.python_frame or self.host_frame
+        """The frame to blame: the fault's own Python launch frame (its backtrace's), else a Python
+        traceback's in the same output, else the fault's host frame."""
+        launched = self.fault.python_frame() if self.fault else ""
+        return launched or self.python_frame or self.host_frame
 
     @property
     def others(self) -> list[dict[str, Any]]:
