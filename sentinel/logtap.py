@@ -17,6 +17,7 @@ import collections
 import errno
 import os
 import threading
+import time
 
 from sentinel_hooks.writer import FsPolicy
 
@@ -25,6 +26,7 @@ __all__ = ["SINK_BUFFER_BYTES", "LOG_MAX_BYTES", "Sink", "LogFileSink", "Tap"]
 SINK_BUFFER_BYTES = 4 << 20  # what a sink holds before it drops: seconds of a chatty server's output
 LOG_MAX_BYTES = 64 << 20  # the log file is rotated to <name>.1 past this size (one old file kept)
 READ_BYTES = 64 << 10
+LINGER_S = 0.01  # a sink waits this long after its first piece, to write what came meanwhile in one go
 LINE_MAX_BYTES = 64 << 10  # a longer line is cut into pieces of this size
 
 
@@ -63,8 +65,12 @@ class Sink:
                     self._cond.wait()
                 if not self._queue:
                     return
-                data = self._queue.popleft()
-                self._queued -= len(data)
+            if not self._closing:
+                time.sleep(LINGER_S)  # a chatty host's lines, written together: far fewer wake-ups and writes
+            with self._cond:
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
             try:
                 self.write(data)
                 self.written += len(data)
@@ -151,13 +157,30 @@ class LogFileSink(Sink):
             self.put(self._partial.pop(stream) + b"\n")
 
     def write(self, data: bytes) -> None:
-        if self._size + len(data) > self.max_bytes and self._size:
-            os.close(self._fd)
-            os.replace(self.path, self.path + ".1")
-            self._fd = self._open()
-            self._size = 0
-        os.write(self._fd, data)
-        self._size += len(data)
+        view = memoryview(data)
+        while view:
+            room = self.max_bytes - self._size
+            if room < len(view):  # what fits, up to a line's end; the rest goes to a fresh file
+                cut = bytes(view[:max(room, 0)]).rfind(b"\n") + 1
+                if cut == 0 and self._size == 0:  # one line longer than the cap: it goes whole
+                    cut = bytes(view[:LINE_MAX_BYTES + 1]).find(b"\n") + 1 or len(view)
+                if cut:
+                    self._write(view[:cut])
+                    view = view[cut:]
+                if view:
+                    os.close(self._fd)
+                    os.replace(self.path, self.path + ".1")
+                    self._fd = self._open()
+                    self._size = 0
+                continue
+            self._write(view)
+            break
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            n = os.write(self._fd, view)
+            self._size += n
+            view = view[n:]
 
     def close(self, timeout: float) -> None:
         super().close(timeout)

@@ -95,3 +95,17 @@ def test_triage_names_the_culprit_and_the_waiting_ranks(h) -> None:  # noqa: ANN
     ]
     data = json.loads(h.run([h.sentinel, "triage", str(path), "--json", "--dir", h.dir], env=h.env()).stdout)
     assert data["culprit_ranks"] == [7] and data["pg_status"][0]["pg_name"] == "default_pg"
+
+
+def test_a_large_report_read_by_its_key_lines_gives_the_same_hang() -> None:
+    """Past triage.STREAM_BYTES a file is read through readers.scan: every watchdog fixture gives the
+    same timeouts, statuses, desync culprits and states that way."""
+    import io
+
+    from sentinel.triage.readers.scan import relevant_lines
+
+    for path in sorted(FIXTURES.glob("*.log")):
+        whole = watchdog.parse(path.read_text(errors="replace"))
+        part = watchdog.parse(relevant_lines(io.BytesIO(path.read_bytes()), watchdog.KEYS))
+        assert (part.timeouts, part.pg_status, part.desyncs, part.nccl_warnings) == (
+            whole.timeouts, whole.pg_status, whole.desyncs, whole.nccl_warnings), path.name

@@ -345,14 +345,25 @@ def _is_coredump(path: str) -> bool:
 STREAM_BYTES = 64 << 20  # a longer file is streamed: only its lines holding a reader's keys are read
 
 
+_SCANNED: dict[tuple, list[str]] = {}  # a long file's key lines, scanned once for every log reader
+
+
 def _lines(f, keys: tuple[bytes, ...]):  # noqa: ANN001, ANN202
     """A binary file's text for a reader: all of it when short; when long, its lines holding ``keys``
-    (``readers.scan``), a chunk at a time: a log of gigabytes in seconds and bounded memory."""
-    from sentinel.triage.readers.scan import relevant_lines
+    (``readers.scan``; every log reader's keys are looked for in one parallel pass, whose lines each
+    reader then takes its own from): a log of gigabytes in seconds and bounded memory."""
+    from sentinel.triage.readers.scan import relevant_lines_of
 
-    if os.fstat(f.fileno()).st_size <= STREAM_BYTES:
+    st = os.fstat(f.fileno())
+    if st.st_size <= STREAM_BYTES:
         return f.read().decode("utf-8", "replace")
-    return relevant_lines(f, keys)
+    key = (f.name, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SCANNED:
+        union = tuple(dict.fromkeys(k for kind in LOG_KINDS for k in kind.KEYS))
+        _SCANNED.clear()
+        _SCANNED[key] = relevant_lines_of(f.name, union)
+    texts = tuple(k.decode() for k in keys)
+    return [ln for ln in _SCANNED[key] if any(k in ln for k in texts)]
 
 
 def _tail(path: str, size: int = 1 << 20) -> bytes:
@@ -485,8 +496,8 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
 
     from sentinel.triage.incident import Hang
 
-    with open(path, errors="replace") as f:
-        rep = watchdog.parse(line.rstrip("\n") for line in f)
+    with open(path, "rb") as f:
+        rep = watchdog.parse(_lines(f, watchdog.KEYS))
     if not rep.ok:
         raise CommandError(f"{path}: no watchdog line it could read", 1)
     from sentinel.triage.report import render_known
@@ -501,7 +512,10 @@ def _watchdog(path: str, cat) -> Result:  # noqa: ANN001
         d = rep.desyncs[0] if rep.desyncs else None
         what = f" at {d.op} collective #{d.seq}" if d else (f" at {t.op} work #{t.seq}" if t else "")
         what += f", timeout {t.timeout_ms / 1000:g} s" if t else ""
-        lines.append(f"{path}: collective hang in {where}{what}")
+        if "collective_hang" in rep.evidence():
+            lines.append(f"{path}: collective hang in {where}{what}")
+        else:  # NCCL's own warnings only (an init or transport failure): no watchdog timeout seen
+            lines.append(f"{path}: {len(rep.nccl_warnings)} NCCL WARN line(s), no watchdog timeout")
         if pg:
             lines.append(f"  rank {pg.rank}: last enqueued #{pg.last_enqueued}, last completed #{pg.last_completed}")
     culprits = rep.culprit_ranks()

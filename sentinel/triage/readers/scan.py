@@ -4,7 +4,7 @@ A serving log of a gigabyte is mostly request and throughput lines. Each reader 
 strings a line it reads must contain (``KEYS``); ``relevant_lines`` reads the file in chunks and
 finds those strings with ``bytes.find`` (memchr-speed), so only the few lines around them are
 decoded and handed to the reader's per-line parser. Memory stays at one chunk, whatever the file's
-size.
+size. ``relevant_lines_of`` scans a file's spans in parallel processes, one per CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["CHUNK_BYTES", "relevant_lines"]
+__all__ = ["CHUNK_BYTES", "relevant_lines", "relevant_lines_of"]
 
 CHUNK_BYTES = 16 << 20
 
@@ -56,3 +56,49 @@ def relevant_lines(f: BinaryIO, keys: tuple[bytes, ...], chunk_bytes: int = CHUN
         for start in _line_starts(tail, keys):
             end = tail.find(b"\n", start)
             yield tail[start: end if end >= 0 else len(tail)].decode("utf-8", "replace")
+
+
+def _span_lines(path: str, start: int, end: int, keys: tuple[bytes, ...]) -> list[str]:
+    """The key lines of the lines that start in [start, end) of ``path`` (a worker's share)."""
+    with open(path, "rb") as f:
+        if start:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":  # mid-line: that line belongs to the span before
+                f.readline()
+        out: list[str] = []
+        pos = f.tell()
+        while pos < end:
+            data = f.read(min(CHUNK_BYTES, end - pos))
+            if not data:
+                break
+            pos += len(data)
+            if pos >= end or not data.endswith(b"\n"):
+                data += f.readline()  # finish the line that crosses the span's end (or the chunk's)
+                pos = f.tell()
+            for line_start in _line_starts(data, keys):
+                stop = data.find(b"\n", line_start)
+                out.append(data[line_start: stop if stop >= 0 else len(data)].decode("utf-8", "replace"))
+        return out
+
+
+def relevant_lines_of(path: str, keys: tuple[bytes, ...], workers: int | None = None,
+                      span_bytes: int = 4 * CHUNK_BYTES) -> list[str]:
+    """``relevant_lines`` of the file at ``path``, its spans scanned by ``workers`` processes (default:
+    the CPUs this process may use) and joined in file order. Falls back to one process when a pool
+    cannot start."""
+    import concurrent.futures
+    import os
+
+    size = os.path.getsize(path)
+    if not workers:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spans = [(s, min(s + span_bytes, size)) for s in range(0, size, span_bytes)] or [(0, 0)]
+    if workers <= 1 or len(spans) == 1:
+        return [ln for s, e in spans for ln in _span_lines(path, s, e, keys)]
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(spans))) as pool:
+            parts = list(pool.map(_span_lines, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
+                                  [keys] * len(spans)))
+    except (OSError, RuntimeError):  # no process pool here (a sandbox without fork or semaphores)
+        parts = [_span_lines(path, s, e, keys) for s, e in spans]
+    return [ln for part in parts for ln in part]

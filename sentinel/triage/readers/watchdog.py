@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["KIND", "Desync", "PgStatus", "RankState", "WatchdogReport", "WorkTimeout", "looks_like", "parse"]
+__all__ = ["KIND", "KEYS", "Desync", "PgStatus", "RankState", "WatchdogReport", "WorkTimeout", "looks_like", "parse"]
 
 KIND = "c10d watchdog report"
 
@@ -154,6 +154,11 @@ def _ranks(text: str) -> tuple[int, ...]:
 
 # Outside a desync report, a line parse() reads holds one of these: the others are passed over cheaply.
 _KEYS = ("WorkNCCL(", "detected by watchdog", "Timeout at NCCL work", "NCCL WARN", "Timeout at collective")
+# In a large file, the lines parse() reads hold one of these (readers.scan.relevant_lines): the keys
+# above and the desync report's section lines and rows ("[7] finished collective #182, but didn't join",
+# "#315 started ranks:", "[0, 1, 2] started ALLREDUCE").
+KEYS = tuple(k.encode() for k in _KEYS) + (b"lagging/dead/mismatched", b"Snapshot of ranks", b" ranks:", b"] finished",
+                                           b"] joined", b"] started", b"] scheduled", b"] completed", b"didn't")
 
 
 def parse(text: str | Iterable[str]) -> WatchdogReport:
