@@ -476,6 +476,10 @@ def test_server_command_extends_the_images_pythonpath(tmp_path):
     assert got["hooks"].startswith(root) and got["sitecustomize"].startswith(inject)
     assert got["image_sitecustomize"] is True  # Sentinel's sitecustomize ran the image's one
     assert got["image_module"].startswith(str(image))
+    # The server ran under the log tap: its output passed through (read above) and was copied for the
+    # sidecar to DIR/logs/.
+    logs = list((tmp_path / "dir" / "logs").glob("*.log"))
+    assert len(logs) == 1 and got["pythonpath"] in logs[0].read_text()
     # An image without PYTHONPATH: no empty entry (which would put the working directory on the path).
     res = subprocess.run([shell, flag, script, name, sys.executable, "-c", "import os; print(os.environ['PYTHONPATH'])"],
                          capture_output=True, text=True, env=base_env, cwd=tmp_path)
@@ -550,6 +554,21 @@ def test_node_daemonset_has_the_gpus_and_the_pod_resources_socket():
     assert selects(svc["spec"]["selector"], ds["spec"]["template"]["metadata"]["labels"])
     assert selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
     assert svc["metadata"]["labels"][sm["spec"]["jobLabel"]] == "sentinel-node"
+
+
+@needs_kubectl
+def test_node_kernel_log_component_reads_the_hosts_syslog_file_read_only(tmp_path):
+    """components/node-kernel-log: the host's /var/log mounted read-only, --kmsg on its kern.log, and
+    no capability or privilege added for it."""
+    docs = render(overlay_with(tmp_path, "node", "components/node-kernel-log"))
+    spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["args"][-1] == "--kmsg=/host/var/log/kern.log"
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "host-log"]
+    assert vol["hostPath"] == {"path": "/var/log", "type": "Directory"}
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "host-log"]
+    assert mount == {"name": "host-log", "mountPath": "/host/var/log", "readOnly": True}
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and not c["securityContext"].get("privileged")
 
 
 # --- the PrometheusRule ---------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from sentinel.daemon.watchers.logs import plain_line
-from sentinel.logtap import LogFileSink, Sink
 from sentinel_hooks import layout
+from sentinel_hooks.logtap import LogFileSink, Sink
 
 GUARD_S = 90  # bounds a hang of the test, never the pace it asserts
 
@@ -219,3 +219,28 @@ def test_a_sink_that_cannot_keep_up_drops_and_counts() -> None:
     gate.set()
     sink.close(5)
     assert sink.dropped + sink.written == 400
+
+
+def test_a_rotated_syslog_file_is_followed(tmp_path: Path) -> None:
+    """--kmsg on a text file the host's syslog writes: after logrotate renames it and a new one
+    starts, the new file's XIDs are read (the watcher the daemon runs, polled by hand)."""
+    from sentinel.daemon.config import DaemonConfig
+    from sentinel.daemon.loop import Daemon
+
+    kern = tmp_path / "kern.log"
+    kern.write_text("Nov 30 01:00:00 node7 kernel: an old line\n")
+    d = Daemon(DaemonConfig(base_dir=str(tmp_path / "s"), use_events=False, nvml=False, kmsg=str(kern)))
+    try:
+        line = "Nov 30 01:00:0{} node7 kernel: NVRM: Xid (PCI:0000:3b:00): {}, pid=4242, name=python3, Ch 00000008\n"
+        with open(kern, "a") as f:
+            f.write(line.format(1, 43))
+        d.poll_once()
+        kern.rename(tmp_path / "kern.log.1")
+        kern.write_text(line.format(2, 31))
+        d.kernel_log._next_rotation_check = 0.0
+        d.poll_once()  # notices the rotation
+        d.poll_once()  # reads the new file
+        assert d.kernel_log.xids == 2
+        assert {(gpu, xid) for gpu, xid, _ns, _pod in d.snapshot.xids} == {("pci:0000:3b:00", 43), ("pci:0000:3b:00", 31)}
+    finally:
+        d.close()

@@ -2,7 +2,7 @@
 change), by exec: the command keeps the pid, the signals and the exit status.
 
 With ``--log-tap``, `sentinel run` stays as the command's parent instead: it passes the command's
-stdout and stderr through (``sentinel.logtap``, which never blocks the command) and copies them to
+stdout and stderr through (``sentinel_hooks.logtap``, which never blocks the command) and copies them to
 ``SENTINEL_DIR/logs/<host>.<pid>.log`` for the daemon; it forwards the usual signals and exits with the
 command's status (128 + N for a command killed by signal N)."""
 
@@ -20,9 +20,6 @@ __all__ = ["NAME", "HELP", "add_arguments", "run"]
 NAME = "run"
 HELP = "run a command with the hooks injected (no code change)"
 USAGE = "sentinel run [--dir DIR] [--eager] [--log-tap] -- CMD [ARGS...]"
-# Forwarded to the command under --log-tap. The command runs in its own process group, so that a
-# terminal's Ctrl-C reaches it once, through us.
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,48 +79,11 @@ def _hooked_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run_tapped(exe: str, cmd: list[str], env: dict[str, str], base_dir: str) -> int:
-    """Run the command as our child with its output tapped; returns its exit status."""
-    import signal
-    import socket
-    import subprocess
-
-    from sentinel.logtap import LogFileSink, Tap
-    from sentinel_hooks import env as env_vars
-    from sentinel_hooks import layout
-    from sentinel_hooks.writer import FsPolicy
+    """Run the command as our child with its output tapped (``sentinel_hooks.logtap``); returns its
+    exit status."""
+    from sentinel_hooks import logtap
 
     try:
-        proc = subprocess.Popen([exe, *cmd[1:]], executable=exe, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, process_group=0)
+        return logtap.run([exe, *cmd[1:]], env, base_dir)
     except OSError as exc:
         raise CommandError(f"cannot run {cmd[0]}: {exc}", 126) from None
-    for name in FORWARDED:
-        signal.signal(getattr(signal, name), lambda sig, _frame: _forward(proc, sig))
-    log = None
-    try:
-        policy = FsPolicy.from_env()
-        policy.make_dirs(layout.logs_dir(os.path.abspath(base_dir)))
-        host = env_vars.read(env_vars.HOST, env) or socket.gethostname()
-        log = LogFileSink(layout.tap_log_path(os.path.abspath(base_dir), host, proc.pid), policy=policy)
-    except OSError as exc:  # the output still passes through; only the daemon's copy is missing
-        print(f"sentinel: no log tap for {cmd[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    tap = Tap(proc.stdout.fileno(), proc.stderr.fileno(), log)
-    while True:
-        try:
-            rc = proc.wait()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            continue
-    tap.close()
-    lost = {k: v for k, v in tap.dropped.items() if v}
-    if lost:
-        print("sentinel: the log tap dropped " + ", ".join(f"{v} bytes of {k}" for k, v in lost.items())
-              + " (its reader or disk could not keep up)", file=sys.stderr)
-    return 128 - rc if rc < 0 else rc
-
-
-def _forward(proc, sig: int) -> None:  # noqa: ANN001
-    try:
-        proc.send_signal(sig)
-    except OSError:  # it has exited already
-        pass

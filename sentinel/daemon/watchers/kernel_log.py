@@ -7,9 +7,11 @@ the GPU (the PCI address mapped to its NVML index where NVML runs, else ``pci:<a
 through the process table, to the process, its rank and pod; its pid's fault record gets the
 evidence ``xid_<N>``. NVML reports the same XID: the GPU watcher counts it once.
 
-Reading ``/dev/kmsg`` needs CAP_SYSLOG where ``kernel.dmesg_restrict`` is 1; without it the watcher
-logs one line and stays off. It starts at the end of the log: XIDs from before the daemon started
-are history (``sentinel triage`` reads a saved ``dmesg``).
+Reading ``/dev/kmsg`` needs CAP_SYSLOG where ``kernel.dmesg_restrict`` is 1 (and, in a container, the
+device); without it the watcher logs one line and stays off. A text file the host's syslog writes
+(``/var/log/kern.log``, ``/var/log/messages``) works too, and is reopened when it is rotated. It starts
+at the end of the log: XIDs from before the daemon started are history (``sentinel triage`` reads a
+saved ``dmesg``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class KernelLogWatcher:
         self.partial = b""
         self.xids = 0
         self.lost = 0  # /dev/kmsg records overwritten before we read them
+        self.inode = -1
+        self._next_rotation_check = 0.0
         self.reason = ""
         if self.path:
             self._open()
@@ -57,7 +61,9 @@ class KernelLogWatcher:
             self.reason = f"{type(exc).__name__}: {exc}"
             log.info("kernel log unavailable: XIDs come from NVML only", extra={"path": self.path, "error": self.reason})
             return
-        self.is_device = stat.S_ISCHR(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
+        self.is_device = stat.S_ISCHR(st.st_mode)
+        self.inode = st.st_ino
         os.lseek(fd, 0, os.SEEK_END)  # history is not news (see the module's docstring)
         self.fd = fd
         log.info("following the kernel log for XIDs", extra={"path": self.path})
@@ -85,6 +91,25 @@ class KernelLogWatcher:
             data.append(chunk)
         if data:
             self.feed(b"".join(data))
+        if not self.is_device and self.fd is not None and time.monotonic() >= self._next_rotation_check:
+            self._next_rotation_check = time.monotonic() + 1.0
+            self._reopen_if_rotated()
+
+    def _reopen_if_rotated(self) -> None:
+        """A syslog file renamed away (logrotate) or truncated: read the new one from its start."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return  # between the rename and the new file: next time
+        if st.st_ino == self.inode and st.st_size >= os.lseek(self.fd, 0, os.SEEK_CUR):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        os.close(self.fd)
+        self.fd, self.inode, self.partial = fd, os.fstat(fd).st_ino, b""
+        log.info("kernel log rotated; reading the new file", extra={"path": self.path})
 
     def view(self) -> dict[str, Any]:
         return {"kmsg_xids": self.xids, "kmsg_lost": self.lost}

@@ -1,6 +1,13 @@
-"""The log tap of `sentinel run --log-tap`: the command's stdout and stderr pass through to
-`sentinel run`'s own, and a copy, in whole lines, goes to ``SENTINEL_DIR/logs/<host>.<pid>.log``,
-which the daemon follows (``daemon/watchers/logs.py``) to turn a failure line into a fault record.
+"""The log tap: a command's stdout and stderr pass through to the tap's own, and a copy, in whole
+lines, goes to ``SENTINEL_DIR/logs/<host>.<pid>.log``, which the daemon follows
+(``sentinel/daemon/watchers/logs.py``) to turn a failure line into a fault record. `sentinel run
+--log-tap` runs it; so can a serving container that has only the hooks (standard library only):
+
+    python -m sentinel_hooks.logtap [--dir DIR] -- CMD [ARGS...]
+
+The tap is the command's parent: it forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
+SIGWINCH (the command runs in a process group of its own, so that a terminal's Ctrl-C reaches it once,
+through the tap) and exits with the command's status (128 + N for a command killed by signal N).
 
 The tap must never hold the command up. Each of the command's pipes is drained by a reader thread
 that only ever reads: what it reads is handed to the sinks (our stdout or stderr, the log file),
@@ -13,15 +20,25 @@ piped program.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import errno
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
-from sentinel_hooks.writer import FsPolicy
+from . import env as env_vars
+from . import layout
+from .writer import FsPolicy
 
-__all__ = ["SINK_BUFFER_BYTES", "LOG_MAX_BYTES", "Sink", "LogFileSink", "Tap"]
+__all__ = ["SINK_BUFFER_BYTES", "LOG_MAX_BYTES", "FORWARDED", "Sink", "LogFileSink", "Tap", "run", "main"]
+
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
 SINK_BUFFER_BYTES = 4 << 20  # what a sink holds before it drops: seconds of a chatty server's output
 LOG_MAX_BYTES = 64 << 20  # the log file is rotated to <name>.1 past this size (one old file kept)
@@ -239,3 +256,64 @@ class Tap:
         if self.log is not None:
             out["log"] = self.log.dropped
         return out
+
+
+def run(argv: list[str], environ: dict[str, str], base_dir: str) -> int:
+    """Run ``argv`` (its first item found on PATH) as our child with its output tapped into
+    ``base_dir``/logs/; returns its exit status (128 + N for a command killed by signal N). Raises
+    OSError when the command cannot be started."""
+    exe = shutil.which(argv[0], path=environ.get("PATH")) or argv[0]
+    proc = subprocess.Popen([exe, *argv[1:]], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            process_group=0)
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            proc.send_signal(sig)
+        except OSError:  # it has exited already
+            pass
+
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), forward)
+    log = None
+    try:
+        policy = FsPolicy.from_env(environ)
+        base = os.path.abspath(base_dir)
+        policy.make_dirs(layout.logs_dir(base))
+        host = env_vars.read(env_vars.HOST, environ) or socket.gethostname()
+        log = LogFileSink(layout.tap_log_path(base, host, proc.pid), policy=policy)
+    except (OSError, ValueError) as exc:  # the output still passes through; only the daemon's copy is missing
+        print(f"sentinel: no log tap for {argv[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    tap = Tap(proc.stdout.fileno(), proc.stderr.fileno(), log)
+    rc = proc.wait()
+    tap.close()
+    lost = {k: v for k, v in tap.dropped.items() if v}
+    if lost:
+        print("sentinel: the log tap dropped " + ", ".join(f"{v} bytes of {k}" for k, v in lost.items())
+              + " (its reader or disk could not keep up)", file=sys.stderr)
+    return 128 - rc if rc < 0 else rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sentinel_hooks.logtap [--dir DIR] -- CMD [ARGS...]``: exit status as ``run``'s, 2
+    for bad usage, 127 for a command not found, 126 for one that cannot run."""
+    p = argparse.ArgumentParser(prog="python -m sentinel_hooks.logtap",
+                                description="Run a command with its output passed through and copied to "
+                                            "SENTINEL_DIR/logs/ for the Sentinel daemon.")
+    p.add_argument("--dir", default=None, help="SENTINEL_DIR (default: $SENTINEL_DIR, else a per-user folder)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+    args = p.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        p.error("give a command after --")
+    if shutil.which(cmd[0]) is None:
+        print(f"sentinel: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    try:
+        return run(cmd, dict(os.environ), args.dir or layout.default_dir())
+    except OSError as exc:
+        print(f"sentinel: cannot run {cmd[0]}: {exc}", file=sys.stderr)
+        return 126
+
+
+if __name__ == "__main__":
+    sys.exit(main())
