@@ -244,3 +244,39 @@ def test_a_rotated_syslog_file_is_followed(tmp_path: Path) -> None:
         assert {(gpu, xid) for gpu, xid, _ns, _pod in d.snapshot.xids} == {("pci:0000:3b:00", 43), ("pci:0000:3b:00", 31)}
     finally:
         d.close()
+
+
+def test_a_logged_error_then_its_gpu_coredump_are_one_record(h, tmp_path: Path) -> None:
+    """The order a CUDA fault usually shows: torch's error line first (the log watcher's record, paged),
+    the GPU coredump seconds later (cuda-gdb's record). The coredump's kernel and report join the
+    log's record; no second record. cuda-gdb is a stand-in here that prints a real H100 transcript
+    (tests/helpers/fake_cuda_gdb.py); the GPU suite runs the real one (tests/gpu/test_faults_cuda.py)."""
+    import socket
+    import stat
+    import sys
+
+    debugger = tmp_path / "cuda-gdb"
+    debugger.write_text(f"#!/bin/sh\nexec {sys.executable} {h.helpers / 'fake_cuda_gdb.py'} \"$@\"\n")
+    debugger.chmod(debugger.stat().st_mode | stat.S_IEXEC)
+    h.daemon(args=("--no-nvml", "--kmsg", "off", "--cuda-gdb", str(debugger)))
+    code = ("import os, sys, sentinel_hooks as sh\nsh.step()\nprint(os.getpid(), flush=True)\nsys.stdin.readline()\n"
+            "print('RuntimeError: CUDA error: an illegal memory access was encountered', file=sys.stderr, flush=True)\n"
+            "sys.stdin.readline()\n")
+    proc = h.spawn([h.sentinel, "run", "--dir", h.dir, "--eager", "--log-tap", "--", h.python, "-c", code],
+                   env=h.env(), stdin=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    rows = h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the log's record")
+    assert _fault(h, h.dir, rows[0]["id"])["source"] == "log"
+    cores = Path(h.dir) / "cores"
+    cores.mkdir(exist_ok=True)
+    (cores / f"core_{socket.gethostname()}_{pid}_{int(time.time())}.nvcudmp").write_bytes(
+        b"TRANSCRIPT cuda-gdb-illegal-address.txt\n" + b"\0" * 4096)
+    h.wait_for(lambda: "coredump" in _fault(h, h.dir, rows[0]["id"]).get("seen_as", []), timeout=GUARD_S,
+               interval=0.2, what="the coredump merged into the log's record")
+    rec = _fault(h, h.dir, rows[0]["id"])
+    assert rec["source"] == "log" and rec["kernel_family"] == "paged_gather" and rec["gdb"]["exception"]
+    assert rec["core_path"].endswith(".nvcudmp") and len(_faults(h, h.dir)) == 1
+    proc.stdin.write("\n")
+    proc.stdin.flush()
