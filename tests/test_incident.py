@@ -60,3 +60,19 @@ def test_the_strongest_record_leads_and_absorbs_the_others() -> None:
 def test_one_file_is_no_incident(tmp_path: Path) -> None:
     rc, doc, text = _triage(LOG, tmp=tmp_path)
     assert rc == 0 and isinstance(doc, dict) and "incident" not in doc and "Incident" not in text
+
+
+def test_a_gpu_fault_leads_over_another_ranks_engine_death_and_keeps_its_rank() -> None:
+    """rank 0's log shows only the engine's death, rank 5's the CUDA error: rank 5's record leads, and
+    rank 0's identity and frame are not copied into it."""
+    cat = catalog.load([])
+    death = records.from_log(serving_log.parse(
+        "[rank0]: Traceback (most recent call last):\n"
+        '[rank0]:   File "/srv/app/engine.py", line 10, in run\n'
+        "[rank0]: vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.\n"), "r0.log", cat)
+    fault = records.from_log(serving_log.parse(LOG.read_text()), str(LOG), cat)
+    assert death.kind == "crash" and fault.kind == "cuda"
+    inc = incident.join(["r0.log", "r5.log"], [death, fault], [], [], cat)
+    assert inc.record is fault and fault.identity["rank"] == 5
+    assert fault.top_frame.startswith("vllm/model_executor/layers/rotary_embedding.py")
+    assert inc.culprit_ranks == [5]

@@ -280,3 +280,99 @@ def test_a_logged_error_then_its_gpu_coredump_are_one_record(h, tmp_path: Path) 
     assert rec["core_path"].endswith(".nvcudmp") and len(_faults(h, h.dir)) == 1
     proc.stdin.write("\n")
     proc.stdin.flush()
+
+
+def test_a_fifo_planted_at_the_log_path_is_refused_at_once(tmp_path: Path) -> None:
+    """Someone in SENTINEL_GROUP can plant a FIFO at the tap's predictable name: opening it must not
+    block (the host's output would then stall behind it)."""
+    import pytest
+
+    fifo = tmp_path / "node.42.log"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError):
+        LogFileSink(str(fifo))
+
+
+def test_a_failure_followed_by_many_lines_at_once_is_read(h, tmp_path: Path) -> None:
+    """The failure's traceback is kept as it was when its first line came, however many lines follow
+    in the same read (a chatty death, a backlog)."""
+    d = h.daemon(args=("--no-nvml", "--kmsg", "off", "--log-file", str(tmp_path / "*.log")))
+    log = tmp_path / "server.log"
+    log.write_text("")
+    h.wait_for(lambda: _metric(d.scrape(), "sentinel_log_files_followed") == 1, timeout=GUARD_S, what="followed")
+    with open(log, "a") as f:
+        f.write('Traceback (most recent call last):\n  File "/srv/app/serve.py", line 7, in step\n'
+                "RuntimeError: CUDA error: an illegal memory access was encountered\n")
+        f.write("".join(f"INFO aborted request {i}\n" for i in range(2000)))
+    rows = h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the failure's record")
+    assert _fault(h, h.dir, rows[0]["id"])["top_frame"] == "/srv/app/serve.py:7 in step"
+
+
+def test_a_restarted_daemon_does_not_record_a_logged_failure_again(h, tmp_path: Path) -> None:
+    d = h.daemon(args=("--no-nvml", "--kmsg", "off"))
+    res = h.run([h.sentinel, "run", "--dir", h.dir, "--log-tap", "--", h.python, "-c",
+                 "import sys; print('RuntimeError: CUDA error: misaligned address', file=sys.stderr)"], env=h.env())
+    assert res.returncode == 0
+    h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the record")
+    d.stop()
+    d2 = h.daemon(args=("--no-nvml", "--kmsg", "off"))
+    polls = _metric(d2.scrape(), "sentinel_daemon_polls_total")
+    h.wait_for(lambda: _metric(d2.scrape(), "sentinel_daemon_polls_total") > polls + 20, timeout=GUARD_S,
+               what="the restarted daemon's polls")
+    assert len(_faults(h, h.dir)) == 1
+
+
+def test_a_container_log_never_borrows_another_pods_process(h, tmp_path: Path) -> None:
+    """Container pids repeat across pods: a pid= in pod A's log is never pod B's process of that pid."""
+    other = h.spawn_py("import os, sys, sentinel_hooks as sh\nsh.step()\nprint(os.getpid(), flush=True)\nsys.stdin.readline()",
+                       env=h.hooked_env(SENTINEL_POD="other-0", SENTINEL_NAMESPACE="serving"), stdin=subprocess.PIPE,
+                       text=True)
+    pid = int(other.stdout.readline())
+    log_dir = tmp_path / "var" / "log" / "pods" / "serving_llm-0_6f1c9a" / "vllm"
+    log_dir.mkdir(parents=True)
+    log = log_dir / "0.log"
+    log.write_text("")
+    h.daemon(args=("--no-nvml", "--kmsg", "off", "--log-file", str(tmp_path / "var/log/pods/*/*/*.log")))
+    h.wait_for(lambda: any(s.get("pid") == pid for s in h.status_json()), timeout=GUARD_S, what="the other pod's ring")
+    with open(log, "a") as f:
+        f.write(f"2026-11-30T01:00:01.000000000Z stderr F (VllmWorker rank=1 pid={pid}) ERROR 11-30 01:00:01 "
+                "[multiproc_executor.py:1] RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    rows = h.wait_for(lambda: _faults(h, h.dir), timeout=GUARD_S, interval=0.2, what="the record")
+    rec = _fault(h, h.dir, rows[0]["id"])
+    assert rec["identity"]["pod"] == "llm-0" and rec["ring"] == "" and rec["last_records"] == []
+    other.stdin.write("\n")
+    other.stdin.flush()
+
+
+def test_nvml_and_the_kernel_log_count_each_xid_once_and_a_storm_in_full(tmp_path: Path) -> None:
+    """Each report of one source stands for one event of the other: alternating NVML and kernel-log
+    reports of four XID 13s are four events, not one."""
+    from sentinel.daemon.config import DaemonConfig
+    from sentinel.daemon.loop import Daemon
+    from sentinel.daemon.nvml import XidEvent
+
+    d = Daemon(DaemonConfig(base_dir=str(tmp_path / "s"), use_events=False, nvml=False, kmsg=""))
+    try:
+        for i in range(4):
+            t = 1000.0 + 2 * i
+            d.gpus.record_xid(XidEvent("0", "", 13, (), t), source="nvml")
+            d.gpus.record_xid(XidEvent("0", "", 13, (4242,), t + 0.1), source="kmsg", detail="SM exception")
+        assert d.gpus.xid_counts[("0", 13, "", "")] == 4
+    finally:
+        d.close()
+
+
+def test_out_of_memory_then_an_illegal_address_are_two_failures() -> None:
+    from sentinel.triage import catalog, records
+
+    cat = catalog.load([])
+    oom = records.FaultRecord(source="log", exception="CUDA out of memory. Tried to allocate 2.00 GiB",
+                              exception_class="").finish(cat)
+    core = records.FaultRecord(source="coredump", exception="Warp Illegal Address", exception_class="",
+                               kernel="paged_gather").finish(cat)
+    death = records.FaultRecord(source="process_crash", exception="Fatal Python error: Aborted",
+                                exception_class="").finish(cat)
+    log = records.FaultRecord(source="log", exception="CUDA error: an illegal memory access was encountered",
+                              exception_class="").finish(cat)
+    assert not oom.compatible(core) and oom.compatible(death)
+    assert log.compatible(core) and core.compatible(log) and log.compatible(death)

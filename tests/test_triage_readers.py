@@ -131,3 +131,20 @@ def test_a_log_that_holds_a_fault_and_a_hang_gives_both_and_their_incident(tmp_p
     inc = docs[-1]["result"]["incident"]
     assert inc["record"]["exception_class"] == "illegal_instruction" and inc["hangs"][0]["op"] == "ALLGATHER"
     assert inc["culprit_ranks"] == [0]
+
+
+def test_a_parallel_scan_gives_each_key_line_once_in_order(tmp_path: Path) -> None:
+    """readers.scan.relevant_lines_of splits a file into spans for several processes: a key line on a
+    span's edge (starting exactly at it, or crossing it) is read once, and the order is the file's."""
+    from sentinel.triage.readers.scan import relevant_lines, relevant_lines_of
+
+    path = tmp_path / "big.log"
+    with open(path, "wb") as f:
+        for i in range(1000):
+            f.write((b"NCCL WARN x %03d " % i).ljust(99, b"a") + b"\n" if i % 7 == 0 else b"b" * 99 + b"\n")
+        f.write(b"NCCL WARN no newline at the end")
+    want = list(relevant_lines(open(path, "rb"), (b"NCCL WARN",)))
+    assert len(want) == 144
+    for span in (100, 150, 250, 1000, 1 << 20):
+        for workers in (1, 2):
+            assert relevant_lines_of(str(path), (b"NCCL WARN",), workers=workers, span_bytes=span) == want, span

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -144,11 +145,17 @@ class LogFileSink(Sink):
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
         self._partial: dict[str, bytes] = {}
+        self._partial_lock = threading.Lock()
         super().__init__("log", limit)
 
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+        """Open (create) the log: never through a symlink, never blocking on a FIFO planted at its name
+        (O_NONBLOCK: a FIFO with no reader fails at once), a regular file only. Raises OSError."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                      self.policy.file_mode)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", self.path)
         try:
             self.policy.own(fd, self.policy.file_mode)  # the daemon may run as another member of the group
         except OSError:
@@ -157,6 +164,10 @@ class LogFileSink(Sink):
 
     def put_stream(self, stream: str, data: bytes) -> None:
         """Called by one reader thread per stream: whole lines go on, the tail waits for its end."""
+        with self._partial_lock:  # flush_partial may run while a reader that outlived the join still reads
+            self._put_stream(stream, data)
+
+    def _put_stream(self, stream: str, data: bytes) -> None:
         data = self._partial.pop(stream, b"") + data
         cut = data.rfind(b"\n") + 1
         if cut == 0 and len(data) < LINE_MAX_BYTES:
@@ -172,8 +183,9 @@ class LogFileSink(Sink):
 
     def flush_partial(self) -> None:
         """At the end: each stream's unfinished last line, with a newline."""
-        for stream in list(self._partial):
-            self.put(self._partial.pop(stream) + b"\n")
+        with self._partial_lock:
+            for stream in list(self._partial):
+                self.put(self._partial.pop(stream, b"") + b"\n")
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -187,13 +199,22 @@ class LogFileSink(Sink):
                     self._write(view[:cut])
                     view = view[cut:]
                 if view:
-                    os.close(self._fd)
-                    os.replace(self.path, self.path + ".1")
-                    self._fd = self._open()
-                    self._size = 0
+                    self._rotate()
                 continue
             self._write(view)
             break
+
+    def _rotate(self) -> None:
+        """The full file to <name>.1, a fresh one in its place. If the fresh one cannot be opened (a full
+        disk), writing goes on into the old file's descriptor; a later rotation tries again."""
+        try:
+            os.replace(self.path, self.path + ".1")
+            fd = self._open()
+        except OSError:
+            self._size = 0  # keep the old descriptor; try again after another max_bytes
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
 
     def _write(self, view: memoryview) -> None:
         while view:
@@ -207,6 +228,13 @@ class LogFileSink(Sink):
             os.close(self._fd)
         except OSError:
             pass
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def _grow_pipe(fd: int) -> int:
@@ -284,8 +312,13 @@ def run(argv: list[str], environ: dict[str, str], base_dir: str) -> int:
     ``base_dir``/logs/; returns its exit status (128 + N for a command killed by signal N). Raises
     OSError when the command cannot be started."""
     exe = shutil.which(argv[0], path=environ.get("PATH")) or argv[0]
+    # With a terminal on stdin the command stays in our process group, the terminal's foreground one (in
+    # a group of its own it would be stopped by SIGTTIN at its first read): the terminal's Ctrl-C and
+    # Ctrl-\ reach it directly, and we ignore them. Otherwise (a container, a pipe) it gets a group of
+    # its own and every signal through us, once.
+    interactive = _isatty(0)
     proc = subprocess.Popen([exe, *argv[1:]], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            process_group=0)
+                            process_group=None if interactive else 0)
 
     def forward(sig: int, _frame: object) -> None:
         try:
@@ -294,7 +327,8 @@ def run(argv: list[str], environ: dict[str, str], base_dir: str) -> int:
             pass
 
     for name in FORWARDED:
-        signal.signal(getattr(signal, name), forward)
+        terminal_sent = interactive and name in ("SIGINT", "SIGQUIT", "SIGWINCH")
+        signal.signal(getattr(signal, name), signal.SIG_IGN if terminal_sent else forward)
     log = None
     try:
         policy = FsPolicy.from_env(environ)
@@ -306,7 +340,10 @@ def run(argv: list[str], environ: dict[str, str], base_dir: str) -> int:
         print(f"sentinel: no log tap for {argv[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
     tap = Tap(proc.stdout.fileno(), proc.stderr.fileno(), log)
     rc = proc.wait()
-    tap.close()
+    try:
+        tap.close()
+    except Exception:  # the command's status matters more than our bookkeeping
+        pass
     lost = {k: v for k, v in tap.dropped.items() if v}
     if lost:
         print("sentinel: the log tap dropped " + ", ".join(f"{v} bytes of {k}" for k, v in lost.items())

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS faults (
     kind TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS faults_signature ON faults (signature, id);
+CREATE TABLE IF NOT EXISTS fault_aliases (dedupe_key TEXT PRIMARY KEY, fault_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS xids (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     gpu TEXT NOT NULL,
@@ -255,7 +256,10 @@ class Journal:
         return [dict(zip(names, r)) for r in cur]
 
     def record_fault(self, rec: Any) -> int | None:
-        """Journal a fault once (by its dedupe key). Returns its id, or None if it was known."""
+        """Journal a fault once (by its dedupe key, or an alias of it: evidence merged into another
+        fault). Returns its id, or None if it was known."""
+        if self.db.execute("SELECT 1 FROM fault_aliases WHERE dedupe_key = ?", (rec.dedupe_key,)).fetchone():
+            return None
         with self.db:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO faults (dedupe_key, signature, source, exception_class, kernel_family, "
@@ -265,6 +269,12 @@ class Journal:
                  json.dumps(rec.as_dict(), default=str), rec.consequence_of, rec.kind),
             )
         return cur.lastrowid if cur.rowcount else None
+
+    def alias_fault(self, dedupe_key: str, fault_id: int) -> None:
+        """Evidence with ``dedupe_key`` (a coredump, a death, a log line) is merged into fault ``fault_id``:
+        ``record_fault`` will not make it a fault of its own again (after a daemon restart)."""
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO fault_aliases VALUES (?, ?)", (dedupe_key, fault_id))
 
     def update_fault(self, rec: Any) -> None:
         """Save a journaled fault's record again (``rec.id``), with the evidence merged into it; its

@@ -74,6 +74,7 @@ class NvmlMonitor:
             self._nv = pynvml
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             self.ok = True
+            self._pci_map()  # now, while every GPU answers: one that fell off the bus later cannot
         except Exception as exc:  # no driver, no library, no GPU
             self.reason = f"{type(exc).__name__}: {exc}"
             log.info("NVML unavailable: GPU utilisation, memory and XID events are off", extra={"reason": self.reason})

@@ -1,8 +1,9 @@
 """One incident from several evidence files: the logs of all ranks, the kernel log, watchdog reports,
 Flight Recorder dumps and a coredump of one failure, given together to `sentinel triage`.
 
-The fault records of the files become one (the strongest first: a GPU coredump, then cuda-gdb's text,
-then a compute-sanitizer report, then a log; the others are absorbed into it, ``FaultRecord.absorb``);
+The fault records of the files become one (a GPU fault first, then the most direct evidence: a GPU
+coredump, cuda-gdb's text, a compute-sanitizer report, a log; the others are absorbed into it,
+``FaultRecord.absorb``, another rank's without its identity and frame);
 the kernel log's XIDs join as evidence ``xid_<N>``; a hang seen in watchdog reports or Flight Recorder
 dumps joins with its culprit ranks, and the ranks that only waited are named as its victims. With a
 fault on one rank and a hang on the others, the faulting rank is the culprit: the others hang in
@@ -70,12 +71,19 @@ def join(files: list[str], records: list[FaultRecord], hangs: list[Hang], xids: 
     """Join what the files showed (``records`` in file order, ``hangs``, ``xids``: kernel_log.XidEvent)
     into one incident. The lead record is changed in place."""
     inc = Incident(files=list(files), hangs=list(hangs), xids=[asdict(x) for x in xids])
-    ordered = sorted(records, key=lambda r: SOURCE_ORDER.index(r.source) if r.source in SOURCE_ORDER else 99)
-    faulted = sorted({r for r in (_rank(rec) for rec in records) if r is not None})
+    # A GPU fault leads over a death it caused elsewhere (rank 0's EngineDeadError, rank 3's illegal
+    # address); among GPU faults, the most direct evidence.
+    ordered = sorted(records, key=lambda r: (r.kind != "cuda",
+                                             SOURCE_ORDER.index(r.source) if r.source in SOURCE_ORDER else 99))
+    # The ranks that faulted: with a GPU fault among the records, the ranks of GPU faults (another
+    # rank's engine death followed from it); else every rank that has a record.
+    gpu = [rec for rec in records if rec.kind == "cuda"]
+    faulted = sorted({r for r in (_rank(rec) for rec in (gpu or records)) if r is not None})
     if ordered:
         lead = ordered[0]
         for other in ordered[1:]:
-            lead.absorb(other, catalog)
+            ranks = (_rank(lead), _rank(other))
+            lead.absorb(other, catalog, same_process=None in ranks or ranks[0] == ranks[1])
         for x in xids:
             if x.nvswitch:
                 continue

@@ -49,12 +49,13 @@ FAULT_KINDS = ("cuda", "crash", "killed")
 
 
 def fault_kind(source: str, exception_class: str, texts: str) -> str:
-    """``cuda`` for a GPU fault (a GPU coredump, a compute-sanitizer error, or a CUDA error the process
-    raised; running out of GPU memory is not one), ``killed`` for a death without a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for
-    any other death (a native signal with no CUDA evidence, an uncaught exception)."""
+    """``cuda`` for a GPU fault (a GPU coredump or cuda-gdb's text of one, a compute-sanitizer error, or a
+    CUDA error the process raised; running out of GPU memory is not one), ``killed`` for a death without
+    a word (SIGKILL: an OOM kill, an eviction, a grace-period overrun), ``crash`` for any other death (a
+    native signal with no CUDA evidence, an uncaught exception)."""
     if exception_class == "out_of_memory":  # "CUDA out of memory" is a resource, not a GPU fault
         return "crash"
-    if source in ("coredump", "sanitizer") or "cuda" in texts.lower():
+    if source in ("coredump", "transcript", "sanitizer") or "cuda" in texts.lower():
         return "cuda"
     return "killed" if exception_class == "killed" else "crash"
 
@@ -92,6 +93,7 @@ class FaultRecord:
     died_at: float = 0.0  # when the daemon saw the process die (0: not known, e.g. a transcript)
     consequence_of: int | None = None  # the id of the fault this death followed from (see is_consequence)
     seen_as: list[str] = field(default_factory=list)  # the other sources that saw this fault (see absorb)
+    ring: str = ""  # the ring file of the process it happened in: one process incarnation (pids repeat)
 
     def finish(self, catalog: Catalog) -> FaultRecord:
         self.exception_class = fingerprint.exception_class(self.exception)
@@ -102,21 +104,34 @@ class FaultRecord:
         self.known_issue = match.as_dict() if match else None
         return self
 
-    def absorb(self, other: FaultRecord, catalog: Catalog) -> None:
+    def compatible(self, other: FaultRecord) -> bool:
+        """Whether ``other`` can be this failure seen another way: the same exception class; a death
+        (the process died of this); or both GPU faults (a CUDA error's log line and the coredump or
+        sanitizer report of the kernel behind it). Running out of memory, then an illegal address, are
+        two failures."""
+        if other.exception_class == self.exception_class or "process_crash" in (self.source, other.source):
+            return True
+        return self.kind == other.kind == "cuda"
+
+    def absorb(self, other: FaultRecord, catalog: Catalog, same_process: bool = True) -> None:
         """Take in ``other``, the same failure seen another way (the process's log line, its death, its
         GPU coredump, an XID): its evidence and notes join, and what this record lacks (kernel, frame,
         cuda-gdb's report, the coredump, the faulthandler dump, the ring's last records) is filled in;
         the known issue is matched again on all of it. The signature, exception and kind stay as first
-        recorded: the fault was paged with them."""
+        recorded: the fault was paged with them. With ``same_process`` False (another rank's record, in an
+        incident) the identity, frame and ring records stay this record's own."""
         self.seen_as.append(other.source)
         self.evidence = sorted(set(self.evidence) | set(other.evidence))
-        for name in ("kernel", "top_frame", "cuda_error", "faulthandler", "core_path", "core_bytes", "gdb",
-                     "last_records", "triage_seconds", "died_at"):
+        names = ["kernel", "cuda_error", "core_path", "core_bytes", "gdb", "triage_seconds"]
+        if same_process:
+            names += ["top_frame", "faulthandler", "last_records", "died_at", "ring"]
+        for name in names:
             if not getattr(self, name) and getattr(other, name):
                 setattr(self, name, getattr(other, name))
         if self.kernel and not self.kernel_family:
             self.kernel_family = fingerprint.kernel_family(self.kernel)
-        self.identity = {**other.identity, **self.identity}
+        if same_process:
+            self.identity = {**other.identity, **self.identity}
         lines = list(dict.fromkeys([*self.log.get("lines", ()), *other.log.get("lines", ())]))
         self.log = {**other.log, **self.log, **({"lines": lines} if lines else {})}
         self.notes.append(f"also seen as {other.source}: {other.exception}"
@@ -267,7 +282,7 @@ def from_core(report: GdbReport, core_path: str, state: ProcessState | None, nam
         cuda_error=cuda_error, faulthandler=fh,
         last_records=render_records(state.last, names) if state is not None else [],
         gdb=report.as_dict(), core_path=core_path, core_bytes=size, notes=list(notes or []),
-        dedupe_key=f"core:{os.path.basename(core_path)}",
+        dedupe_key=f"core:{os.path.basename(core_path)}", ring=state.ring if state is not None else "",
         # A dump is written as the process dies: if the daemon has not seen the death yet, it is now.
         died_at=(state.ended_at or time.time()) if state is not None else 0.0,
     )
@@ -299,6 +314,7 @@ def from_log(report: LogReport, path: str, catalog: Catalog, state: ProcessState
         rec.identity = dict(report.process)
     if state is not None:
         rec.identity = dict(state.identity)
+        rec.ring = state.ring
         rec.last_records = render_records(state.last, names or (lambda tag: ""))
         if not rec.top_frame:
             rec.top_frame = exception_texts(state, names or (lambda tag: ""))[1]
@@ -366,6 +382,6 @@ def from_crash(state: ProcessState, names: Callable[[int], str], base_dir: str, 
         source="process_crash", exception=exception, exception_class="", top_frame=frame or fh_frame,
         identity=ident, evidence=evidence_from(state), cuda_error=cuda_error, faulthandler=fh,
         last_records=render_records(state.last, names), notes=notes,
-        dedupe_key=f"crash:{state.ring}", died_at=state.ended_at,
+        dedupe_key=f"crash:{state.ring}", died_at=state.ended_at, ring=state.ring,
     )
     return rec.finish(catalog)

@@ -197,10 +197,18 @@ class FaultWatcher:
 
     @staticmethod
     def _key(rec: records.FaultRecord) -> tuple:
+        """One process incarnation: its ring (pids repeat: a restarted container's server often has
+        its predecessor's); a pid where no ring is known; for a log line no process could be named,
+        its pod (the death or coredump of a process of that pod is then taken as the same failure), or
+        its file."""
         ident = rec.identity or {}
+        if rec.ring:
+            return ("ring", rec.ring)
         if ident.get("pid") is not None:
-            return ("pid", ident.get("host", ""), ident["pid"])
-        if rec.source == "log":  # no process known: one record per failure window of that file
+            return ("pid", ident.get("host", ""), ident.get("namespace", ""), ident.get("pod", ""), ident["pid"])
+        if rec.source == "log" and ident.get("pod"):
+            return ("pod", ident.get("namespace", ""), ident["pod"])
+        if rec.source == "log":
             return ("file", rec.dedupe_key.split(":")[1] if ":" in rec.dedupe_key else rec.dedupe_key)
         return ("key", rec.dedupe_key)
 
@@ -208,6 +216,7 @@ class FaultWatcher:
         """An XID that named ``pids`` (the kernel log's pid=, NVML's compute processes): evidence
         ``xid_<N>`` for their fault records, now and for those made within the merge window."""
         self._recent_xids.append((at, xid, pids, detail))
+        self._recent = {k: r for k, r in self._recent.items() if at - r.created_at <= self.merge_window_s}
         for rec in self._recent.values():
             if rec.identity.get("pid") in pids and f"xid_{xid}" not in rec.evidence and rec.id is not None:
                 self._add_xid(rec, xid, detail)
@@ -239,10 +248,20 @@ class FaultWatcher:
                 self._add_xid(rec, xid, detail)
         key = self._key(rec)
         first = self._recent.get(key)
-        if first is not None and first.id is not None and first.dedupe_key != rec.dedupe_key:
+        ident = rec.identity or {}
+        if first is None and ident.get("pod"):  # a log line of this pod that named no hooked process
+            pod = (ident.get("namespace", ""), ident["pod"])
+            first = next((r for r in self._recent.values() if r.source == "log" and not r.ring and r is not rec
+                          and ((r.identity or {}).get("namespace", ""), (r.identity or {}).get("pod")) == pod), None)
+        if (first is not None and first.id is not None and first.dedupe_key != rec.dedupe_key
+                and first.compatible(rec)):
             first.absorb(rec, self.ctx.catalog)
             self.merged += 1
             self._update(first)
+            try:  # a restarted daemon meeting this evidence again (a kept coredump) knows it is merged
+                self.ctx.journal.alias_fault(rec.dedupe_key, first.id)
+            except Exception:
+                self.ctx.journal_failed("journal write failed for a merged fault's key")
             log.info("fault evidence merged", extra={"fault_id": first.id, "source": rec.source,
                                                      "exception": rec.exception, "signature": rec.signature})
             return

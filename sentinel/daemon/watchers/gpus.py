@@ -25,7 +25,9 @@ class GpuWatcher:
     def __init__(self, ctx: DaemonContext, faults: FaultWatcher | None = None) -> None:
         self.ctx = ctx
         self.faults = faults
-        self._last: dict[tuple[str, int], tuple[float, str]] = {}  # (gpu, xid) -> (when, source)
+        # Per (gpu, xid), the recorded events no event of the other source has been matched to yet:
+        # each report of one source stands for one event of the other, never more.
+        self._unmatched: dict[tuple[str, int], list[tuple[float, str]]] = {}
         attribute = None
         if ctx.config.nvml and ctx.config.pod_resources_socket:
             from sentinel.daemon.podresources import PodAttribution
@@ -67,12 +69,15 @@ class GpuWatcher:
         if self.faults is not None and ev.pids:
             self.faults.attach_xid(ev.xid, ev.pids, detail or info.name, ev.at)
         key = (ev.gpu, ev.xid)
-        prev = self._last.get(key)
-        self._last[key] = (ev.at, source)
-        if prev is not None and prev[1] != source and ev.at - prev[0] <= SAME_XID_S:
-            return  # the same event, seen by the other source
-        if len(self._last) > 4096:
-            self._last = {k: v for k, v in self._last.items() if ev.at - v[0] <= SAME_XID_S}
+        waiting = [(at, src) for at, src in self._unmatched.get(key, []) if ev.at - at <= SAME_XID_S]
+        other = next((i for i, (_at, src) in enumerate(waiting) if src != source), None)
+        if other is not None:  # the same event, seen by the other source
+            del waiting[other]
+            self._unmatched[key] = waiting
+            return
+        self._unmatched[key] = [*waiting, (ev.at, source)][-64:]
+        if len(self._unmatched) > 4096:
+            self._unmatched = {k: v for k, v in self._unmatched.items() if v and ev.at - v[-1][0] <= SAME_XID_S}
         procs = [s for s in self.ctx.states.values() if s.identity.get("pid") in ev.pids]
         try:
             self.ctx.journal.record_xid(ev.gpu, ev.xid, list(ev.pids), ev.at, ev.pods)

@@ -58,13 +58,21 @@ def relevant_lines(f: BinaryIO, keys: tuple[bytes, ...], chunk_bytes: int = CHUN
             yield tail[start: end if end >= 0 else len(tail)].decode("utf-8", "replace")
 
 
+def _skip_line(f: BinaryIO) -> None:
+    """Read past the end of the line ``f`` is in, a chunk at a time (bounded memory)."""
+    while True:
+        part = f.readline(CHUNK_BYTES)
+        if not part or part.endswith(b"\n"):
+            return
+
+
 def _span_lines(path: str, start: int, end: int, keys: tuple[bytes, ...]) -> list[str]:
     """The key lines of the lines that start in [start, end) of ``path`` (a worker's share)."""
     with open(path, "rb") as f:
         if start:
             f.seek(start - 1)
             if f.read(1) != b"\n":  # mid-line: that line belongs to the span before
-                f.readline()
+                _skip_line(f)
         out: list[str] = []
         pos = f.tell()
         while pos < end:
@@ -72,9 +80,10 @@ def _span_lines(path: str, start: int, end: int, keys: tuple[bytes, ...]) -> lis
             if not data:
                 break
             pos += len(data)
-            if pos >= end or not data.endswith(b"\n"):
-                data += f.readline()  # finish the line that crosses the span's end (or the chunk's)
-                pos = f.tell()
+            if not data.endswith(b"\n"):  # finish the line that crosses the span's end (or the chunk's)
+                rest = f.readline(CHUNK_BYTES)  # a line longer than that is cut, as relevant_lines does
+                data += rest
+                pos += len(rest)
             for line_start in _line_starts(data, keys):
                 stop = data.find(b"\n", line_start)
                 out.append(data[line_start: stop if stop >= 0 else len(data)].decode("utf-8", "replace"))
