@@ -27,6 +27,9 @@ SHELLS = {"sh", "bash", "dash", "zsh", "/bin/sh", "/bin/bash", "/usr/bin/sh", "/
 
 # Calls with no timeout of their own, and why that is fine. Keyed by (file, function).
 DOCUMENTED = {
+    ("hooks/sentinel_hooks/logtap.py", "run"):
+        "the log tap is the parent of the user's command (a server) and waits for it as long as it runs: a "
+        "timeout would kill it",
     ("sentinel/cli/run.py", "run"):
         "os.execve replaces `sentinel run` with the user's command (a server): a timeout would kill it",
     ("sentinel/demo/run.py", "_hang_phase"):
