@@ -376,3 +376,21 @@ def test_out_of_memory_then_an_illegal_address_are_two_failures() -> None:
                               exception_class="").finish(cat)
     assert not oom.compatible(core) and oom.compatible(death)
     assert log.compatible(core) and core.compatible(log) and log.compatible(death)
+
+
+def test_a_symlink_planted_in_logs_is_never_followed(h, tmp_path: Path) -> None:
+    """DIR/logs/ is writable by the hooked processes (their group): a link there to another file is not
+    read, whatever that file holds."""
+    d = h.daemon(args=("--no-nvml", "--kmsg", "off"))
+    secret = tmp_path / "elsewhere.log"
+    secret.write_text("")
+    logs = Path(layout.logs_dir(h.dir))
+    logs.mkdir(exist_ok=True)
+    (logs / "node.4242.log").symlink_to(secret)
+    polls = _metric(d.scrape(), "sentinel_daemon_polls_total")
+    h.wait_for(lambda: _metric(d.scrape(), "sentinel_daemon_polls_total") > polls + 5, timeout=GUARD_S, what="polls")
+    with open(secret, "a") as f:
+        f.write("RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    polls = _metric(d.scrape(), "sentinel_daemon_polls_total")
+    h.wait_for(lambda: _metric(d.scrape(), "sentinel_daemon_polls_total") > polls + 20, timeout=GUARD_S, what="polls")
+    assert _faults(h, h.dir) == [] and _metric(d.scrape(), "sentinel_log_read_bytes_total") == 0
