@@ -129,3 +129,39 @@ def test_a_real_fault_logged_and_dumped_is_one_record(tmp_path):
         if proc.poll() is None:
             proc.kill()
         d.close()
+
+
+def test_a_real_fault_with_coredumps_off_is_recorded_from_its_log_line(tmp_path):
+    """Production often runs with GPU coredumps off: the real fault's CUDA error line, read from the tap,
+    is the record, with the probe's evidence from the ring and the known issue."""
+    base = str(tmp_path / "s")
+    d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, crash_grace_s=5, kmsg=""))
+    script = tmp_path / "faulty.py"
+    script.write_text(FAULTY)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SENTINEL_COREDUMP="0")
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--log-tap", "--", sys.executable,
+                             str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        rows: list = []
+        while time.monotonic() < deadline and not rows:
+            d.poll_once()
+            rows = d.journal.faults()
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=60)
+        for _ in range(80):  # the death, merged into the same record
+            d.poll_once()
+            time.sleep(0.1)
+        rows = d.journal.faults()
+        assert len(rows) == 1, [(r["source"], r["exception"]) for r in rows]
+        rec = rows[0]
+        assert rec["source"] == "log" and rec["exception_class"] == "illegal_address", (rec["exception"], err[-1500:])
+        assert "page_table_oob" in rec["evidence"]
+        assert rec["known_issue"]["id"] == "paged-kv-page-index-off-by-one"
+        fault_at = float(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("FAULT_AT")))
+        print(json.dumps({"log_fault_to_record_s": round(rec["created_at"] - fault_at, 2),
+                          "seen_as": rec.get("seen_as")}))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        d.close()
