@@ -104,10 +104,14 @@ def relevant_lines_of(path: str, keys: tuple[bytes, ...], workers: int | None = 
     spans = [(s, min(s + span_bytes, size)) for s in range(0, size, span_bytes)] or [(0, 0)]
     if workers <= 1 or len(spans) == 1:
         return [ln for s, e in spans for ln in _span_lines(path, s, e, keys)]
+    import multiprocessing
+
     try:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(spans))) as pool:
+        # forkserver: a fork of a process with threads (a test runner, a daemon) could inherit a held lock
+        context = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(spans)), mp_context=context) as pool:
             parts = list(pool.map(_span_lines, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
                                   [keys] * len(spans)))
-    except (OSError, RuntimeError):  # no process pool here (a sandbox without fork or semaphores)
+    except (OSError, RuntimeError, ValueError):  # no process pool here (a sandbox without fork or semaphores)
         parts = [_span_lines(path, s, e, keys) for s, e in spans]
     return [ln for part in parts for ln in part]
