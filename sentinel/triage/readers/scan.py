@@ -107,8 +107,8 @@ def relevant_lines_of(path: str, keys: tuple[bytes, ...], workers: int | None = 
     import multiprocessing
 
     try:
-        # forkserver: a fork of a process with threads (a test runner, a daemon) could inherit a held lock
-        context = multiprocessing.get_context("forkserver")
+        # fork: `sentinel triage` is one thread (spawn or forkserver would import the CLI's __main__ again)
+        context = multiprocessing.get_context("fork")
         with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(spans)), mp_context=context) as pool:
             parts = list(pool.map(_span_lines, [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
                                   [keys] * len(spans)))
