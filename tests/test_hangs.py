@@ -23,13 +23,13 @@ HANG_AT = 6
 START_S = 180
 
 
-def _start_job(h, mode: str, steps: int = 40, hang_at: int = HANG_AT, world: int = WORLD):
+def _start_job(h, mode: str, steps: int = 40, hang_at: int = HANG_AT, world: int = WORLD, straggler: int = STRAGGLER):
     """The ranks, started as a user would: `sentinel run -- torchrun ...`."""
     port = h.free_port()
     env = h.env(SENTINEL_JOB="hangtest", OMP_NUM_THREADS="1")
     argv = [h.sentinel, "run", "--dir", h.dir, "--", h.python, "-m", "torch.distributed.run",
             "--nproc-per-node", str(world), "--master-port", str(port), "--monitor-interval", "1",
-            str(h.helpers / "gloo_ranks.py"), str(port), str(steps), str(hang_at), str(STRAGGLER), mode]
+            str(h.helpers / "gloo_ranks.py"), str(port), str(steps), str(hang_at), str(straggler), mode]
     return [h.spawn(argv, env=env, start_new_session=True)]
 
 
@@ -202,6 +202,42 @@ def test_hang_in_a_subgroup_names_its_culprit(h):
         d.close()
 
 
+def test_a_hang_across_groups_is_one_incident_with_its_root_culprit(h):
+    """3 gloo ranks, a subgroup {1,2}; rank 2 stops before the subgroup's all-reduce. Rank 1 waits in
+    the subgroup, rank 0 in the next world all-reduce. Rank 2 is the root culprit, ranks 0 and 1 its
+    victims: one incident, one culprit series (one page), and `sentinel status` says so."""
+    procs = _start_job(h, "crossgroup", world=3, straggler=2)
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
+                            hang=HangConfig(floor_s=2.0, multiplier=10.0)))
+    try:
+        def both(dm):
+            hangs = list(dm.hangs.open.values())
+            return hangs if len(hangs) == 2 and any(x.caused_by for x in hangs) else None
+
+        hangs = _poll_until(d, both, timeout=START_S)
+        (root,) = [x for x in hangs if x.caused_by is None]
+        (follows,) = [x for x in hangs if x.caused_by is not None]
+        assert follows.caused_by == root.key and follows.group == "0"
+        assert [(c.rank, c.reason) for c in root.root_culprits] == [(2, "host_stall")]
+        assert root.victims == (0, 1)
+        assert {(c.rank, c.reason) for c in follows.culprits} >= {(1, "waiting")}
+        from prometheus_client import generate_latest
+
+        from sentinel.exporter.collectors import build_registry
+
+        d.persist()
+        text = generate_latest(build_registry(lambda: d.snapshot)).decode()
+        culprit_lines = [ln for ln in text.splitlines() if ln.startswith("sentinel_hang_culprit{")]
+        assert len(culprit_lines) == 1 and 'rank="2"' in culprit_lines[0] and f'pg="{root.group}"' in culprit_lines[0]
+        res = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env())
+        banner = [ln for ln in res.stdout.splitlines() if ln.startswith("!! HANG")]
+        assert len(banner) == 1 and "culprit rank 2 (host_stall)" in banner[0] and "victims 0, 1" in banner[0], res.stdout
+        assert "because of it" in res.stdout
+    finally:
+        _stop(h, procs)
+        d.close()
+
+
 def test_a_legit_slow_step_does_not_alert(h):
     procs = _start_job(h, "slow", steps=40)  # one 4 s step: under the 5 s floor
     d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
@@ -286,3 +322,43 @@ def test_threshold_adapts_to_slow_collectives():
     det = HangDetector(HangConfig(floor_s=5, multiplier=10))
     assert det.evaluate(states, now) == []  # stalled 20 s < 10 x 4 s
     assert len(det.evaluate(states, now + 25)) == 1  # 45 s > 40 s
+
+
+def _group_proc(rank: int, groups: dict, now: float, beat_age: float = 0.5) -> ProcessState:
+    """A process in several groups: ``groups`` maps name -> (group rank, size, last enqueued, last completed)."""
+    s = _proc(rank, 0, 0, now, beat_age=beat_age)
+    s.groups = {}
+    for name, (grank, size, enq, done) in groups.items():
+        g = GroupProgress(group_rank=grank, size=size, last_enqueued=enq, last_completed=done,
+                          last_op=1, last_enqueued_ns=int((now - 20) * 1e9), last_completed_ns=int((now - 30) * 1e9))
+        g.durations_ns = np.full(16, 1_000_000, dtype=np.int64)
+        s.groups[name] = g
+    return s
+
+
+def test_a_hang_in_one_group_is_the_root_of_the_hang_it_causes_in_another():
+    """World group {0,1,2}, subgroup {1,2}; rank 2 stops before subgroup #6. Rank 1 waits in the
+    subgroup, so it never reaches world #7, where rank 0 waits. Rank 1 is a victim, not a culprit;
+    the world hang follows from the subgroup's; one root: rank 2, with ranks 0 and 1 its victims."""
+    now = time.time()
+    states = [_group_proc(0, {"world": (0, 3, 7, 6)}, now),
+              _group_proc(1, {"world": (1, 3, 6, 6), "sub": (0, 2, 6, 5)}, now),
+              _group_proc(2, {"world": (2, 3, 6, 6), "sub": (1, 2, 5, 5)}, now, beat_age=30)]
+    hangs = {h.group: h for h in HangDetector(HangConfig(floor_s=5)).evaluate(states, now)}
+    sub, world = hangs["sub"], hangs["world"]
+    assert sub.caused_by is None and [(c.rank, c.reason) for c in sub.culprits] == [(2, "host_stall")]
+    assert sub.victims == (0, 1)
+    assert world.caused_by == sub.key
+    assert {(c.rank, c.reason) for c in world.culprits} == {(1, "waiting"), (2, "host_stall")}
+    assert "waits in group sub collective #6" in next(c.detail for c in world.culprits if c.rank == 1)
+
+
+def test_groups_waiting_on_each_other_stay_two_roots():
+    """A cross-group deadlock: rank 0 waits in group a for rank 1, which waits in group b for rank 0.
+    Neither hang follows from the other: both stay roots and both are paged."""
+    now = time.time()
+    states = [_group_proc(0, {"a": (0, 2, 6, 5), "b": (0, 2, 5, 5)}, now),
+              _group_proc(1, {"a": (1, 2, 5, 5), "b": (1, 2, 6, 5)}, now)]
+    hangs = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert len(hangs) == 2 and all(h.caused_by is None for h in hangs)
+    assert all(c.reason == "waiting" for h in hangs for c in h.culprits)

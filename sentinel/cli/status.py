@@ -61,7 +61,7 @@ def open_hangs(base_dir: str, include_resolved: bool = False) -> list[dict[str, 
     except sqlite3.Error:
         return []
     for r in rows:
-        for key in ("culprits", "waiting", "evidence"):
+        for key in ("culprits", "waiting", "evidence", "victims"):
             if r.get(key):
                 r[key] = json.loads(r[key])
     return rows
@@ -73,14 +73,24 @@ def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
     "" for no hangs."""
     now = time.time()
     lines = []
-    for hg in hangs:
-        who = ", ".join(f"rank {c['rank']} ({c['reason']})" for c in hg["culprits"]) or "no rank missing"
+    # One incident per root hang: the hangs that follow from it (another group's ranks waiting on it)
+    # are listed under it, not as hangs of their own.
+    shown = {(hg["job"], f"{hg['grp']} #{hg['seq']}") for hg in hangs}
+    roots = [hg for hg in hangs if not hg.get("caused_by") or (hg["job"], hg["caused_by"]) not in shown]
+    for hg in roots:
+        root_culprits = [c for c in hg["culprits"] if c["reason"] != "waiting"]
+        who = ", ".join(f"rank {c['rank']} ({c['reason']})" for c in root_culprits) or "no rank missing"
         state = "resolved" if hg.get("resolved_at") else f"stalled {_age(now - hg['since']).replace(' ago', '')}"
+        victims = hg.get("victims") or hg["waiting"]
         lines.append(f"!! HANG  job {hg['job'] or '-'} pg {hg['grp']} at collective #{hg['seq']} ({hg.get('op') or '?'}): "
                      f"culprit {who}; "
-                     f"waiting ranks {', '.join(map(str, hg['waiting'])) or '-'}; {state}")
-        for c in hg["culprits"]:
+                     f"victims {', '.join(map(str, victims)) or '-'}; {state}")
+        for c in root_culprits:
             lines.append(f"         rank {c['rank']}: {c['detail']}")
+        for other in hangs:
+            if other.get("caused_by") == f"{hg['grp']} #{hg['seq']}" and other["job"] == hg["job"]:
+                lines.append(f"         and pg {other['grp']} stuck at #{other['seq']} ({other.get('op') or '?'}) "
+                             f"because of it: ranks {', '.join(map(str, other['waiting'])) or '-'} wait there")
         ev = hg.get("evidence") or {}
         if full:
             for who_, stack in (ev.get("stacks") or {}).items():

@@ -92,6 +92,8 @@ MIGRATIONS = (
     ("faults", "kind", "TEXT NOT NULL DEFAULT ''", lambda db: _fill_fault_kinds(db)),
     ("xids", "namespace", "TEXT NOT NULL DEFAULT ''", None),
     ("xids", "pod", "TEXT NOT NULL DEFAULT ''", None),
+    ("hangs", "caused_by", "TEXT NOT NULL DEFAULT ''", None),  # "group #seq" of the root hang; '' at a root
+    ("hangs", "victims", "TEXT NOT NULL DEFAULT '[]'", None),
 )
 
 
@@ -221,17 +223,19 @@ class Journal:
         """Journal a detected hang once (a restarted daemon re-detecting it adds nothing).
         Returns True if it is new."""
         culprits = json.dumps([c.__dict__ for c in hang.culprits])
+        caused_by = f"{hang.caused_by[1]} #{hang.caused_by[2]}" if getattr(hang, "caused_by", None) else ""
+        victims = json.dumps(list(getattr(hang, "victims", ())))
         with self.db:
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, op, culprits, waiting, summary, since, detected_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, op, culprits, waiting, summary, since, detected_at, "
+                "caused_by, victims) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (hang.job, hang.group, hang.seq, hang.kind, hang.op, culprits, json.dumps(list(hang.waiting)),
-                 hang.summary(), hang.since, hang.detected_at),
+                 hang.summary(), hang.since, hang.detected_at, caused_by, victims),
             )
             if cur.rowcount == 0:  # known: refresh what we know of it, keep it open
-                self.db.execute("UPDATE hangs SET culprits = ?, summary = ?, resolved_at = NULL "
-                                "WHERE job = ? AND grp = ? AND seq = ?",
-                                (culprits, hang.summary(), hang.job, hang.group, hang.seq))
+                self.db.execute("UPDATE hangs SET culprits = ?, summary = ?, caused_by = ?, victims = ?, "
+                                "resolved_at = NULL WHERE job = ? AND grp = ? AND seq = ?",
+                                (culprits, hang.summary(), caused_by, victims, hang.job, hang.group, hang.seq))
         return cur.rowcount > 0
 
     def hang_evidence(self, key: tuple[str, str, int], evidence: dict[str, Any]) -> None:

@@ -246,19 +246,27 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
                                 labels=["job_id", "pg"])
     seqg = GaugeMetricFamily("sentinel_hang_seq", "The collective a hung group is stuck at.", labels=["job_id", "pg"])
     culprit = GaugeMetricFamily("sentinel_hang_culprit",
-                                "1 while this rank is a named culprit of a hang; reason: died, host_stall, behind, missing.",
-                                labels=["job_id", "pg", "rank", "group_rank", "reason"])
+                                "1 while this rank is a root culprit of a hang; reason: died, host_stall, behind, missing. "
+                                "A hang that follows from another group's (its missing ranks wait there) has none: "
+                                "one incident, one page.", labels=["job_id", "pg", "rank", "group_rank", "reason"])
+    victim = GaugeMetricFamily("sentinel_hang_victim",
+                               "1 while this rank waits, in any of its groups, on a hang rooted in process group pg.",
+                               labels=["job_id", "pg", "rank"])
     now = snap.taken_at
     for h in snap.hangs:
         stalled.add_metric([h.job, h.group], max(0.0, now - h.since))
         seqg.add_metric([h.job, h.group], h.seq)
-        for c in h.culprits:
+        if getattr(h, "caused_by", None):
+            continue
+        for c in h.root_culprits:
             culprit.add_metric([h.job, h.group, str(c.rank), str(c.group_rank), c.reason], 1)
+        for r in h.victims:
+            victim.add_metric([h.job, h.group, str(r)], 1)
     total = CounterMetricFamily("sentinel_collective_hangs", "Collective hangs detected (journaled once each).",
                                 labels=["job_id", "pg"])
     for (job, group), n in sorted(snap.hangs_total.items()):
         total.add_metric([job, group], n)
-    yield from (stalled, seqg, culprit, total)
+    yield from (stalled, seqg, culprit, victim, total)
 
 
 def fault_families(snap: Snapshot) -> Iterator[Metric]:

@@ -9,20 +9,26 @@ A group is hung when none of its members has completed a collective for T second
 outstanding. T adapts to the workload: the larger of a floor and ``multiplier`` x the p99 of
 the group's recent collective durations (and of its members' step times), so a long prefill or a
 slow first step does not alert.
+
+Across groups: a rank blocked in one group's collective never reaches the next collective of its
+other groups, so it looks missing there too. The hangs of one job are therefore read together, as a
+wait-for graph: a culprit of hang A that waits in hang B's collective is a victim (reason
+``waiting``), and A is caused by B. Following the chain gives the root hang and its root culprits (a
+rank that is dead, stuck outside any collective, or behind): one incident, paged once, at its root.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
 
-__all__ = ["Culprit", "Hang", "HangConfig", "HangDetector"]
+__all__ = ["Culprit", "Hang", "HangConfig", "HangDetector", "across_groups"]
 
 if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imports the daemon
     from sentinel.daemon.state import ProcessState
@@ -36,7 +42,7 @@ class Culprit:
 
     rank: int  # global rank (-1 when unknown)
     group_rank: int
-    reason: str  # died | host_stall | behind | missing
+    reason: str  # died | host_stall | behind | missing | waiting (in another group's hung collective)
     last_enqueued: int
     detail: str
 
@@ -57,15 +63,29 @@ class Hang:
     since: float  # wall time the group last made progress
     threshold_s: float
     detected_at: float = field(default_factory=time.time)
+    # Across groups (see the module docstring): the root hang this one follows from (None: it is a
+    # root), and at a root, every rank of the incident that waits, in any of its groups.
+    caused_by: tuple[str, str, int] | None = None
+    victims: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.job, self.group, self.seq)
 
+    @property
+    def root_culprits(self) -> tuple[Culprit, ...]:
+        """The culprits that are not themselves waiting in another group's collective."""
+        return tuple(c for c in self.culprits if c.reason != "waiting")
+
     def summary(self) -> str:
         who = ", ".join(f"rank {c.rank} ({c.reason})" for c in self.culprits) or "no rank missing"
-        return (f"collective hang in job {self.job or '-'} group {self.group} at collective #{self.seq} ({self.op}): "
+        text = (f"collective hang in job {self.job or '-'} group {self.group} at collective #{self.seq} ({self.op}): "
                 f"{who}; waiting: {', '.join(map(str, self.waiting)) or '-'}")
+        if self.caused_by:
+            text += f"; caused by the hang of group {self.caused_by[1]} at #{self.caused_by[2]}"
+        elif self.victims:
+            text += f"; victims in all groups: {', '.join(map(str, self.victims))}"
+        return text
 
 
 @dataclass
@@ -100,7 +120,7 @@ class HangDetector:
             hang = self._group(job, name, members, now)
             if hang is not None:
                 hangs.append(hang)
-        return hangs
+        return across_groups(hangs)
 
     def threshold(self, members: list[ProcessState], name: str) -> float:
         samples = [m.groups[name].durations_ns for m in members if len(m.groups[name].durations_ns)]
@@ -156,6 +176,52 @@ class HangDetector:
                            f"{age}, no collective outstanding: a stuck host loop")
         return Culprit(rank, g.group_rank, "behind", g.last_enqueued,
                        f"alive at step {m.step}, last enqueued collective #{g.last_enqueued}")
+
+
+def across_groups(hangs: list[Hang]) -> list[Hang]:
+    """The hangs of each job read together (see the module docstring): a culprit waiting in another
+    hang's collective becomes a victim of it (reason ``waiting``); a hang whose missing ranks all wait
+    elsewhere (or are the other hang's culprits too) is ``caused_by`` the root hang its chain leads to;
+    a root hang lists every rank of its
+    incident that waits, in ``victims``. Groups waiting on each other in a cycle (a cross-group
+    deadlock) stay roots, each with its own culprits."""
+    waits_in = {(h.job, r): h for h in hangs for r in h.waiting if r >= 0}  # (job, rank) -> where it waits
+    out = {}
+    for h in hangs:
+        culprits = []
+        for c in h.culprits:
+            other = waits_in.get((h.job, c.rank)) if c.rank >= 0 else None
+            if other is not None and other.key != h.key:
+                c = Culprit(c.rank, c.group_rank, "waiting", c.last_enqueued,
+                            f"waits in group {other.group} collective #{other.seq} ({other.op})")
+            culprits.append(c)
+        out[h.key] = replace(h, culprits=tuple(culprits))
+
+    def root_of(h: Hang, seen: frozenset) -> Hang:
+        """The hang ``h`` follows from: where its waiting culprits wait, if that hang's root also
+        accounts for ``h``'s own culprits (a rank missing from both); else ``h`` itself."""
+        waiting = [c for c in h.culprits if c.reason == "waiting"]
+        if not waiting:
+            return h
+        nxt = waits_in.get((h.job, waiting[0].rank))
+        if nxt is None or nxt.key in seen:
+            return h  # a cycle (a cross-group deadlock), or nothing further: a root
+        root = root_of(out[nxt.key], seen | {nxt.key})
+        own = {c.rank for c in h.root_culprits}
+        return root if root.root_culprits and own <= {c.rank for c in root.root_culprits} else h
+
+    roots = {key: root_of(h, frozenset({key})).key for key, h in out.items()}
+    final = []
+    for key, h in out.items():
+        root = roots[key]
+        if root != key:
+            final.append(replace(h, caused_by=root))
+            continue
+        incident = [out[k] for k, r in roots.items() if r == key]
+        victims = {r for x in incident for r in x.waiting} | {c.rank for x in incident for c in x.culprits
+                                                               if c.reason == "waiting"}
+        final.append(replace(h, victims=tuple(sorted(victims - {c.rank for c in h.root_culprits}))))
+    return final
 
 
 def _rank(m: ProcessState) -> int:

@@ -4,7 +4,9 @@
     python gloo_ranks.py PORT STEPS HANG_AT STRAGGLER MODE      (RANK and WORLD_SIZE from the env)
 MODE: sleep (a stuck host loop) | die (SIGKILL) | none (no hang) | slow (one legit 4 s step at
 HANG_AT: everyone waits, then all go on) | subgroup (ranks 0 and 1 also all-reduce in a subgroup;
-the straggler stops joining that subgroup's collective at HANG_AT)
+the straggler stops joining that subgroup's collective at HANG_AT) | crossgroup (every rank all-reduces
+in the world group, then ranks 1 and 2 in a subgroup; the straggler, rank 2, stops before the
+subgroup's collective at HANG_AT: rank 1 waits there, rank 0 in the next world all-reduce)
 """
 
 import datetime
@@ -25,7 +27,7 @@ init = "env://" if "TORCHELASTIC_RUN_ID" in os.environ else f"tcp://127.0.0.1:{p
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
                         timeout=datetime.timedelta(seconds=float(os.environ.get("GLOO_TIMEOUT_S", "120"))))
 x = torch.ones(16)
-sub = dist.new_group([0, 1]) if mode == "subgroup" else None
+sub = dist.new_group([0, 1]) if mode == "subgroup" else dist.new_group([1, 2]) if mode == "crossgroup" else None
 for i in range(1, steps + 1):
     sentinel_hooks.step()
     if mode == "slow" and i == hang_at and rank == straggler:
@@ -41,6 +43,10 @@ for i in range(1, steps + 1):
             dist.all_reduce(x, group=sub)
         continue
     dist.all_reduce(x)
+    if mode == "crossgroup" and rank in (1, 2):
+        if rank == straggler and i == hang_at:
+            time.sleep(3600)
+        dist.all_reduce(x, group=sub)
     time.sleep(0.02)
 print("done", rank, flush=True)
 dist.destroy_process_group()
