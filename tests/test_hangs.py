@@ -232,7 +232,7 @@ def test_a_hang_across_groups_is_one_incident_with_its_root_culprit(h):
         res = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env())
         banner = [ln for ln in res.stdout.splitlines() if ln.startswith("!! HANG")]
         assert len(banner) == 1 and "culprit rank 2 (host_stall)" in banner[0] and "victims 0, 1" in banner[0], res.stdout
-        assert "because of it" in res.stdout
+        assert "and pg 0 stuck at #7 (all_reduce) because of it, waiting there: rank 0" in res.stdout
     finally:
         _stop(h, procs)
         d.close()

@@ -90,7 +90,7 @@ def render_hangs(hangs: list[dict[str, Any]], full: bool = False) -> str:
         for other in hangs:
             if other.get("caused_by") == f"{hg['grp']} #{hg['seq']}" and other["job"] == hg["job"]:
                 lines.append(f"         and pg {other['grp']} stuck at #{other['seq']} ({other.get('op') or '?'}) "
-                             f"because of it: ranks {', '.join(map(str, other['waiting'])) or '-'} wait there")
+                             f"because of it, waiting there: rank {', '.join(map(str, other['waiting'])) or '-'}")
         ev = hg.get("evidence") or {}
         if full:
             for who_, stack in (ev.get("stacks") or {}).items():
