@@ -38,6 +38,12 @@ class HangWatcher:
         for key, hang in found.items():
             if key not in self.open:
                 self._opened(key, hang, now)
+            elif _incident(hang) != _incident(self.open[key]):
+                # another group's hang joined (or left) its incident: the journal's row says so too
+                try:
+                    self.ctx.journal.record_hang(hang)
+                except Exception:
+                    self.ctx.journal_failed("journal write failed for a hang")
         for key in set(self.open) - set(found):
             log.info("collective hang resolved", extra={"job": key[0], "group": key[1], "seq": key[2]})
             try:
@@ -118,3 +124,8 @@ class HangWatcher:
             self._gathered.put((hang.key, ev))
 
         threading.Thread(target=work, name="sentinel-hang-evidence", daemon=True).start()
+
+
+def _incident(hang: Hang) -> tuple:
+    """What ties a hang into its incident (culprits' reasons, root, victims): a change is journaled."""
+    return (tuple((c.rank, c.reason) for c in hang.culprits), hang.caused_by, hang.victims)
