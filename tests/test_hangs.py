@@ -362,3 +362,28 @@ def test_groups_waiting_on_each_other_stay_two_roots():
     hangs = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
     assert len(hangs) == 2 and all(h.caused_by is None for h in hangs)
     assert all(c.reason == "waiting" for h in hangs for c in h.culprits)
+
+
+def test_ranks_in_different_collectives_at_one_sequence_number_are_a_desync():
+    """All three ranks enqueued #6 and none completes it: rank 2's #6 is an all_gather of another size
+    (a rank one collective ahead, or in a branch the others skipped). It is the culprit, named with
+    both sides, as the Flight Recorder analyser would (COLLECTIVE_TYPE_MISMATCH)."""
+    now = time.time()
+    states = [_proc(r, 6, 5, now, size=3) for r in range(3)]
+    for s in states:
+        g = s.groups["tp"]
+        g.last_op, g.last_numel, g.last_dtype = rf.COLLECTIVE_OPS["all_reduce"], 4096, 3
+    g = states[2].groups["tp"]
+    g.last_op, g.last_numel = rf.COLLECTIVE_OPS["all_gather_into_tensor"], 1024
+    (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert hang.kind == "mismatch" and [(c.rank, c.reason) for c in hang.culprits] == [(2, "mismatch")]
+    assert hang.culprits[0].detail == ("COLLECTIVE_TYPE_MISMATCH: enqueued all_gather_into_tensor as collective #6 "
+                                       "where the others have all_reduce")
+    # the same op with another size: SIZE_OR_SYNTAX_MISMATCH
+    g.last_op = rf.COLLECTIVE_OPS["all_reduce"]
+    (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert hang.culprits[0].detail.startswith("SIZE_OR_SYNTAX_MISMATCH: enqueued 1024 as collective #6")
+    # every rank the same: no desync to name (a hang with all enqueued, nobody dead: no culprit)
+    g.last_numel = 4096
+    (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert hang.kind == "all_enqueued" and hang.culprits == ()

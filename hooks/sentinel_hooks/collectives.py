@@ -138,7 +138,7 @@ def _enqueue(code: int, gi: int, ti: tuple[int, str] | None, args: tuple, kwargs
     w = runtime.writer()
     dtype = getattr(first, "dtype", None)
     w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, _numel(tensor), g.rank, g.tag,
-           _DTYPES.get(str(dtype), 0) if dtype is not None else 0)
+           rf.COLLECTIVE_DTYPES.get(str(dtype), 0) if dtype is not None else 0)
     return (code, g, g.seq, on_cuda, time.time_ns())
 
 
@@ -202,13 +202,6 @@ def _ensure_poller() -> None:
     if _poller is None:
         _poller = _Poller()
         _poller.start()
-
-
-_DTYPES = {
-    "torch.float32": 1, "torch.float16": 2, "torch.bfloat16": 3, "torch.float64": 4, "torch.int64": 5,
-    "torch.int32": 6, "torch.int8": 7, "torch.uint8": 8, "torch.bool": 9, "torch.float8_e4m3fn": 10,
-    "torch.float8_e5m2": 11,
-}
 
 
 def install() -> bool:

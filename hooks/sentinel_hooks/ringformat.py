@@ -28,7 +28,7 @@ from typing import Any
 __all__ = [
     "MAGIC", "VERSION", "HEADER_SIZE", "STRINGS_OFFSET", "STRINGS_SIZE", "RECORDS_OFFSET", "RING_SUFFIX",
     "DEFAULT_CAPACITY", "MAX_CAPACITY", "Kind", "Mark", "Check", "Context", "COLLECTIVE_OPS",
-    "COLLECTIVE_OP_NAMES", "ADAPTER_ERROR_EVENT", "CONFIG_ERROR_EVENT", "CONTAINED_EVENT", "BATCH_AT_BUDGET",
+    "COLLECTIVE_OP_NAMES", "COLLECTIVE_DTYPES", "COLLECTIVE_DTYPE_NAMES", "ADAPTER_ERROR_EVENT", "CONFIG_ERROR_EVENT", "CONTAINED_EVENT", "BATCH_AT_BUDGET",
     "BATCH_OVER_BUDGET", "BATCH_GRAPH_HIT", "BATCH_GRAPH_KNOWN", "KIND_NAMES", "CHECK_LABELS", "kind_name",
     "PAYLOAD_NAMES", "RECORD_FIELDS", "RECORD", "RECORD_SIZE", "HEADER_FIELDS", "HEADER", "WORDS_OFFSET", "Word",
     "PROBE_MODES", "WORD_NAMES", "WORDS_SIZE", "IDENTITY_READ_TRIES", "IDENTITY_TEXT", "IDENTITY_INT",
@@ -101,6 +101,13 @@ COLLECTIVE_OPS = {
     "send": 10, "recv": 11, "isend": 12, "irecv": 13, "reduce": 14, "gather": 15, "scatter": 16,
 }
 COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
+# COLLECTIVE_ENQUEUE records' ``aux``: the first tensor's dtype (0: none, or one not listed here).
+COLLECTIVE_DTYPES = {
+    "torch.float32": 1, "torch.float16": 2, "torch.bfloat16": 3, "torch.float64": 4, "torch.int64": 5,
+    "torch.int32": 6, "torch.int8": 7, "torch.uint8": 8, "torch.bool": 9, "torch.float8_e4m3fn": 10,
+    "torch.float8_e5m2": 11,
+}
+COLLECTIVE_DTYPE_NAMES = {code: name.removeprefix("torch.") for name, code in COLLECTIVE_DTYPES.items()}
 
 # EVENT records' ``code`` values that Sentinel itself writes (user events use any other code).
 ADAPTER_ERROR_EVENT = 0xFA11  # a framework adapter failed and switched off; a = 1, tag = "adapter:<name>"

@@ -60,6 +60,8 @@ class GroupProgress:
     last_enqueued: int = 0
     last_enqueued_ns: int = 0
     last_op: int = 0
+    last_numel: int = -1  # elements of the last enqueued collective's tensors (-1: not known)
+    last_dtype: int = 0  # its dtype (ringformat.COLLECTIVE_DTYPES; 0: not known)
     last_completed: int = 0
     last_completed_ns: int = 0
     durations_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -192,6 +194,7 @@ class ProcessState:
             if len(ops):
                 last = ops[-1]
                 g.last_enqueued, g.last_enqueued_ns, g.last_op = int(last["collective_seq"]), int(last["ts_ns"]), int(last["code"])
+                g.last_numel, g.last_dtype = int(last["numel"]), int(last["dtype"])
                 g.group_rank = int(last["group_rank"])
             done = payload(mine[mine["kind"] == rf.Kind.COLLECTIVE_COMPLETE], rf.Kind.COLLECTIVE_COMPLETE)
             if len(done):

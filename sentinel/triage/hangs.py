@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sentinel.triage import desync
+from sentinel_hooks.ringformat import COLLECTIVE_DTYPE_NAMES as DTYPE_NAMES
 from sentinel_hooks.ringformat import COLLECTIVE_OP_NAMES as OP_NAMES
 
 __all__ = ["Culprit", "Hang", "HangConfig", "HangDetector", "across_groups"]
@@ -42,7 +44,7 @@ class Culprit:
 
     rank: int  # global rank (-1 when unknown)
     group_rank: int
-    reason: str  # died | host_stall | behind | missing | waiting (in another group's hung collective)
+    reason: str  # died | host_stall | behind | missing | mismatch | waiting (in another group's hung collective)
     last_enqueued: int
     detail: str
 
@@ -56,7 +58,7 @@ class Hang:
     job: str
     group: str
     seq: int  # the first collective not enqueued by every rank (or not completed by any)
-    kind: str  # missing_ranks | all_enqueued
+    kind: str  # missing_ranks | all_enqueued | mismatch (all enqueued it, not the same collective)
     op: str  # the waiting ranks' collective (all_reduce, all_gather_into_tensor, ...)
     culprits: tuple[Culprit, ...]
     waiting: tuple[int, ...]  # global ranks that enqueued ``seq`` and wait on it
@@ -153,6 +155,22 @@ class HangDetector:
                 culprits.append(self._culprit(m, g, now, since_ns))
             elif kind == "all_enqueued" and not m.alive:
                 culprits.append(self._culprit(m, g, now, since_ns))
+        # A desync: ranks at ``seq`` that enqueued another op, size or dtype than the others (what the
+        # Flight Recorder analyser finds offline; one rank a collective ahead shows as this).
+        pairs = [(m, g) for m, g in prog if g.last_enqueued == seq and g.last_numel >= 0]
+        keyed = {i: {"op": OP_NAMES.get(g.last_op, str(g.last_op)), "size": g.last_numel,
+                     "dtype": DTYPE_NAMES.get(g.last_dtype, str(g.last_dtype))} for i, (_m, g) in enumerate(pairs)}
+        named = {c.group_rank for c in culprits}
+        for odd in desync.odd_ones(keyed) if len(keyed) >= 2 else []:
+            m, g = pairs[odd["rank"]]
+            if g.group_rank in named:
+                continue
+            named.add(g.group_rank)
+            culprits.append(Culprit(_rank(m), g.group_rank, "mismatch", g.last_enqueued,
+                                    f"{odd['error']}: enqueued {odd['found']} as collective #{seq} where the others have "
+                                    f"{odd['expected']}"))
+            if kind == "all_enqueued":
+                kind = "mismatch"
         size = max(g.size for _, g in prog)
         for r in range(size if size > 0 else 0):
             if r not in seen_ranks:

@@ -12,6 +12,8 @@ import io
 import pickle
 from typing import Any
 
+from sentinel.triage import desync
+
 __all__ = [
     "KIND", "MAX_BYTES", "MAX_TUPLE_DEPTH", "MAX_TEXT", "MAX_GROUPS", "UnsafeDump", "cross_rank", "looks_like", "loads",
     "summarize", "read",
@@ -172,20 +174,14 @@ def cross_rank(docs: dict[int, Any]) -> list[dict[str, Any]]:
             if not isinstance(seq, int) or isinstance(seq, bool):
                 continue
             seen.setdefault((name, seq), {})[rank] = {
-                "op": _text(e.get("profiling_name")), "input_sizes": _text(e.get("input_sizes")),
-                "input_dtypes": _text(e.get("input_dtypes"))}
+                "op": _text(e.get("profiling_name")), "size": _text(e.get("input_sizes")),
+                "dtype": _text(e.get("input_dtypes"))}
             last.setdefault(name, {})[rank] = max(last.get(name, {}).get(rank, 0), seq)
     findings = []
     for (pg, seq), by_rank in sorted(seen.items()):
         ranks_here = last.get(pg, {})
         missing = sorted(r for r in ranks_here if r not in by_rank and ranks_here[r] < seq)
-        culprits = []
-        for key, error in (("op", "COLLECTIVE_TYPE_MISMATCH"), ("input_sizes", "SIZE_OR_SYNTAX_MISMATCH"),
-                           ("input_dtypes", "DTYPE_MISMATCH")):
-            values = [v[key] for v in by_rank.values()]
-            expected = max(set(values), key=lambda x: (values.count(x), x == by_rank[min(by_rank)][key]))
-            culprits += [{"rank": r, "error": error, "expected": expected, "found": v[key]}
-                         for r, v in sorted(by_rank.items()) if v[key] != expected]
+        culprits = desync.odd_ones(by_rank)
         if culprits or missing:
             first = by_rank[min(by_rank)]
             findings.append({"pg": pg, "seq": seq, "op": first["op"], "culprits": culprits, "missing": missing})
