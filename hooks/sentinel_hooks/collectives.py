@@ -46,6 +46,7 @@ _ARGS: dict[str, tuple[int, int | None, tuple[int, str] | None]] = {
 }
 OPS = {name: (rf.COLLECTIVE_OPS[name], *args) for name, args in _ARGS.items()}
 OP_NAMES = rf.COLLECTIVE_OP_NAMES
+_DTYPES = rf.COLLECTIVE_DTYPES  # a module global: one lookup per collective, as before
 GROUP_INFO = 0  # COLLECTIVE_ENQUEUE with code 0: a = group size, b = rank in group, c = global rank
 ASYNC_ALWAYS = {"isend", "irecv"}
 POLL_S = 0.02
@@ -138,7 +139,7 @@ def _enqueue(code: int, gi: int, ti: tuple[int, str] | None, args: tuple, kwargs
     w = runtime.writer()
     dtype = getattr(first, "dtype", None)
     w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, _numel(tensor), g.rank, g.tag,
-           rf.COLLECTIVE_DTYPES.get(str(dtype), 0) if dtype is not None else 0)
+           _DTYPES.get(str(dtype), 0) if dtype is not None else 0)
     return (code, g, g.seq, on_cuda, time.time_ns())
 
 

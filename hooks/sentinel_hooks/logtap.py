@@ -50,6 +50,12 @@ _F_SETPIPE_SZ = 1031
 LINE_MAX_BYTES = 64 << 10  # a longer line is cut into pieces of this size
 
 
+def _write_all(fd: int, view: memoryview) -> None:
+    """os.write until all of ``view`` is written. Raises OSError."""
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class Sink:
     """A destination written by its own thread from a bounded buffer. ``put`` never blocks: what does
     not fit in ``limit`` bytes is dropped and counted in ``dropped`` (bytes); so is what the write
@@ -121,14 +127,11 @@ class FdSink(Sink):
     def write(self, data: bytes) -> None:
         if self.broken:
             raise BrokenPipeError(errno.EPIPE, "the reader has gone")
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except BrokenPipeError:
-                self.broken = True  # nobody reads our output any more: drop the rest, never block on it
-                raise
-            view = view[n:]
+        try:
+            _write_all(self.fd, memoryview(data))
+        except BrokenPipeError:
+            self.broken = True  # nobody reads our output any more: drop the rest, never block on it
+            raise
 
 
 class LogFileSink(Sink):
@@ -217,10 +220,8 @@ class LogFileSink(Sink):
         self._fd, self._size = fd, 0
 
     def _write(self, view: memoryview) -> None:
-        while view:
-            n = os.write(self._fd, view)
-            self._size += n
-            view = view[n:]
+        _write_all(self._fd, view)
+        self._size += len(view)
 
     def close(self, timeout: float) -> None:
         super().close(timeout)
@@ -262,7 +263,6 @@ class Tap:
         # pipe's room lasts at 100 MB/s: 10 ms for a pipe of 1 MiB, 0.5 ms for Linux's default 64 KiB.
         self.linger = min(_grow_pipe(out_fd), _grow_pipe(err_fd)) / 100e6
         self.sinks = {"stdout": FdSink(stdout_fd, "stdout", limit), "stderr": FdSink(stderr_fd, "stderr", limit)}
-        self.read_bytes = 0
         self._readers = [threading.Thread(target=self._drain, args=(fd, name), name=f"sentinel-tap-read-{name}",
                                           daemon=True) for fd, name in ((out_fd, "stdout"), (err_fd, "stderr"))]
         for t in self._readers:
@@ -279,7 +279,6 @@ class Tap:
                 break
             if not data:
                 break
-            self.read_bytes += len(data)
             if len(data) < READ_BYTES:
                 time.sleep(self.linger)
             sink.put(data)

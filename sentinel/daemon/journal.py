@@ -223,8 +223,8 @@ class Journal:
         """Journal a detected hang once (a restarted daemon re-detecting it adds nothing).
         Returns True if it is new."""
         culprits = json.dumps([c.__dict__ for c in hang.culprits])
-        caused_by = f"{hang.caused_by[1]} #{hang.caused_by[2]}" if getattr(hang, "caused_by", None) else ""
-        victims = json.dumps(list(getattr(hang, "victims", ())))
+        caused_by = f"{hang.caused_by[1]} #{hang.caused_by[2]}" if hang.caused_by else ""
+        victims = json.dumps(list(hang.victims))
         with self.db:
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO hangs (job, grp, seq, kind, op, culprits, waiting, summary, since, detected_at, "

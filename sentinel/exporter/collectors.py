@@ -256,7 +256,7 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
     for h in snap.hangs:
         stalled.add_metric([h.job, h.group], max(0.0, now - h.since))
         seqg.add_metric([h.job, h.group], h.seq)
-        if getattr(h, "caused_by", None):
+        if h.caused_by:  # it follows from another group's hang: paged there
             continue
         for c in h.root_culprits:
             culprit.add_metric([h.job, h.group, str(c.rank), str(c.group_rank), c.reason], 1)

@@ -105,10 +105,8 @@ class LogWatcher:
         self._first_tap_scan = self._first_glob = True
         self._dropped: set[str] = set()
         self._next_prune = 0.0
-        self.lines_read = 0
         self.bytes_read = 0
         self.failures = 0
-        self.read_errors = 0
 
     # -- the Watcher protocol -------------------------------------------------------------------
 
@@ -185,8 +183,7 @@ class LogWatcher:
                 return
             os.lseek(fd, f.offset, os.SEEK_SET)
             data = os.read(fd, min(READ_BYTES_PER_POLL, st.st_size - f.offset))
-        except OSError:
-            self.read_errors += 1
+        except OSError:  # gone or unreadable now: tried again at the next poll
             return
         finally:
             os.close(fd)
@@ -203,7 +200,6 @@ class LogWatcher:
             if len(raw) > LINE_MAX:
                 continue
             line = plain_line(raw.decode("utf-8", "replace"))
-            self.lines_read += 1
             if f.pre is None:
                 f.window.append(line)
             elif len(f.post) < AFTER_LINES:

@@ -32,6 +32,15 @@ def _line_starts(chunk: bytes, keys: tuple[bytes, ...]) -> list[int]:
     return sorted(starts)
 
 
+def _key_lines(data: bytes, keys: tuple[bytes, ...]) -> list[str]:
+    """The lines of ``data`` that hold one of ``keys``, decoded, without their newline."""
+    out = []
+    for start in _line_starts(data, keys):
+        end = data.find(b"\n", start)
+        out.append(data[start: end if end >= 0 else len(data)].decode("utf-8", "replace"))
+    return out
+
+
 def relevant_lines(f: BinaryIO, keys: tuple[bytes, ...], chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     """The lines of the binary file ``f`` that contain one of ``keys``, decoded (UTF-8, errors
     replaced), without their newline, in file order. A line longer than a chunk is cut at the chunk's
@@ -49,13 +58,9 @@ def relevant_lines(f: BinaryIO, keys: tuple[bytes, ...], chunk_bytes: int = CHUN
         if cut == 0:
             cut = len(chunk)
         body, tail = chunk[:cut], chunk[cut:]
-        for start in _line_starts(body, keys):
-            end = body.find(b"\n", start)
-            yield body[start: end if end >= 0 else len(body)].decode("utf-8", "replace")
+        yield from _key_lines(body, keys)
     if tail:
-        for start in _line_starts(tail, keys):
-            end = tail.find(b"\n", start)
-            yield tail[start: end if end >= 0 else len(tail)].decode("utf-8", "replace")
+        yield from _key_lines(tail, keys)
 
 
 def _skip_line(f: BinaryIO) -> None:
@@ -84,9 +89,7 @@ def _span_lines(path: str, start: int, end: int, keys: tuple[bytes, ...]) -> lis
                 rest = f.readline(CHUNK_BYTES)  # a line longer than that is cut, as relevant_lines does
                 data += rest
                 pos += len(rest)
-            for line_start in _line_starts(data, keys):
-                stop = data.find(b"\n", line_start)
-                out.append(data[line_start: stop if stop >= 0 else len(data)].decode("utf-8", "replace"))
+            out += _key_lines(data, keys)
         return out
 
 
