@@ -58,13 +58,14 @@ lint: $(STAMP)
 # bench/RESULTS.md. The GPU ones run on a CUDA machine in one call: `bash bench/gpu.sh` (or
 # `bash tests/gpu/run.sh`, the GPU tests and then the benchmarks); record them here with
 # `python bench/record_gpu.py OUTDIR`.
-bench: $(STAMP)
+bench: $(STAMP) vllm-env
 	$(PY) bench/datapath.py
 	$(PY) bench/probes_cpu.py
 	$(PY) bench/scaling.py
 	$(PY) bench/hangs_cpu.py
 	$(PY) bench/page_latency.py
 	$(PY) bench/triage_logs.py
+	$(FRAMEWORK_ENV) $(PY) bench/hang_vllm_tp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis bench/out

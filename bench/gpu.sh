@@ -4,7 +4,10 @@
 # 1 probe overhead against the seed-000 trap style (bench/gpu_probes.py)
 # 2 detection and cost against compute-sanitizer memcheck (bench/sanitizer.py)
 # 6 probe cost against batch size and page-table width (bench/gpu_scaling.py)
-# 3 on a machine with 2+ GPUs: the NCCL hang, Sentinel against PyTorch's watchdog (tests/gpu/nccl_hang.py)
+# 3 on a machine with 2+ GPUs: the NCCL hang, Sentinel against PyTorch's watchdog (tests/gpu/nccl_hang.py),
+#   and the cost of the collective marks at TP=2 under CUDA graphs (bench/collective_marks.py). The
+#   graph hangs' figures and 5 minutes of healthy replays: python tests/gpu/graph_hang.py OUTDIR
+#   (about 7 minutes: a call of its own).
 # Each writes JSON and a markdown table to OUTDIR; the tables are printed together last.
 # Record them in bench/RESULTS.md on the development machine with `python bench/record_gpu.py OUTDIR`.
 set -uo pipefail
@@ -20,6 +23,7 @@ status=0
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ "${gpus:-0}" -ge 2 ]; then
   python3 tests/gpu/nccl_hang.py "$OUTDIR" 2>&1 | tee "$OUTDIR/nccl-hang.log" || status=1
+  python3 bench/collective_marks.py --out "$OUTDIR" 2>&1 | tee "$OUTDIR/collective-marks.log" || status=1
 else
   python3 bench/gpu_probes.py --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu-bench.log" || status=1
   python3 bench/gpu_scaling.py --out "$OUTDIR" 2>&1 | tee "$OUTDIR/gpu-scaling.log" || status=1
@@ -27,7 +31,7 @@ else
 fi
 echo
 echo "================ GPU benchmark tables ================"
-for md in gpu_probes gpu_scaling sanitizer; do
+for md in gpu_probes gpu_scaling sanitizer collective_marks; do
   [ -f "$OUTDIR/$md.md" ] && { echo; cat "$OUTDIR/$md.md"; }
 done
 exit $status

@@ -171,6 +171,24 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         d.close()
 
 
+def test_a_rank_one_collective_ahead_is_a_desync(h):
+    """3 gloo ranks; at step HANG_AT rank 1 skips its all-reduce and runs the step's next collective
+    (an all-gather of another size): every rank enqueued collective #HANG_AT, not the same one. Rank 1
+    is named, a mismatch, with both sides, as the Flight Recorder analyser would name it."""
+    procs = _start_job(h, "ahead")
+    d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
+                            hang=HangConfig(floor_s=2.0, multiplier=10.0)))
+    try:
+        hang = _poll_until(d, lambda dm: next(iter(dm.hangs.open.values()), None), timeout=START_S)
+        assert hang.group == "0" and hang.seq == HANG_AT and hang.kind == "mismatch", hang.summary()
+        assert [(c.rank, c.reason) for c in hang.culprits] == [(STRAGGLER, "mismatch")], hang.summary()
+        assert hang.culprits[0].detail == (f"COLLECTIVE_TYPE_MISMATCH: enqueued all_gather_into_tensor as collective "
+                                           f"#{HANG_AT} where the others have all_reduce")
+    finally:
+        _stop(h, procs)
+        d.close()
+
+
 def test_no_hang_reported_for_a_healthy_job_over_a_minute(h):
     procs = _start_job(h, "none", steps=3000)  # >= 20 ms a step: over a minute of collectives
     d = Daemon(DaemonConfig(base_dir=h.dir, use_events=False, rescan_interval=0.2,
@@ -387,3 +405,46 @@ def test_ranks_in_different_collectives_at_one_sequence_number_are_a_desync():
     g.last_numel = 4096
     (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
     assert hang.kind == "all_enqueued" and hang.culprits == ()
+
+
+def test_every_host_enqueued_it_but_one_gpu_is_behind():
+    """Every host enqueued #6 (graph replays enqueue on the host before the GPU runs them) and none
+    completes it; the device words say rank 1's GPU never got to it (a kernel before it is stuck):
+    rank 1 is the culprit, gpu_behind. Without device words there is no one to name."""
+    now = time.time()
+    states = [_proc(r, 6, 5, now, size=3) for r in range(3)]
+    for r, s in enumerate(states):
+        s.groups["tp"].gpu_entered = 130 if r == 1 else 131
+    (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert hang.kind == "all_enqueued"
+    assert [(c.rank, c.reason) for c in hang.culprits] == [(1, "gpu_behind")]
+    assert "its GPU passed 130 of the group's collective marks, the others 131" in hang.culprits[0].detail
+    states[0].groups["tp"].gpu_entered = -1  # a rank without device words: no comparison made
+    (hang,) = HangDetector(HangConfig(floor_s=5)).evaluate(states, now)
+    assert hang.culprits == ()
+
+
+def test_device_words_are_read_from_the_ring_into_group_progress(tmp_path):
+    """The daemon side of the device words: the info word names the group, the counter is read with
+    plain loads of the ring's mapping (what the GPU writes, here written by hand)."""
+    from sentinel_hooks.writer import RingWriter
+
+    w = RingWriter.create(str(tmp_path), identity={"rank": 0, "job": "j"}, capacity=64)
+    tag = w.intern("pg:tp:0[0-1]")
+    w.emit(rf.Kind.COLLECTIVE_ENQUEUE, 0, 2, 0, 0, tag)  # the group
+    words = rf.device_words(w._mm)
+    words[rf.DEVICE_WORDS + 0] = rf.pack_device_word_info(rf.DeviceWord.COLLECTIVE_ENTERED, tag)
+    words[0] = 41
+    reader = RingReader(w.path)
+    s = ProcessState(ring="r", identity={})
+    s.ingest(reader.tail(writer_alive=True).records, reader.name)
+    s.apply_device_words(reader.device_words, reader.name, 123)
+    assert s.device_words == {0: "tp:0[0-1]"}
+    assert (s.groups["tp:0[0-1]"].gpu_entered, s.groups["tp:0[0-1]"].gpu_entered_ns) == (41, 123)
+    words[0] = 42
+    s.apply_device_words(reader.device_words, reader.name, 456)
+    assert s.groups["tp:0[0-1]"].gpu_entered == 42
+    assert rf.unpack_device_word_info(rf.pack_device_word_info(1, tag)) == (1, tag)
+    words.release()
+    reader.close()
+    w.close()

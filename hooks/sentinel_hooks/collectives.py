@@ -1,5 +1,7 @@
-"""Collective tracing: every torch.distributed collective and point-to-point op, with per-group
-sequence numbers, written to the ring at enqueue and at completion.
+"""Collective tracing: every torch.distributed collective and point-to-point op, and the engines' own
+(vLLM's and SGLang's ``GroupCoordinator`` methods, which their adapters patch with
+:func:`engine_collective`), with per-group sequence numbers, written to the ring at enqueue and at
+completion.
 
 Why sequence numbers: in a real NCCL hang the waiting rank's collective call returns at once and
 the process blocks later at a sync, so its stack shows the sync, not the collective. What names
@@ -8,7 +10,24 @@ hang detector does that, live).
 
 Completion is tracked without blocking: an async op's ``Work.is_completed()``, or a CUDA event
 recorded after a sync NCCL op, polled by a background thread. A sync op on CPU tensors (gloo)
-has completed when the call returns. Inside a CUDA graph capture nothing is recorded.
+has completed when the call returns.
+
+Inside CUDA graphs: a collective captured into a graph runs again on every replay with no Python.
+So what a capture sees is kept on the graph (per group: how many collectives, and the last one's
+op, size and dtype), and the wrapped ``CUDAGraph.replay`` enqueues them all at once on the host
+(one ENQUEUE record per group and replay) and completes them with one CUDA event after the replay.
+
+What the GPU has reached (``SENTINEL_COLLECTIVE_MARKS``): before a collective on a CUDA tensor, one
+one-element kernel bumps the group's device word (``mapped.py``): a count of the group's marks the
+stream has passed, in the ring file, readable while the GPU hangs. Eager, every collective is
+marked; in a CUDA graph only the first collective of each group (``first``, the default) or every
+one (``all``): a mark costs about 1.4 us of GPU time (bench/collective_marks.py), which 64 all-reduces
+a decode step would pay 64 times. Every rank runs the same collectives and graphs, so their counts
+agree while they are in step; the daemon names a rank whose host enqueued collective k but whose
+GPU has passed fewer marks than its peers' (``gpu_behind``).
+
+An engine collective runs the torch.distributed call it may make inside it untraced (one
+collective is one record, in the engine's group).
 """
 
 from __future__ import annotations
@@ -22,7 +41,8 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 
-__all__ = ["OPS", "OP_NAMES", "GROUP_INFO", "ASYNC_ALWAYS", "POLL_S", "poll_once", "install", "uninstall"]
+__all__ = ["OPS", "OP_NAMES", "GROUP_INFO", "ASYNC_ALWAYS", "POLL_S", "poll_once", "install", "uninstall",
+           "engine_collective", "engine_group_name"]
 
 # op name -> (position of `group`, position of `async_op`, (position, keyword) of the tensor whose
 # size and dtype are recorded), from torch.distributed's signatures. Codes: ringformat.COLLECTIVE_OPS.
@@ -58,18 +78,34 @@ _pending: collections.deque = collections.deque()
 _poller: _Poller | None = None
 _dist: Any = None
 _torch: Any = None
+_marks = "first"  # SENTINEL_COLLECTIVE_MARKS, read at install: first | all | off
+_inside = threading.local()  # .depth > 0 while an engine collective runs on this thread
+_events: collections.deque = collections.deque()  # CUDA events for reuse (replay completions)
+_UNASSIGNED = -2
 
 
 class _Group:
-    __slots__ = ("ref", "name", "tag", "seq", "size", "rank")
+    __slots__ = ("ref", "name", "tag", "seq", "size", "rank", "global_rank", "word", "views")
 
-    def __init__(self, ref: Any, name: str, size: int, rank: int) -> None:
+    def __init__(self, ref: Any, name: str, size: int, rank: int, global_rank: int) -> None:
         self.ref = ref  # keeps id() stable while we cache by it
         self.name = name
         self.tag = 0
         self.seq = 0
         self.size = size
         self.rank = rank
+        self.global_rank = global_rank
+        self.word = _UNASSIGNED  # its device word (-1: none to be had)
+        self.views: dict[int, Any] = {}  # device index -> the bump of its word (mapped.Words.bumper)
+
+
+def _register(key: Any, name: str, size: int, rank: int, global_rank: int) -> _Group:
+    g = _Group(key, name, size, rank, global_rank)
+    w = runtime.writer()
+    g.tag = w.intern(f"pg:{g.name}")
+    w.emit(rf.Kind.COLLECTIVE_ENQUEUE, GROUP_INFO, g.size, g.rank, global_rank, g.tag)
+    _groups[id(key)] = g
+    return g
 
 
 def _group_state(group: Any) -> _Group:
@@ -82,12 +118,30 @@ def _group_state(group: Any) -> _Group:
         name = dist.distributed_c10d._get_process_group_name(pg)
     except Exception:
         name = getattr(pg, "group_name", "") or "default"
-    g = _Group(group, str(name), dist.get_world_size(pg), dist.get_rank(pg))
-    w = runtime.writer()
-    g.tag = w.intern(f"pg:{g.name}")
-    w.emit(rf.Kind.COLLECTIVE_ENQUEUE, GROUP_INFO, g.size, g.rank, dist.get_rank(), g.tag)
-    _groups[id(group)] = g
-    return g
+    return _register(group, str(name), dist.get_world_size(pg), dist.get_rank(pg), dist.get_rank())
+
+
+def _mark(g: _Group, device: Any) -> None:
+    """Enqueue the bump of ``g``'s device word on the current stream (captured, when capturing)."""
+    bump = g.views.get(device.index)
+    if bump is None:
+        if g.word == _UNASSIGNED or g.word >= 0:
+            from . import mapped
+
+            if _torch.cuda.is_current_stream_capturing():
+                # Registering memory or allocating inside a capture breaks it: set up at the next
+                # eager collective. This graph's replays are counted on the host only.
+                runtime.log_once("marks-in-capture", "collective marks set up only outside CUDA graph captures; "
+                                 "a graph captured before any eager collective of its group is not marked")
+                return
+            words = mapped.words(_torch)
+            if g.word == _UNASSIGNED:
+                g.word = words.assign(rf.DeviceWord.COLLECTIVE_ENTERED, f"pg:{g.name}") if words else -1
+            if g.word >= 0:
+                bump = g.views[device.index] = words.bumper(g.word, device)
+        if bump is None:
+            return
+    bump()
 
 
 def _numel(t: Any) -> int:
@@ -125,22 +179,119 @@ def _wrap(name: str, fn: Any) -> Any:
 
 
 def _enqueue(code: int, gi: int, ti: tuple[int, str] | None, args: tuple, kwargs: dict) -> tuple | None:
-    torch = _torch
+    if getattr(_inside, "depth", 0):
+        return None  # inside an engine collective: counted there, in the engine's group
     tensor = None
     if ti is not None:
         tensor = args[ti[0]] if len(args) > ti[0] else kwargs.get(ti[1])
+    group = kwargs["group"] if "group" in kwargs else (args[gi] if len(args) > gi else None)
+    return _enqueue_in(code, _group_state(group), tensor)
+
+
+def _enqueue_in(code: int, g: _Group, tensor: Any) -> tuple | None:
     first = tensor[0] if isinstance(tensor, list | tuple) and tensor else tensor
     on_cuda = bool(getattr(first, "is_cuda", False))
-    if on_cuda and torch.cuda.is_current_stream_capturing():
-        return None  # a captured collective replays without Python: nothing to track here
-    group = kwargs["group"] if "group" in kwargs else (args[gi] if len(args) > gi else None)
-    g = _group_state(group)
-    g.seq += 1
-    w = runtime.writer()
     dtype = getattr(first, "dtype", None)
-    w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, _numel(tensor), g.rank, g.tag,
-           _DTYPES.get(str(dtype), 0) if dtype is not None else 0)
+    dcode = _DTYPES.get(str(dtype), 0) if dtype is not None else 0
+    numel = _numel(tensor)
+    if on_cuda and _torch.cuda.is_current_stream_capturing():
+        # replays enqueue it (see the module docstring)
+        if _captured(code, g, numel, dcode) == 1 and _marks != "off" or _marks == "all":
+            _mark(g, first.device)
+        return None
+    g.seq += 1
+    if on_cuda and _marks != "off":
+        _mark(g, first.device)
+    runtime.writer().emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
     return (code, g, g.seq, on_cuda, time.time_ns())
+
+
+def _captured(code: int, g: _Group, numel: int, dcode: int) -> int:
+    """Note a collective captured into the graph being captured; returns how many of ``g``'s it now
+    has (0: no graph known)."""
+    from . import device
+
+    graph = device.capturing_graph()
+    if graph is None:
+        runtime.log_once("capture-unguarded", "a collective was captured into a CUDA graph whose capture began "
+                         "before the hooks were armed: its replays are not counted")
+        return 0
+    seen = graph.__dict__.setdefault("_sentinel_collectives", {})
+    prev = seen.get(g)
+    n = prev[0] + 1 if prev else 1
+    seen[g] = (n, code, numel, dcode)
+    return n
+
+
+def _replayed(graph: Any) -> None:
+    """After ``graph.replay()``: enqueue its collectives on the host, complete them with one event."""
+    seen = graph.__dict__.get("_sentinel_collectives")
+    if not seen:
+        return
+    w = runtime.writer()
+    t0 = time.time_ns()
+    ev = _events.popleft() if _events else _torch.cuda.Event()
+    ev.record()
+    for g, (n, code, numel, dcode) in seen.items():
+        g.seq += n
+        w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
+        _pending.append((code, g, g.seq, t0, None, ev))
+    _ensure_poller()
+
+
+def engine_group_name(unique_name: str, ranks: Any) -> str:
+    """An engine group's name in the ring: its ``unique_name`` ("tp:0") and its members' global ranks,
+    since every TP group of a job has the same unique name: "tp:0[0-3]", "tp:0[4,6]" (a list longer
+    than 8 ranks is cut to its first, last and count: "[0,2,..,62 (32)]")."""
+    r = [int(x) for x in ranks]
+    if len(r) > 1 and r == list(range(r[0], r[0] + len(r))):
+        members = f"{r[0]}-{r[-1]}"
+    elif len(r) > 8:
+        members = f"{r[0]},{r[1]},..,{r[-1]} ({len(r)})"
+    else:
+        members = ",".join(map(str, r))
+    return f"{unique_name}[{members}]"
+
+
+def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
+    """A traced stand-in for an engine's collective method ``original`` (e.g. vLLM's
+    ``GroupCoordinator._all_reduce_out_place(self, input_)``; the adapters patch it in), counted as
+    collective ``op`` of the instance's group: ``self.unique_name`` names the group, ``world_size``,
+    ``rank_in_group`` and ``rank`` (global) place the rank, positional argument ``tensor_at`` (after
+    self) is the tensor (or list of tensors) whose size and dtype are recorded. Calls made inside it
+    (torch.distributed's, or another engine collective's) are not traced again, and neither is a call
+    Dynamo traces (``torch.compiler.is_compiling()``): the compiled graph's opaque custom op calls it
+    at run time. Tracing never raises into the engine."""
+    code = rf.COLLECTIVE_OPS[op]
+
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # Dynamo traces this wrapper where it traces the engine's method: it then sees only the call.
+        # Inside another engine collective (SGLang's all_reduce -> _all_reduce_out_place) the outer
+        # one counts.
+        if not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0):
+            return original(self, *args, **kwargs)
+        ctx = None
+        try:
+            g = _groups.get(id(self))
+            if g is None or g.ref is not self:
+                g = _register(self, engine_group_name(self.unique_name, self.ranks), int(self.world_size),
+                              int(self.rank_in_group), int(self.rank))
+            ctx = _enqueue_in(code, g, args[tensor_at] if len(args) > tensor_at else None)
+        except Exception as exc:
+            runtime.failed("engine collective enqueue", exc)
+        _inside.depth = 1
+        try:
+            result = original(self, *args, **kwargs)
+        finally:
+            _inside.depth = 0
+        if ctx is not None:
+            try:
+                _after(ctx, None)
+            except Exception as exc:
+                runtime.failed("engine collective completion", exc)
+        return result
+
+    return traced
 
 
 def _after(ctx: tuple, work: Any) -> None:
@@ -148,8 +299,7 @@ def _after(ctx: tuple, work: Any) -> None:
     if work is not None and hasattr(work, "is_completed"):
         _pending.append((code, g, seq, t0, work, None))
     elif on_cuda:
-        torch = _torch
-        ev = torch.cuda.Event()
+        ev = _events.popleft() if _events else _torch.cuda.Event()
         ev.record()
         _pending.append((code, g, seq, t0, None, ev))
     else:
@@ -195,6 +345,8 @@ def poll_once() -> int:
         _pending.popleft()
         _complete(code, g, seq, t0)
         n += 1
+        if ev is not None and (not _pending or _pending[0][5] is not ev) and len(_events) < 64:
+            _events.append(ev)  # its last user is done: reuse it
     return n
 
 
@@ -206,16 +358,20 @@ def _ensure_poller() -> None:
 
 
 def install() -> bool:
-    """Wrap torch.distributed's collectives (idempotent). Returns True when installed."""
-    global _installed, _dist, _torch
+    """Wrap torch.distributed's collectives and ``CUDAGraph.replay`` (idempotent). Returns True when
+    installed. The engines' collectives are patched by their adapters (:func:`engine_collective`)."""
+    global _installed, _dist, _torch, _marks
     if _installed:
         return True
     import torch
     import torch.distributed as dist
 
+    from . import env
+
     if not dist.is_available():
         return False
     _dist, _torch = dist, torch
+    _marks = runtime.setting(env.COLLECTIVE_MARKS)
     c10d = dist.distributed_c10d
     for name in OPS:
         for mod in (dist, c10d):
@@ -228,8 +384,28 @@ def install() -> bool:
         from . import device
 
         device._install_capture_guard(torch)
+        _wrap_replay(torch.cuda.CUDAGraph)
     _installed = True
     return True
+
+
+def _wrap_replay(cls: Any) -> None:
+    replay = getattr(cls, "replay", None)
+    if replay is None or hasattr(replay, "__sentinel_original__"):
+        return
+
+    @functools.wraps(replay)
+    def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = replay(self, *args, **kwargs)
+        try:
+            _replayed(self)
+        except Exception as exc:
+            runtime.failed("graph replay", exc)
+        return result
+
+    traced.__sentinel_original__ = replay
+    _originals[(cls, "replay")] = replay
+    cls.replay = traced
 
 
 def uninstall() -> None:

@@ -24,7 +24,7 @@ from .slots import INITIAL, INT64_MAX, MAX_SITES, NFIELDS, NPROG, Slot, reduce_s
 __all__ = [
     "CALLS", "OOB", "TRAIL", "MAXIDX", "SEQBAD", "FIRST_BAD_CALL", "BADMAX", "BADMIN", "MAX_HOLD", "Site",
     "Slab", "triton_available", "slab_row", "prepare", "launch_paged_kv", "paged_kv_stats", "offending_index",
-    "Drain", "note_num_pages", "flush",
+    "Drain", "note_num_pages", "flush", "capturing_graph",
 ]
 
 # The accumulator layout (offsets, initial values, reductions) is slots.py's.
@@ -33,6 +33,7 @@ MAX_HOLD = 8  # drains a row may be held back in a row for a kernel caught half-
 
 _lock = threading.Lock()  # held by the drain tick and by capture_begin: they never overlap
 _capturing = 0
+_graphs: list[Any] = []  # the CUDAGraph objects being captured now (collectives.py keys captured collectives by them)
 _slabs: dict[int, Slab] = {}
 _drain: Drain | None = None
 _triton_ok: bool | None = None
@@ -228,17 +229,18 @@ def _install_capture_guard(torch: Any) -> None:
         global _capturing
         with _lock:  # waits for an in-flight drain tick (sub-millisecond), then holds drains off
             _capturing += 1
+            _graphs.append(self)
         try:
             return begin(self, *args, **kwargs)
         except BaseException:
-            _release_capture()
+            _release_capture(self)
             raise
 
     def capture_end(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return end(self, *args, **kwargs)
         finally:
-            _release_capture()
+            _release_capture(self)
 
     cls.capture_begin, cls.capture_end = capture_begin, capture_end
     cls._sentinel_guarded = True
@@ -246,10 +248,18 @@ def _install_capture_guard(torch: Any) -> None:
         _capturing += 1  # we were armed inside a capture: its capture_end will release it
 
 
-def _release_capture() -> None:
+def _release_capture(graph: Any) -> None:
     global _capturing
     with _lock:
         _capturing = max(0, _capturing - 1)
+        if graph in _graphs:
+            _graphs.remove(graph)
+
+
+def capturing_graph() -> Any | None:
+    """The torch.cuda.CUDAGraph whose capture began last and has not ended (None: none, or a capture
+    begun before the guard was installed)."""
+    return _graphs[-1] if _graphs else None
 
 
 # -- drain -----------------------------------------------------------------------------------------

@@ -165,7 +165,13 @@ DRAIN_MS = Var("SENTINEL_DRAIN_MS", "int", 100, "how often the drain thread copi
 RING_CAPACITY = Var("SENTINEL_RING_CAPACITY", "int", DEFAULT_CAPACITY, "records per ring (a power of two)", low=1,
                     high=MAX_CAPACITY, power_of_two=True)
 EAGER = _flag("SENTINEL_EAGER", False, "create the ring at start-up, not at the first hook call")
-COLLECTIVES = _flag("SENTINEL_COLLECTIVES", True, "trace torch.distributed collectives")
+COLLECTIVES = _flag("SENTINEL_COLLECTIVES", True, "trace torch.distributed collectives and the engines' own "
+                    "(vLLM's and SGLang's GroupCoordinator)")
+MARKS = ("first", "all", "off")
+COLLECTIVE_MARKS = Var("SENTINEL_COLLECTIVE_MARKS", "choice", "first", "what the GPU has reached, in the ring's "
+                       "device words: a one-element kernel before each collective on a CUDA tensor; in a CUDA "
+                       "graph before the first collective of each group only (first), or before every one (all), "
+                       "or none (off)", choices=MARKS)
 ADAPTERS = Var("SENTINEL_ADAPTERS", "names", ADAPTER_NAMES, "framework adapters to arm: all, none, or a comma list "
                "of vllm, sglang", choices=ADAPTER_NAMES, keywords=True)
 COREDUMP = _flag("SENTINEL_COREDUMP", True, "point CUDA's GPU coredumps at SENTINEL_DIR/cores")
@@ -187,7 +193,7 @@ CACHE = Var("SENTINEL_CACHE", "text", None, "where `make vllm-env` keeps the vLL
             "--vllm` runs (default: ~/.cache/sentinel)")
 
 VARS: tuple[Var, ...] = (DIR, DISABLE, MODE, CHECKS, SAMPLE_EVERY, CONTAIN_PAGE, DRAIN_MS, RING_CAPACITY, EAGER,
-                         COLLECTIVES, ADAPTERS, COREDUMP, FAULTHANDLER, EXCEPTHOOK, GROUP, DIR_MODE, FILE_MODE, JOB,
+                         COLLECTIVES, COLLECTIVE_MARKS, ADAPTERS, COREDUMP, FAULTHANDLER, EXCEPTHOOK, GROUP, DIR_MODE, FILE_MODE, JOB,
                          HOST, POD, NAMESPACE, FRAMEWORK, CACHE)
 by_name: dict[str, Var] = {v.name: v for v in VARS}
 

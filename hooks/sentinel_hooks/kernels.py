@@ -17,7 +17,7 @@ from .slots import NPROG, Slot
 
 __all__ = [
     "INT64_MAX", "NFIELDS", "CALLS", "OOB", "TRAIL", "MAXIDX", "SEQBAD", "FIRST_BAD_CALL", "BADMAX", "BADMIN",
-    "BLOCK", "launch_paged_kv",
+    "BLOCK", "launch_paged_kv", "launch_bump",
 ]
 
 # A slot's counters and their offsets are slots.py's. Compiled kernels may not read plain globals:
@@ -123,3 +123,16 @@ def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, ac
         HAS_SEQ=seq_lens is not None, HAS_PS=bool(page_size), HAS_CU=cu_seqlens_q is not None, CONTAIN=bool(contain),
         BLOCK=BLOCK, NPROG=NPROG,
     )
+
+
+@triton.jit
+def _bump(counter_ptr, word_ptr):
+    v = tl.load(counter_ptr) + 1
+    tl.store(counter_ptr, v)
+    tl.store(word_ptr, v)  # the device word in host-mapped memory: a posted write, nothing read back
+
+
+def launch_bump(counter, word):
+    """counter += 1 on the device, then its value stored into ``word`` (a 1-element int64 view of a
+    device word, ``mapped.Words.view``): one program, one kernel, no read of host memory."""
+    _bump[(1,)](counter, word)

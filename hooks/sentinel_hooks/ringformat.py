@@ -5,7 +5,8 @@ Standard library only, so it loads inside any serving process and inside the tor
 Layout of a ring file (little endian, no padding)::
 
     [0, HEADER_SIZE)            header: magic, version, geometry, identity; at WORDS_OFFSET the
-                                mutable words (heartbeat, counters, identity generation)
+                                mutable words (heartbeat, counters, identity generation); at
+                                DEVICE_WORDS_OFFSET the device words (written by the GPU)
     [STRINGS_OFFSET, +STRINGS_SIZE)  string table: NUL-separated names, appended, for record tags
     [RECORDS_OFFSET, +capacity * RECORD_SIZE)  the record slots
 
@@ -26,7 +27,8 @@ import sys
 from typing import Any
 
 __all__ = [
-    "MAGIC", "VERSION", "HEADER_SIZE", "STRINGS_OFFSET", "STRINGS_SIZE", "RECORDS_OFFSET", "RING_SUFFIX",
+    "MAGIC", "VERSION", "HEADER_SIZE", "DEVICE_WORDS_OFFSET", "DEVICE_WORDS", "DeviceWord", "device_words",
+    "pack_device_word_info", "unpack_device_word_info", "STRINGS_OFFSET", "STRINGS_SIZE", "RECORDS_OFFSET", "RING_SUFFIX",
     "DEFAULT_CAPACITY", "MAX_CAPACITY", "Kind", "Mark", "Check", "Context", "COLLECTIVE_OPS",
     "COLLECTIVE_OP_NAMES", "COLLECTIVE_DTYPES", "COLLECTIVE_DTYPE_NAMES", "ADAPTER_ERROR_EVENT", "CONFIG_ERROR_EVENT", "CONTAINED_EVENT", "BATCH_AT_BUDGET",
     "BATCH_OVER_BUDGET", "BATCH_GRAPH_HIT", "BATCH_GRAPH_KNOWN", "KIND_NAMES", "CHECK_LABELS", "kind_name",
@@ -68,6 +70,12 @@ class Mark(enum.IntEnum):
 
     START = 1
     EXIT = 2
+
+
+class DeviceWord(enum.IntEnum):
+    """What a device word counts (the low byte of its info word; see DEVICE_WORDS_OFFSET)."""
+
+    COLLECTIVE_ENTERED = 1  # collectives of the group (tag "pg:<name>") the GPU's stream has reached
 
 
 class Check(enum.IntEnum):
@@ -235,6 +243,28 @@ WORD_NAMES = tuple(w.name.lower() for w in Word)
 WORDS_SIZE = 8 * len(Word)
 IDENTITY_READ_TRIES = 1000  # a rewrite takes microseconds; a writer killed inside one leaves GEN odd
 
+# The device words: DEVICE_WORDS unsigned 64-bit counters from DEVICE_WORDS_OFFSET, written by the
+# GPU through a host mapping of the ring file's first page (the hooks' ``mapped`` module registers
+# it with CUDA), so they sit in the page cache, outside the process: a hung GPU, a dead CUDA context
+# or a SIGKILL leaves them readable, and reading them needs no CUDA call. Then DEVICE_WORDS info
+# words, written by the host once, before the GPU first writes the counter: what counter ``i``
+# counts (``pack_device_word_info``; 0: unassigned). Each is one aligned 8-byte store or load.
+DEVICE_WORDS_OFFSET = 2048
+DEVICE_WORDS = (HEADER_SIZE - DEVICE_WORDS_OFFSET) // 16
+assert WORDS_OFFSET + WORDS_SIZE <= DEVICE_WORDS_OFFSET
+
+
+def pack_device_word_info(meaning: int, tag: int) -> int:
+    """The info word of a device counter: ``meaning`` (a DeviceWord) in the low byte, the string
+    table offset ``tag`` of what it counts ("pg:<group>") above it."""
+    return int(meaning) | int(tag) << 8
+
+
+def unpack_device_word_info(info: int) -> tuple[int, int]:
+    """(meaning, tag) of an info word; (0, 0) for an unassigned counter."""
+    return info & 0xFF, (info >> 8) & 0xFFFFFFFF
+
+
 IDENTITY_TEXT = ("job", "host", "pod", "namespace", "framework", "framework_version")
 IDENTITY_INT = ("pid", "rank", "local_rank", "world_size", "tp_rank", "dp_rank", "pp_rank", "ppid")
 
@@ -331,17 +361,28 @@ def header_words(mapping: Any) -> Any:
 
 
 class _PackedWords:
-    def __init__(self, mapping: Any) -> None:
+    def __init__(self, mapping: Any, offset: int = WORDS_OFFSET) -> None:
         self._buf = mapping
+        self._offset = offset
 
     def __getitem__(self, word: int) -> int:
-        return struct.unpack_from("<Q", self._buf, WORDS_OFFSET + 8 * word)[0]
+        return struct.unpack_from("<Q", self._buf, self._offset + 8 * word)[0]
 
     def __setitem__(self, word: int, value: int) -> None:
-        struct.pack_into("<Q", self._buf, WORDS_OFFSET + 8 * word, value)
+        struct.pack_into("<Q", self._buf, self._offset + 8 * word, value)
 
     def release(self) -> None:
         self._buf = None
+
+
+def device_words(mapping: Any) -> Any:
+    """The device words of a mapped ring (see DEVICE_WORDS_OFFSET): counter ``i`` at index ``i``, its
+    info word at ``DEVICE_WORDS + i``, each read or written as one aligned 8-byte access. Like
+    :func:`header_words`: a memoryview of format "Q" on a little-endian host; ``release()`` it
+    before closing the mapping."""
+    if sys.byteorder == "little":
+        return memoryview(mapping)[DEVICE_WORDS_OFFSET:HEADER_SIZE].cast("Q")
+    return _PackedWords(mapping, DEVICE_WORDS_OFFSET)
 
 
 def read_header(mapping: Any, words: Any, previous: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -89,10 +89,12 @@ class RingReader:
             raise
         self._fd = fd
         self._words = rf.header_words(self._mm)
+        self.device_words = rf.device_words(self._mm)  # what the GPU wrote (ringformat.DEVICE_WORDS_OFFSET)
         try:
             self.refresh_header()  # the pread copy's words may be mid-update; the mapping's are exact
         except BaseException:
             self._words.release()
+            self.device_words.release()
             self._mm.close()
             os.close(fd)
             raise
@@ -272,6 +274,7 @@ class RingReader:
     def close(self) -> None:
         self.slots = self._seq_col = self._seq_end_col = None  # release the buffer exports before unmapping
         self._words.release()
+        self.device_words.release()
         try:
             self._mm.close()
         except (BufferError, ValueError):

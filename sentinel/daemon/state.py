@@ -65,11 +65,17 @@ class GroupProgress:
     last_completed: int = 0
     last_completed_ns: int = 0
     durations_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # From the ring's device word (ringformat.DeviceWord.COLLECTIVE_ENTERED): the group's collectives
+    # this rank's GPU stream has reached, eager or replayed from a CUDA graph (-1: no word), and when
+    # the daemon last saw it change (ns).
+    gpu_entered: int = -1
+    gpu_entered_ns: int = 0
 
     def view(self) -> dict[str, Any]:
         return {"size": self.size, "group_rank": self.group_rank, "last_enqueued": self.last_enqueued,
                 "last_completed": self.last_completed, "last_enqueued_ns": self.last_enqueued_ns,
-                "last_completed_ns": self.last_completed_ns, "last_op": self.last_op}
+                "last_completed_ns": self.last_completed_ns, "last_op": self.last_op,
+                "gpu_entered": self.gpu_entered}
 
 
 @dataclass
@@ -103,6 +109,7 @@ class ProcessState:
     headroom: dict[int, tuple[int, int]] = field(default_factory=dict)  # site tag -> (max index, num_pages)
     new_violations: list[Violation] = field(default_factory=list)  # since the last log line
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
+    device_words: dict[int, str] = field(default_factory=dict)  # device counter index -> its group ("": not one)
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
     config_errors: int = 0  # bad values the hooks found in their environment config
     contained: int = 0  # page-table entries contain mode redirected to the reserved page
@@ -152,6 +159,24 @@ class ProcessState:
         self.step_ns = _step_durations(recs)[-STEP_WINDOW:].astype(np.int64)
         self.last = recs[-LAST_RECORDS:].copy()
         self._ingest_collectives(recs, names)
+
+    def apply_device_words(self, words: Any, names: Callable[[int], str], now_ns: int) -> None:
+        """Read this process's device words (``ringformat.device_words`` of its ring) into its groups'
+        ``gpu_entered``. Plain loads of the ring's mapping: no CUDA, valid while the GPU hangs."""
+        for index in range(len(self.device_words), rf.DEVICE_WORDS):  # counters are assigned in order
+            meaning, tag = rf.unpack_device_word_info(words[rf.DEVICE_WORDS + index])
+            if meaning == 0:
+                break
+            name = names(tag) if meaning == rf.DeviceWord.COLLECTIVE_ENTERED else ""
+            if not name.startswith("pg:"):
+                self.bad_records += 1  # kept as "" so the next index is read next time
+            self.device_words[index] = name[3:] if name.startswith("pg:") else ""
+        for index, name in self.device_words.items():
+            g = self.groups.get(name)
+            value = int(words[index])
+            if g is not None and value != g.gpu_entered:
+                g.gpu_entered, g.gpu_entered_ns = value, now_ns
+                self.dirty = True
 
     @staticmethod
     def _events(recs: np.ndarray, code: int) -> np.ndarray:

@@ -5,6 +5,8 @@ Run by the vLLM environment's own Python, as a file: it imports nothing of Senti
 
 Writes a tiny Llama config (2 layers, hidden 128, 4 heads, 2 KV heads, head_dim 32, vocab 512)
 into MODEL_DIR and runs it with dummy weights, no tokenizer, eager mode, in float32 (see DTYPE).
+With VLLM_TEST_TP=2 it runs with tensor parallelism 2: two worker processes (vLLM's multiprocessing
+executor) whose TP collectives go through vLLM's CpuCommunicator (shared memory).
 Prints JSON lines:
 ``{"event": "ready", "pid": ..., "children": {pid: name}, "attn_isa": ...}`` once the engine is up,
 ``{"event": "generated", "outputs": [[token ids], ...]}`` or ``{"event": "error", ...}``.
@@ -69,8 +71,10 @@ def main():
     import psutil
     from vllm import LLM, SamplingParams
 
+    tp = int(os.environ.get("VLLM_TEST_TP", "1"))
+    parallel = {"tensor_parallel_size": tp, "distributed_executor_backend": "mp"} if tp > 1 else {}
     llm = LLM(model=model_dir, load_format="dummy", skip_tokenizer_init=True, enforce_eager=True,
-              max_model_len=512, dtype=DTYPE, seed=0)
+              max_model_len=512, dtype=DTYPE, seed=0, **parallel)
     children = {}
     for child in psutil.Process().children(recursive=True):
         try:

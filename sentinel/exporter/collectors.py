@@ -228,7 +228,9 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
     # One series per rank, group and state, so Prometheus can join ranks across nodes and
     # compute the skew (deploy/prometheus/ ships that rule).
     seq = GaugeMetricFamily("sentinel_collective_seq",
-                            "Sequence number of the last collective this rank enqueued / completed, per process group.",
+                            "Sequence number of the last collective this rank enqueued / completed, per process group; "
+                            "gpu_entered: how many of the group's collectives its GPU stream has reached (eager and "
+                            "CUDA-graph replays; present where the hooks mark collectives on the GPU).",
                             labels=labels + ["pg", "state"])
     age = GaugeMetricFamily("sentinel_heartbeat_age_seconds", "Seconds since the process's last step.", labels=labels)
     for p in snap.processes:
@@ -238,6 +240,8 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
         for name, g in sorted(p.groups.items()):
             seq.add_metric(lv + [name, "enqueued"], g["last_enqueued"])
             seq.add_metric(lv + [name, "completed"], g["last_completed"])
+            if g.get("gpu_entered", -1) >= 0:
+                seq.add_metric(lv + [name, "gpu_entered"], g["gpu_entered"])
         if p.alive and p.last_step_ns:
             age.add_metric(lv, max(0.0, snap.taken_at - p.last_step_ns / 1e9))
     yield from (seq, age)
@@ -246,7 +250,8 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
                                 labels=["job_id", "pg"])
     seqg = GaugeMetricFamily("sentinel_hang_seq", "The collective a hung group is stuck at.", labels=["job_id", "pg"])
     culprit = GaugeMetricFamily("sentinel_hang_culprit",
-                                "1 while this rank is a root culprit of a hang; reason: died, host_stall, behind, missing. "
+                                "1 while this rank is a root culprit of a hang; reason: died, host_stall, behind, gpu_behind, "
+                                "missing, mismatch. "
                                 "A hang that follows from another group's (its missing ranks wait there) has none: "
                                 "one incident, one page.", labels=["job_id", "pg", "rank", "group_rank", "reason"])
     victim = GaugeMetricFamily("sentinel_hang_victim",

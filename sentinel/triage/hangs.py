@@ -39,12 +39,12 @@ if TYPE_CHECKING:  # the daemon's per-process state, passed in: triage never imp
 @dataclass(frozen=True)
 class Culprit:
     """A rank a hang is blamed on: its global rank (-1: unknown, e.g. a group rank with no ring), its
-    rank in the group, why (``died``, ``host_stall``, ``behind``, ``missing``), the last collective it
-    enqueued, and a readable detail."""
+    rank in the group, why (``died``, ``host_stall``, ``behind``, ``gpu_behind``, ``missing``,
+    ``mismatch``, ``waiting``), the last collective it enqueued, and a readable detail."""
 
     rank: int  # global rank (-1 when unknown)
     group_rank: int
-    reason: str  # died | host_stall | behind | missing | mismatch | waiting (in another group's hung collective)
+    reason: str  # died | host_stall | behind | gpu_behind | missing | mismatch | waiting (in another group's hung collective)
     last_enqueued: int
     detail: str
 
@@ -171,6 +171,8 @@ class HangDetector:
                                     f"{odd['expected']}"))
             if kind == "all_enqueued":
                 kind = "mismatch"
+        if kind == "all_enqueued" and not culprits:
+            culprits += self._gpu_behind(prog, seq)
         size = max(g.size for _, g in prog)
         for r in range(size if size > 0 else 0):
             if r not in seen_ranks:
@@ -180,6 +182,19 @@ class HangDetector:
         op = OP_NAMES.get(waiting_prog[0][1].last_op, "?") if waiting_prog else "?"
         return Hang(job, name, seq, kind, op, tuple(sorted(culprits, key=lambda c: c.rank)), waiting,
                     since_ns / 1e9, threshold)
+
+    @staticmethod
+    def _gpu_behind(prog: list, seq: int) -> list[Culprit]:
+        """Every host enqueued collective ``seq``: the ranks whose GPU stream has passed fewer of the
+        group's collective marks than the others' (their device words) are stuck in the work before it."""
+        marks = [(m, g) for m, g in prog if g.gpu_entered >= 0]
+        if len(marks) < 2 or len(marks) < len(prog):
+            return []
+        top = max(g.gpu_entered for _, g in marks)
+        return [Culprit(_rank(m), g.group_rank, "gpu_behind", g.last_enqueued,
+                        f"its GPU passed {g.gpu_entered} of the group's collective marks, the others {top}: stuck "
+                        f"in the GPU work before collective #{seq} (its host enqueued it)")
+                for m, g in marks if g.gpu_entered < top]
 
     def _culprit(self, m: ProcessState, g, now: float, since_ns: int) -> Culprit:  # noqa: ANN001
         rank = _rank(m)

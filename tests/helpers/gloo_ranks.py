@@ -6,7 +6,9 @@ MODE: sleep (a stuck host loop) | die (SIGKILL) | none (no hang) | slow (one leg
 HANG_AT: everyone waits, then all go on) | subgroup (ranks 0 and 1 also all-reduce in a subgroup;
 the straggler stops joining that subgroup's collective at HANG_AT) | crossgroup (every rank all-reduces
 in the world group, then ranks 1 and 2 in a subgroup; the straggler, rank 2, stops before the
-subgroup's collective at HANG_AT: rank 1 waits there, rank 0 in the next world all-reduce)
+subgroup's collective at HANG_AT: rank 1 waits there, rank 0 in the next world all-reduce) | ahead
+(at HANG_AT the straggler skips its all-reduce and runs the step's next collective, an all-gather of
+another size: one collective ahead, a desync; the others wait in the all-reduce)
 """
 
 import datetime
@@ -42,7 +44,12 @@ for i in range(1, steps + 1):
                 time.sleep(3600)
             dist.all_reduce(x, group=sub)
         continue
+    if mode == "ahead" and rank == straggler and i == hang_at:
+        dist.all_gather_into_tensor(torch.empty(16 * world), torch.ones(16))  # skipped the all-reduce
+        time.sleep(3600)
     dist.all_reduce(x)
+    if mode == "ahead" and i == hang_at:
+        dist.all_gather_into_tensor(torch.empty(16 * world), torch.ones(16))
     if mode == "crossgroup" and rank in (1, 2):
         if rank == straggler and i == hang_at:
             time.sleep(3600)

@@ -277,6 +277,25 @@ class Adapter(abc.ABC):
             setattr(owner, attr, wrapper)
             self._patches.append((owner, attr, raw, wrapper))
 
+    def patch_collectives(self, module: ModuleType, class_name: str, methods: dict[str, tuple[str, int]]) -> None:
+        """Trace an engine's collectives: patch ``class_name``'s methods with
+        ``collectives.engine_collective``, ``methods`` mapping each method to (op, position of its
+        tensor argument after self). A method this release lacks is skipped, logged once; with
+        SENTINEL_COLLECTIVES=0 nothing is patched. Raises AdapterDrift when the class is missing."""
+        from .. import collectives, env
+
+        self.require(module, class_name)
+        if not runtime.setting(env.COLLECTIVES) or not collectives.install():
+            return
+        cls = getattr(module, class_name)
+        missing = [name for name in methods if not callable(getattr(cls, name, None))]
+        if missing:
+            runtime.log_once(f"{self.name}:collectives", "%s: %s.%s has no %s; those collectives are not traced",
+                             self.name, module.__name__, class_name, ", ".join(missing))
+        for name, (op, at) in methods.items():
+            if name not in missing:
+                self.patch(cls, name, lambda original, op=op, at=at: collectives.engine_collective(original, op, at))
+
     def patch_everywhere(self, module: ModuleType, attr: str, make_wrapper: Wrapper) -> None:
         """Patch a module-level function where it is defined and in every module that already
         bound it by name (``from m import f``); modules importing it later bind the wrapper.

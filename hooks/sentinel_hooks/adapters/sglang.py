@@ -29,6 +29,11 @@ processes):
 - ``ModelRunner.forward``: the heartbeat, ``note_batch``, and the identity (TP/PP/DP rank from
   ``sglang.srt.runtime_context.get_parallel()``, read at the first forward: SGLang publishes the
   ranks after plugins load).
+- ``sglang.srt.distributed.parallel_state.GroupCoordinator``'s collectives (``COLLECTIVES``),
+  traced per group and sequence number whatever backend then runs them (custom all-reduce, PCIe
+  IPC, PyNccl, symmetric memory, FlashInfer's all-reduce, torch), eager or captured in a CUDA graph
+  (``collectives.py``). Not seen: FlashInfer's fused all-reduce + RMSNorm
+  (``flashinfer_allreduce_residual_rmsnorm``), which bypasses every GroupCoordinator method.
 - ``Scheduler.on_idle`` / ``Scheduler.run_batch`` (optional): whether the engine has work, in the
   ring header. An idle scheduler does not step, so the heartbeat alert leaves it alone.
 
@@ -112,6 +117,29 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     (CANONICALIZE_MODULE, CANONICALIZE),
 )
 
+PARALLEL_STATE = "sglang.srt.distributed.parallel_state"
+# The TP collectives: GroupCoordinator's methods, as method -> (op, position of the tensor argument
+# after self). The inner methods are what torch.ops.sglang's ops call at run time (they look the
+# group up by name and call the instance, so patching the class reaches compiled graphs too);
+# all_reduce is patched as well because with symmetric memory it calls PyNccl itself. Where one calls
+# another, the outer call counts (collectives.engine_collective). Read in the source of 0.5.20 to
+# 0.5.23; CI resolves them in the declared release's wheel (RELIES_ON).
+COLLECTIVES = {
+    "all_reduce": ("all_reduce", 0),
+    "_all_reduce_out_place": ("all_reduce", 0),
+    "_all_reduce_in_place": ("all_reduce", 0),
+    "_flashinfer_allreduce": ("all_reduce", 0),
+    "_all_gather_into_tensor": ("all_gather_into_tensor", 1),
+    "all_gather": ("all_gather", 0),
+    "all_gatherv": ("all_gather", 0),
+    "_reduce_scatter_tensor": ("reduce_scatter_tensor", 1),
+    "reduce_scatter": ("reduce_scatter", 1),
+    "reduce_scatterv": ("reduce_scatter", 0),
+    "broadcast": ("broadcast", 0),
+}
+RELIES_ON += tuple((PARALLEL_STATE, f"GroupCoordinator.{name}")
+                   for name in (*COLLECTIVES, "unique_name", "ranks", "rank", "world_size", "rank_in_group"))
+
 
 class SGLangAdapter(Adapter):
     """The SGLang adapter (0.5.23 <= version < 0.5.24); its hook points are in the module
@@ -134,9 +162,13 @@ class SGLangAdapter(Adapter):
             HookPoint(FLASHINFER, self._patch_flashinfer),
             HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, required=False),
             HookPoint(SCHEDULER, self._patch_scheduler_idle, required=False),
+            HookPoint(PARALLEL_STATE, self._patch_collectives, required=False),
         ]
 
     # -- hook points -------------------------------------------------------------------------------
+
+    def _patch_collectives(self, module: ModuleType) -> None:
+        self.patch_collectives(module, "GroupCoordinator", COLLECTIVES)
 
     def _patch_scheduler_idle(self, module: ModuleType) -> None:
         """The scheduler's idle state, for the heartbeat alert: with no batch to run, its event loop

@@ -24,6 +24,11 @@ patches, each when vLLM imports the module:
 - ``vllm.v1.engine.core.EngineCoreProc._process_input_queue`` (optional): whether the engine has
   work (``has_work()``), in the ring header. vLLM does not step while idle, so the heartbeat alert
   leaves an idle engine, and the workers of its pod, alone.
+- ``vllm.distributed.parallel_state.GroupCoordinator``'s collectives (``COLLECTIVES``: the
+  ``*_out_place`` methods the ``torch.ops.vllm`` ops call, ``all_gatherv``, ``reduce_scatterv``,
+  ``broadcast``), traced per group and sequence number whatever communicator then runs them
+  (PyNccl, custom all-reduce, symmetric memory, ``CpuCommunicator``), eager or captured in a CUDA
+  graph (``collectives.py``).
 - ``canonicalize_singleton_dim_strides`` where backends imported it by name (flash_attn,
   flash_attn_diffkv, flashinfer, b12x, ...): ``check_strides`` sees each tensor *before* vLLM
   silently repairs a size-1 dimension's stride (seed 002). Record only: the original always runs.
@@ -140,6 +145,22 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     ("vllm.distributed.parallel_state", "GroupCoordinator.rank_in_group"),
 ) + tuple((m, CANONICALIZE) for m in ("vllm.utils.torch_utils", *CANONICALIZE_SITES))
 
+# The TP/PP/DP collectives: GroupCoordinator's methods every engine collective passes through
+# (torch.ops.vllm.all_reduce / all_gather / reduce_scatter look the group up by name and call the
+# *_out_place method on the instance, so patching the class reaches the compiled graph's calls too),
+# as method -> (op, position of the tensor argument after self). See collectives.engine_collective.
+COLLECTIVES = {
+    "_all_reduce_out_place": ("all_reduce", 0),
+    "_all_gather_out_place": ("all_gather", 0),
+    "_reduce_scatter_out_place": ("reduce_scatter", 0),
+    "all_gatherv": ("all_gather", 0),
+    "reduce_scatterv": ("reduce_scatter", 0),
+    "reduce_scatterv_into_output": ("reduce_scatter", 0),
+    "broadcast": ("broadcast", 0),
+}
+RELIES_ON += tuple(("vllm.distributed.parallel_state", f"GroupCoordinator.{name}")
+                   for name in (*COLLECTIVES, "unique_name", "ranks"))
+
 # What the adapter reads at run time, checked once per object type (drift is caught on the
 # first step, not in the middle of one).
 GROUP_FIELDS = ("kv_cache_spec", "kv_cache_group_id", "layer_names", "kernel_block_size", "get_metadata_builder")
@@ -202,6 +223,7 @@ class VLLMAdapter(Adapter):
             HookPoint("vllm.v1.worker.worker_base", self._patch_worker),
             HookPoint("vllm.v1.engine.core", self._patch_engine_core),
             HookPoint("vllm.v1.engine.core", self._patch_engine_idle, required=False),
+            HookPoint("vllm.distributed.parallel_state", self._patch_collectives, required=False),
         ]
         points += [HookPoint(m, self._patch_canonicalize, required=False) for m in CANONICALIZE_SITES]
         return points
@@ -252,6 +274,9 @@ class VLLMAdapter(Adapter):
             return execute_model
 
         self.patch(module.WorkerWrapperBase, "execute_model", make)
+
+    def _patch_collectives(self, module: ModuleType) -> None:
+        self.patch_collectives(module, "GroupCoordinator", COLLECTIVES)
 
     def _patch_engine_idle(self, module: ModuleType) -> None:
         """The engine core's idle state, for the heartbeat alert: vLLM does not step while it has no

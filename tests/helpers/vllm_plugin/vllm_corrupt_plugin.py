@@ -19,6 +19,9 @@ would have done with the bad index. Sentinel's own hook sits between the two, at
   place, so vLLM's CPU attention kernel (``cpu_attention_with_kv_cache``) reads block ``I``. An
   index far past the cache (2**30) makes the worker die of SIGSEGV inside that native op: a real
   crash below Sentinel's adapter wrappers.
+- ``SENTINEL_TEST_STALL_RANK=R`` and ``SENTINEL_TEST_STALL_STEP=N``: the worker of global rank R
+  stops (sleeps an hour) at the start of its N-th model step with tokens, before the step's first
+  TP collective: a stuck host loop, while its peers wait in that collective.
 """
 
 import functools
@@ -83,3 +86,28 @@ def register():
                 table[0, 0] = value
 
     GPUModelRunner._build_attention_metadata = _build_attention_metadata
+    _stall(GPUModelRunner)
+
+
+def _stall(runner_cls):
+    rank = os.environ.get("SENTINEL_TEST_STALL_RANK", "")
+    if not rank:
+        return
+    at = int(os.environ.get("SENTINEL_TEST_STALL_STEP", "3"))
+    orig = runner_cls.execute_model
+    steps = [0]
+
+    @functools.wraps(orig)
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        import time
+
+        import torch.distributed as dist
+
+        if getattr(scheduler_output, "total_num_scheduled_tokens", 0) > 0:
+            steps[0] += 1
+            if steps[0] == at and dist.get_rank() == int(rank):
+                _oracle({"stall": True, "pid": os.getpid(), "rank": int(rank), "step": at, "t": time.time()})
+                time.sleep(3600)
+        return orig(self, scheduler_output, *args, **kwargs)
+
+    runner_cls.execute_model = execute_model

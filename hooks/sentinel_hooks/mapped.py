@@ -1,0 +1,219 @@
+"""Device words: counters the GPU writes into the ring file itself, read with no CUDA call.
+
+Why: what a stream has reached must be readable while the GPU is hung, after a fault has killed
+the CUDA context, and after a SIGKILL, and reading it must never sync the serving thread. So the
+ring file's first page (its header; ringformat.DEVICE_WORDS_OFFSET says where the words sit) is
+registered with CUDA (``cuMemHostRegister``, device-mapped): a kernel's store lands in the page
+cache of the ring file, which the daemon maps anyway. Nothing copies it; nothing is lost when the
+process dies.
+
+The kernel refuses to pin the page-cache pages of an ordinary filesystem for a device (the driver
+answers CUDA_ERROR_INVALID_VALUE; measured on an H200 host, 2026-11-30), but pins shared memory: so
+the ring page is registered when SENTINEL_DIR is on tmpfs (the default ``$XDG_RUNTIME_DIR``, a
+Kubernetes ``emptyDir`` with ``medium: Memory``). Elsewhere the words live in device-mapped pinned
+memory (``cuMemHostAlloc``) and a thread of ours copies them into the ring header every ``COPY_S``
+with plain memory reads: they then survive a hung GPU and a dead context, but a SIGKILL loses what
+changed in the last ``COPY_S``.
+
+A word is bumped on the GPU by one kernel (:meth:`Words.bumper`): eager, it runs when the stream
+reaches it; captured into a CUDA graph, every replay runs it again. ``BUMP`` picks the kernel:
+"store" (Triton: a device-memory counter += 1, its value stored to the word, nothing read across the
+bus) or "rmw" (torch's ``add_`` on the mapped word itself: no Triton needed, one read of host memory
+per bump); ``bench/collective_marks.py`` measures both. The driver calls go through ctypes into ``libcuda.so.1`` (the CUDA driver
+API, which torch does not expose); failures make the words unavailable, counted, never raised.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+from . import ringformat as rf
+from . import runtime
+
+__all__ = ["Words", "words", "copy_out", "mode", "BUMP", "COPY_S"]
+
+_CU_MEMHOSTREGISTER_PORTABLE = 0x01
+_CU_MEMHOSTREGISTER_DEVICEMAP = 0x02
+_CU_MEMHOSTALLOC_PORTABLE = 0x01
+_CU_MEMHOSTALLOC_DEVICEMAP = 0x02
+_PAGE = 4096
+BUMP = "store"  # "store" (Triton) or "rmw" (torch); "store" falls back to "rmw" without Triton
+COPY_S = 0.02  # pinned mode: how often the words are copied into the ring
+
+_lock = threading.Lock()
+_words: Words | None = None
+_failed = False
+
+
+class _CudaArray:
+    """A device pointer as ``__cuda_array_interface__`` (Numba's protocol, which torch.as_tensor reads)."""
+
+    def __init__(self, ptr: int, n: int) -> None:
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "<i8", "data": (ptr, False), "version": 2}
+
+
+class Words:
+    """The process's device words: ``rf.DEVICE_WORDS`` int64 counters, each assigned once
+    (:meth:`assign`) and bumped by the GPU (:meth:`bump`). ``mode`` is ``"ring"`` (the ring's own
+    page, registered) or ``"pinned"`` (copied into the ring by :func:`copy_out`)."""
+
+    def __init__(self, torch: Any, writer: Any, mode: str, host_addr: int, device_ptr: int, keep: Any = None) -> None:
+        self.torch = torch
+        self.writer = writer
+        self.mode = mode
+        self.host_addr = host_addr  # where the GPU's writes land (the ring page, or the pinned buffer)
+        self.device_ptr = device_ptr
+        self._keep = keep  # the pinned buffer's owner, when mode == "pinned"
+        self._views: dict[int, Any] = {}  # device index -> int64 CUDA tensor over all the words
+        self._counters: dict[int, Any] = {}  # device index -> int64 device tensor, the "store" kernel's counters
+        self._next = 0
+        self.host = (ctypes.c_uint64 * rf.DEVICE_WORDS).from_address(host_addr)
+
+    def assign(self, meaning: int, name: str) -> int:
+        """A fresh counter for ``name`` (its info word in the ring says so); -1 when all are taken."""
+        with _lock:
+            if self._next >= rf.DEVICE_WORDS:
+                runtime.log_once("device-words", "all %d device words are in use; %s is not tracked on the GPU",
+                                 rf.DEVICE_WORDS, name)
+                return -1
+            i = self._next
+            self._next += 1
+        w = self.writer
+        info = rf.pack_device_word_info(meaning, w.intern(name))
+        words = rf.device_words(w._mm)
+        try:
+            words[rf.DEVICE_WORDS + i] = info
+        finally:
+            words.release()
+        return i
+
+    def view(self, index: int, device: Any) -> Any:
+        """The 1-element int64 CUDA tensor (on ``device``) aliasing word ``index``."""
+        idx = device.index if device.index is not None else self.torch.cuda.current_device()
+        full = self._views.get(idx)
+        if full is None:
+            full = self._views[idx] = self.torch.as_tensor(_CudaArray(self.device_ptr, rf.DEVICE_WORDS),
+                                                          device=self.torch.device("cuda", idx))
+        return full[index:index + 1]
+
+    def bumper(self, index: int, device: Any) -> Any:
+        """A callable that enqueues word ``index`` += 1 on the current stream of ``device`` (one kernel;
+        captured into a graph, each replay runs it). Never waits on the GPU. Make it outside a
+        capture (it may allocate)."""
+        word = self.view(index, device)
+        if BUMP == "store":
+            from . import device as device_mod
+
+            if device_mod.triton_available():
+                from .kernels import launch_bump
+
+                idx = word.device.index
+                counters = self._counters.get(idx)
+                if counters is None:
+                    counters = self._counters[idx] = self.torch.zeros(rf.DEVICE_WORDS, dtype=self.torch.int64,
+                                                                      device=word.device)
+                counter = counters[index:index + 1]
+                return lambda: launch_bump(counter, word)
+        return lambda: word.add_(1)
+
+
+def mode() -> str:
+    """"ring", "pinned", or "" (not set up, or unavailable)."""
+    return _words.mode if _words is not None else ""
+
+
+def words(torch: Any) -> Words | None:
+    """The process's device words, set up on first use on the calling (serving) thread, outside any
+    CUDA graph capture (inside one it returns None: registering memory there would break the
+    capture). None when CUDA or the driver API is unavailable, or the ring is not a real one."""
+    global _words, _failed
+    if _words is not None or _failed:
+        return _words
+    if torch.cuda.is_current_stream_capturing():
+        return None
+    with _lock:
+        if _words is None and not _failed:
+            try:
+                _words = _setup(torch)
+            except Exception as exc:
+                runtime.failed("device words", exc)
+            _failed = _words is None
+    return _words
+
+
+def _setup(torch: Any) -> Words | None:
+    w = runtime.writer()
+    mm = getattr(w, "_mm", None)
+    if mm is None:
+        return None  # a null writer: nothing to publish into
+    cuda = ctypes.CDLL("libcuda.so.1")
+    torch.cuda.current_stream()  # makes the device's primary context current on this thread
+    holder = ctypes.c_char.from_buffer(mm)
+    page = ctypes.addressof(holder)
+    del holder  # the address stays valid while the ring is mapped; no export pins the mmap
+    dptr = ctypes.c_uint64()
+    rc = cuda.cuMemHostRegister_v2(ctypes.c_void_p(page), ctypes.c_size_t(_PAGE),
+                                   _CU_MEMHOSTREGISTER_PORTABLE | _CU_MEMHOSTREGISTER_DEVICEMAP)
+    if rc == 0:
+        rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), ctypes.c_void_p(page), 0)
+        if rc == 0:
+            _at_exit_unregister(cuda, page)
+            return Words(torch, w, "ring", page + rf.DEVICE_WORDS_OFFSET, dptr.value + rf.DEVICE_WORDS_OFFSET)
+    runtime.log_once("device-words-ring", "the driver did not pin the ring file's page (CUresult %d: SENTINEL_DIR "
+                     "is not on tmpfs?); device words go through pinned memory, copied into the ring every %d ms",
+                     rc, int(COPY_S * 1000))
+    host = ctypes.c_void_p()
+    size = 8 * rf.DEVICE_WORDS
+    rc = cuda.cuMemHostAlloc(ctypes.byref(host), ctypes.c_size_t(size),
+                             _CU_MEMHOSTALLOC_PORTABLE | _CU_MEMHOSTALLOC_DEVICEMAP)
+    if rc != 0:
+        runtime.log_once("device-words-pinned", "pinned device words unavailable (CUresult %d)", rc)
+        return None
+    ctypes.memset(host, 0, size)
+    rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), host, 0)
+    if rc != 0:
+        return None
+    words = Words(torch, w, "pinned", host.value, dptr.value, keep=host)
+    threading.Thread(target=_copier, name="sentinel-device-words", daemon=True).start()
+    import atexit
+
+    atexit.register(copy_out)  # a clean exit keeps the last count; runs before the ring is unmapped
+    return words
+
+
+def _copier() -> None:
+    import time
+
+    while True:
+        time.sleep(COPY_S)
+        copy_out()
+
+
+def _at_exit_unregister(cuda: Any, page: int) -> None:
+    import atexit
+
+    # Registered after the writer's own exit hook, so it runs first: the page is unpinned before
+    # the ring is unmapped. A dead context makes this fail; the process is ending anyway.
+    atexit.register(lambda: cuda.cuMemHostUnregister(ctypes.c_void_p(page)))
+
+
+def copy_out() -> None:
+    """In ``pinned`` mode, copy the words into the ring header (plain memory reads, no CUDA call; the
+    copier thread calls it every COPY_S). A no-op in ``ring`` mode, where the GPU writes the ring
+    itself. Never raises."""
+    w = _words
+    if w is None or w.mode != "pinned" or w.writer.closed:
+        return
+    try:
+        dst = rf.device_words(w.writer._mm)
+        try:
+            for i in range(w._next):  # one aligned 8-byte store per word, as the daemon reads them
+                dst[i] = w.host[i]
+        finally:
+            dst.release()
+    except ValueError:
+        pass  # the ring was closed under us (process exit): nothing left to copy into
+    except Exception as exc:
+        runtime.failed("device words copy", exc)

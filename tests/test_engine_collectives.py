@@ -1,0 +1,77 @@
+"""The engines' own collectives (collectives.engine_collective, patched in by the vLLM and SGLang
+adapters): counted once per call in the engine's group, named by its unique name and members, with
+the torch.distributed call inside it not counted again; a traced call never raises into the engine.
+Real torch.distributed (gloo) under `sentinel run`; the engine side is a class with the attributes
+GroupCoordinator has (the real vLLM engine at TP=2 is tests/test_vllm_tp.py)."""
+
+from __future__ import annotations
+
+from sentinel.daemon.ringreader import RingReader
+from sentinel_hooks import ringformat as rf
+from sentinel_hooks.collectives import engine_group_name
+
+PROGRAM = r"""
+import os, torch, torch.distributed as dist
+from sentinel_hooks import collectives
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=0, world_size=1)
+
+class GroupCoordinator:  # what vLLM's and SGLang's have, over torch.distributed here
+    def __init__(self):
+        self.unique_name, self.ranks, self.world_size, self.rank_in_group, self.rank = "tp:0", [0], 1, 0, 0
+
+    def _all_reduce_out_place(self, t):
+        dist.all_reduce(t)
+        return t
+
+    def all_reduce(self, t):  # an outer method calling the inner one, as SGLang's does
+        return self._all_reduce_out_place(t)
+
+    def _all_gather_into_tensor(self, output, input_):
+        dist.all_gather_into_tensor(output, input_)
+
+GroupCoordinator._all_reduce_out_place = collectives.engine_collective(GroupCoordinator._all_reduce_out_place, "all_reduce")
+GroupCoordinator.all_reduce = collectives.engine_collective(GroupCoordinator.all_reduce, "all_reduce")
+GroupCoordinator._all_gather_into_tensor = collectives.engine_collective(
+    GroupCoordinator._all_gather_into_tensor, "all_gather_into_tensor", 1)
+tp = GroupCoordinator()
+tp._all_reduce_out_place(torch.ones(8))
+tp.all_reduce(torch.ones(8))
+tp._all_gather_into_tensor(torch.empty(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.bfloat16))
+dist.all_reduce(torch.ones(3))  # a plain torch.distributed call: its own group
+broken = GroupCoordinator()
+del broken.unique_name  # a coordinator the tracer cannot read: the call still runs
+out = broken._all_reduce_out_place(torch.ones(2))
+assert out.tolist() == [1.0, 1.0]
+print("OK", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_engine_collectives_are_counted_once_in_the_engine_group(h):
+    res = h.sentinel_run(PROGRAM, env=h.env(PORT=str(h.free_port())), timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+    (ring,) = h.rings()
+    reader = RingReader(str(ring))
+    recs = reader.tail(writer_alive=False).records
+    enq = recs[(recs["kind"] == rf.Kind.COLLECTIVE_ENQUEUE) & (recs["code"] != 0)]
+    seen = [(reader.name(int(t)), rf.COLLECTIVE_OP_NAMES[int(c)], int(a), int(b), int(x))
+            for t, c, a, b, x in zip(enq["tag"], enq["code"], enq["a"], enq["b"], enq["aux"])]
+    bf16 = rf.COLLECTIVE_DTYPES["torch.bfloat16"]
+    assert seen == [
+        ("pg:tp:0[0]", "all_reduce", 1, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),
+        ("pg:tp:0[0]", "all_reduce", 2, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),  # outer call only
+        ("pg:tp:0[0]", "all_gather_into_tensor", 3, 4, bf16),  # the input's size, as torch's is recorded
+        ("pg:0", "all_reduce", 1, 3, rf.COLLECTIVE_DTYPES["torch.float32"]),
+    ]
+    done = recs[recs["kind"] == rf.Kind.COLLECTIVE_COMPLETE]
+    assert len(done) == 4  # CPU tensors: complete when the call returns
+    reader.close()
+
+
+def test_engine_group_names_carry_their_members():
+    # Every TP group of a job is "tp:0" in each process: the members tell them apart.
+    assert engine_group_name("tp:0", [0, 1, 2, 3]) == "tp:0[0-3]"
+    assert engine_group_name("tp:0", [4, 5, 6, 7]) == "tp:0[4-7]"
+    assert engine_group_name("dp:0", [1, 5]) == "dp:0[1,5]"
+    assert engine_group_name("world:0", [3]) == "world:0[3]"
+    assert engine_group_name("ep:0", list(range(0, 64, 2))) == "ep:0[0,2,..,62 (32)]"
