@@ -67,7 +67,7 @@ def worker(rank: int, args: argparse.Namespace, base: str) -> None:
     graphs = {}
     for variant in VARIANTS:
         collectives._marks, mapped.BUMP = SETUPS[variant]
-        for g in collectives._groups.values():
+        for g in collectives._by_name.values():
             g.views.clear()  # each variant makes its own bump
         step(x)  # eager, so the bump is made outside the capture
         side = torch.cuda.Stream()

@@ -108,7 +108,7 @@ def main() -> int:
         progress(f"run {i + 1}/{args.runs}: Sentinel {r['sentinel_s']} s ({r['culprits']}, victims {r['victims']}), "
                  f"vLLM's timeout {r['vllm_timeout_s']} s")
         runs.append(r)
-    good = [r for r in runs if r["culprits"] == [(1, "host_stall")] and r["sentinel_s"] is not None]
+    good = [r for r in runs if [c[0] for c in r["culprits"]] == [1] and r["sentinel_s"] is not None]
     sent = spread([r["sentinel_s"] for r in good]) if good else None
     vt = [r["vllm_timeout_s"] for r in good if r["vllm_timeout_s"] is not None]
     vs = spread(vt) if vt else None

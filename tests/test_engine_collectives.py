@@ -1,8 +1,8 @@
 """The engines' own collectives (collectives.engine_collective, patched in by the vLLM and SGLang
 adapters): counted once per call in the engine's group, named by its unique name and members, with
-the torch.distributed call inside it not counted again; a traced call never raises into the engine.
-Real torch.distributed (gloo) under `sentinel run`; the engine side is a class with the attributes
-GroupCoordinator has (the real vLLM engine at TP=2 is tests/test_vllm_tp.py)."""
+the torch.distributed call inside it not counted again; a group of one rank is not a collective; a
+traced call never raises into the engine. Two real torch.distributed (gloo) ranks under `sentinel
+run`; the engine side is a class with the attributes GroupCoordinator has (the real vLLM engine at TP=2 is tests/test_vllm_tp.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from sentinel_hooks.collectives import engine_group_name
 PROGRAM = r"""
 import os, torch, torch.distributed as dist
 from sentinel_hooks import collectives
-dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=0, world_size=1)
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=rank, world_size=2)
 
 class GroupCoordinator:  # what vLLM's and SGLang's have, over torch.distributed here
-    def __init__(self):
-        self.unique_name, self.ranks, self.world_size, self.rank_in_group, self.rank = "tp:0", [0], 1, 0, 0
+    def __init__(self, ranks=(0, 1)):
+        self.unique_name, self.ranks, self.world_size = "tp:0", list(ranks), len(ranks)
+        self.rank_in_group, self.rank = rank, rank
 
     def _all_reduce_out_place(self, t):
+        if self.world_size == 1:  # as the engines do
+            return t
         dist.all_reduce(t)
         return t
 
@@ -36,21 +40,28 @@ GroupCoordinator._all_gather_into_tensor = collectives.engine_collective(
 tp = GroupCoordinator()
 tp._all_reduce_out_place(torch.ones(8))
 tp.all_reduce(torch.ones(8))
-tp._all_gather_into_tensor(torch.empty(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.bfloat16))
+tp._all_gather_into_tensor(torch.empty(8, dtype=torch.bfloat16), input_=torch.ones(4, dtype=torch.bfloat16))
+GroupCoordinator(ranks=[rank])._all_reduce_out_place(torch.ones(8))  # a group of one: not a collective
 dist.all_reduce(torch.ones(3))  # a plain torch.distributed call: its own group
+# torch 2.13's all_gather_into_tensor calls all_gather_single: both are traced, one is counted
+dist.all_gather_into_tensor(torch.empty(4), torch.ones(2))
 broken = GroupCoordinator()
 del broken.unique_name  # a coordinator the tracer cannot read: the call still runs
 out = broken._all_reduce_out_place(torch.ones(2))
-assert out.tolist() == [1.0, 1.0]
+assert out.tolist() == [2.0, 2.0]  # it ran: both ranks summed
 print("OK", flush=True)
 dist.destroy_process_group()
 """
 
 
 def test_engine_collectives_are_counted_once_in_the_engine_group(h):
-    res = h.sentinel_run(PROGRAM, env=h.env(PORT=str(h.free_port())), timeout=120)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
-    (ring,) = h.rings()
+    port = str(h.free_port())
+    ranks = [h.spawn([h.sentinel, "run", "--dir", h.dir, "--", h.python, "-c", PROGRAM],
+                     env=h.env(PORT=port, RANK=str(r))) for r in (0, 1)]
+    for p in ranks:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and b"OK" in out, err.decode()
+    ring = next(r for r in h.rings() if f".{ranks[0].pid}." in r.name)
     reader = RingReader(str(ring))
     recs = reader.tail(writer_alive=False).records
     enq = recs[(recs["kind"] == rf.Kind.COLLECTIVE_ENQUEUE) & (recs["code"] != 0)]
@@ -58,13 +69,14 @@ def test_engine_collectives_are_counted_once_in_the_engine_group(h):
             for t, c, a, b, x in zip(enq["tag"], enq["code"], enq["a"], enq["b"], enq["aux"])]
     bf16 = rf.COLLECTIVE_DTYPES["torch.bfloat16"]
     assert seen == [
-        ("pg:tp:0[0]", "all_reduce", 1, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),
-        ("pg:tp:0[0]", "all_reduce", 2, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),  # outer call only
-        ("pg:tp:0[0]", "all_gather_into_tensor", 3, 4, bf16),  # the input's size, as torch's is recorded
+        ("pg:tp:0[0-1]", "all_reduce", 1, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),
+        ("pg:tp:0[0-1]", "all_reduce", 2, 8, rf.COLLECTIVE_DTYPES["torch.float32"]),  # outer call only
+        ("pg:tp:0[0-1]", "all_gather_into_tensor", 3, 4, bf16),  # the input (by keyword), as torch's is recorded
         ("pg:0", "all_reduce", 1, 3, rf.COLLECTIVE_DTYPES["torch.float32"]),
+        ("pg:0", "all_gather_into_tensor", 2, 2, rf.COLLECTIVE_DTYPES["torch.float32"]),
     ]
     done = recs[recs["kind"] == rf.Kind.COLLECTIVE_COMPLETE]
-    assert len(done) == 4  # CPU tensors: complete when the call returns
+    assert len(done) == 5  # CPU tensors: complete when the call returns
     reader.close()
 
 

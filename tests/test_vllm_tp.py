@@ -81,7 +81,9 @@ def test_a_stalled_tp_worker_is_named_culprit_and_its_peer_victim(h):
         culprits, victims, text = h.wait_for(named, timeout=120, what="the daemon to name the hang")
         named_after = time.time() - stall["t"]
         ((lab, _),) = culprits
-        assert (lab["rank"], lab["reason"]) == ("1", "host_stall"), culprits
+        # host_stall: its heartbeat stopped with the group; behind, if a loaded machine delayed its last
+        # heartbeat past the others' next collective. Either names the stalled rank.
+        assert lab["rank"] == "1" and lab["reason"] in ("host_stall", "behind"), culprits
         assert re.fullmatch(r"tp:0\[0-1\]", lab["pg"]), lab  # vLLM's TP group, named by its members
         assert [v["rank"] for v, _ in victims] == ["0"], victims
         # Both workers' progress in the TP group, from the vLLM GroupCoordinator hooks: rank 0 enqueued
@@ -92,7 +94,7 @@ def test_a_stalled_tp_worker_is_named_culprit_and_its_peer_victim(h):
         status = h.run([h.sentinel, "status", "--dir", h.dir], env=h.env(), timeout=30)
         hang_lines = [line for line in status.stdout.splitlines() if line.startswith("!! HANG")]
         assert len(hang_lines) == 1, status.stdout
-        assert "culprit rank 1 (host_stall)" in hang_lines[0] and "victims 0" in hang_lines[0], hang_lines
+        assert f"culprit rank 1 ({lab['reason']})" in hang_lines[0] and "victims 0" in hang_lines[0], hang_lines
         print(f"vLLM CPU TP=2: stall to culprit named {named_after:.2f} s (daemon poll 0.05 s, default thresholds)")
         assert named_after < 60  # bounds a broken detector, not a speed claim (the figure is in bench/)
     finally:

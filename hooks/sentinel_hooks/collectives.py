@@ -18,22 +18,25 @@ op, size and dtype), and the wrapped ``CUDAGraph.replay`` enqueues them all at o
 (one ENQUEUE record per group and replay) and completes them with one CUDA event after the replay.
 
 What the GPU has reached (``SENTINEL_COLLECTIVE_MARKS``): before a collective on a CUDA tensor, one
-one-element kernel bumps the group's device word (``mapped.py``): a count of the group's marks the
-stream has passed, in the ring file, readable while the GPU hangs. Eager, every collective is
-marked; in a CUDA graph only the first collective of each group (``first``, the default) or every
-one (``all``): a mark costs about 1.4 us of GPU time (bench/collective_marks.py), which 64 all-reduces
-a decode step would pay 64 times. Every rank runs the same collectives and graphs, so their counts
-agree while they are in step; the daemon names a rank whose host enqueued collective k but whose
-GPU has passed fewer marks than its peers' (``gpu_behind``).
+one-element kernel bumps the group's device word (``mapped.py``), in the ring file, readable while
+the GPU hangs. Eager, every collective is marked (+1); in a CUDA graph, with ``first`` (the default),
+the group's first collective in the graph adds the graph's count of them (a device scalar filled
+before the first replay), with ``all`` each one adds 1. Either way the word counts the group's
+collectives as the host's sequence numbers do, up to where the GPU is; ``first`` costs one kernel per
+group and replay instead of one per collective (a mark is about 1.4 us of GPU time,
+bench/collective_marks.py), but cannot tell how far into a graph a stuck GPU got. The daemon names a
+rank whose host enqueued collective k but whose GPU is behind its peers' (``gpu_behind``).
 
-An engine collective runs the torch.distributed call it may make inside it untraced (one
-collective is one record, in the engine's group).
+One call is one collective: a traced call runs the traced calls it makes inside it untraced (an
+engine's method calling torch.distributed, torch 2.13's ``all_gather_into_tensor`` calling
+``all_gather_single``), so it is one record, in the outer call's group.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import threading
 import time
 from typing import Any
@@ -52,6 +55,8 @@ _ARGS: dict[str, tuple[int, int | None, tuple[int, str] | None]] = {
     "all_gather_into_tensor": (2, 3, (1, "input_tensor")),
     "reduce_scatter": (3, 4, (0, "output")),
     "reduce_scatter_tensor": (3, 4, (1, "input")),
+    "all_gather_single": (2, 3, (1, "input_tensor")),  # torch >= 2.13, where present
+    "reduce_scatter_single": (3, 4, (1, "input")),
     "broadcast": (2, 3, (0, "tensor")),
     "all_to_all": (2, 3, (1, "input_tensor_list")),
     "all_to_all_single": (4, 5, (1, "input")),
@@ -73,22 +78,22 @@ POLL_S = 0.02
 
 _installed = False
 _originals: dict[tuple[Any, str], Any] = {}
-_groups: dict[int, _Group] = {}
+_groups: dict[int, tuple[Any, _Group]] = {}  # id(group object) -> (the object, its state)
+_by_name: dict[str, _Group] = {}
 _pending: collections.deque = collections.deque()
 _poller: _Poller | None = None
 _dist: Any = None
 _torch: Any = None
 _marks = "first"  # SENTINEL_COLLECTIVE_MARKS, read at install: first | all | off
 _inside = threading.local()  # .depth > 0 while an engine collective runs on this thread
-_events: collections.deque = collections.deque()  # CUDA events for reuse (replay completions)
+_events: dict[int, collections.deque] = {}  # device index -> CUDA events free for reuse
 _UNASSIGNED = -2
 
 
 class _Group:
-    __slots__ = ("ref", "name", "tag", "seq", "size", "rank", "global_rank", "word", "views")
+    __slots__ = ("name", "tag", "seq", "size", "rank", "global_rank", "word", "views")
 
-    def __init__(self, ref: Any, name: str, size: int, rank: int, global_rank: int) -> None:
-        self.ref = ref  # keeps id() stable while we cache by it
+    def __init__(self, name: str, size: int, rank: int, global_rank: int) -> None:
         self.name = name
         self.tag = 0
         self.seq = 0
@@ -100,18 +105,21 @@ class _Group:
 
 
 def _register(key: Any, name: str, size: int, rank: int, global_rank: int) -> _Group:
-    g = _Group(key, name, size, rank, global_rank)
-    w = runtime.writer()
-    g.tag = w.intern(f"pg:{g.name}")
-    w.emit(rf.Kind.COLLECTIVE_ENQUEUE, GROUP_INFO, g.size, g.rank, global_rank, g.tag)
-    _groups[id(key)] = g
+    # One state per group name: torch's default group is reached as None and as group.WORLD.
+    g = _by_name.get(name)
+    if g is None or (g.size, g.rank) != (size, rank):
+        g = _by_name[name] = _Group(name, size, rank, global_rank)
+        w = runtime.writer()
+        g.tag = w.intern(f"pg:{g.name}")
+        w.emit(rf.Kind.COLLECTIVE_ENQUEUE, GROUP_INFO, g.size, g.rank, global_rank, g.tag)
+    _groups[id(key)] = (key, g)  # the key object is kept: its id() stays its own while cached
     return g
 
 
 def _group_state(group: Any) -> _Group:
-    g = _groups.get(id(group))
-    if g is not None and g.ref is group:
-        return g
+    entry = _groups.get(id(group))
+    if entry is not None and entry[0] is group:
+        return entry[1]
     dist = _dist
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
     try:
@@ -121,11 +129,14 @@ def _group_state(group: Any) -> _Group:
     return _register(group, str(name), dist.get_world_size(pg), dist.get_rank(pg), dist.get_rank())
 
 
-def _mark(g: _Group, device: Any) -> None:
-    """Enqueue the bump of ``g``'s device word on the current stream (captured, when capturing)."""
-    bump = g.views.get(device.index)
-    if bump is None:
-        if g.word == _UNASSIGNED or g.word >= 0:
+def _mark(g: _Group, device: Any, inc: Any = None) -> None:
+    """Enqueue the bump of ``g``'s device word on the current stream (captured, when capturing): by 1,
+    or by the value of the 1-element device tensor ``inc``. A failure turns the group's marks off."""
+    try:
+        bump = g.views.get(device.index)
+        if bump is None:
+            if g.word == -1:
+                return
             from . import mapped
 
             if _torch.cuda.is_current_stream_capturing():
@@ -137,11 +148,14 @@ def _mark(g: _Group, device: Any) -> None:
             words = mapped.words(_torch)
             if g.word == _UNASSIGNED:
                 g.word = words.assign(rf.DeviceWord.COLLECTIVE_ENTERED, f"pg:{g.name}") if words else -1
-            if g.word >= 0:
-                bump = g.views[device.index] = words.bumper(g.word, device)
-        if bump is None:
-            return
-    bump()
+            if g.word < 0:
+                return
+            bump = g.views[device.index] = words.bumper(g.word, device)
+        bump(inc)
+    except Exception as exc:
+        g.word = -1
+        g.views.clear()
+        runtime.failed("collective mark", exc)
 
 
 def _numel(t: Any) -> int:
@@ -159,12 +173,18 @@ def _wrap(name: str, fn: Any) -> Any:
 
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_inside, "depth", 0):  # inside a traced collective (torch 2.13's all_gather_into_tensor
+            return fn(*args, **kwargs)  # calls all_gather_single; an engine's method calls torch's)
         ctx = None
         try:
             ctx = _enqueue(code, gi, ti, args, kwargs)
         except Exception as exc:
             runtime.failed("collective enqueue", exc)
-        result = fn(*args, **kwargs)
+        _inside.depth = 1
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            _inside.depth = 0
         if ctx is not None:
             try:
                 is_async = always_async or (ai is not None and (
@@ -179,8 +199,6 @@ def _wrap(name: str, fn: Any) -> Any:
 
 
 def _enqueue(code: int, gi: int, ti: tuple[int, str] | None, args: tuple, kwargs: dict) -> tuple | None:
-    if getattr(_inside, "depth", 0):
-        return None  # inside an engine collective: counted there, in the engine's group
     tensor = None
     if ti is not None:
         tensor = args[ti[0]] if len(args) > ti[0] else kwargs.get(ti[1])
@@ -195,32 +213,49 @@ def _enqueue_in(code: int, g: _Group, tensor: Any) -> tuple | None:
     dcode = _DTYPES.get(str(dtype), 0) if dtype is not None else 0
     numel = _numel(tensor)
     if on_cuda and _torch.cuda.is_current_stream_capturing():
-        # replays enqueue it (see the module docstring)
-        if _captured(code, g, numel, dcode) == 1 and _marks != "off" or _marks == "all":
-            _mark(g, first.device)
+        _captured(code, g, numel, dcode, first.device)  # replays enqueue it (see the module docstring)
         return None
     g.seq += 1
+    runtime.writer().emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
     if on_cuda and _marks != "off":
         _mark(g, first.device)
-    runtime.writer().emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
-    return (code, g, g.seq, on_cuda, time.time_ns())
+    return (code, g, g.seq, first.device.index if on_cuda else -1, time.time_ns())
 
 
-def _captured(code: int, g: _Group, numel: int, dcode: int) -> int:
-    """Note a collective captured into the graph being captured; returns how many of ``g``'s it now
-    has (0: no graph known)."""
-    from . import device
+def _captured(code: int, g: _Group, numel: int, dcode: int, device: Any) -> None:
+    """Note a collective captured into the graph being captured, and mark it: with ``first``, the
+    group's first one in the graph bumps its word by the group's count in the graph (``inc``, a
+    device scalar filled before the first replay), so device counts follow the host's sequence
+    numbers in both modes."""
+    from . import device as device_mod
 
-    graph = device.capturing_graph()
+    graph = device_mod.capturing_graph()
     if graph is None:
         runtime.log_once("capture-unguarded", "a collective was captured into a CUDA graph whose capture began "
                          "before the hooks were armed: its replays are not counted")
-        return 0
+        return
     seen = graph.__dict__.setdefault("_sentinel_collectives", {})
+    graph.__dict__["_sentinel_device"] = device.index
     prev = seen.get(g)
-    n = prev[0] + 1 if prev else 1
-    seen[g] = (n, code, numel, dcode)
-    return n
+    inc = prev[4] if prev else None
+    if _marks == "all":
+        _mark(g, device)
+    elif _marks == "first" and prev is None and g.views.get(device.index) is not None:
+        # No kernel runs here: filled (with the count) outside the capture, before the first replay.
+        inc = _torch.empty(1, dtype=_torch.int64, device=device)
+        _mark(g, device, inc)
+    seen[g] = (prev[0] + 1 if prev else 1, code, numel, dcode, inc)
+
+
+def _before_replay(graph: Any) -> None:
+    """Before a graph's first replay: fill its ``first``-mode increments with the counts captured."""
+    seen = graph.__dict__.get("_sentinel_collectives")
+    if not seen or graph.__dict__.get("_sentinel_filled"):
+        return
+    graph.__dict__["_sentinel_filled"] = True
+    for n, *_, inc in seen.values():
+        if inc is not None:
+            inc.fill_(n)  # on the replay's stream, before it: no sync
 
 
 def _replayed(graph: Any) -> None:
@@ -230,12 +265,16 @@ def _replayed(graph: Any) -> None:
         return
     w = runtime.writer()
     t0 = time.time_ns()
-    ev = _events.popleft() if _events else _torch.cuda.Event()
+    dev = graph.__dict__.get("_sentinel_device", 0)
+    free = _events.get(dev)
+    ev = free.popleft() if free else _torch.cuda.Event()
     ev.record()
-    for g, (n, code, numel, dcode) in seen.items():
+    entries = []
+    for g, (n, code, numel, dcode, _inc) in seen.items():
         g.seq += n
         w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
-        _pending.append((code, g, g.seq, t0, None, ev))
+        entries.append((code, g, g.seq, t0, None, ev, dev))
+    _pending.extend(entries)  # at once: the poller never sees part of a replay's entries
     _ensure_poller()
 
 
@@ -263,20 +302,27 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
     Dynamo traces (``torch.compiler.is_compiling()``): the compiled graph's opaque custom op calls it
     at run time. Tracing never raises into the engine."""
     code = rf.COLLECTIVE_OPS[op]
+    try:  # the tensor's parameter name, for a caller passing it by keyword
+        tensor_name = list(inspect.signature(original).parameters)[tensor_at + 1]
+    except (TypeError, ValueError, IndexError):
+        tensor_name = ""
 
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
         # Dynamo traces this wrapper where it traces the engine's method: it then sees only the call.
         # Inside another engine collective (SGLang's all_reduce -> _all_reduce_out_place) the outer
-        # one counts.
-        if not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0):
+        # one counts. A group of one rank (the engines return at once) is not a collective.
+        if (not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0)
+                or getattr(self, "world_size", 2) == 1):
             return original(self, *args, **kwargs)
         ctx = None
         try:
-            g = _groups.get(id(self))
-            if g is None or g.ref is not self:
+            entry = _groups.get(id(self))
+            if entry is not None and entry[0] is self:
+                g = entry[1]
+            else:
                 g = _register(self, engine_group_name(self.unique_name, self.ranks), int(self.world_size),
                               int(self.rank_in_group), int(self.rank))
-            ctx = _enqueue_in(code, g, args[tensor_at] if len(args) > tensor_at else None)
+            ctx = _enqueue_in(code, g, args[tensor_at] if len(args) > tensor_at else kwargs.get(tensor_name))
         except Exception as exc:
             runtime.failed("engine collective enqueue", exc)
         _inside.depth = 1
@@ -295,13 +341,14 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
 
 
 def _after(ctx: tuple, work: Any) -> None:
-    code, g, seq, on_cuda, t0 = ctx
+    code, g, seq, dev, t0 = ctx
     if work is not None and hasattr(work, "is_completed"):
-        _pending.append((code, g, seq, t0, work, None))
-    elif on_cuda:
-        ev = _events.popleft() if _events else _torch.cuda.Event()
+        _pending.append((code, g, seq, t0, work, None, dev))
+    elif dev >= 0:
+        free = _events.get(dev)
+        ev = free.popleft() if free else _torch.cuda.Event()
         ev.record()
-        _pending.append((code, g, seq, t0, None, ev))
+        _pending.append((code, g, seq, t0, None, ev, dev))
     else:
         _complete(code, g, seq, t0)
         return
@@ -338,15 +385,19 @@ def poll_once() -> int:
     """Retire completed ops from the front of the queue (order is per process). Returns how many."""
     n = 0
     while _pending:
-        code, g, seq, t0, work, ev = _pending[0]
+        code, g, seq, t0, work, ev, dev = _pending[0]
         done = work.is_completed() if work is not None else ev.query()
         if not done:
             break
         _pending.popleft()
         _complete(code, g, seq, t0)
         n += 1
-        if ev is not None and (not _pending or _pending[0][5] is not ev) and len(_events) < 64:
-            _events.append(ev)  # its last user is done: reuse it
+        # A replay's entries share one event and enter the queue together: the event is free once
+        # the last of them is retired. Events are per device.
+        if ev is not None and (not _pending or _pending[0][5] is not ev):
+            free = _events.setdefault(dev, collections.deque())
+            if len(free) < 64:
+                free.append(ev)
     return n
 
 
@@ -396,6 +447,10 @@ def _wrap_replay(cls: Any) -> None:
 
     @functools.wraps(replay)
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            _before_replay(self)
+        except Exception as exc:
+            runtime.failed("graph replay", exc)
         result = replay(self, *args, **kwargs)
         try:
             _replayed(self)
@@ -415,4 +470,5 @@ def uninstall() -> None:
         setattr(mod, name, fn)
     _originals.clear()
     _groups.clear()
+    _by_name.clear()
     _installed = False

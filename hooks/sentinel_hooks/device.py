@@ -33,7 +33,7 @@ MAX_HOLD = 8  # drains a row may be held back in a row for a kernel caught half-
 
 _lock = threading.Lock()  # held by the drain tick and by capture_begin: they never overlap
 _capturing = 0
-_graphs: list[Any] = []  # the CUDAGraph objects being captured now (collectives.py keys captured collectives by them)
+_graphs: dict[int, list[Any]] = {}  # thread id -> the CUDAGraphs it is capturing (collectives.py keeps state on them)
 _slabs: dict[int, Slab] = {}
 _drain: Drain | None = None
 _triton_ok: bool | None = None
@@ -229,7 +229,10 @@ def _install_capture_guard(torch: Any) -> None:
         global _capturing
         with _lock:  # waits for an in-flight drain tick (sub-millisecond), then holds drains off
             _capturing += 1
-            _graphs.append(self)
+            _graphs.setdefault(threading.get_ident(), []).append(self)
+        # A graph captured again (after reset()) starts with no collectives of its own.
+        for key in ("_sentinel_collectives", "_sentinel_filled", "_sentinel_device"):
+            self.__dict__.pop(key, None)
         try:
             return begin(self, *args, **kwargs)
         except BaseException:
@@ -252,14 +255,16 @@ def _release_capture(graph: Any) -> None:
     global _capturing
     with _lock:
         _capturing = max(0, _capturing - 1)
-        if graph in _graphs:
-            _graphs.remove(graph)
+        mine = _graphs.get(threading.get_ident(), [])
+        if graph in mine:
+            mine.remove(graph)
 
 
 def capturing_graph() -> Any | None:
-    """The torch.cuda.CUDAGraph whose capture began last and has not ended (None: none, or a capture
-    begun before the guard was installed)."""
-    return _graphs[-1] if _graphs else None
+    """The torch.cuda.CUDAGraph this thread began capturing last and has not ended (None: none, or a
+    capture begun before the guard was installed)."""
+    mine = _graphs.get(threading.get_ident())
+    return mine[-1] if mine else None
 
 
 # -- drain -----------------------------------------------------------------------------------------

@@ -126,13 +126,14 @@ def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, ac
 
 
 @triton.jit
-def _bump(counter_ptr, word_ptr):
-    v = tl.load(counter_ptr) + 1
-    tl.store(counter_ptr, v)
+def _bump(counter_ptr, word_ptr, inc_ptr, HAS_INC: tl.constexpr):
+    inc = tl.load(inc_ptr) if HAS_INC else 1
+    v = tl.atomic_add(counter_ptr, inc) + inc  # atomic: two streams may mark one group at once
     tl.store(word_ptr, v)  # the device word in host-mapped memory: a posted write, nothing read back
 
 
-def launch_bump(counter, word):
-    """counter += 1 on the device, then its value stored into ``word`` (a 1-element int64 view of a
-    device word, ``mapped.Words.view``): one program, one kernel, no read of host memory."""
-    _bump[(1,)](counter, word)
+def launch_bump(counter, word, inc=None):
+    """counter += inc (1, or the value of the 1-element int64 device tensor ``inc``) on the device,
+    atomically, then its new value stored into ``word`` (a 1-element int64 view of a device word,
+    ``mapped.Words.view``): one program, one kernel, no read of host memory."""
+    _bump[(1,)](counter, word, counter if inc is None else inc, HAS_INC=inc is not None)

@@ -43,6 +43,8 @@ BUMP = "store"  # "store" (Triton) or "rmw" (torch); "store" falls back to "rmw"
 COPY_S = 0.02  # pinned mode: how often the words are copied into the ring
 
 _lock = threading.Lock()
+_copy_lock = threading.Lock()  # one copy at a time, none after the last one at exit
+_stopped = False
 _words: Words | None = None
 _failed = False
 
@@ -73,20 +75,20 @@ class Words:
 
     def assign(self, meaning: int, name: str) -> int:
         """A fresh counter for ``name`` (its info word in the ring says so); -1 when all are taken."""
+        w = self.writer
+        tag = w.intern(name)  # first: the daemon must find the name once it sees the info word
         with _lock:
             if self._next >= rf.DEVICE_WORDS:
                 runtime.log_once("device-words", "all %d device words are in use; %s is not tracked on the GPU",
                                  rf.DEVICE_WORDS, name)
                 return -1
             i = self._next
-            self._next += 1
-        w = self.writer
-        info = rf.pack_device_word_info(meaning, w.intern(name))
-        words = rf.device_words(w._mm)
-        try:
-            words[rf.DEVICE_WORDS + i] = info
-        finally:
-            words.release()
+            words = rf.device_words(w._mm)
+            try:
+                words[rf.DEVICE_WORDS + i] = rf.pack_device_word_info(meaning, tag)
+            finally:
+                words.release()
+            self._next += 1  # only once its info word is written: the daemon reads them in order
         return i
 
     def view(self, index: int, device: Any) -> Any:
@@ -99,8 +101,9 @@ class Words:
         return full[index:index + 1]
 
     def bumper(self, index: int, device: Any) -> Any:
-        """A callable that enqueues word ``index`` += 1 on the current stream of ``device`` (one kernel;
-        captured into a graph, each replay runs it). Never waits on the GPU. Make it outside a
+        """A callable ``bump(inc=None)`` that enqueues word ``index`` += 1 (or += the value of the
+        1-element int64 device tensor ``inc``) on the current stream of ``device``: one kernel;
+        captured into a graph, each replay runs it. Never waits on the GPU. Make it outside a
         capture (it may allocate)."""
         word = self.view(index, device)
         if BUMP == "store":
@@ -115,8 +118,8 @@ class Words:
                     counters = self._counters[idx] = self.torch.zeros(rf.DEVICE_WORDS, dtype=self.torch.int64,
                                                                       device=word.device)
                 counter = counters[index:index + 1]
-                return lambda: launch_bump(counter, word)
-        return lambda: word.add_(1)
+                return lambda inc=None: launch_bump(counter, word, inc)
+        return lambda inc=None: word.add_(1 if inc is None else inc)
 
 
 def mode() -> str:
@@ -159,8 +162,9 @@ def _setup(torch: Any) -> Words | None:
     if rc == 0:
         rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), ctypes.c_void_p(page), 0)
         if rc == 0:
-            _at_exit_unregister(cuda, page)
+            # Never unregistered: captured bumps may run until the process ends, and its exit unpins it.
             return Words(torch, w, "ring", page + rf.DEVICE_WORDS_OFFSET, dptr.value + rf.DEVICE_WORDS_OFFSET)
+        cuda.cuMemHostUnregister(ctypes.c_void_p(page))
     runtime.log_once("device-words-ring", "the driver did not pin the ring file's page (CUresult %d: SENTINEL_DIR "
                      "is not on tmpfs?); device words go through pinned memory, copied into the ring every %d ms",
                      rc, int(COPY_S * 1000))
@@ -174,35 +178,42 @@ def _setup(torch: Any) -> Words | None:
     ctypes.memset(host, 0, size)
     rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), host, 0)
     if rc != 0:
+        cuda.cuMemFreeHost(host)
         return None
     words = Words(torch, w, "pinned", host.value, dptr.value, keep=host)
     threading.Thread(target=_copier, name="sentinel-device-words", daemon=True).start()
     import atexit
 
-    atexit.register(copy_out)  # a clean exit keeps the last count; runs before the ring is unmapped
+    atexit.register(_last_copy)  # registered after the writer's exit hook, so it runs first
     return words
 
 
 def _copier() -> None:
     import time
 
-    while True:
+    while not _stopped:
         time.sleep(COPY_S)
         copy_out()
 
 
-def _at_exit_unregister(cuda: Any, page: int) -> None:
-    import atexit
-
-    # Registered after the writer's own exit hook, so it runs first: the page is unpinned before
-    # the ring is unmapped. A dead context makes this fail; the process is ending anyway.
-    atexit.register(lambda: cuda.cuMemHostUnregister(ctypes.c_void_p(page)))
+def _last_copy() -> None:
+    """At a clean exit: the last count into the ring, then no more copies (the ring is unmapped next)."""
+    global _stopped
+    with _copy_lock:
+        _copy_locked()
+        _stopped = True
 
 
 def copy_out() -> None:
     """In ``pinned`` mode, copy the words into the ring header (plain memory reads, no CUDA call; the
     copier thread calls it every COPY_S). A no-op in ``ring`` mode, where the GPU writes the ring
     itself. Never raises."""
+    with _copy_lock:
+        if not _stopped:
+            _copy_locked()
+
+
+def _copy_locked() -> None:
     w = _words
     if w is None or w.mode != "pinned" or w.writer.closed:
         return

@@ -107,6 +107,7 @@ COLLECTIVE_OPS = {
     "all_reduce": 1, "all_gather": 2, "all_gather_into_tensor": 3, "reduce_scatter": 4,
     "reduce_scatter_tensor": 5, "broadcast": 6, "all_to_all": 7, "all_to_all_single": 8, "barrier": 9,
     "send": 10, "recv": 11, "isend": 12, "irecv": 13, "reduce": 14, "gather": 15, "scatter": 16,
+    "all_gather_single": 17, "reduce_scatter_single": 18,  # torch 2.13's names (the older two delegate to them)
 }
 COLLECTIVE_OP_NAMES = {code: name for name, code in COLLECTIVE_OPS.items()}
 # COLLECTIVE_ENQUEUE records' ``aux``: the first tensor's dtype (0: none, or one not listed here).

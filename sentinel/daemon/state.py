@@ -167,10 +167,13 @@ class ProcessState:
             meaning, tag = rf.unpack_device_word_info(words[rf.DEVICE_WORDS + index])
             if meaning == 0:
                 break
-            name = names(tag) if meaning == rf.DeviceWord.COLLECTIVE_ENTERED else ""
+            if meaning != rf.DeviceWord.COLLECTIVE_ENTERED:
+                self.device_words[index] = ""  # a kind of counter this daemon does not know: skipped
+                continue
+            name = names(tag)
             if not name.startswith("pg:"):
-                self.bad_records += 1  # kept as "" so the next index is read next time
-            self.device_words[index] = name[3:] if name.startswith("pg:") else ""
+                break  # its name is not readable yet (written first, but seen out of order): next poll
+            self.device_words[index] = name[3:]
         for index, name in self.device_words.items():
             g = self.groups.get(name)
             value = int(words[index])

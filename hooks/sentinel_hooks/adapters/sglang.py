@@ -135,6 +135,7 @@ COLLECTIVES = {
     "_reduce_scatter_tensor": ("reduce_scatter_tensor", 1),
     "reduce_scatter": ("reduce_scatter", 1),
     "reduce_scatterv": ("reduce_scatter", 0),
+    "_all_to_all_single": ("all_to_all_single", 1),
     "broadcast": ("broadcast", 0),
 }
 RELIES_ON += tuple((PARALLEL_STATE, f"GroupCoordinator.{name}")
