@@ -11,7 +11,9 @@ from the moment rank 1 stopped (the plugin's timestamp):
     root culprit of the hang of group tp:0[0-1];
   - vLLM: when its engine core gives up on the step (``VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS``, set to
     --vllm-timeout here; its default is 300 s) and the driver reports the error.
-Correct before fast: a run counts only if the culprit named is rank 1.
+Correct before fast: a run counts only if the culprit named is rank 1. Then --healthy-s seconds
+(default 600) of healthy load with jitter on the same engine, no stall: every hang named is a false
+alert.
 """
 
 from __future__ import annotations
@@ -41,22 +43,62 @@ PLUGIN = os.path.join(REPO, "tests", "helpers", "vllm_plugin")
 STALL_STEP = 3
 
 
-def one_run(vllm_timeout: float, deadline_s: float) -> dict:
-    base = tempfile.mkdtemp(prefix="snt-vllm-tp-")
-    oracle = os.path.join(base, "oracle.jsonl")
+def start_engine(base: str, stall: bool, vllm_timeout: float, loop_s: float = 0.0):
+    """The engine under `sentinel run`, in a session of its own; returns (process, [(time, line)])."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
            "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONPATH": PLUGIN, "VLLM_TEST_TP": "2",
-           "VLLM_CPU_OMP_THREADS_BIND": "nobind", "SENTINEL_TEST_STALL_RANK": "1",
-           "SENTINEL_TEST_STALL_STEP": str(STALL_STEP), "SENTINEL_TEST_ORACLE": oracle, "SENTINEL_JOB": "bench-vllm-tp",
-           "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(int(vllm_timeout))}
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind", "SENTINEL_JOB": "bench-vllm-tp", "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(int(vllm_timeout)),
+           "VLLM_TEST_LOOP_S": str(loop_s)}
+    if stall:
+        env.update(SENTINEL_TEST_STALL_RANK="1", SENTINEL_TEST_STALL_STEP=str(STALL_STEP),
+                   SENTINEL_TEST_ORACLE=os.path.join(base, "oracle.jsonl"))
     cmd = [sys.executable, "-m", "sentinel", "run", "--dir", base, "--", VLLM_PY, ENGINE, os.path.join(base, "model")]
     lines: list[tuple[float, str]] = []
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
-    reader = threading.Thread(target=lambda: [lines.append((time.time(), ln)) for ln in iter(job.stdout.readline, "")],
-                              daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: [lines.append((time.time(), ln)) for ln in iter(job.stdout.readline, "")],
+                     daemon=True).start()
+    return job, lines
+
+
+def stop_engine(job: subprocess.Popen) -> None:
+    try:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver, the engine core and both workers
+    except ProcessLookupError:
+        pass
+    job.wait(timeout=30)
+
+
+def healthy_run(duration_s: float) -> dict:
+    """The engine generating for ``duration_s`` with jitter (VLLM_TEST_LOOP_S), no stall: every hang the
+    daemon names is a false alert."""
+    base = tempfile.mkdtemp(prefix="snt-vllm-tp-")
+    job, lines = start_engine(base, stall=False, vllm_timeout=300, loop_s=duration_s)
+    d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, nvml=False))
+    named: dict = {}
+    t0 = time.time()
+    try:
+        while time.time() - t0 < duration_s + 240:
+            d.poll_once()
+            for h in d.hangs.open.values():
+                named.setdefault(h.key, h.summary())
+            if any('"event": "generated"' in ln or '"event": "error"' in ln for _, ln in list(lines)):
+                break
+            time.sleep(0.05)
+        steps = max((s.step for s in d.states.values()), default=0)
+    finally:
+        stop_engine(job)
+        d.close()
+    done = next((json.loads(ln) for _, ln in lines if '"event": "generated"' in ln), None)
+    return {"seconds": round(time.time() - t0, 1), "false_alerts": list(named.values()),
+            "rounds": done.get("rounds") if done else None, "worker_steps": steps, "completed": done is not None}
+
+
+def one_run(vllm_timeout: float, deadline_s: float) -> dict:
+    base = tempfile.mkdtemp(prefix="snt-vllm-tp-")
+    oracle = os.path.join(base, "oracle.jsonl")
+    job, lines = start_engine(base, stall=True, vllm_timeout=vllm_timeout)
     d = Daemon(DaemonConfig(base_dir=base, use_events=False, rescan_interval=0.2, nvml=False))
     t_stall = t_named = t_vllm = None
     hang = None
@@ -78,11 +120,7 @@ def one_run(vllm_timeout: float, deadline_s: float) -> dict:
                 break
             time.sleep(0.05)
     finally:
-        try:
-            os.killpg(job.pid, signal.SIGKILL)  # the driver, the engine core and both workers
-        except ProcessLookupError:
-            pass
-        job.wait(timeout=30)
+        stop_engine(job)
         d.close()
     return {
         "sentinel_s": round(t_named - t_stall, 2) if t_named and t_stall else None,
@@ -97,6 +135,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vllm-timeout", type=float, default=30.0,
                     help="VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS for the run (vLLM's default: 300)")
+    ap.add_argument("--healthy-s", type=float, default=600.0,
+                    help="then this long of healthy load with jitter, counting false alerts (0: skip)")
     args = ap.parse_args()
     if not os.path.exists(VLLM_PY):
         print(f"no vLLM environment at {VLLM_PY}: run `make vllm-env`", file=sys.stderr)
@@ -112,8 +152,14 @@ def main() -> int:
     sent = spread([r["sentinel_s"] for r in good]) if good else None
     vt = [r["vllm_timeout_s"] for r in good if r["vllm_timeout_s"] is not None]
     vs = spread(vt) if vt else None
+    healthy = None
+    if args.healthy_s > 0:
+        progress(f"healthy load with jitter for {args.healthy_s:g} s")
+        healthy = healthy_run(args.healthy_s)
+        progress(f"healthy: {len(healthy['false_alerts'])} false alerts over {healthy['seconds']} s "
+                 f"({healthy['rounds']} rounds of requests, {healthy['worker_steps']} worker steps)")
     path = write_json("cpu-vllm-tp-hang", {"machine": info, "runs": runs, "vllm_timeout_s": args.vllm_timeout,
-                                           "sentinel": sent, "vllm": vs, "vllm_version": VERSION})
+                                           "sentinel": sent, "vllm": vs, "vllm_version": VERSION, "healthy": healthy})
     rows = ["| what | seconds after rank 1 stopped (median) | min..max | ratio |", "|---|---|---|---|"]
     if sent:
         rows.append(f"| Sentinel names the culprit (rank 1, host_stall; rank 0 victim), defaults | {sent['median']:.2f} | "
@@ -134,6 +180,12 @@ def main() -> int:
         f"{'met' if sent and sent['max'] <= 5.0 else 'not met to the letter: the default floor is itself 5 s of no progress, and the name comes at the next poll after it'}; "
         f"within 10 s in every run: {'yes' if verdict == 'PASS' else 'no'}\n"
     )
+    if healthy:
+        section += (f"- healthy load with jitter (1-32 tokens a request, 0-0.5 s apart), {healthy['seconds']} s, "
+                    f"{healthy['worker_steps']} worker steps: **{len(healthy['false_alerts'])} false alerts** "
+                    f"(goal 0 in 10 minutes){'' if healthy['completed'] else '; the load did not complete'}\n")
+        if healthy["false_alerts"] or not healthy["completed"]:
+            verdict = "FAIL"
     update_results_md(f"{info['date_utc']}-cpu-vllm-tp-hang", section)
     print()
     print("\n".join(rows))

@@ -6,7 +6,9 @@ Run by the vLLM environment's own Python, as a file: it imports nothing of Senti
 Writes a tiny Llama config (2 layers, hidden 128, 4 heads, 2 KV heads, head_dim 32, vocab 512)
 into MODEL_DIR and runs it with dummy weights, no tokenizer, eager mode, in float32 (see DTYPE).
 With VLLM_TEST_TP=2 it runs with tensor parallelism 2: two worker processes (vLLM's multiprocessing
-executor) whose TP collectives go through vLLM's CpuCommunicator (shared memory).
+executor) whose TP collectives go through vLLM's CpuCommunicator (shared memory). With
+VLLM_TEST_LOOP_S=S it keeps generating for S seconds (1 to 32 tokens, 0 to 0.5 s apart) before the
+``generated`` event.
 Prints JSON lines:
 ``{"event": "ready", "pid": ..., "children": {pid: name}, "attn_isa": ...}`` once the engine is up,
 ``{"event": "generated", "outputs": [[token ids], ...]}`` or ``{"event": "error", ...}``.
@@ -19,6 +21,7 @@ engine imports (vllm, torch, cuda, ...), or that import finds ours (tests/test_l
 
 import json
 import os
+import random
 import sys
 import time
 
@@ -83,12 +86,22 @@ def main():
             pass
     emit(event="ready", pid=os.getpid(), children=children, attn_isa=attention_isa(llm))
     params = SamplingParams(max_tokens=MAX_TOKENS, detokenize=False, temperature=0.0)
-    try:
-        outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
-    except Exception as exc:  # the trap test: the engine died of a SentinelViolation in the worker
-        emit(event="error", type=type(exc).__name__, message=str(exc)[:4000])
-        sys.exit(3)
-    emit(event="generated", outputs=[list(o.outputs[0].token_ids) for o in outs])
+    loop_s = float(os.environ.get("VLLM_TEST_LOOP_S", "0"))
+    deadline = time.monotonic() + loop_s
+    rounds = 0
+    while True:
+        try:
+            outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
+        except Exception as exc:  # the trap test: the engine died of a SentinelViolation in the worker
+            emit(event="error", type=type(exc).__name__, message=str(exc)[:4000])
+            sys.exit(3)
+        rounds += 1
+        if time.monotonic() >= deadline:
+            break
+        # Healthy load with jitter: requests of varying length, with idle gaps between them.
+        params = SamplingParams(max_tokens=random.randint(1, 32), detokenize=False, temperature=0.0)
+        time.sleep(random.uniform(0, 0.5))
+    emit(event="generated", outputs=[list(o.outputs[0].token_ids) for o in outs], rounds=rounds)
     go = os.environ.get("SENTINEL_TEST_GO_FILE")
     if go:
         deadline = time.monotonic() + 120
