@@ -149,6 +149,10 @@ def test_gloo_hang_names_the_culprit_within_seconds(h, mode, reason):
         exported = re.search(r'sentinel_collective_seq\{[^}]*job_id="hangtest"[^}]*pg="0"[^}]*rank="0",state="enqueued"\} '
                              + str(float(HANG_AT)), text)
         assert bool(exported) == rank0.alive, (rank0.alive, exported)
+        # When it became blocked, for a join across nodes: its last completion, before the hang's start.
+        blocked = re.search(r'sentinel_collective_timestamp_seconds\{[^}]*pg="0"[^}]*rank="0",state="completed"\} '
+                            r'([0-9.e+]+)', text)
+        assert bool(blocked) == rank0.alive and (not blocked or float(blocked.group(1)) <= hang.since + 1e-3), blocked
         d.poll_once()
         assert d.hangs.totals == {("hangtest", "0"): 1}
         rows = d.journal.hang_rows()

@@ -232,6 +232,10 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
                             "gpu_entered: how many of the group's collectives its GPU stream has reached (eager and "
                             "CUDA-graph replays; present where the hooks mark collectives on the GPU).",
                             labels=labels + ["pg", "state"])
+    when = GaugeMetricFamily("sentinel_collective_timestamp_seconds",
+                             "Wall time this rank last enqueued / completed a collective of process group pg: with "
+                             "an enqueued one outstanding, the completed one is when it became blocked.",
+                             labels=labels + ["pg", "state"])
     age = GaugeMetricFamily("sentinel_heartbeat_age_seconds", "Seconds since the process's last step.", labels=labels)
     for p in snap.processes:
         if not p.alive:
@@ -240,11 +244,14 @@ def collective_families(snap: Snapshot) -> Iterator[Metric]:
         for name, g in sorted(p.groups.items()):
             seq.add_metric(lv + [name, "enqueued"], g["last_enqueued"])
             seq.add_metric(lv + [name, "completed"], g["last_completed"])
+            for state in ("enqueued", "completed"):
+                if g[f"last_{state}_ns"]:
+                    when.add_metric(lv + [name, state], g[f"last_{state}_ns"] / 1e9)
             if g.get("gpu_entered", -1) >= 0:
                 seq.add_metric(lv + [name, "gpu_entered"], g["gpu_entered"])
         if p.alive and p.last_step_ns:
             age.add_metric(lv, max(0.0, snap.taken_at - p.last_step_ns / 1e9))
-    yield from (seq, age)
+    yield from (seq, when, age)
     stalled = GaugeMetricFamily("sentinel_hang_stalled_seconds",
                                 "Present while a process group is hung: seconds since it last made progress.",
                                 labels=["job_id", "pg"])
