@@ -391,7 +391,12 @@ def test_sidecar_is_hardened(overlay):
     assert env_of(server)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert "PYTHONPATH" not in env_of(server)  # set by the command wrapper, from the image's own
     assert "/var/run/sentinel" in {m["mountPath"] for m in side["volumeMounts"]}
-    assert {m["name"] for m in server["volumeMounts"]} == {"sentinel-dir", "sentinel-hooks"}
+    assert {m["name"] for m in server["volumeMounts"]} == {"sentinel-dir", "sentinel-rings", "sentinel-hooks"}
+    # The rings in memory, in both containers: the GPU writes the collective marks into their pages.
+    rings = next(v for v in spec["volumes"] if v["name"] == "sentinel-rings")
+    assert rings["emptyDir"]["medium"] == "Memory"
+    for c in (server, side):
+        assert {"name": "sentinel-rings", "mountPath": "/var/run/sentinel/rings"} in c["volumeMounts"]
     if overlay != "base":
         assert server["image"] != "your-inference-image:latest"
 

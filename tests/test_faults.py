@@ -379,6 +379,24 @@ def test_doctor_reports_missing_cuda_gdb_with_a_fix(h):
     assert res.returncode == 1
 
 
+def test_doctor_says_whether_the_gpu_can_write_the_rings(h, tmp_path):
+    """Device words: the driver pins a ring's page only on a memory filesystem (tests/gpu/test_device_words.py).
+    The doctor reads the rings' filesystem from the mount table."""
+    from sentinel.cli.doctor import filesystem_type
+
+    if os.path.isdir("/dev/shm") and filesystem_type("/dev/shm") == "tmpfs":
+        res = h.run([h.sentinel, "doctor", "--dir", "/dev/shm/sentinel-doctor-test", "--json"], env=h.env())
+        rows = {r["check"]: r for r in json.loads(res.stdout)}
+        assert rows["device words"]["status"] == "ok" and "rings on tmpfs" in rows["device words"]["detail"]
+    # A mount point with a space (escaped \040 in the table), on a disk filesystem: a warning with the fix.
+    (tmp_path / "data dir" / "x").mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"overlay / overlay rw 0 0\n/dev/vda {tmp_path}/data\\040dir ext4 rw 0 0\n")
+    assert filesystem_type(str(tmp_path / "data dir" / "x" / "rings"), str(mounts)) == "ext4"
+    assert filesystem_type(str(tmp_path), str(mounts)) == "overlay"
+    assert filesystem_type(str(tmp_path), str(tmp_path / "missing")) == ""
+
+
 # -- the frame a fault is blamed on ----------------------------------------------------------------
 
 FAULTHANDLER_FIXTURES = Path(__file__).parent / "fixtures" / "faulthandler"

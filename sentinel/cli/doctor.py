@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -13,13 +14,15 @@ from sentinel.triage.readers import cudagdb
 from sentinel_hooks import layout
 from sentinel_hooks.crash import coredump_env
 
-__all__ = ["checks", "render", "default_dir", "NAME", "HELP", "add_arguments", "run"]
+__all__ = ["checks", "render", "default_dir", "filesystem_type", "MEMORY_FILESYSTEMS", "NAME", "HELP",
+           "add_arguments", "run"]
 
 
 def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
     """The doctor's checks for ``base_dir`` (``gdb``: the cuda-gdb to look for), one dict each:
     ``check``, ``status`` ("ok", "warn" or "fail"), ``detail`` and ``fix`` (what to do; may be empty).
-    Looks at cuda-gdb, Yama's ptrace_scope, the coredump variables, the folder, NVML, watchdog, Python."""
+    Looks at cuda-gdb, Yama's ptrace_scope, the coredump variables, the folder and the filesystem of
+    its rings (device words), NVML, watchdog, Python."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, ok: bool | None, detail: str, fix: str = "") -> None:
@@ -61,6 +64,15 @@ def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
         add("SENTINEL_DIR", None if os.access(parent, os.W_OK) else False,
             f"{base_dir} does not exist yet (the daemon and the hooks create it)",
             "" if os.access(parent, os.W_OK) else f"{parent} is not writable: choose another --dir")
+    rings = layout.rings_dir(base_dir)
+    fs = filesystem_type(rings)
+    if fs in MEMORY_FILESYSTEMS:
+        add("device words", True, f"rings on {fs}: the GPU writes the collective marks into the ring files themselves "
+            "(they survive a hung GPU, a dead context and a SIGKILL)")
+    else:
+        add("device words", None, f"rings on {fs or 'an unknown filesystem'}: the driver will not pin their pages, so "
+            "the collective marks are copied into them every 20 ms (a SIGKILL loses the last 20 ms)",
+            "put SENTINEL_DIR/rings on tmpfs: $XDG_RUNTIME_DIR, /dev/shm, or an emptyDir with medium: Memory")
     try:
         import pynvml
 
@@ -85,6 +97,31 @@ def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
         add("watchdog", None, "missing: discovery falls back to rescans", "pip install watchdog")
     add("python", sys.version_info >= (3, 10), sys.version.split()[0])
     return out
+
+
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "hugetlbfs")
+
+
+def filesystem_type(path: str, mounts: str = "/proc/self/mounts") -> str:
+    """The type of the filesystem ``path`` is on (or would be created on: the nearest existing folder
+    above it), from the longest mount point in ``mounts`` that contains it; "" when unknown."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    p = os.path.realpath(p)
+    best, kind = "", ""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040 is a space
+                if (p == point or p.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        return ""
+    return kind
 
 
 def render(rows: list[dict[str, Any]]) -> str:
