@@ -67,7 +67,10 @@ def stop_engine(job: subprocess.Popen) -> None:
         os.killpg(job.pid, signal.SIGKILL)  # the driver, the engine core and both workers
     except ProcessLookupError:
         pass
-    job.wait(timeout=30)
+    try:
+        job.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        progress(f"the engine (pid {job.pid}) did not exit within 30 s of SIGKILL")
 
 
 def healthy_run(duration_s: float) -> dict:
@@ -83,7 +86,8 @@ def healthy_run(duration_s: float) -> dict:
             d.poll_once()
             for h in d.hangs.open.values():
                 named.setdefault(h.key, h.summary())
-            if any('"event": "generated"' in ln or '"event": "error"' in ln for _, ln in list(lines)):
+            if job.poll() is not None or any('"event": "generated"' in ln or '"event": "error"' in ln
+                                              for _, ln in list(lines)):
                 break
             time.sleep(0.05)
         steps = max((s.step for s in d.states.values()), default=0)

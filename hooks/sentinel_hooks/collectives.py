@@ -108,6 +108,9 @@ def _register(key: Any, name: str, size: int, rank: int, global_rank: int) -> _G
     # One state per group name: torch's default group is reached as None and as group.WORLD.
     g = _by_name.get(name)
     if g is None or (g.size, g.rank) != (size, rank):
+        if g is not None:  # the group was made again, otherwise: forget every object cached for the old one
+            for k in [k for k, (_obj, st) in _groups.items() if st is g]:
+                del _groups[k]
         g = _by_name[name] = _Group(name, size, rank, global_rank)
         w = runtime.writer()
         g.tag = w.intern(f"pg:{g.name}")
@@ -235,7 +238,6 @@ def _captured(code: int, g: _Group, numel: int, dcode: int, device: Any) -> None
                          "before the hooks were armed: its replays are not counted")
         return
     seen = graph.__dict__.setdefault("_sentinel_collectives", {})
-    graph.__dict__["_sentinel_device"] = device.index
     prev = seen.get(g)
     inc = prev[4] if prev else None
     if _marks == "all":
@@ -252,10 +254,10 @@ def _before_replay(graph: Any) -> None:
     seen = graph.__dict__.get("_sentinel_collectives")
     if not seen or graph.__dict__.get("_sentinel_filled"):
         return
-    graph.__dict__["_sentinel_filled"] = True
     for n, *_, inc in seen.values():
         if inc is not None:
             inc.fill_(n)  # on the replay's stream, before it: no sync
+    graph.__dict__["_sentinel_filled"] = True  # only once filled: an unfilled increment would add garbage
 
 
 def _replayed(graph: Any) -> None:
@@ -265,17 +267,24 @@ def _replayed(graph: Any) -> None:
         return
     w = runtime.writer()
     t0 = time.time_ns()
-    dev = graph.__dict__.get("_sentinel_device", 0)
-    free = _events.get(dev)
-    ev = free.popleft() if free else _torch.cuda.Event()
-    ev.record()
-    entries = []
-    for g, (n, code, numel, dcode, _inc) in seen.items():
+    done = []
+    for g, (n, code, numel, dcode, _inc) in seen.items():  # first: a failure below loses no sequence number
         g.seq += n
         w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
-        entries.append((code, g, g.seq, t0, None, ev, dev))
-    _pending.extend(entries)  # at once: the poller never sees part of a replay's entries
+        done.append((code, g, g.seq))
+    dev = _torch.cuda.current_device()  # the replay ran on this device's current stream
+    ev = _event(dev)
+    ev.record()
+    _pending.extend([(code, g, seq, t0, None, ev, dev) for code, g, seq in done])  # at once: see poll_once
     _ensure_poller()
+
+
+def _event(dev: int) -> Any:
+    """A CUDA event of device ``dev`` to record: one retired by the poller, else a new one."""
+    try:
+        return _events[dev].popleft()
+    except (KeyError, IndexError):  # none free (or another thread took the last one)
+        return _torch.cuda.Event()
 
 
 def engine_group_name(unique_name: str, ranks: Any) -> str:
@@ -345,8 +354,8 @@ def _after(ctx: tuple, work: Any) -> None:
     if work is not None and hasattr(work, "is_completed"):
         _pending.append((code, g, seq, t0, work, None, dev))
     elif dev >= 0:
-        free = _events.get(dev)
-        ev = free.popleft() if free else _torch.cuda.Event()
+        dev = _torch.cuda.current_device()  # the event is recorded on this device's current stream
+        ev = _event(dev)
         ev.record()
         _pending.append((code, g, seq, t0, None, ev, dev))
     else:

@@ -77,6 +77,8 @@ class Words:
         """A fresh counter for ``name`` (its info word in the ring says so); -1 when all are taken."""
         w = self.writer
         tag = w.intern(name)  # first: the daemon must find the name once it sees the info word
+        if not tag:
+            return -1  # the string table is full: a word no one could name
         with _lock:
             if self._next >= rf.DEVICE_WORDS:
                 runtime.log_once("device-words", "all %d device words are in use; %s is not tracked on the GPU",
@@ -118,6 +120,10 @@ class Words:
                     counters = self._counters[idx] = self.torch.zeros(rf.DEVICE_WORDS, dtype=self.torch.int64,
                                                                       device=word.device)
                 counter = counters[index:index + 1]
+                # Both variants of the kernel compiled and loaded now, outside any capture: loading a
+                # module while a stream captures invalidates the capture (the by-``inc`` variant is
+                # first used inside one, in collectives._captured). Adds 0.
+                launch_bump(counter, word, self.torch.zeros(1, dtype=self.torch.int64, device=word.device))
                 return lambda inc=None: launch_bump(counter, word, inc)
         return lambda inc=None: word.add_(1 if inc is None else inc)
 

@@ -170,9 +170,15 @@ class ProcessState:
             if meaning != rf.DeviceWord.COLLECTIVE_ENTERED:
                 self.device_words[index] = ""  # a kind of counter this daemon does not know: skipped
                 continue
-            name = names(tag)
+            name = names(tag) if tag else ""
             if not name.startswith("pg:"):
-                break  # its name is not readable yet (written first, but seen out of order): next poll
+                if tag:
+                    break  # its name is not readable yet (written first, but seen out of order): next poll
+                self.device_words[index] = ""  # no name at all: skipped
+                continue
+            for other, known in self.device_words.items():  # a group made again takes a new word
+                if known == name[3:]:
+                    self.device_words[other] = ""
             self.device_words[index] = name[3:]
         for index, name in self.device_words.items():
             g = self.groups.get(name)

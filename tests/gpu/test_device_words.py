@@ -156,12 +156,14 @@ def test_survives_a_device_fault_and_sigkill(shm_dir):
     assert word_in_file(tmp_path)[0] == 7, out
 
 
-def test_collective_marks_never_sync(tmp_path):
-    # SENTINEL_COLLECTIVE_MARKS=all: a mark before each collective, the captured one included.
+@pytest.mark.parametrize("marks", ["all", "first"])
+def test_collective_marks_never_sync(tmp_path, marks):
+    # all: a mark before each collective, the captured ones included; first: one mark per replay that
+    # adds the graph's 2 (its kernel variant loaded before the capture). Both count 63.
     # Eager collectives (marked), a captured one and its replays, under sync debug mode "error":
     # no host sync anywhere in the hooks' path.
-    env = dict(os.environ, SENTINEL_DIR=str(tmp_path), MASTER_ADDR="127.0.0.1", MASTER_PORT="29591",
-               SENTINEL_COLLECTIVE_MARKS="all",
+    env = dict(os.environ, SENTINEL_DIR=str(tmp_path), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(29591 + (marks == "first")), SENTINEL_COLLECTIVE_MARKS=marks,
                PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "hooks"), os.environ.get("PYTHONPATH", "")]))
     prog = textwrap.dedent("""
         import torch, torch.distributed as dist
@@ -176,9 +178,11 @@ def test_collective_marks_never_sync(tmp_path):
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             dist.all_reduce(x)
+            dist.all_reduce(x)
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
+            dist.all_reduce(x)
             dist.all_reduce(x)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -194,4 +198,4 @@ def test_collective_marks_never_sync(tmp_path):
                    env=env, check=True, timeout=300)
     value, info = word_in_file(tmp_path)
     assert rf.unpack_device_word_info(info)[0] == rf.DeviceWord.COLLECTIVE_ENTERED
-    assert value == 1 + 1 + 20 + 20  # eager, warm-up on the side stream, 20 eager, 20 replays
+    assert value == 1 + 2 + 20 + 20 * 2  # eager, warm-up on the side stream, 20 eager, 20 replays of 2
