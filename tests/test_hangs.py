@@ -442,16 +442,16 @@ def test_device_words_are_read_from_the_ring_into_group_progress(tmp_path):
     reader = RingReader(w.path)
     s = ProcessState(ring="r", identity={})
     s.ingest(reader.tail(writer_alive=True).records, reader.name)
-    s.apply_device_words(reader.device_words, reader.name, 123)
+    s.apply_device_words(reader.device_words, reader.name)
     assert s.device_words == {0: "tp:0[0-1]"}
-    assert (s.groups["tp:0[0-1]"].gpu_entered, s.groups["tp:0[0-1]"].gpu_entered_ns) == (41, 123)
+    assert s.groups["tp:0[0-1]"].gpu_entered == 41
     words[0] = 42
-    s.apply_device_words(reader.device_words, reader.name, 456)
+    s.apply_device_words(reader.device_words, reader.name)
     assert s.groups["tp:0[0-1]"].gpu_entered == 42
     # The group made again takes a new word: the old one is retired, not read in turn with it.
     words[rf.DEVICE_WORDS + 1] = rf.pack_device_word_info(rf.DeviceWord.COLLECTIVE_ENTERED, tag)
     words[1] = 3
-    s.apply_device_words(reader.device_words, reader.name, 789)
+    s.apply_device_words(reader.device_words, reader.name)
     assert s.device_words == {0: "", 1: "tp:0[0-1]"} and s.groups["tp:0[0-1]"].gpu_entered == 3
     assert rf.unpack_device_word_info(rf.pack_device_word_info(1, tag)) == (1, tag)
     words.release()

@@ -119,10 +119,15 @@ def _register(key: Any, name: str, size: int, rank: int, global_rank: int) -> _G
     return g
 
 
+def _cached(key: Any) -> _Group | None:
+    entry = _groups.get(id(key))
+    return entry[1] if entry is not None and entry[0] is key else None
+
+
 def _group_state(group: Any) -> _Group:
-    entry = _groups.get(id(group))
-    if entry is not None and entry[0] is group:
-        return entry[1]
+    g = _cached(group)
+    if g is not None:
+        return g
     dist = _dist
     pg = group if group is not None else dist.distributed_c10d._get_default_group()
     try:
@@ -325,12 +330,8 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
             return original(self, *args, **kwargs)
         ctx = None
         try:
-            entry = _groups.get(id(self))
-            if entry is not None and entry[0] is self:
-                g = entry[1]
-            else:
-                g = _register(self, engine_group_name(self.unique_name, self.ranks), int(self.world_size),
-                              int(self.rank_in_group), int(self.rank))
+            g = _cached(self) or _register(self, engine_group_name(self.unique_name, self.ranks),
+                                           int(self.world_size), int(self.rank_in_group), int(self.rank))
             ctx = _enqueue_in(code, g, args[tensor_at] if len(args) > tensor_at else kwargs.get(tensor_name))
         except Exception as exc:
             runtime.failed("engine collective enqueue", exc)

@@ -61,13 +61,12 @@ class Words:
     (:meth:`assign`) and bumped by the GPU (:meth:`bump`). ``mode`` is ``"ring"`` (the ring's own
     page, registered) or ``"pinned"`` (copied into the ring by :func:`copy_out`)."""
 
-    def __init__(self, torch: Any, writer: Any, mode: str, host_addr: int, device_ptr: int, keep: Any = None) -> None:
+    def __init__(self, torch: Any, writer: Any, mode: str, host_addr: int, device_ptr: int) -> None:
         self.torch = torch
         self.writer = writer
         self.mode = mode
         self.host_addr = host_addr  # where the GPU's writes land (the ring page, or the pinned buffer)
         self.device_ptr = device_ptr
-        self._keep = keep  # the pinned buffer's owner, when mode == "pinned"
         self._views: dict[int, Any] = {}  # device index -> int64 CUDA tensor over all the words
         self._counters: dict[int, Any] = {}  # device index -> int64 device tensor, the "store" kernel's counters
         self._next = 0
@@ -186,7 +185,7 @@ def _setup(torch: Any) -> Words | None:
     if rc != 0:
         cuda.cuMemFreeHost(host)
         return None
-    words = Words(torch, w, "pinned", host.value, dptr.value, keep=host)
+    words = Words(torch, w, "pinned", host.value, dptr.value)
     threading.Thread(target=_copier, name="sentinel-device-words", daemon=True).start()
     import atexit
 

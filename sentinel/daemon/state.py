@@ -66,10 +66,8 @@ class GroupProgress:
     last_completed_ns: int = 0
     durations_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # From the ring's device word (ringformat.DeviceWord.COLLECTIVE_ENTERED): the group's collectives
-    # this rank's GPU stream has reached, eager or replayed from a CUDA graph (-1: no word), and when
-    # the daemon last saw it change (ns).
+    # this rank's GPU stream has reached, eager or replayed from a CUDA graph (-1: no word).
     gpu_entered: int = -1
-    gpu_entered_ns: int = 0
 
     def view(self) -> dict[str, Any]:
         return {"size": self.size, "group_rank": self.group_rank, "last_enqueued": self.last_enqueued,
@@ -160,7 +158,7 @@ class ProcessState:
         self.last = recs[-LAST_RECORDS:].copy()
         self._ingest_collectives(recs, names)
 
-    def apply_device_words(self, words: Any, names: Callable[[int], str], now_ns: int) -> None:
+    def apply_device_words(self, words: Any, names: Callable[[int], str]) -> None:
         """Read this process's device words (``ringformat.device_words`` of its ring) into its groups'
         ``gpu_entered``. Plain loads of the ring's mapping: no CUDA, valid while the GPU hangs."""
         for index in range(len(self.device_words), rf.DEVICE_WORDS):  # counters are assigned in order
@@ -184,7 +182,7 @@ class ProcessState:
             g = self.groups.get(name)
             value = int(words[index])
             if g is not None and value != g.gpu_entered:
-                g.gpu_entered, g.gpu_entered_ns = value, now_ns
+                g.gpu_entered = value
                 self.dirty = True
 
     @staticmethod

@@ -187,7 +187,7 @@ class RingWatcher:
             self.ingested += len(result.records)
             if state.new_violations:
                 self._log_violations(state, reader)
-        state.apply_device_words(reader.device_words, reader.name, time.time_ns())
+        state.apply_device_words(reader.device_words, reader.name)
         if result.overwritten or result.torn:
             state.overwritten += result.overwritten
             state.torn += result.torn
