@@ -121,6 +121,10 @@ def worker(rank: int, args: argparse.Namespace, base: str) -> None:
         with open(os.path.join(args.out, "collective_marks.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
+    # NCCL's finalize waits for every CUDA graph that captured one of its collectives to be destroyed
+    graphs.clear()
+    del graph  # the loops' last one
+    torch.cuda.synchronize()
     dist.destroy_process_group()
 
 

@@ -232,10 +232,11 @@ def _enqueue_in(code: int, g: _Group, tensor: Any) -> tuple | None:
 
 def _captured(code: int, g: _Group, numel: int, dcode: int, device: Any) -> None:
     """Note a collective captured into the graph being captured, and mark it: with ``first``, the
-    group's first one in the graph bumps its word by the group's count in the graph (``inc``, a
-    device scalar filled before the first replay), so device counts follow the host's sequence
-    numbers in both modes."""
+    group's first one in the graph bumps its word by the group's count in the graph (an increment
+    slot of mapped.Words, which the host sets to the count as the capture goes), so device counts
+    follow the host's sequence numbers in both modes."""
     from . import device as device_mod
+    from . import mapped
 
     graph = device_mod.capturing_graph()
     if graph is None:
@@ -244,25 +245,20 @@ def _captured(code: int, g: _Group, numel: int, dcode: int, device: Any) -> None
         return
     seen = graph.__dict__.setdefault("_sentinel_collectives", {})
     prev = seen.get(g)
-    inc = prev[4] if prev else None
-    if _marks == "all":
-        _mark(g, device)
-    elif _marks == "first" and prev is None and g.views.get(device.index) is not None:
-        # No kernel runs here: filled (with the count) outside the capture, before the first replay.
-        inc = _torch.empty(1, dtype=_torch.int64, device=device)
-        _mark(g, device, inc)
-    seen[g] = (prev[0] + 1 if prev else 1, code, numel, dcode, inc)
-
-
-def _before_replay(graph: Any) -> None:
-    """Before a graph's first replay: fill its ``first``-mode increments with the counts captured."""
-    seen = graph.__dict__.get("_sentinel_collectives")
-    if not seen or graph.__dict__.get("_sentinel_filled"):
-        return
-    for n, *_, inc in seen.values():
-        if inc is not None:
-            inc.fill_(n)  # on the replay's stream, before it: no sync
-    graph.__dict__["_sentinel_filled"] = True  # only once filled: an unfilled increment would add garbage
+    n = prev[0] + 1 if prev else 1
+    slot = prev[4] if prev else -1
+    if _marks == "first" and prev is None and g.views.get(device.index) is not None:
+        words = mapped.words(_torch)
+        got = words.increment(device) if words is not None else None
+        if got is not None:
+            slot, inc = got
+            words.inc_host[slot] = 1
+            _mark(g, device, inc)
+    elif slot >= 0:
+        mapped.words(_torch).inc_host[slot] = n  # a host store: the graph's bump reads it when replayed
+    if _marks == "all" or (_marks == "first" and slot < 0):
+        _mark(g, device)  # no increment to be had: mark each one, counts stay right
+    seen[g] = (n, code, numel, dcode, slot)
 
 
 def _replayed(graph: Any) -> None:
@@ -273,7 +269,7 @@ def _replayed(graph: Any) -> None:
     w = runtime.writer()
     t0 = time.time_ns()
     done = []
-    for g, (n, code, numel, dcode, _inc) in seen.items():  # first: a failure below loses no sequence number
+    for g, (n, code, numel, dcode, _slot) in seen.items():  # first: a failure below loses no sequence number
         g.seq += n
         w.emit(rf.Kind.COLLECTIVE_ENQUEUE, code, g.seq, numel, g.rank, g.tag, dcode)
         done.append((code, g, g.seq))
@@ -457,10 +453,6 @@ def _wrap_replay(cls: Any) -> None:
 
     @functools.wraps(replay)
     def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            _before_replay(self)
-        except Exception as exc:
-            runtime.failed("graph replay", exc)
         result = replay(self, *args, **kwargs)
         try:
             _replayed(self)

@@ -231,8 +231,7 @@ def _install_capture_guard(torch: Any) -> None:
             _capturing += 1
             _graphs.setdefault(threading.get_ident(), []).append(self)
         # A graph captured again (after reset()) starts with no collectives of its own.
-        for key in ("_sentinel_collectives", "_sentinel_filled"):
-            self.__dict__.pop(key, None)
+        self.__dict__.pop("_sentinel_collectives", None)
         try:
             return begin(self, *args, **kwargs)
         except BaseException:

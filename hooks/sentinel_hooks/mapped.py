@@ -19,7 +19,14 @@ A word is bumped on the GPU by one kernel (:meth:`Words.bumper`): eager, it runs
 reaches it; captured into a CUDA graph, every replay runs it again. ``BUMP`` picks the kernel:
 "store" (Triton: a device-memory counter += 1, its value stored to the word, nothing read across the
 bus) or "rmw" (torch's ``add_`` on the mapped word itself: no Triton needed, one read of host memory
-per bump); ``bench/collective_marks.py`` measures both. The driver calls go through ctypes into ``libcuda.so.1`` (the CUDA driver
+per bump); ``bench/collective_marks.py`` measures both.
+
+A CUDA graph's replay adds its count of a group's collectives at once (marks "first"): the bump
+reads that count from an *increment*, a slot of device-mapped pinned memory (``INCREMENTS`` of
+them) that the host writes with plain stores while the graph is captured. Not device memory: a
+tensor allocated inside a capture comes from the graph's private pool, whose blocks the graph's own
+replays overwrite (measured: float activations read as the count, H200, 2026-11-30), and filling
+device memory needs a CUDA call on a stream. The driver calls go through ctypes into ``libcuda.so.1`` (the CUDA driver
 API, which torch does not expose); failures make the words unavailable, counted, never raised.
 """
 
@@ -32,7 +39,7 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 
-__all__ = ["Words", "words", "copy_out", "mode", "BUMP", "COPY_S"]
+__all__ = ["Words", "words", "copy_out", "mode", "BUMP", "COPY_S", "INCREMENTS"]
 
 _CU_MEMHOSTREGISTER_PORTABLE = 0x01
 _CU_MEMHOSTREGISTER_DEVICEMAP = 0x02
@@ -41,6 +48,7 @@ _CU_MEMHOSTALLOC_DEVICEMAP = 0x02
 _PAGE = 4096
 BUMP = "store"  # "store" (Triton) or "rmw" (torch); "store" falls back to "rmw" without Triton
 COPY_S = 0.02  # pinned mode: how often the words are copied into the ring
+INCREMENTS = 4096  # increment slots, one per (CUDA graph capture, group): 32 KiB of pinned memory
 
 _lock = threading.Lock()
 _copy_lock = threading.Lock()  # one copy at a time, none after the last one at exit
@@ -71,6 +79,10 @@ class Words:
         self._counters: dict[int, Any] = {}  # device index -> int64 device tensor, the "store" kernel's counters
         self._next = 0
         self.host = (ctypes.c_uint64 * rf.DEVICE_WORDS).from_address(host_addr)
+        self.inc_host: Any = None  # INCREMENTS int64 slots the host writes (None: none could be pinned)
+        self.inc_ptr = 0  # their device pointer
+        self._inc_views: dict[int, Any] = {}  # device index -> int64 CUDA tensor over all the slots
+        self._inc_next = 0
 
     def assign(self, meaning: int, name: str) -> int:
         """A fresh counter for ``name`` (its info word in the ring says so); -1 when all are taken."""
@@ -101,12 +113,51 @@ class Words:
                                                           device=self.torch.device("cuda", idx))
         return full[index:index + 1]
 
+    def increment(self, device: Any) -> tuple[int, Any] | None:
+        """A fresh increment slot for a bump captured on ``device``: ``(index, tensor)``, the tensor a
+        1-element int64 CUDA view of the slot, to pass to a bump; its value is ``inc_host[index]``,
+        set by the host with a plain store (no CUDA call, allowed during a capture). None when every
+        slot is taken, none could be pinned, or :meth:`bumper` has not run on ``device`` yet (the
+        view over the slots is made there, outside any capture). Never raises."""
+        full = self._inc_views.get(device.index)
+        if full is None:
+            return None
+        with _lock:
+            if self._inc_next >= INCREMENTS:
+                runtime.log_once("increments", "all %d increment slots are in use: CUDA graphs captured from now "
+                                 "on mark each of their collectives", INCREMENTS)
+                return None
+            i = self._inc_next
+            self._inc_next += 1
+        self.inc_host[i] = 0
+        return i, full[i:i + 1]
+
+    def _pin_increments(self, cuda: Any) -> None:
+        host, dptr = ctypes.c_void_p(), ctypes.c_uint64()
+        size = 8 * INCREMENTS
+        rc = cuda.cuMemHostAlloc(ctypes.byref(host), ctypes.c_size_t(size),
+                                 _CU_MEMHOSTALLOC_PORTABLE | _CU_MEMHOSTALLOC_DEVICEMAP)
+        if rc == 0:
+            rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), host, 0)
+            if rc != 0:
+                cuda.cuMemFreeHost(host)
+        if rc != 0:
+            runtime.log_once("increments-pinned", "no pinned increments (CUresult %d): CUDA graphs mark each of "
+                             "their collectives", rc)
+            return
+        ctypes.memset(host, 0, size)
+        self.inc_host = (ctypes.c_int64 * INCREMENTS).from_address(host.value)
+        self.inc_ptr = dptr.value
+
     def bumper(self, index: int, device: Any) -> Any:
         """A callable ``bump(inc=None)`` that enqueues word ``index`` += 1 (or += the value of the
         1-element int64 device tensor ``inc``) on the current stream of ``device``: one kernel;
         captured into a graph, each replay runs it. Never waits on the GPU. Make it outside a
         capture (it may allocate)."""
         word = self.view(index, device)
+        if self.inc_ptr and word.device.index not in self._inc_views:
+            self._inc_views[word.device.index] = self.torch.as_tensor(_CudaArray(self.inc_ptr, INCREMENTS),
+                                                                      device=word.device)
         if BUMP == "store":
             from . import device as device_mod
 
@@ -168,7 +219,9 @@ def _setup(torch: Any) -> Words | None:
         rc = cuda.cuMemHostGetDevicePointer_v2(ctypes.byref(dptr), ctypes.c_void_p(page), 0)
         if rc == 0:
             # Never unregistered: captured bumps may run until the process ends, and its exit unpins it.
-            return Words(torch, w, "ring", page + rf.DEVICE_WORDS_OFFSET, dptr.value + rf.DEVICE_WORDS_OFFSET)
+            words = Words(torch, w, "ring", page + rf.DEVICE_WORDS_OFFSET, dptr.value + rf.DEVICE_WORDS_OFFSET)
+            words._pin_increments(cuda)
+            return words
         cuda.cuMemHostUnregister(ctypes.c_void_p(page))
     runtime.log_once("device-words-ring", "the driver did not pin the ring file's page (CUresult %d: SENTINEL_DIR "
                      "is not on tmpfs?); device words go through pinned memory, copied into the ring every %d ms",
@@ -186,6 +239,7 @@ def _setup(torch: Any) -> Words | None:
         cuda.cuMemFreeHost(host)
         return None
     words = Words(torch, w, "pinned", host.value, dptr.value)
+    words._pin_increments(cuda)
     threading.Thread(target=_copier, name="sentinel-device-words", daemon=True).start()
     import atexit
 

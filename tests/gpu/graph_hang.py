@@ -126,6 +126,15 @@ except Exception as exc:
     print(f"rank {rank} failed: {exc}", flush=True)
     os._exit(1)  # its CUDA context is dead: exit now, as a server's worker does
 print(f"rank {rank} done after {i} replays", flush=True)
+from sentinel_hooks import collectives, mapped  # noqa: E402
+
+w = mapped._words
+seen = graph.__dict__.get("_sentinel_collectives", {})
+print(f"rank {rank} device words ({mapped.mode()}):", [int(w.host[k]) for k in range(w._next)] if w else None,
+      "host seq:", {g.name: g.seq for g in collectives._by_name.values()},
+      "captured:", {g.name: (n, None if slot < 0 else int(w.inc_host[slot])) for g, (n, *_, slot) in seen.items()},
+      flush=True)
+mapped.copy_out()  # pinned mode: the words' last values into the ring (os._exit skips the exit hook)
 from sentinel_hooks import runtime
 runtime.writer().close(clean_exit=True)  # the ring says "exited"; NCCL's teardown at exit can block
 os._exit(0)
@@ -166,6 +175,7 @@ def run_scenario(scenario: str, backend: str, out_dir: str, duration_s: float = 
                 if named_at is None and any(c.rank == 1 for c in h.root_culprits):
                     named_at, hang = time.time(), h
             if scenario == "healthy" and all(p.poll() is not None for p in procs):
+                d.poll_once()  # the device words' last values, written at exit
                 break
             if named_at is not None and time.time() - named_at > 2:
                 break
@@ -178,6 +188,8 @@ def run_scenario(scenario: str, backend: str, out_dir: str, duration_s: float = 
             log.close()
     gpu_entered = {str(s.identity.get("rank")): {n: g.gpu_entered for n, g in s.groups.items()}
                    for s in d.states.values()}
+    enqueued = {str(s.identity.get("rank")): {n: g.last_enqueued for n, g in s.groups.items()}
+                for s in d.states.values()}
     d.close()
     stall_at = None
     try:
@@ -192,12 +204,14 @@ def run_scenario(scenario: str, backend: str, out_dir: str, duration_s: float = 
         "culprits": [c.__dict__ for c in hang.culprits] if hang else None,
         "victims": list(hang.victims) if hang else None, "waiting": list(hang.waiting) if hang else None,
         "group": hang.group if hang else None, "seq": hang.seq if hang else None,
-        "gpu_entered": gpu_entered,
+        "gpu_entered": gpu_entered, "last_enqueued": enqueued,
         "exit_codes": [p.returncode for p in procs],
     }
     if scenario == "healthy":
         result["healthy_s"] = duration_s
-        result["ok"] = not hangs_seen and all(p.returncode == 0 for p in procs)
+        # Every replay done: each GPU reached every collective its host enqueued, no more, no fewer
+        result["ok"] = (not hangs_seen and all(p.returncode == 0 for p in procs) and gpu_entered == enqueued
+                        and all(enqueued.values()))
     else:
         result["ok"] = result["named_s"] is not None and result["named_s"] <= GOAL_S
     return result

@@ -159,7 +159,8 @@ def test_survives_a_device_fault_and_sigkill(shm_dir):
 @pytest.mark.parametrize("marks", ["all", "first"])
 def test_collective_marks_never_sync(tmp_path, marks):
     # all: a mark before each collective, the captured ones included; first: one mark per replay that
-    # adds the graph's 2 (its kernel variant loaded before the capture). Both count 63.
+    # adds the graph's 2 (its kernel variant loaded before the capture). Both count 63. The graph's
+    # own activations use its private memory pool: a count kept there would be overwritten by them.
     # Eager collectives (marked), a captured one and its replays, under sync debug mode "error":
     # no host sync anywhere in the hooks' path.
     env = dict(os.environ, SENTINEL_DIR=str(tmp_path), MASTER_ADDR="127.0.0.1",
@@ -181,9 +182,11 @@ def test_collective_marks_never_sync(tmp_path, marks):
             dist.all_reduce(x)
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            dist.all_reduce(x)
-            dist.all_reduce(x)
+        with torch.cuda.graph(g):  # activations made and freed around the collectives, as a model's
+            for _ in range(2):
+                y = torch.tanh(x * 0.5) + 1
+                dist.all_reduce(y)
+                x.copy_(y)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         for _ in range(20):
