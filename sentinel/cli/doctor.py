@@ -14,15 +14,18 @@ from sentinel.triage.readers import cudagdb
 from sentinel_hooks import layout
 from sentinel_hooks.crash import coredump_env
 
-__all__ = ["checks", "render", "default_dir", "filesystem_type", "MEMORY_FILESYSTEMS", "NAME", "HELP",
+__all__ = ["checks", "framework_rows", "render", "default_dir", "filesystem_type", "MEMORY_FILESYSTEMS", "NAME", "HELP",
            "add_arguments", "run"]
 
 
-def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
-    """The doctor's checks for ``base_dir`` (``gdb``: the cuda-gdb to look for), one dict each:
+def checks(base_dir: str, gdb: str | None = None, sites: list[str] | None = None) -> list[dict[str, Any]]:
+    """The doctor's checks for ``base_dir`` (``gdb``: the cuda-gdb to look for; ``sites``: the
+    site-packages folders to look for vLLM and SGLang in, default this Python's), one dict each:
     ``check``, ``status`` ("ok", "warn" or "fail"), ``detail`` and ``fix`` (what to do; may be empty).
     Looks at cuda-gdb, Yama's ptrace_scope, the coredump variables, the folder and the filesystem of
-    its rings (device words), NVML, watchdog, Python."""
+    its rings (device words), NVML, watchdog, Python, and the serving frameworks installed: their
+    release, whether the adapter's range holds it, and which of its checks the release's source
+    lets it turn on."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, ok: bool | None, detail: str, fix: str = "") -> None:
@@ -96,7 +99,46 @@ def checks(base_dir: str, gdb: str | None = None) -> list[dict[str, Any]]:
     except ImportError:
         add("watchdog", None, "missing: discovery falls back to rescans", "pip install watchdog")
     add("python", sys.version_info >= (3, 10), sys.version.split()[0])
+    out.extend(framework_rows(sites))
     return out
+
+
+def framework_rows(sites: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per adapter whose framework is installed under ``sites`` (default: this Python's
+    path), read from its source without importing it (``sentinel_hooks.adapters.source``): the
+    release and distribution, the verdict against the adapter's declared range, and the checks on
+    and off (with the first names missing). One "frameworks" row when none is installed."""
+    from sentinel_hooks.adapters import ADAPTERS, get
+    from sentinel_hooks.adapters.source import installed
+
+    rows = []
+    for name in ADAPTERS:
+        try:
+            found = installed(name, sites)
+        except Exception as exc:  # a broken install is worth a row, not a crash
+            rows.append({"check": name, "status": "warn", "detail": f"could not read it: {type(exc).__name__}: {exc}",
+                         "fix": ""})
+            continue
+        if found is None:
+            continue
+        low, high = get(name).supported_versions
+        on = [c for c, missing in found["checks"].items() if not missing]
+        off = {c: missing for c, missing in found["checks"].items() if missing}
+        detail = (f"{found['distribution']} {found['version']} ({found['verdict']}; the adapter supports >= {low}, "
+                  f"< {high}); checks on: {', '.join(on) or 'none'}")
+        if off:
+            detail += "; off: " + ", ".join(f"{c} (missing {m[0]}{' and more' if len(m) > 1 else ''})"
+                                           for c, m in off.items())
+        good = found["verdict"] in ("verified", "in range") and not off
+        rows.append({"check": name, "status": "ok" if good else "warn", "detail": detail,
+                     "fix": "" if good else f"run a release the {name} adapter supports (>= {low}, < {high}); the "
+                     "checks off stay off, the others work"})
+    if not rows:
+        where = ", ".join(sites) if sites else "this Python"
+        rows.append({"check": "frameworks", "status": "ok", "detail": f"no vLLM or SGLang in {where}",
+                     "fix": "run `sentinel doctor` in the serving image (or pass --site with its site-packages) to "
+                            "see the release and the checks the adapters turn on"})
+    return rows
 
 
 MEMORY_FILESYSTEMS = ("tmpfs", "ramfs", "hugetlbfs")
@@ -144,18 +186,21 @@ def default_dir() -> str:
 # -- the subcommand -------------------------------------------------------------------------------
 
 NAME = "doctor"
-HELP = "check cuda-gdb, ptrace, the coredump environment, NVML and SENTINEL_DIR"
+HELP = "check cuda-gdb, ptrace, the coredump environment, NVML, SENTINEL_DIR and the serving frameworks"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `sentinel doctor`."""
     add_dir(p)
     p.add_argument("--cuda-gdb", default=None, help="the cuda-gdb to check")
+    p.add_argument("--site", action="append", default=None, metavar="DIR",
+                   help="a site-packages folder of the serving environment to look for vLLM and SGLang in "
+                        "(repeatable; default: this Python's)")
     add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `sentinel doctor`; returns 1 if a check failed, else 0 (warnings too)."""
-    rows = checks(os.path.abspath(args.dir), args.cuda_gdb)
+    rows = checks(os.path.abspath(args.dir), args.cuda_gdb, args.site)
     print(json.dumps(rows, indent=2) if args.json else render(rows))
     return 1 if any(r["status"] == "fail" for r in rows) else 0

