@@ -1,4 +1,4 @@
-"""An adapter that switched itself off shows up as sentinel_adapter_errors_total{adapter}."""
+"""An adapter error (a check turned off) shows up as sentinel_adapter_errors_total{adapter}."""
 
 import os
 

@@ -225,7 +225,7 @@ def test_pages_are_right_fast_and_resolve(h, tmp_path):
             return h.spawn([h.sentinel, "run", "--dir", dirs[pod], "--", h.python, "-c", code], env=e, text=True)
 
         # Pod A: two ranks with the off-by-one from the start, a process with a typo in SENTINEL_MODE,
-        # an adapter that switches itself off, a 2-rank gloo job whose rank 1 stalls at all_reduce #6,
+        # an adapter whose hook point is missing, a 2-rank gloo job whose rank 1 stalls at all_reduce #6,
         # and a process that dies of a CUDA fault.
         for rank in (0, 1):
             run("pod-a", WORKLOAD, RANK=str(rank), SENTINEL_JOB="e2e", BUG_MARK=str(tmp_path / f"bug-a{rank}"))

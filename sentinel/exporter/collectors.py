@@ -109,7 +109,7 @@ def process_families(snap: Snapshot) -> Iterator[Metric]:
         bad.add_metric(lv, p.bad_records)
         dropped.add_metric(lv, p.dropped)
     adapter = CounterMetricFamily(
-        "sentinel_adapter_errors", "Framework adapter failures (the adapter switched itself off).",
+        "sentinel_adapter_errors", "Framework adapter errors (each turned a check off: a hook point missing, or drift met at run time).",
         labels=labels + ["adapter"],
     )
     config = CounterMetricFamily(
