@@ -3,13 +3,19 @@
 Configurations (same inputs, interleaved rounds, medians with spread):
   graph / no checks        the step captured in a CUDA graph, replayed
   graph / sentinel         check_paged_kv captured with the step: counted on every replay
+  graph / no publish       the same without the publish kernel (device.PUBLISH off): what the
+                           crash-proof write of the probe's summary into device words costs alone
   eager / no checks
   eager / sentinel
   eager / trap style       seed 000's approach: page_table.max().item() / .min().item() before the
                            kernel (two host syncs; impossible inside a graph, so 0 % of replays)
 
 Correct before fast: the probe must report an injected off-by-one and stay silent on the clean
-table before anything is timed. Run by tests/gpu/run.sh; writes JSON and a markdown table to --out.
+table before anything is timed. Then the time from enqueueing a probe that finds a bad index to the
+violation being readable in the ring file: through the device words (the publish kernel's stores)
+and through the drain (a PROBE record), median and p99 of --latency-samples, the GPU idle before
+each. SENTINEL_DIR defaults to a folder on /dev/shm, where the ring page itself is registered (the
+deployment default). Run by tests/gpu/run.sh; writes JSON and a markdown table to --out.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import paged_attention as pa  # noqa: E402
 from cuda_timing import time_ms  # noqa: E402
 
-os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-"))
+os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-",
+                                                     dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 import sentinel_hooks as sh  # noqa: E402
 from sentinel.daemon.ringreader import RingReader  # noqa: E402
+from sentinel_hooks import device, mapped, probes  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 
@@ -59,6 +67,36 @@ def count_syncs(fn) -> int:
     return sum(1 for w in caught if "called a synchronizing" in str(w.message))
 
 
+def visibility_latency(reader: RingReader, num_pages: int, n: int) -> dict[str, dict[str, float]]:
+    """Milliseconds from enqueueing a probe that finds one bad index (the GPU idle) until the daemon's
+    view of the ring shows it: the site's OOB device word, and the drain's PROBE record."""
+    table = torch.zeros(8, 4, dtype=torch.int32, device="cuda")
+    sh.check_paged_kv(table, num_pages, name="latency")  # the site, its row and its words, set up eagerly
+    torch.cuda.synchronize()
+    site = probes._sites[("paged_kv", "latency")]
+    view = site.words[torch.cuda.current_device()]
+    index = (view.data_ptr() - mapped._words.device_ptr) // 8 + 1  # the OOB word (ringformat.PROBE_WORDS)
+    words = reader.device_words
+    table[3, 1] = num_pages
+    out: dict[str, list[float]] = {"words": [], "drain": []}
+    for _ in range(n):
+        sh.flush()
+        reader.tail(writer_alive=True)
+        torch.cuda.synchronize()
+        before = int(words[index])
+        t0 = time.perf_counter()
+        sh.check_paged_kv(table, num_pages, name="latency")
+        while int(words[index]) == before:
+            pass
+        out["words"].append(1000 * (time.perf_counter() - t0))
+        while not any((r["kind"] == rf.Kind.PROBE) and reader.name(int(r["tag"])) == "latency"
+                      for r in reader.tail(writer_alive=True).records):
+            time.sleep(0.0002)
+        out["drain"].append(1000 * (time.perf_counter() - t0))
+    return {k: {"median": statistics.median(v), "p99": sorted(v)[min(len(v) - 1, int(0.99 * len(v)))]}
+            for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -66,6 +104,7 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--latency-samples", type=int, default=200)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     dev = torch.cuda.get_device_name()
@@ -105,24 +144,32 @@ def main() -> int:
     def probe_only():
         sh.check_paged_kv(pt, num_pages, seq_lens=seq, page_size=ps, batch_size=args.batch, name="bench_alone")
 
+    def probed_no_publish():
+        sh.check_paged_kv(pt, num_pages, seq_lens=seq, page_size=ps, batch_size=args.batch, name="bench_nopublish")
+        decode()
+
     graphs = {}
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        for fn in (decode, probed, probe_only):
+        for fn in (decode, probed, probe_only, probed_no_publish):
             fn()
     torch.cuda.current_stream().wait_stream(s)
-    for key, fn in (("graph_nocheck", decode), ("graph_sentinel", probed), ("graph_probe_only", probe_only)):
+    for key, fn in (("graph_nocheck", decode), ("graph_sentinel", probed), ("graph_probe_only", probe_only),
+                    ("graph_no_publish", probed_no_publish)):
+        device.PUBLISH = key != "graph_no_publish"  # read at launch: what the capture records
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             fn()
         graphs[key] = g
+    device.PUBLISH = True
     before = site_totals(reader, "bench")  # warm-up executions, subtracted below
 
     configs = {
         "graph_nocheck": graphs["graph_nocheck"].replay,
         "graph_sentinel": graphs["graph_sentinel"].replay,
         "graph_probe_only": graphs["graph_probe_only"].replay,
+        "graph_no_publish": graphs["graph_no_publish"].replay,
         "eager_nocheck": decode,
         "eager_sentinel": probed,
         "eager_trap_style": trap_style,
@@ -152,12 +199,15 @@ def main() -> int:
     rows = [
         ("graph / no checks", "graph_nocheck", "graph_nocheck", "-", "-"),
         ("graph / sentinel probes", "graph_sentinel", "graph_nocheck", syncs["graph_sentinel"], "100 %"),
+        ("graph / sentinel probes, no publish", "graph_no_publish", "graph_nocheck", "-", "100 %"),
         ("eager / no checks", "eager_nocheck", "eager_nocheck", syncs["eager_nocheck"], "-"),
         ("eager / sentinel probes", "eager_sentinel", "eager_nocheck", syncs["eager_sentinel"], "100 %"),
         ("eager / trap style (.item())", "eager_trap_style", "eager_nocheck", syncs["eager_trap_style"],
          "0 % of graph replays"),
     ]
     ratio = med["graph_sentinel"] / med["graph_nocheck"]
+    publish_us = 1000 * (med["graph_sentinel"] - med["graph_no_publish"])
+    latency = visibility_latency(reader, num_pages, args.latency_samples)
     result = {
         "date": time.strftime("%Y-%m-%d"), "device": dev, "torch": torch.__version__,
         "batch": args.batch, "context": args.context, "page_size": ps, "num_pages": num_pages,
@@ -166,6 +216,7 @@ def main() -> int:
         "graph_ratio": ratio, "probe_alone_us": med["graph_probe_only"] * 1000,
         "probe_executions": execs, "expected_executions": expected_execs,
         "coverage": execs / expected_execs, "violations_in_timed_runs": after["oob"],
+        "publish_us": publish_us, "device_words": mapped.mode(), "visible_ms": latency,
     }
     lines = [
         f"GPU probe overhead — {result['date']}, {dev}, torch {torch.__version__}; decode step: batch "
@@ -182,6 +233,11 @@ def main() -> int:
         "",
         f"- a graph holding only the probe: {result['probe_alone_us']:.2f} us per replay (graph launch included; "
         f"the in-step cost is {1000 * (med['graph_sentinel'] - med['graph_nocheck']):.1f} us)",
+        f"- the crash-proof write alone (the publish kernel): {publish_us:.1f} us a step "
+        f"(graph with it against graph without it; device words in the {mapped.mode()} mapping)",
+        f"- a violation readable in the ring, from enqueueing its probe ({args.latency_samples} samples): device "
+        f"words median {latency['words']['median']:.3f} ms, p99 {latency['words']['p99']:.3f} ms; the drain's "
+        f"PROBE record median {latency['drain']['median']:.1f} ms, p99 {latency['drain']['p99']:.1f} ms",
         f"- probe executions counted: {execs} of {expected_execs} expected (coverage "
         f"{100.0 * execs / expected_execs:.1f} %); violations during timing: {after['oob']} (clean table)",
         f"- goal: graph ratio <= 1.01 -> {'PASS' if ratio <= 1.01 else 'FAIL'} ({ratio:.4f}); "

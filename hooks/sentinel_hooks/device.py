@@ -1,9 +1,13 @@
 """Device-side probe state: accumulators on the GPU, drained to the ring by a background thread.
 
-The serving thread only enqueues work (one fused Triton kernel per probed call; a handful of
-torch ops where Triton is missing). It never waits on the GPU. A drain thread copies the
-accumulators to pinned host memory on a side stream, polls an event without blocking, and writes
-the deltas to the ring as PROBE and CONTEXT records.
+The serving thread only enqueues work (one fused Triton kernel per probed call and a one-program
+kernel that publishes the site's summary to its device words; a handful of torch ops where Triton
+is missing). It never waits on the GPU. A drain thread copies the accumulators to pinned host
+memory on a side stream, polls an event without blocking, and writes the deltas to the ring as
+PROBE and CONTEXT records. The device words (mapped.py) carry the same facts when the drain never
+gets to: a fault in the step's next kernel kills the CUDA context before the copy, but the words,
+written by the GPU into the ring file's page, are already there for the daemon
+(``ProcessState.settle_probe_words``).
 
 CUDA graph capture forbids many CUDA calls from *any* thread while a capture runs. The drain
 thread therefore pauses during captures: capture_begin/capture_end of torch.cuda.CUDAGraph are
@@ -42,7 +46,7 @@ _triton_ok: bool | None = None
 class Site:
     """A probe call site (a name). On CUDA it owns one accumulator row per device."""
 
-    __slots__ = ("name", "calls", "rows", "views", "kind", "contain")
+    __slots__ = ("name", "calls", "rows", "views", "words", "kind", "contain")
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
@@ -51,6 +55,7 @@ class Site:
         self.contain = False  # the last launch redirected bad indices (contain mode): its OOB count is contained
         self.rows: dict[int, int] = {}  # device index -> slab row
         self.views: dict[int, Any] = {}  # device index -> the row's tensor view, made once
+        self.words: dict[int, Any] = {}  # device index -> its 4 probe words (ringformat.PROBE_WORDS), or None
 
 
 class Slab:
@@ -121,8 +126,30 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         slab.held.append(0)
         site.rows[idx] = row
         site.views[idx] = slab.acc[row]
+        site.words[idx] = _probe_words(torch, site, slab.device)
     _ensure_drain(torch)
     return site.views[idx]
+
+
+def _probe_words(torch: Any, site: Site, device: Any) -> Any | None:
+    """The site's four probe words on ``device`` (a view of device words), assigned once, outside any
+    capture; None without device words (then a fault that kills the context can lose the step's
+    result: the drain had not copied it yet)."""
+    if torch.cuda.is_current_stream_capturing():
+        runtime.log_once(f"probe-words-capture:{site.name}", "probe site %s first ran inside a CUDA graph capture: "
+                         "its results are not published to device words (a fault can lose them)", site.name)
+        return None
+    from . import mapped
+
+    try:
+        words = mapped.words(torch)
+        if words is None:
+            return None
+        first = words.assign_block(tuple(rf.PROBE_WORDS), f"probe:{device.index}:{site.name}")
+        return words.view(first, device, len(rf.PROBE_WORDS)) if first >= 0 else None
+    except Exception as exc:
+        runtime.failed("probe words", exc)
+        return None
 
 
 def prepare(torch: Any, device: Any = None) -> None:
@@ -141,12 +168,23 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
     if row is None:
         return
     site.contain = contain
+    words = site.words.get(page_table.device.index)
     if triton_available():
         from .kernels import launch_paged_kv as launch
+        from .kernels import launch_publish
 
         launch(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, row, contain_page, contain)
+        if words is not None and PUBLISH:
+            launch_publish(row, words, num_pages)
         return
     _torch_paged_kv(torch, row, page_table, num_pages, seq_lens, page_size, cu_seqlens_q, contain, contain_page)
+    if words is not None and PUBLISH:
+        _torch_publish(torch, row, words, num_pages)
+
+
+# Publish each probe's summary to its device words (kernels._publish). A switch for the benchmark,
+# which measures the cost of that write alone (bench/gpu_probes.py).
+PUBLISH = True
 
 
 def paged_kv_stats(torch: Any, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
@@ -214,6 +252,14 @@ def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_l
     torch.minimum(slot[BADMIN:BADMIN + 1], s["badmin"], out=slot[BADMIN:BADMIN + 1])
     if contain:
         page_table.masked_fill_(s["bad_mask"], contain_page)
+
+
+def _torch_publish(torch: Any, row: Any, words: Any, num_pages: int) -> None:
+    """``kernels._publish`` with torch ops (CUDA without Triton): the row folded, four words written."""
+    badmax, badmin = row[:, BADMAX].max(), row[:, BADMIN].min()
+    n = torch.full((), int(num_pages), dtype=torch.int64, device=row.device)
+    offending = torch.where(badmax >= n, badmax, torch.where(badmin < 0, badmin, badmax))
+    words.copy_(torch.stack((row[:, CALLS].max(), row[:, OOB].sum(), offending, n)))
 
 
 # -- capture guard ---------------------------------------------------------------------------------

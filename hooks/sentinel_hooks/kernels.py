@@ -2,8 +2,9 @@
 
 It reads the page table (and seq_lens / cu_seqlens_q) once and folds the results into the site's
 small int64 accumulator on the device, without atomics. Nothing comes back to the host here: the
-drain thread copies the accumulators out asynchronously. Imported only when CUDA and Triton are
-present.
+drain thread copies the accumulators out asynchronously, and a one-program kernel right after
+(``_publish``) writes the site's summary into its device words, where a fault in the step's next
+kernel cannot lose it. Imported only when CUDA and Triton are present.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .slots import NPROG, Slot
 
 __all__ = [
     "INT64_MAX", "NFIELDS", "CALLS", "OOB", "TRAIL", "MAXIDX", "SEQBAD", "FIRST_BAD_CALL", "BADMAX", "BADMIN",
-    "BLOCK", "launch_paged_kv", "launch_bump",
+    "BLOCK", "launch_paged_kv", "launch_publish", "launch_bump",
 ]
 
 # A slot's counters and their offsets are slots.py's. Compiled kernels may not read plain globals:
@@ -123,6 +124,31 @@ def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, ac
         HAS_SEQ=seq_lens is not None, HAS_PS=bool(page_size), HAS_CU=cu_seqlens_q is not None, CONTAIN=bool(contain),
         BLOCK=BLOCK, NPROG=NPROG,
     )
+
+
+@triton.jit
+def _publish(acc_ptr, words_ptr, num_pages, NPROG: tl.constexpr):
+    # One program folds a site's NPROG slots (stream order: after the probe kernel that wrote them)
+    # into the four probe words (ringformat.PROBE_WORDS) in host-mapped memory: plain stores, posted
+    # across the bus, nothing read back. They are whole before the step's next kernel starts.
+    p = tl.arange(0, NPROG) * NFIELDS
+    calls = tl.max(tl.load(acc_ptr + p + CALLS), axis=0)
+    oob = tl.sum(tl.load(acc_ptr + p + OOB), axis=0)
+    badmax = tl.max(tl.load(acc_ptr + p + BADMAX), axis=0)
+    badmin = tl.min(tl.load(acc_ptr + p + BADMIN), axis=0)
+    n = num_pages.to(tl.int64)
+    offending = tl.where(badmax >= n, badmax, tl.where(badmin < 0, badmin, badmax))  # device.offending_index
+    tl.store(words_ptr, calls)
+    tl.store(words_ptr + 1, oob)
+    tl.store(words_ptr + 2, offending)
+    tl.store(words_ptr + 3, n)
+
+
+def launch_publish(acc_row, words, num_pages):
+    """Enqueue the fold of a site's accumulator row (``acc_row``: (NPROG, NFIELDS) int64 on the
+    device) into its four probe words (``words``: a 4-element int64 view of device words,
+    ``mapped.Words.view``) on the current stream: one program, capturable into a CUDA graph."""
+    _publish[(1,)](acc_row, words, int(num_pages), NPROG=NPROG)
 
 
 @triton.jit

@@ -86,32 +86,39 @@ class Words:
 
     def assign(self, meaning: int, name: str) -> int:
         """A fresh counter for ``name`` (its info word in the ring says so); -1 when all are taken."""
+        return self.assign_block((meaning,), name)
+
+    def assign_block(self, meanings: tuple[int, ...], name: str) -> int:
+        """Consecutive fresh counters for ``name``, one per meaning, in order: the first's index, or
+        -1 when fewer than ``len(meanings)`` are left (then none is taken)."""
         w = self.writer
         tag = w.intern(name)  # first: the daemon must find the name once it sees the info word
         if not tag:
             return -1  # the string table is full: a word no one could name
         with _lock:
-            if self._next >= rf.DEVICE_WORDS:
+            if self._next + len(meanings) > rf.DEVICE_WORDS:
                 runtime.log_once("device-words", "all %d device words are in use; %s is not tracked on the GPU",
                                  rf.DEVICE_WORDS, name)
                 return -1
-            i = self._next
+            first = self._next
             words = rf.device_words(w._mm)
             try:
-                words[rf.DEVICE_WORDS + i] = rf.pack_device_word_info(meaning, tag)
+                for k, meaning in enumerate(meanings):
+                    words[rf.DEVICE_WORDS + first + k] = rf.pack_device_word_info(meaning, tag)
+                    self._next += 1  # only once its info word is written: the daemon reads them in order
             finally:
                 words.release()
-            self._next += 1  # only once its info word is written: the daemon reads them in order
-        return i
+        return first
 
-    def view(self, index: int, device: Any) -> Any:
-        """The 1-element int64 CUDA tensor (on ``device``) aliasing word ``index``."""
+    def view(self, index: int, device: Any, n: int = 1) -> Any:
+        """The ``n``-element int64 CUDA tensor (on ``device``) aliasing words ``index`` onwards. Make
+        the first one of a device outside any capture."""
         idx = device.index if device.index is not None else self.torch.cuda.current_device()
         full = self._views.get(idx)
         if full is None:
             full = self._views[idx] = self.torch.as_tensor(_CudaArray(self.device_ptr, rf.DEVICE_WORDS),
                                                           device=self.torch.device("cuda", idx))
-        return full[index:index + 1]
+        return full[index:index + n]
 
     def increment(self, device: Any) -> tuple[int, Any] | None:
         """A fresh increment slot for a bump captured on ``device``: ``(index, tensor)``, the tensor a

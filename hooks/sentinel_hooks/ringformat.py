@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 __all__ = [
-    "MAGIC", "VERSION", "HEADER_SIZE", "DEVICE_WORDS_OFFSET", "DEVICE_WORDS", "DeviceWord", "device_words",
+    "MAGIC", "VERSION", "HEADER_SIZE", "DEVICE_WORDS_OFFSET", "DEVICE_WORDS", "DeviceWord", "PROBE_WORDS", "device_words",
     "pack_device_word_info", "unpack_device_word_info", "STRINGS_OFFSET", "STRINGS_SIZE", "RECORDS_OFFSET", "RING_SUFFIX",
     "DEFAULT_CAPACITY", "MAX_CAPACITY", "Kind", "Mark", "Check", "Context", "COLLECTIVE_OPS",
     "COLLECTIVE_OP_NAMES", "COLLECTIVE_DTYPES", "COLLECTIVE_DTYPE_NAMES", "ADAPTER_ERROR_EVENT", "CONFIG_ERROR_EVENT", "CONTAINED_EVENT", "BATCH_AT_BUDGET",
@@ -76,6 +76,17 @@ class DeviceWord(enum.IntEnum):
     """What a device word counts (the low byte of its info word; see DEVICE_WORDS_OFFSET)."""
 
     COLLECTIVE_ENTERED = 1  # collectives of the group (tag "pg:<name>") the GPU's stream has reached
+    # A paged-KV probe site's summary on one device (tag "probe:<device index>:<site>"), four words in
+    # a row (PROBE_WORDS), rewritten by a one-program kernel right after each probe kernel, so they
+    # outlive a fault in the step's next kernel (device.py, kernels._publish). Values as int64.
+    PROBE_CALLS = 2  # probe executions the GPU has run (eager calls and graph replays)
+    PROBE_OOB = 3  # page-table entries outside [0, num_pages) they found where the kernel reads
+    PROBE_OFFENDING = 4  # the offending index so far: the largest past the end, else the most negative (-1: none)
+    PROBE_NUM_PAGES = 5  # the num_pages the latest call checked against
+
+
+# A probe site's block of device words, in this order.
+PROBE_WORDS = (DeviceWord.PROBE_CALLS, DeviceWord.PROBE_OOB, DeviceWord.PROBE_OFFENDING, DeviceWord.PROBE_NUM_PAGES)
 
 
 class Check(enum.IntEnum):

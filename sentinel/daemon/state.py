@@ -48,6 +48,7 @@ class Violation(NamedTuple):
     limit: int
     detail: int  # aux (e.g. the canonical stride, the first bad call)
     step: int  # the writer's step at the violating call
+    site: str = ""  # the site's name, where no record's tag gives it (a result read from device words)
 
 
 @dataclass
@@ -108,6 +109,12 @@ class ProcessState:
     new_violations: list[Violation] = field(default_factory=list)  # since the last log line
     groups: dict[str, GroupProgress] = field(default_factory=dict)  # process-group name -> progress
     device_words: dict[int, str] = field(default_factory=dict)  # device counter index -> its group ("": not one)
+    # Probe results the GPU published to device words: word index -> (site, device, field k of
+    # ringformat.PROBE_WORDS); values: site -> device -> [calls, oob, offending, num_pages].
+    probe_word_at: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    gpu_probes: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    reported: dict[int, list[int]] = field(default_factory=dict)  # site tag -> [calls, oob] the drain reported
+    probe_words_settled: bool = False
     adapter_errors: dict[str, int] = field(default_factory=dict)  # framework adapter -> errors
     config_errors: int = 0  # bad values the hooks found in their environment config
     contained: int = 0  # page-table entries contain mode redirected to the reserved page
@@ -160,11 +167,21 @@ class ProcessState:
 
     def apply_device_words(self, words: Any, names: Callable[[int], str]) -> None:
         """Read this process's device words (``ringformat.device_words`` of its ring) into its groups'
-        ``gpu_entered``. Plain loads of the ring's mapping: no CUDA, valid while the GPU hangs."""
+        ``gpu_entered`` and its probe sites' ``gpu_probes``. Plain loads of the ring's mapping: no
+        CUDA, valid while the GPU hangs and after the process died."""
         for index in range(len(self.device_words), rf.DEVICE_WORDS):  # counters are assigned in order
             meaning, tag = rf.unpack_device_word_info(words[rf.DEVICE_WORDS + index])
             if meaning == 0:
                 break
+            if meaning in rf.PROBE_WORDS:
+                name = names(tag) if tag else ""
+                parts = name.split(":", 2)  # "probe:<device index>:<site>"
+                if len(parts) == 3 and parts[0] == "probe" and parts[1].isdigit():
+                    self.probe_word_at[index] = (parts[2], int(parts[1]), rf.PROBE_WORDS.index(meaning))
+                elif tag and not name:
+                    break  # its name is not readable yet: next poll
+                self.device_words[index] = ""
+                continue
             if meaning != rf.DeviceWord.COLLECTIVE_ENTERED:
                 self.device_words[index] = ""  # a kind of counter this daemon does not know: skipped
                 continue
@@ -184,6 +201,41 @@ class ProcessState:
             if g is not None and value != g.gpu_entered:
                 g.gpu_entered = value
                 self.dirty = True
+        for index, (site, dev, k) in self.probe_word_at.items():
+            value = int(words[index])
+            value = value - (1 << 64) if value >= 1 << 63 else value  # int64 on the GPU
+            self.gpu_probes.setdefault(site, {}).setdefault(dev, [0, 0, -1, 0])[k] = value
+
+    def settle_probe_words(self, names: Callable[[int], str]) -> int:
+        """Once the process is gone (no drain can report more): add what its GPU published to device
+        words but its drain never reported, the results of the probes that ran just before a fault
+        killed the CUDA context (or a SIGKILL the process). Returns the page-table violations added.
+        Idempotent."""
+        if self.probe_words_settled:
+            return 0
+        self.probe_words_settled = True
+        by_site: dict[str, list[int]] = {}
+        for tag, (calls, oob) in self.reported.items():
+            got = by_site.setdefault(names(tag) if tag else "", [0, 0, tag])
+            got[0] += calls
+            got[1] += oob
+        added = 0
+        for site, devices in self.gpu_probes.items():
+            calls = sum(v[0] for v in devices.values())
+            oob = sum(v[1] for v in devices.values())
+            rep_calls, rep_oob, tag = by_site.get(site, [0, 0, 0])
+            if calls > rep_calls:
+                self.probe_execs += calls - rep_calls
+            if oob > rep_oob:
+                delta = oob - rep_oob
+                worst = max(devices.values(), key=lambda v: v[1])  # the device with the most
+                self.violations["page_table_oob"] = self.violations.get("page_table_oob", 0) + delta
+                self.new_violations.append(Violation("page_table_oob", tag, delta, worst[2], worst[3], -1, self.step,
+                                                     site=site))
+                added += delta
+        if added or self.gpu_probes:
+            self.dirty = True
+        return added
 
     @staticmethod
     def _events(recs: np.ndarray, code: int) -> np.ndarray:
@@ -245,6 +297,9 @@ class ProcessState:
                 if n:
                     label = rf.CHECK_LABELS.get(code, "unknown")
                     self.violations[label] = self.violations.get(label, 0) + int(n)
+            oob = probes[probes["code"] == rf.Check.PAGE_TABLE_OOB]
+            for tag, n in zip(oob["tag"].tolist(), oob["count"].tolist()):  # per site, for settle_probe_words
+                self.reported.setdefault(int(tag), [0, 0])[1] += int(n)
             # Keep the detail of the newest few for logs (the exporter only counts).
             for r in probes[-8:]:
                 self.new_violations.append(Violation(
@@ -257,6 +312,8 @@ class ProcessState:
                              "calls")
         if len(pk):
             self.probe_execs += int(pk["calls"].sum())
+            for tag, n in zip(pk["tag"].tolist(), pk["calls"].tolist()):
+                self.reported.setdefault(int(tag), [0, 0])[0] += int(n)
             tags, last_idx = np.unique(pk["tag"][::-1], return_index=True)
             for tag, i in zip(tags.tolist(), last_idx.tolist()):
                 r = pk[len(pk) - 1 - i]
@@ -290,7 +347,8 @@ class ProcessState:
         return {"violations": self.violations, "probe_execs": self.probe_execs, "batch": self.batch,
                 "adapter_errors": self.adapter_errors, "crash_checked": self.crash_checked,
                 "config_errors": self.config_errors, "contained": self.contained,
-                "bad_records": self.bad_records}
+                "bad_records": self.bad_records, "reported": {str(k): v for k, v in self.reported.items()},
+                "probe_words_settled": self.probe_words_settled}
 
     def load_extra(self, extra: dict[str, Any]) -> None:
         self.violations = {str(k): int(v) for k, v in dict(extra.get("violations", {})).items()}
@@ -301,6 +359,8 @@ class ProcessState:
         self.contained = int(extra.get("contained", 0))
         self.crash_checked = bool(extra.get("crash_checked", True))  # older journals: taken as settled
         self.bad_records = int(extra.get("bad_records", 0))
+        self.reported = {int(k): [int(x) for x in v] for k, v in dict(extra.get("reported", {})).items()}
+        self.probe_words_settled = bool(extra.get("probe_words_settled", False))
 
     def apply_header(self, header: dict[str, Any]) -> None:
         identity = {k: header[k] for k in rf.IDENTITY_TEXT + rf.IDENTITY_INT}

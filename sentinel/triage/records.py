@@ -161,6 +161,11 @@ def evidence_from(state: ProcessState | None) -> list[str]:
     if state is None:
         return []
     ev = {check for check, n in state.violations.items() if n}
+    # What the GPU published to device words counts before any drain reported it (a fault that
+    # killed the context right after the probe): ProcessState.settle_probe_words adds it to the
+    # counters once the process is gone, but a coredump may be triaged first.
+    if any(v[1] > 0 for devices in state.gpu_probes.values() for v in devices.values()):
+        ev.add("page_table_oob")
     room = state.min_headroom()
     if room is not None and room[0] <= 0:
         ev.add("page_table_at_capacity")

@@ -19,6 +19,8 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
+from journal_wait import first_fault  # noqa: E402
+
 from sentinel.daemon.loop import Daemon, DaemonConfig  # noqa: E402
 from sentinel.triage.readers import cudagdb  # noqa: E402
 
@@ -58,13 +60,7 @@ def test_real_fault_becomes_a_triaged_record(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "sentinel", "run", "--dir", base, "--", sys.executable, str(script)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
-        rec = None
-        while time.monotonic() < deadline and rec is None:
-            d.poll_once()
-            rows = [r for r in d.journal.faults() if r["source"] == "coredump"]
-            rec = rows[0] if rows else None
-            time.sleep(0.2)
+        rec = first_fault(d)
         journaled_at = time.time()
         out, err = proc.communicate(timeout=60)
         assert rec is not None, f"no coredump fault journaled; child stderr: {err[-2000:]}"

@@ -194,6 +194,9 @@ class RingWatcher:
             state.dirty = True
         state.last_seq = reader.last_seq
         if not alive:
+            # What the GPU published but the drain never reported (a fault killed the context first)
+            if state.settle_probe_words(reader.name):
+                self._log_violations(state, reader)
             self._close_ring(self.readers.pop(name))
             self.ctx.end(state, "exited" if header["exit_ns"] else "died")
 
@@ -220,7 +223,7 @@ class RingWatcher:
                 continue
             self._violation_logged[key] = now
             log.warning("invariant violation", extra={
-                "check": v.check, "site": reader.name(v.tag), "pid": state.identity.get("pid"),
+                "check": v.check, "site": v.site or reader.name(v.tag), "pid": state.identity.get("pid"),
                 "rank": state.identity.get("rank"), "count": v.count,
                 # -1: not known (a length from the GPU path, an entry past a row's prefix)
                 "value": None if v.value == -1 and v.check in ("seqlens_invalid", "page_table_trailing_oob") else v.value,
