@@ -21,7 +21,7 @@ else:  # pragma: no cover - the backport, as sentinel.triage.catalog reads TOML
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_ADAPTERS = {"__init__", "base", "versions"}  # the package's shared modules
+NOT_ADAPTERS = {"__init__", "base", "versions", "source"}  # the package's shared modules
 
 
 def test_pyproject_entry_points_are_the_tables():

@@ -83,7 +83,9 @@ out["stats"] = sentinel_hooks.stats()
 print(json.dumps(out))
 """
 
-# SGLang 0.5.x with its TRT-LLM backend renamed: that check goes, the heartbeat and FlashInfer stay.
+# SGLang 0.5.x whose TRT-LLM module binds canonicalize_stride to something not callable: its hook
+# point fails after patching the backend's two methods, and must undo them; the heartbeat and
+# FlashInfer stay.
 BROKEN_SGLANG = {
     "sglang/__init__.py": "__version__ = '0.5.22'\n",
     "sglang/srt/__init__.py": "",
@@ -95,7 +97,17 @@ BROKEN_SGLANG = {
     ),
     "sglang/srt/layers/__init__.py": "",
     "sglang/srt/layers/attention/__init__.py": "",
-    "sglang/srt/layers/attention/trtllm_mha_backend.py": "class TRTLLMHAAttnBackendRenamed:\n    pass\n",
+    "sglang/srt/layers/attention/trtllm_mha_backend.py": (
+        "canonicalize_stride = None\n"
+        "class TRTLLMHAAttnBackend:\n"
+        "    def init_forward_metadata(self, forward_batch):\n"
+        "        return 'trt'\n"
+        "    def init_forward_metadata_in_graph(self, forward_batch):\n"
+        "        return 'trt_in_graph'\n"
+    ),
+    # A scheduler with on_idle but no run_batch: patching on_idle alone would leave the idle flag set.
+    "sglang/srt/managers/__init__.py": "",
+    "sglang/srt/managers/scheduler.py": "class Scheduler:\n    def on_idle(self):\n        return 'idle'\n",
     "sglang/srt/layers/attention/flashinfer_backend.py": (
         "class FlashInferAttnBackend:\n"
         "    def init_forward_metadata(self, forward_batch):\n"
@@ -110,10 +122,13 @@ import json
 import sentinel_hooks, sentinel_hooks.inject
 sentinel_hooks.inject.arm()
 from sentinel_hooks.adapters import sglang as sa
-import sglang.srt.layers.attention.trtllm_mha_backend
+import sglang.srt.layers.attention.trtllm_mha_backend as trt
 import sglang.srt.layers.attention.flashinfer_backend as fi
 import sglang.srt.model_executor.model_runner as mr
-out = {"calls": [mr.ModelRunner().forward(None), mr.ModelRunner().forward(None),
+import sglang.srt.managers.scheduler as sched
+out = {"on_idle_patched": hasattr(sched.Scheduler.on_idle, "__sentinel_adapter__"),
+       "trt_patched": [hasattr(getattr(trt.TRTLLMHAAttnBackend, m), "__sentinel_adapter__")
+                       for m in ("init_forward_metadata", "init_forward_metadata_in_graph")],"calls": [mr.ModelRunner().forward(None), mr.ModelRunner().forward(None),
                  fi.FlashInferAttnBackend().init_forward_metadata(None)],
        "runner_patched": hasattr(mr.ModelRunner.forward, "__sentinel_adapter__"),
        "flashinfer_patched": hasattr(fi.FlashInferAttnBackend.init_forward_metadata, "__sentinel_adapter__"),
@@ -211,15 +226,18 @@ def test_sglang_missing_backend_turns_off_only_its_check(h):
     assert out["calls"] == ["forwarded", "forwarded", "metadata"]
     assert out["runner_patched"] and out["flashinfer_patched"]
     status = out["status"]
-    assert status["active"] is True and status["errors"] == 1 and status["version_check"] == "verified"
+    assert status["active"] is True and status["errors"] == 2 and status["version_check"] == "verified"
     checks = status["checks"]
     assert checks["paged_kv.trtllm"].startswith("off: hook point sglang.srt.layers.attention.trtllm_mha_backend")
-    assert "TRTLLMHAAttnBackend" in checks["paged_kv.trtllm"]
+    assert "canonicalize_stride is not callable" in checks["paged_kv.trtllm"], checks
+    assert out["trt_patched"] == [False, False]  # patched, then undone with the point that failed
     assert checks["heartbeat"].startswith("on") and checks["paged_kv.flashinfer"].startswith("on"), checks
+    # A hook point that fails half-way is undone whole: on_idle is not left patched without run_batch.
+    assert checks["idle"].startswith("off: hook point sglang.srt.managers.scheduler") and not out["on_idle_patched"]
     assert steps_in_ring(h) == 2
     (startup,) = [line for line in stderr.splitlines() if "checks on:" in line]
     assert "sglang 0.5.22 (verified; supported >= 0.5.20, < 0.5.24)" in startup, startup
-    assert adapter_error_events(h) == [(1, "adapter:sglang")]
+    assert adapter_error_events(h) == [(1, "adapter:sglang"), (1, "adapter:sglang")]
 
 
 def test_adapters_can_be_switched_off(h):

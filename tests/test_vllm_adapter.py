@@ -95,9 +95,11 @@ def test_every_canonicalize_importer_is_covered(source):
     assert importers and importers <= set(vllm_adapter.CANONICALIZE_SITES), importers
 
 
-def _calls(source: SourceIndex, module: str, dotted: str, callee: str) -> bool:
+def _calls(source: SourceIndex, module: str, dotted: str, callee: str, keyword: str | None = None) -> bool:
+    """Whether ``dotted`` calls ``callee`` (with the argument ``keyword``, when given)."""
     node = source.lookup(module, dotted)
     return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == callee
+               and (keyword is None or any(k.arg == keyword for k in n.keywords))
                for n in ast.walk(node))
 
 
@@ -109,16 +111,18 @@ def test_vllm_loads_general_plugins_in_every_process(source):
     assert _calls(source, "vllm.engine.arg_utils", "EngineArgs.__post_init__", "load_general_plugins")
     # Both model runners build attention metadata through the path the adapter hooks in this release:
     # AttentionGroup.build_metadata where the group has it, else the builders' build().
-    callee = "build_metadata" if source.has("vllm.v1.worker.utils", "AttentionGroup.build_metadata") else "build"
-    assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner._build_attention_metadata", callee)
-    assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "build_attn_metadata", callee)
-    if callee == "build":  # and every builder the runners call comes from create_metadata_builders
+    if source.has("vllm.v1.worker.utils", "AttentionGroup.build_metadata"):
+        callee, keyword = "build_metadata", None
+    else:  # a builder's build(common_attn_metadata=...), the builders made by create_metadata_builders
+        callee, keyword = "build", "common_attn_metadata"
         assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner.initialize_metadata_builders",
                       "create_metadata_builders")
         assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "init_attn_backend", "create_metadata_builders")
-    # The CPU runner inherits the GPU runner's metadata build.
-    assert (source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner._build_attention_metadata")
-            or source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner"))
+    assert _calls(source, "vllm.v1.worker.gpu_model_runner", "GPUModelRunner._build_attention_metadata", callee,
+                  keyword)
+    assert _calls(source, "vllm.v1.worker.gpu.attn_utils", "build_attn_metadata", callee, keyword)
+    # The CPU runner builds it with the GPU runner's method (its own or inherited: has() follows bases).
+    assert source.has("vllm.v1.worker.cpu_model_runner", "CPUModelRunner._build_attention_metadata")
 
 
 PROGRAM = r"""

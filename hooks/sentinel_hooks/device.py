@@ -23,6 +23,7 @@ from typing import Any
 from . import ringformat as rf
 from . import runtime
 from .config import probe_config
+from .runtime import triton_available
 from .slots import INITIAL, INT64_MAX, MAX_SITES, NFIELDS, NPROG, Slot, reduce_slots
 
 __all__ = [
@@ -40,7 +41,6 @@ _capturing = 0
 _graphs: dict[int, list[Any]] = {}  # thread id -> the CUDAGraphs it is capturing (collectives.py keeps state on them)
 _slabs: dict[int, Slab] = {}
 _drain: Drain | None = None
-_triton_ok: bool | None = None
 
 
 class Site:
@@ -79,21 +79,6 @@ class Slab:
         self.sites: list[Site] = []
         self.prev: list[list[int]] = []  # per site, the reduced counters at the last drain
         self.held: list[int] = []  # per site, drains held back in a row (see _emit_deltas)
-
-
-def triton_available() -> bool:
-    """Whether the Triton kernels (``kernels``) import, decided once per process (a failure is logged
-    once). Never raises."""
-    global _triton_ok
-    if _triton_ok is None:
-        try:
-            from . import kernels  # noqa: F401
-
-            _triton_ok = True
-        except Exception as exc:
-            _triton_ok = False
-            runtime.log_once("triton", "Triton unavailable (%s); CUDA probes use torch ops (more launches)", exc)
-    return _triton_ok
 
 
 def slab_row(torch: Any, site: Site, device: Any) -> Any | None:

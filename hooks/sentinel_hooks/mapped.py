@@ -166,9 +166,7 @@ class Words:
             self._inc_views[word.device.index] = self.torch.as_tensor(_CudaArray(self.inc_ptr, INCREMENTS),
                                                                       device=word.device)
         if BUMP == "store":
-            from . import device as device_mod
-
-            if device_mod.triton_available():
+            if runtime.triton_available():
                 from .kernels import launch_bump
 
                 idx = word.device.index

@@ -21,6 +21,7 @@ from .writer import FsPolicy, RingWriter, check_identity_fields, identity_from_e
 __all__ = [
     "NullWriter", "at_step_milestones", "log_once", "setting", "config_problem", "count_config_error",
     "set_idle", "set_mode", "start", "disable", "writer", "failed", "set_identity", "reset_for_tests",
+    "triton_available",
 ]
 
 log = logging.getLogger("sentinel_hooks")
@@ -277,3 +278,21 @@ def reset_for_tests() -> None:
     _identity_overrides.clear()
     if w is not None:
         w.close(clean_exit=False)
+
+
+_triton_ok: bool | None = None
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels (``kernels``: the probe, its publish, the collective marks' bump)
+    import, decided once per process (a failure is logged once). Never raises."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            from . import kernels  # noqa: F401
+
+            _triton_ok = True
+        except Exception as exc:
+            _triton_ok = False
+            log_once("triton", "Triton unavailable (%s); CUDA probes and marks use torch ops (more launches)", exc)
+    return _triton_ok

@@ -129,7 +129,9 @@ def framework_rows(sites: list[str] | None = None) -> list[dict[str, Any]]:
         if off:
             detail += "; off: " + ", ".join(f"{c} (missing {m[0]}{' and more' if len(m) > 1 else ''})"
                                            for c, m in off.items())
-        good = found["verdict"] in ("verified", "in range") and not off
+        if found["also_installed"]:
+            detail += f"; also installed: {', '.join(found['also_installed'])} (a stale install?)"
+        good = found["verdict"] in ("verified", "in range") and not off and not found["also_installed"]
         rows.append({"check": name, "status": "ok" if good else "warn", "detail": detail,
                      "fix": "" if good else f"run a release the {name} adapter supports (>= {low}, < {high}); the "
                      "checks off stay off, the others work"})

@@ -175,9 +175,10 @@ CONDITIONS = {
     "torch_missing": ("bare_python", None, "torch", "host: no torch", 1),
     "torch_too_old": ("bare_python", "old_torch", "torch", "host: torch 1.8.1", 1),
     "torch_cpu_only": ("venv_python", None, "torch", "cuda False", 1),
-    # The adapters' own design gives two lines here, both prefixed: the version note and the
-    # "disabled" warning (tests/test_adapters_failsoft.py), so the bound is two, not one.
-    "vllm_unknown_version": ("bare_python", "vllm", "vllm", "host: vllm 0.0.1", 2),
+    # The adapters' own design gives a few lines here, all prefixed (tests/test_adapters_failsoft.py):
+    # the version note, one per check whose hook point is missing, and for vLLM, whose stand-in steps,
+    # the start-up line naming the checks on and off.
+    "vllm_unknown_version": ("bare_python", "vllm", "vllm", "host: vllm 0.0.1", 3),
     "sglang_unknown_version": ("bare_python", "sglang", "sglang", "host: sglang 0.0.1", 2),
 }
 
@@ -201,7 +202,7 @@ def test_host_output_and_exit_unchanged(h, places: dict[str, Path], tmp_path: Pa
     # Sentinel was there: the ring of each run (eager), and what it said, if anything, was about itself.
     assert len(h.rings()) == 3
     if exercise in FRAMEWORKS:
-        assert len(added) == 3 * 2 and all(f"{exercise} adapter" in line for line in added), added
+        assert len(added) == 3 * allowed and all(f"{exercise} adapter" in line for line in added), added
     else:
         assert added == [], added
 

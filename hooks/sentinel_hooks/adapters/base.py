@@ -116,9 +116,10 @@ class Adapter(abc.ABC):
         self._lock = threading.RLock()
         self._once: set[str] = set()
         self._stride_sites_tripped: set[str] = set()
-        self._hooked: dict[str, str] = {}  # check -> how it is hooked (the hook point's module, or a detail)
-        self._hook_failed: dict[str, str] = {}  # check -> why its hook point could not be patched
+        self._hooked: dict[str, list[str]] = {}  # check -> how it is hooked (its hook points' modules, or a detail)
+        self._hook_failed: dict[str, list[str]] = {}  # check -> why hook points of it could not be patched
         self._stopped: dict[str, str] = {}  # check -> why it was turned off at run time
+        self._described: set[str] = set()  # checks whose hook said how they are hooked (hooked())
 
     # -- what a subclass gives ---------------------------------------------------------------------
 
@@ -172,6 +173,21 @@ class Adapter(abc.ABC):
             patches, self._patches = self._patches, []
             propagated, self._propagated = self._propagated, []
             self.patched_modules = []
+            self._hooked, self._hook_failed, self._stopped = {}, {}, {}  # a new instrument() starts over
+            self._described = set()
+        self._restore(patches)
+        for wrapper, original in propagated:  # modules that imported the wrapper by name meanwhile
+            for _name, module, attr in _bindings_of(wrapper):
+                try:
+                    setattr(module, attr, original)
+                except Exception:  # pragma: no cover
+                    pass
+        try:
+            self._forget()
+        except Exception as exc:  # pragma: no cover - clearing a cache does not fail
+            runtime.failed(f"adapter {self.name} forget", exc)
+
+    def _restore(self, patches: list[tuple[Any, str, Any, Any]]) -> None:
         for owner, attr, saved, wrapper in reversed(patches):
             try:
                 if getattr(owner, attr, None) is not wrapper:
@@ -183,16 +199,6 @@ class Adapter(abc.ABC):
             except Exception as exc:  # pragma: no cover - restoring a plain attribute does not fail
                 runtime.log_once(f"adapter-restore:{self.name}:{attr}", "%s adapter: could not restore %s (%s)",
                                  self.name, attr, exc)
-        for wrapper, original in propagated:  # modules that imported the wrapper by name meanwhile
-            for _name, module, attr in _bindings_of(wrapper):
-                try:
-                    setattr(module, attr, original)
-                except Exception:  # pragma: no cover
-                    pass
-        try:
-            self._forget()
-        except Exception as exc:  # pragma: no cover - clearing a cache does not fail
-            runtime.failed(f"adapter {self.name} forget", exc)
 
     def status(self) -> dict[str, Any]:
         """State for ``sentinel status`` and tests: active, disabled (why), errors, the framework
@@ -209,14 +215,17 @@ class Adapter(abc.ABC):
         process has not imported yet is absent. All off once the adapter is disabled."""
         out = {}
         for check in sorted({*self._hooked, *self._hook_failed, *self._stopped}):
+            hooked, failed = self._hooked.get(check, []), self._hook_failed.get(check, [])
             if self.disabled is not None:
                 out[check] = "off: adapter disabled"
             elif check in self._stopped:
                 out[check] = f"off: {self._stopped[check]}"
-            elif check in self._hooked:
-                out[check] = f"on ({self._hooked[check]})"
+            elif hooked and failed:  # some of its hook points only (a stride repair in one backend of several)
+                out[check] = f"on ({', '.join(hooked)}; not at: {'; '.join(failed)})"
+            elif hooked:
+                out[check] = f"on ({', '.join(hooked)})"
             else:
-                out[check] = f"off: {self._hook_failed[check]}"
+                out[check] = f"off: {'; '.join(failed)}"
         return out
 
     def on(self, check: str) -> bool:
@@ -226,8 +235,9 @@ class Adapter(abc.ABC):
 
     def hooked(self, check: str, how: str) -> None:
         """Say how ``check`` is hooked (shown by ``checks()``), e.g. which of a release's entry
-        points was patched."""
-        self._hooked[check] = how
+        points was patched; it replaces the hook point's module as the description."""
+        self._hooked[check] = [how]
+        self._described.add(check)
 
     def turn_off(self, check: str, what: str, exc: BaseException | None = None) -> None:
         """Count one adapter error, log it once, and turn ``check`` off for the life of the process
@@ -281,19 +291,25 @@ class Adapter(abc.ABC):
         def on_import(module: ModuleType) -> None:
             if generation != self._generation or not self.active:
                 return
+            with self._lock:
+                done = len(self._patches)
             try:
                 if self.version_check is None and point.module != self.module:
                     # a framework module imported before its package's hook ran: check first
                     self._on_framework(sys.modules.get(self.module))
                 point.patch(module)
                 self.patched_modules.append(point.module)
-                if point.check:
-                    self._hooked.setdefault(point.check, point.module)
+                if point.check and point.check not in self._described:
+                    self._hooked.setdefault(point.check, []).append(point.module)
             except Exception as exc:
                 if point.required:
                     self.fail(f"hook point {point.module}", exc)
                 else:
-                    self._hook_failed.setdefault(point.check, f"hook point {point.module}: {type(exc).__name__}: {exc}")
+                    with self._lock:  # what this point patched before it failed is undone: all or nothing
+                        partial, self._patches = self._patches[done:], self._patches[:done]
+                    self._restore(partial)
+                    self._hook_failed.setdefault(point.check, []).append(
+                        f"hook point {point.module}: {type(exc).__name__}: {exc}")
                     self.error(f"check {point.check}: hook point {point.module} not patched", exc)
 
         return on_import

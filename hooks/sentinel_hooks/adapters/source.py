@@ -226,7 +226,9 @@ def checks_in(source: SourceIndex, checks: dict[str, tuple[tuple[tuple[str, str]
 def installed(name: str, paths: list[str] | None = None) -> dict | None:
     """Adapter ``name``'s framework as installed under ``paths`` (site-packages folders; default
     this Python's ``sys.path``), read without importing it: ``{"distribution", "version",
-    "verdict", "checks"}``, the verdict as ``versions.check_version`` gives it against the adapter's
+    "also_installed", "verdict", "checks"}`` (the version from the package's generated
+    ``_version`` module where it has one, as at run time; ``also_installed``: other distributions of
+    it found there, a sign of a stale install), the verdict as ``versions.check_version`` gives it against the adapter's
     declared range, and ``checks`` as ``checks_in`` gives them for the installed source. None when
     none of the adapter's distributions is installed there."""
     import importlib.metadata as md
@@ -235,20 +237,26 @@ def installed(name: str, paths: list[str] | None = None) -> dict | None:
     from .versions import check_version
 
     adapter = get(name)
-    for dist_name in adapter.distributions:
-        found = list(md.distributions(name=dist_name, path=paths)) if paths else list(md.distributions(name=dist_name))
-        if not found:
-            continue
-        dist = found[0]
-        version = dist.version
-        root = Path(str(dist.locate_file("")))
-        source = SourceIndex.from_dir(root, adapter.module)
-        checks = module_checks(name)
-        return {"distribution": dist_name, "version": version,
-                "verdict": check_version(version, adapter.instrumentation_dependencies(), dist_name),
-                "checks": checks_in(source, checks) if source.files else {c: ["package source not found"]
-                                                                           for c in checks}}
-    return None
+    found = [(d, n) for n in adapter.distributions
+             for d in (md.distributions(name=n, path=paths) if paths else md.distributions(name=n))]
+    if not found:
+        return None
+    dist, dist_name = found[0]
+    root = Path(str(dist.locate_file("")))
+    source = SourceIndex.from_dir(root, adapter.module)
+    checks = module_checks(name)
+    # The version the running framework reports is its module's (as the adapter reads it at run time);
+    # a stale dist-info of another distribution beside it does not change that.
+    version = dist.version
+    try:
+        version = str(source.literal(f"{adapter.module}._version", "__version__"))
+    except Exception:  # no generated _version module: the distribution's metadata it is
+        pass
+    others = sorted({f"{n} {d.version}" for d, n in found[1:]})
+    return {"distribution": dist_name, "version": version, "also_installed": others,
+            "verdict": check_version(version, adapter.instrumentation_dependencies(), dist_name),
+            "checks": checks_in(source, checks) if source.files else {c: ["package source not found"]
+                                                                       for c in checks}}
 
 
 def module_checks(name: str) -> dict:

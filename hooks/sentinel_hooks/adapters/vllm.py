@@ -41,7 +41,8 @@ check only. What it patches, each when vLLM imports the module:
 
 Known gaps: a group whose metadata the V1 runner reuses through ``update_block_table`` (hybrid
 models whose KV-cache groups share one spec) is checked only through the group that was built;
-``build_metadata_for_cudagraph_capture`` (dummy capture data) is not checked.
+the dummy data of CUDA-graph capture (``build_metadata_for_cudagraph_capture``, and on 0.30/0.31
+the builders' ``build_for_cudagraph_capture``) is not checked.
 
 Entry point: ``vllm.general_plugins``: ``sentinel = sentinel_hooks.adapters.vllm:register``.
 
@@ -201,11 +202,17 @@ GROUP_FIELDS = ("kv_cache_spec", "kv_cache_group_id", "layer_names", "get_metada
 COMMON_FIELDS = ("block_table_tensor", "seq_lens", "query_start_loc", "num_reqs", "num_actual_tokens")
 
 
+INFO_ATTR = "_sentinel_info"  # on an AttentionGroup: its _GroupInfo
+BUILDER_ATTR = "_sentinel_group"  # on a 0.30/0.31 metadata builder: (its AttentionGroup, ubatch index)
+
+
 class _GroupInfo:
-    __slots__ = ("group", "name", "layer", "block_size", "kernel_block_size", "ratio", "vllm_config", "paged")
+    __slots__ = ("group", "name", "layer", "block_size", "kernel_block_size", "ratio", "vllm_config", "paged",
+                 "generation")
 
     def __init__(self, group: Any, name: str, layer: Any, vllm_config: Any, paged: bool, kbs: Any) -> None:
-        self.group = group  # keeps id(group) stable while cached
+        self.group = group
+        self.generation = 0  # the adapter's instrument() it was made under: a later one makes it again
         self.paged = paged  # a paged-attention KV cache (not Mamba state, not attention-free)
         self.name = name
         self.layer = layer
@@ -244,13 +251,14 @@ class VLLMAdapter(Adapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._groups: dict[int, _GroupInfo] = {}
-        self._names: set[str] = set()
+        # Per attention group, its _GroupInfo sits on the group itself (INFO_ATTR), and on 0.30/0.31 each
+        # builder carries its (group, ubatch index) (BUILDER_ATTR): both go with vLLM's objects, so the
+        # groups and builders a release makes and drops (CUDA-graph memory profiling) are not kept.
+        self._names: dict[tuple[int, str], str] = {}  # (KV-cache group id, backend) -> site name
         self._step = 0  # worker steps seen (execute_model calls)
         self._noted_step = -1
         self._checked_types: set[type] = set()
-        self._builders: dict[int, tuple[Any, Any, int]] = {}  # id(builder) -> (builder, its group, ubatch index)
-        self._local = threading.local()  # .depth: inside a wrapped build
+        self._local = threading.local()  # .depth: inside a wrapped build (or a capture's dummy build)
 
     def hook_points(self) -> list[HookPoint]:
         points = [  # the base adds "vllm" itself (version check, identity)
@@ -264,11 +272,10 @@ class VLLMAdapter(Adapter):
         return points
 
     def _forget(self) -> None:
-        """Unpatched: let go of vLLM's attention groups (and their builders, configs, layers)."""
-        self._groups.clear()
+        """Unpatched: forget the site names and the metadata types checked (what sits on vLLM's
+        groups and builders goes with them; a new instrument() recomputes it)."""
         self._names.clear()
         self._checked_types.clear()
-        self._builders.clear()
 
     # -- hook points -------------------------------------------------------------------------------
 
@@ -321,11 +328,13 @@ class VLLMAdapter(Adapter):
         that defines it (once per class)."""
         builders = group.metadata_builders
         for ubatch_idx, builder in enumerate(builders):
-            self._builders[id(builder)] = (builder, group, ubatch_idx)  # the builder kept: its id stays its own
-            owner = next((c for c in type(builder).__mro__ if "build" in c.__dict__), None)
-            if owner is None:
-                raise AdapterDrift(f"{type(builder).__qualname__} has no build")
-            self.patch(owner, "build", self._wrap_build)
+            builder.__dict__[BUILDER_ATTR] = (group, ubatch_idx)
+            for method in ("build", "build_for_cudagraph_capture"):
+                owner = next((c for c in type(builder).__mro__ if method in c.__dict__), None)
+                if owner is None and method == "build":
+                    raise AdapterDrift(f"{type(builder).__qualname__} has no build")
+                if owner is not None:
+                    self.patch(owner, method, self._wrap_build if method == "build" else self._wrap_capture_build)
 
     def _wrap_build(self, original: Any) -> Any:
         adapter = self
@@ -338,14 +347,31 @@ class VLLMAdapter(Adapter):
                 metadata = original(builder, *args, **kwargs)
             finally:
                 local.depth = depth
-            entry = adapter._builders.get(id(builder))
-            if depth == 0 and entry is not None and entry[0] is builder and adapter.on("paged_kv"):
+            entry = getattr(builder, "__dict__", {}).get(BUILDER_ATTR)
+            if depth == 0 and entry is not None and adapter.on("paged_kv"):
                 common = kwargs.get("common_attn_metadata", args[1] if len(args) > 1 else None)
-                adapter.guard("AttentionMetadataBuilder.build", adapter._on_metadata, entry[1], common, entry[2],
-                              getattr(builder, "kernel_block_size", None), metadata, check="paged_kv")
+                # These runners map the block table to kernel blocks themselves (block_table.py)
+                adapter.guard("AttentionMetadataBuilder.build", adapter._on_metadata, entry[0], common, entry[1],
+                              getattr(builder, "kernel_block_size", None), metadata, True, check="paged_kv")
             return metadata
 
         return build
+
+    def _wrap_capture_build(self, original: Any) -> Any:
+        """``build_for_cudagraph_capture``: dummy capture data, built through ``build``; not checked,
+        as on 0.32 (where the runner calls it instead of ``build_metadata``)."""
+        adapter = self
+
+        def build_for_cudagraph_capture(builder, *args, **kwargs):
+            local = adapter._local
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1
+            try:
+                return original(builder, *args, **kwargs)
+            finally:
+                local.depth = depth
+
+        return build_for_cudagraph_capture
 
     def _patch_worker(self, module: ModuleType) -> None:
         self.require(module, "WorkerWrapperBase")
@@ -425,29 +451,34 @@ class VLLMAdapter(Adapter):
     # -- per step ----------------------------------------------------------------------------------
 
     def _group_info(self, group: Any, ubatch_idx: int, kbs: Any) -> _GroupInfo:
-        info = self._groups.get(id(group))
-        if info is not None and info.group is group:
+        info = group.__dict__.get(INFO_ATTR)
+        if info is not None and info.generation == self._generation:
             return info
         builder = group.get_metadata_builder(ubatch_idx)
         self.require(builder, "vllm_config")
         vllm_config = builder.vllm_config
         ctx = vllm_config.compilation_config.static_forward_context
         layer = ctx[group.layer_names[0]]
-        name = f"vllm.attn.{int(group.kv_cache_group_id)}"
-        if name in self._names:  # a second attention group (another backend) in this KV-cache group
-            backend = getattr(getattr(group, "backend", None), "get_name", lambda: "other")()
-            name = f"{name}.{str(backend).lower()}"
-        self._names.add(name)  # micro-batches (ubatch_idx) share their group's site
+        gid = int(group.kv_cache_group_id)
+        backend = str(getattr(getattr(group, "backend", None), "get_name", lambda: "other")()).lower()
+        name = self._names.get((gid, backend))
+        if name is None:  # the KV-cache group's first backend is plain, another one gets a suffix
+            taken = any(g == gid for g, _ in self._names)
+            name = self._names[(gid, backend)] = f"vllm.attn.{gid}.{backend}" if taken else f"vllm.attn.{gid}"
         from vllm.v1.kv_cache_interface import AttentionSpec  # imported by vLLM long before a step
 
         paged = isinstance(group.kv_cache_spec, AttentionSpec)
-        info = self._groups[id(group)] = _GroupInfo(group, name, layer, vllm_config, paged, kbs)
+        info = _GroupInfo(group, name, layer, vllm_config, paged, kbs)
+        info.generation = self._generation
+        group.__dict__[INFO_ATTR] = info  # micro-batches (ubatch_idx) share their group's site
         return info
 
-    def _on_metadata(self, group: Any, common: Any, ubatch_idx: Any, kbs: Any, metadata: Any) -> None:
+    def _on_metadata(self, group: Any, common: Any, ubatch_idx: Any, kbs: Any, metadata: Any,
+                     common_in_kernel_blocks: bool = False) -> None:
         """Check what one attention group's backend built: ``common`` (CommonAttentionMetadata) for
         micro-batch ``ubatch_idx``, ``kbs`` the kernel block size (None: not split), ``metadata``
-        the backend's own."""
+        the backend's own. ``common_in_kernel_blocks``: its block table already holds kernel-block
+        ids (0.30, 0.31 map them in the runner; 0.32's ``build_metadata`` maps them itself)."""
         if common is None or metadata is None:
             return
         if type(common) not in self._checked_types:
@@ -468,7 +499,11 @@ class VLLMAdapter(Adapter):
         batch = int(common.num_reqs)
 
         views = _metadata_views(metadata, batch)
-        if views is None:  # no block table in the backend's metadata (FlashInfer's own wrappers)
+        if views is None and common_in_kernel_blocks:  # no block table in the backend's metadata
+            probes.check_paged_kv(common.block_table_tensor, num_pages, seq_lens=common.seq_lens,
+                                  page_size=info.kernel_block_size, batch_size=batch,
+                                  cu_seqlens_q=common.query_start_loc, allocator_capacity=capacity_k, name=info.name)
+        elif views is None:  # (FlashInfer's own wrappers): the common table, in manager blocks
             probes.check_paged_kv(common.block_table_tensor, info.to_manager(num_pages), seq_lens=common.seq_lens,
                                   page_size=info.block_size, batch_size=batch, cu_seqlens_q=common.query_start_loc,
                                   allocator_capacity=capacity, name=info.name)
