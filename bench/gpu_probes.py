@@ -70,29 +70,36 @@ def count_syncs(fn) -> int:
 def visibility_latency(reader: RingReader, num_pages: int, n: int) -> dict[str, dict[str, float]]:
     """Milliseconds from enqueueing a probe that finds one bad index (the GPU idle) until the daemon's
     view of the ring shows it: the site's OOB device word, and the drain's PROBE record."""
+    if sh.config().mode != "observe" or sh.config().sample_every != 1:
+        raise SystemExit("the latency figure needs SENTINEL_MODE=observe and SENTINEL_SAMPLE_EVERY=1")
     table = torch.zeros(8, 4, dtype=torch.int32, device="cuda")
     sh.check_paged_kv(table, num_pages, name="latency")  # the site, its row and its words, set up eagerly
     torch.cuda.synchronize()
     site = probes._sites[("paged_kv", "latency")]
-    view = site.words[torch.cuda.current_device()]
+    view = site.words.get(torch.cuda.current_device())
+    if view is None:
+        raise SystemExit("no device words for the probe site (see the hooks' log line)")
     index = (view.data_ptr() - mapped._words.device_ptr) // 8 + 1  # the OOB word (ringformat.PROBE_WORDS)
     words = reader.device_words
-    table[3, 1] = num_pages
     out: dict[str, list[float]] = {"words": [], "drain": []}
     for _ in range(n):
         sh.flush()
         reader.tail(writer_alive=True)
+        table[3, 1] = num_pages  # one bad index each time
         torch.cuda.synchronize()
         before = int(words[index])
         t0 = time.perf_counter()
+        deadline = t0 + 10.0
         sh.check_paged_kv(table, num_pages, name="latency")
-        while int(words[index]) == before:
-            pass
+        while int(words[index]) == before and time.perf_counter() < deadline:
+            time.sleep(0)  # let the pinned mode's copier thread run
         out["words"].append(1000 * (time.perf_counter() - t0))
         while not any((r["kind"] == rf.Kind.PROBE) and reader.name(int(r["tag"])) == "latency"
-                      for r in reader.tail(writer_alive=True).records):
+                      for r in reader.tail(writer_alive=True).records) and time.perf_counter() < deadline:
             time.sleep(0.0002)
         out["drain"].append(1000 * (time.perf_counter() - t0))
+        if time.perf_counter() >= deadline:
+            raise SystemExit("a violation did not show in the ring within 10 s")
     return {k: {"median": statistics.median(v), "p99": sorted(v)[min(len(v) - 1, int(0.99 * len(v)))]}
             for k, v in out.items()}
 

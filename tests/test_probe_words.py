@@ -71,3 +71,18 @@ def test_what_the_drain_reported_is_not_counted_twice(h):
 def test_a_clean_exit_whose_drain_reported_everything_adds_nothing(h):
     state = run(h, 6, 3, 6, 3, end="exit")
     assert state.exit == "exited" and state.violations == {"page_table_oob": 3} and state.probe_execs == 6
+
+
+def test_a_journal_from_before_the_probe_words_is_not_counted_twice():
+    """A process the daemon followed before it knew of the probe words: its journal row has no
+    ``reported``, so what the words hold is taken as already counted."""
+    from sentinel.daemon.state import ProcessState
+
+    s = ProcessState(ring="r", identity={})
+    s.load_extra({"violations": {"page_table_oob": 3}, "probe_execs": 6})
+    s.gpu_probes = {"vllm.attn.0": {0: [6, 3, 1 << 30, 100]}}
+    assert s.settle_probe_words(lambda tag: "") == 0
+    assert s.violations == {"page_table_oob": 3} and s.probe_execs == 6
+    fresh = ProcessState(ring="r2", identity={})
+    fresh.load_extra(fresh.extra())  # a row written by this daemon round-trips unsettled
+    assert fresh.probe_words_settled is False

@@ -120,6 +120,8 @@ def _probe_words(torch: Any, site: Site, device: Any) -> Any | None:
     """The site's four probe words on ``device`` (a view of device words), assigned once, outside any
     capture; None without device words (then a fault that kills the context can lose the step's
     result: the drain had not copied it yet)."""
+    if site.name == PREPARE_SITE:
+        return None  # prepare() only sets the device up: no words for it
     if torch.cuda.is_current_stream_capturing():
         runtime.log_once(f"probe-words-capture:{site.name}", "probe site %s first ran inside a CUDA graph capture: "
                          "its results are not published to device words (a fault can lose them)", site.name)
@@ -140,7 +142,10 @@ def _probe_words(torch: Any, site: Site, device: Any) -> Any | None:
 def prepare(torch: Any, device: Any = None) -> None:
     """Create the accumulators for ``device`` now (outside any CUDA graph capture)."""
     dev = torch.device("cuda", torch.cuda.current_device() if device is None else torch.device(device).index or 0)
-    slab_row(torch, Site("_prepare", "paged_kv"), dev)
+    slab_row(torch, _prepare_site, dev)
+    from . import mapped
+
+    mapped.words(torch)  # the device words too, outside any capture
 
 
 def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq_lens: Any, page_size: int | None,
@@ -166,6 +171,9 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
     if words is not None and PUBLISH:
         _torch_publish(torch, row, words, num_pages)
 
+
+PREPARE_SITE = "_prepare"
+_prepare_site = Site(PREPARE_SITE, "paged_kv")  # one row per device, however often prepare() is called
 
 # Publish each probe's summary to its device words (kernels._publish). A switch for the benchmark,
 # which measures the cost of that write alone (bench/gpu_probes.py).

@@ -126,7 +126,9 @@ def launch_paged_kv(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, ac
     )
 
 
-@triton.jit
+# Not specialised on num_pages or the words' alignment: a site's first (eager) call compiles the one
+# variant every later call, captured ones included, uses (compiling inside a capture would break it).
+@triton.jit(do_not_specialize=["words_ptr", "num_pages"])
 def _publish(acc_ptr, words_ptr, num_pages, NPROG: tl.constexpr):
     # One program folds a site's NPROG slots (stream order: after the probe kernel that wrote them)
     # into the four probe words (ringformat.PROBE_WORDS) in host-mapped memory: plain stores, posted

@@ -210,7 +210,9 @@ class ProcessState:
         """Once the process is gone (no drain can report more): add what its GPU published to device
         words but its drain never reported, the results of the probes that ran just before a fault
         killed the CUDA context (or a SIGKILL the process). Returns the page-table violations added.
-        Idempotent."""
+        Idempotent. Never counts twice; it can count short where a site's reports also came from
+        the host (trap mode's eager calls, CPU tables under the same name) or from two devices, since
+        those are compared as one total."""
         if self.probe_words_settled:
             return 0
         self.probe_words_settled = True
@@ -230,6 +232,8 @@ class ProcessState:
                 delta = oob - rep_oob
                 worst = max(devices.values(), key=lambda v: v[1])  # the device with the most
                 self.violations["page_table_oob"] = self.violations.get("page_table_oob", 0) + delta
+                if self.mode == "contain":  # the kernel redirected each of them, as the drain would have said
+                    self.contained += delta
                 self.new_violations.append(Violation("page_table_oob", tag, delta, worst[2], worst[3], -1, self.step,
                                                      site=site))
                 added += delta
@@ -360,7 +364,9 @@ class ProcessState:
         self.crash_checked = bool(extra.get("crash_checked", True))  # older journals: taken as settled
         self.bad_records = int(extra.get("bad_records", 0))
         self.reported = {int(k): [int(x) for x in v] for k, v in dict(extra.get("reported", {})).items()}
-        self.probe_words_settled = bool(extra.get("probe_words_settled", False))
+        # A journal from before the probe words knows nothing the drain reported: taken as settled,
+        # so nothing is counted twice.
+        self.probe_words_settled = bool(extra.get("probe_words_settled", "reported" not in extra))
 
     def apply_header(self, header: dict[str, Any]) -> None:
         identity = {k: header[k] for k in rf.IDENTITY_TEXT + rf.IDENTITY_INT}
