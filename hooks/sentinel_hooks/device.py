@@ -154,11 +154,12 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
     ops), never waiting on the GPU. ``page_table``: 2-D integer (rows, cols) on CUDA; ``seq_lens`` (rows,)
     in tokens; ``cu_seqlens_q`` (rows + 1,). ``contain`` rewrites bad entries to ``contain_page`` in
     place. A no-op when the site gets no accumulator row; errors propagate to the caller."""
-    row = slab_row(torch, site, page_table.device)
+    dev = page_table.device
+    row = slab_row(torch, site, dev)
     if row is None:
         return
     site.contain = contain
-    words = site.words.get(page_table.device.index)
+    words = site.words.get(dev.index)
     if triton_available():
         from .kernels import launch_paged_kv as launch
         from .kernels import launch_publish

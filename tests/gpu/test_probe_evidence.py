@@ -41,6 +41,7 @@ PROGRAM = textwrap.dedent(r"""
     import os, signal, sys, time, torch
     import paged_attention as pa
     import sentinel_hooks as sh
+    from cuda_timing import capture_graph
     mode = sys.argv[1]
     num_pages, page = 8657, 64
     cache = torch.randn(num_pages * page, device="cuda", dtype=torch.bfloat16)
@@ -53,18 +54,7 @@ PROGRAM = textwrap.dedent(r"""
 
     step()  # eager first: the accumulators, the device words and the kernels are set up outside a capture
     torch.cuda.synchronize()
-    if mode == "graph":
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            step()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            step()
-        run = g.replay
-    else:
-        run = step
+    run = capture_graph(step).replay if mode == "graph" else step  # capture's warm-up: one more probe call
     for _ in range(25):
         sh.step()
         run()
