@@ -3,8 +3,9 @@
 Configurations (same inputs, interleaved rounds, medians with spread):
   graph / no checks        the step captured in a CUDA graph, replayed
   graph / sentinel         check_paged_kv captured with the step: counted on every replay
-  graph / no publish       the same without the publish kernel (device.PUBLISH off): what the
-                           crash-proof write of the probe's summary into device words costs alone
+  graph / no publish       the same with the probe kernel's publish compiled out (device.PUBLISH
+                           off): what the crash-proof write of the probe's summary into device
+                           words costs alone
   eager / no checks
   eager / sentinel
   eager / trap style       seed 000's approach: page_table.max().item() / .min().item() before the
@@ -12,7 +13,7 @@ Configurations (same inputs, interleaved rounds, medians with spread):
 
 Correct before fast: the probe must report an injected off-by-one and stay silent on the clean
 table before anything is timed. Then the time from enqueueing a probe that finds a bad index to the
-violation being readable in the ring file: through the device words (the publish kernel's stores)
+violation being readable in the ring file: through the device words (the probe kernel's publish)
 and through the drain (a PROBE record), median and p99 of --latency-samples, the GPU idle before
 each. SENTINEL_DIR defaults to a folder on /dev/shm, where the ring page itself is registered (the
 deployment default). Run by tests/gpu/run.sh; writes JSON and a markdown table to --out.
@@ -39,7 +40,7 @@ os.environ.setdefault("SENTINEL_DIR", tempfile.mkdtemp(prefix="sentinel-bench-",
                                                      dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 import sentinel_hooks as sh  # noqa: E402
 from sentinel.daemon.ringreader import RingReader  # noqa: E402
-from sentinel_hooks import device, mapped, probes  # noqa: E402
+from sentinel_hooks import config, device, mapped, probes  # noqa: E402
 from sentinel_hooks import ringformat as rf  # noqa: E402
 
 
@@ -70,7 +71,8 @@ def count_syncs(fn) -> int:
 def visibility_latency(reader: RingReader, num_pages: int, n: int) -> dict[str, dict[str, float]]:
     """Milliseconds from enqueueing a probe that finds one bad index (the GPU idle) until the daemon's
     view of the ring shows it: the site's OOB device word, and the drain's PROBE record."""
-    if sh.config().mode != "observe" or sh.config().sample_every != 1:
+    cfg = config.probe_config()
+    if cfg.mode != "observe" or cfg.sample_every != 1:
         raise SystemExit("the latency figure needs SENTINEL_MODE=observe and SENTINEL_SAMPLE_EVERY=1")
     table = torch.zeros(8, 4, dtype=torch.int32, device="cuda")
     sh.check_paged_kv(table, num_pages, name="latency")  # the site, its row and its words, set up eagerly
@@ -160,6 +162,7 @@ def main() -> int:
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for fn in (decode, probed, probe_only, probed_no_publish):
+            device.PUBLISH = fn is not probed_no_publish  # each kernel variant compiled before its capture
             fn()
     torch.cuda.current_stream().wait_stream(s)
     for key, fn in (("graph_nocheck", decode), ("graph_sentinel", probed), ("graph_probe_only", probe_only),
@@ -240,7 +243,7 @@ def main() -> int:
         "",
         f"- a graph holding only the probe: {result['probe_alone_us']:.2f} us per replay (graph launch included; "
         f"the in-step cost is {1000 * (med['graph_sentinel'] - med['graph_nocheck']):.1f} us)",
-        f"- the crash-proof write alone (the publish kernel): {publish_us:.1f} us a step "
+        f"- the crash-proof write alone (the probe kernel's publish): {publish_us:.1f} us a step "
         f"(graph with it against graph without it; device words in the {mapped.mode()} mapping)",
         f"- a violation readable in the ring, from enqueueing its probe ({args.latency_samples} samples): device "
         f"words median {latency['words']['median']:.3f} ms, p99 {latency['words']['p99']:.3f} ms; the drain's "

@@ -1,8 +1,8 @@
 """Probe results that outlive the fault they predict: the daemon's side of the probe words.
 
-On a GPU, right after each probe kernel a one-program kernel writes the site's summary (calls,
-page-table violations, offending index, num_pages) into the ring file's device words
-(``kernels._publish``, ``ringformat.PROBE_WORDS``); the drain's copy of the accumulators, which
+On a GPU, each probe kernel's last program writes the site's summary (calls, page-table
+violations, offending index, num_pages) into the ring file's device words
+(``kernels._paged_kv_probe``, ``ringformat.PROBE_WORDS``); the drain's copy of the accumulators, which
 the fault kills, is not needed for them to reach the daemon. Here a real process writes those words
 with plain stores where the GPU would (the GPU path itself: tests/gpu/test_probe_evidence.py), and
 dies by SIGKILL; a real daemon reads its ring: what the drain never reported joins the violation

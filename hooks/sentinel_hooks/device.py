@@ -1,8 +1,7 @@
 """Device-side probe state: accumulators on the GPU, drained to the ring by a background thread.
 
-The serving thread only enqueues work (one fused Triton kernel per probed call and a one-program
-kernel that publishes the site's summary to its device words; a handful of torch ops where Triton
-is missing). It never waits on the GPU. A drain thread copies the accumulators to pinned host
+The serving thread only enqueues work (one fused Triton kernel per probed call, which also
+publishes the site's summary to its device words; a handful of torch ops where Triton is missing). It never waits on the GPU. A drain thread copies the accumulators to pinned host
 memory on a side stream, polls an event without blocking, and writes the deltas to the ring as
 PROBE and CONTEXT records. The device words (mapped.py) carry the same facts when the drain never
 gets to: a fault in the step's next kernel kills the CUDA context before the copy, but the words,
@@ -46,7 +45,7 @@ _drain: Drain | None = None
 class Site:
     """A probe call site (a name). On CUDA it owns one accumulator row per device."""
 
-    __slots__ = ("name", "calls", "rows", "views", "words", "kind", "contain")
+    __slots__ = ("name", "calls", "rows", "views", "words", "tickets", "kind", "contain")
 
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
@@ -56,6 +55,7 @@ class Site:
         self.rows: dict[int, int] = {}  # device index -> slab row
         self.views: dict[int, Any] = {}  # device index -> the row's tensor view, made once
         self.words: dict[int, Any] = {}  # device index -> its 4 probe words (ringformat.PROBE_WORDS), or None
+        self.tickets: dict[int, Any] = {}  # device index -> its publish ticket (kernels._paged_kv_probe)
 
 
 class Slab:
@@ -69,6 +69,8 @@ class Slab:
         # capture does not bake the initialisation into the graph.
         with torch.cuda.stream(side):  # fills from scalars: no host-to-device copy, no sync
             self.acc = torch.zeros((MAX_SITES, NPROG, NFIELDS), dtype=torch.int64, device=device)
+            # Per site, the probe programs that have finished: the last of a launch publishes.
+            self.tickets = torch.zeros((MAX_SITES, 1), dtype=torch.int64, device=device)
             for f, initial in enumerate(INITIAL):
                 if initial:
                     self.acc[:, :, f].fill_(initial)
@@ -111,6 +113,7 @@ def slab_row(torch: Any, site: Site, device: Any) -> Any | None:
         slab.held.append(0)
         site.rows[idx] = row
         site.views[idx] = slab.acc[row]
+        site.tickets[idx] = slab.tickets[row]
         site.words[idx] = _probe_words(torch, site, slab.device)
     _ensure_drain(torch)
     return site.views[idx]
@@ -162,11 +165,9 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
     words = site.words.get(dev.index)
     if triton_available():
         from .kernels import launch_paged_kv as launch
-        from .kernels import launch_publish
 
-        launch(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, row, contain_page, contain)
-        if words is not None and PUBLISH:
-            launch_publish(row, words, num_pages)
+        launch(page_table, num_pages, seq_lens, page_size, cu_seqlens_q, row, contain_page, contain,
+               *((words, site.tickets[dev.index]) if words is not None and PUBLISH else ()))
         return
     _torch_paged_kv(torch, row, page_table, num_pages, seq_lens, page_size, cu_seqlens_q, contain, contain_page)
     if words is not None and PUBLISH:
@@ -176,8 +177,8 @@ def launch_paged_kv(torch: Any, site: Site, page_table: Any, num_pages: int, seq
 PREPARE_SITE = "_prepare"
 _prepare_site = Site(PREPARE_SITE, "paged_kv")  # one row per device, however often prepare() is called
 
-# Publish each probe's summary to its device words (kernels._publish). A switch for the benchmark,
-# which measures the cost of that write alone (bench/gpu_probes.py).
+# Publish each probe's summary to its device words (the probe kernel's last program does). A switch
+# for the benchmark, which measures the cost of that write alone (bench/gpu_probes.py).
 PUBLISH = True
 
 
@@ -249,7 +250,8 @@ def _torch_paged_kv(torch: Any, row: Any, page_table: Any, num_pages: int, seq_l
 
 
 def _torch_publish(torch: Any, row: Any, words: Any, num_pages: int) -> None:
-    """``kernels._publish`` with torch ops (CUDA without Triton): the row folded, four words written."""
+    """The probe kernel's publish with torch ops (CUDA without Triton): the row folded, four words
+    written."""
     badmax, badmin = row[:, BADMAX].max(), row[:, BADMIN].min()
     n = torch.full((), int(num_pages), dtype=torch.int64, device=row.device)
     offending = torch.where(badmax >= n, badmax, torch.where(badmin < 0, badmin, badmax))

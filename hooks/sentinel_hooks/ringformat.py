@@ -77,8 +77,8 @@ class DeviceWord(enum.IntEnum):
 
     COLLECTIVE_ENTERED = 1  # collectives of the group (tag "pg:<name>") the GPU's stream has reached
     # A paged-KV probe site's summary on one device (tag "probe:<device index>:<site>"), four words in
-    # a row (PROBE_WORDS), rewritten by a one-program kernel right after each probe kernel, so they
-    # outlive a fault in the step's next kernel (device.py, kernels._publish). Values as int64.
+    # a row (PROBE_WORDS), rewritten by each probe kernel's last program to finish, so they outlive a
+    # fault in the step's next kernel (device.py, kernels._paged_kv_probe). Values as int64.
     PROBE_CALLS = 2  # probe executions the GPU has run (eager calls and graph replays)
     PROBE_OOB = 3  # page-table entries outside [0, num_pages) they found where the kernel reads
     PROBE_OFFENDING = 4  # the offending index so far: the largest past the end, else the most negative (-1: none)

@@ -3,7 +3,7 @@
 A paged gather runs 25 clean probed steps; at step 26 its page table holds 2**30, the probe sees it,
 and the gather faults (an illegal address) before the drain thread could copy the probe's
 accumulators. Before the probe words, the ring then held 0 probe reports for that step and the fault
-record had no evidence (H200, 2026-11-29). Now the probe's one-program publish kernel has already
+record had no evidence (H200, 2026-11-29). Now the probe kernel's last program has already
 written the site's summary into the ring file's device words, so the coredump's fault record lists
 `page_table_oob` and the catalog names the page-index issue: eager, and replayed from a CUDA graph.
 And a process SIGKILLed right after a probed step with a violation leaves it in the ring. Skipped

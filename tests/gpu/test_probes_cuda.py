@@ -111,6 +111,16 @@ def test_graph_replays_are_all_counted(ring):
     recs = ring.site(ring.new(), "graph")
     assert int(contexts(recs)["c"].sum()) == 1 + replays  # executions: the warm-up and every replay
     assert int(probes(recs, rf.Check.PAGE_TABLE_OOB)["a"].sum()) == 1 + replays
+    # The kernel's last program published the same to the site's device words on every replay.
+    from sentinel_hooks import probes as probe_sites
+    from sentinel_hooks import slots
+
+    site = probe_sites._sites[("paged_kv", "graph")]
+    dev = torch.cuda.current_device()
+    folded = slots.reduce_slots(site.views[dev].tolist())
+    assert site.words[dev].tolist() == [folded[slots.Slot.CALLS], folded[slots.Slot.OOB], st["num_pages"],
+                                        st["num_pages"]]
+    assert site.tickets[dev].item() == folded[slots.Slot.OOB] << 16  # each launch's counts reset (kernels.TICKET_OOB)
 
 
 def test_first_call_inside_capture_in_a_fresh_process(tmp_path):
@@ -254,13 +264,16 @@ def test_kernel_matches_the_torch_reference_on_random_inputs():
         if rng.random() < 0.5:
             pt = pt.t().contiguous().t()
         ps = rng.choice([None, 1, 16, 64])
-        nseq = max(0, rows - rng.randint(0, 2))
+        nseq = max(0, rows + rng.randint(-2, 2))  # seq_lens may have more rows than the table, or fewer
         seq = torch.randint(-2, cols * (ps or 1) + 3, (nseq,), device="cuda") if rng.random() < 0.8 else None
         cu = torch.randint(0, 5, (rows + 1,), device="cuda").cumsum(0) if rng.random() < 0.5 else None
         acc = torch.tensor([slots.INITIAL] * slots.NPROG, dtype=torch.int64, device="cuda")
-        kernels.launch_paged_kv(pt, num_pages, seq, ps, cu, acc, 0, False)
+        words, ticket = torch.zeros(4, dtype=torch.int64, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda")
+        kernels.launch_paged_kv(pt, num_pages, seq, ps, cu, acc, 0, False, words, ticket)
         got = slots.reduce_slots(acc.tolist())
         s = device.paged_kv_stats(torch, pt, num_pages, seq, ps, cu)
         want = [1, int(s["oob"]), int(s["trail"]), int(s["max"]), int(s["seqbad"]),
                 0 if int(s["oob"]) else slots.INT64_MAX, int(s["badmax"]), int(s["badmin"])]
         assert got == want, (trial, rows, cols, nseq, ps)
+        offending = device.offending_index(int(s["badmax"]), int(s["badmin"]), num_pages)
+        assert words.tolist() == [1, int(s["oob"]), offending, num_pages], (trial, words)
