@@ -1,7 +1,7 @@
 """The device-word kernels (hooks/sentinel_hooks/kernels.py), run by Triton's own interpreter on CPU
 (``TRITON_INTERPRET=1``, the Triton of the vLLM environment `make vllm-env` creates):
 
-- the bump: by 1, by a device scalar's value, atomically on the counter, the counter's new value
+- the bump: by 1, by the value of a one-element int64 tensor (on a GPU a slot of pinned host memory), atomically on the counter, the counter's new value
   stored to the word;
 - the probe kernel's publish: its last program folds the site's accumulator slots into the four
   probe words (calls, violations, offending index, num_pages), as the drain folds them (slots.py);
@@ -48,7 +48,7 @@ words, ticket = torch.zeros(4, dtype=torch.int64), torch.zeros(1, dtype=torch.in
 table = torch.arange(64, dtype=torch.int32).reshape(4, 16) % 50
 seq_lens = torch.tensor([64, 64, 64, 16], dtype=torch.int32)  # page size 4: 16, 16, 16 and 4 pages read
 kernels.launch_paged_kv(table, 100, seq_lens, 4, None, row, 0, False, words, ticket)
-assert words.tolist() == [1, 0, -1, 100], words
+assert words.tolist() == [1, 0, -1, 100] and ticket.item() == 0, (words, ticket)  # clean: no sticky bit
 table[0, 0] = 2 ** 30  # read: far past the cache
 table[1, 3] = -7  # read: negative
 table[3, 9] = 2 ** 20  # past row 3's 4 pages: trailing, never read
@@ -67,7 +67,7 @@ table[1, 3] = -7
 ticket2 = torch.zeros(1, dtype=torch.int64)
 kernels.launch_paged_kv(table, 100, seq_lens, 4, None, row2, 0, False, words, ticket2)
 assert words.tolist() == [1, 1, -7, 100], words  # none past the end: the most negative
-assert (ticket.item(), ticket2.item()) == (3 << 16, 1 << 16)  # the violations published; each launch's count reset
+assert (ticket.item(), ticket2.item()) == (1 << 16, 1 << 16)  # a violation published (sticky); counts reset
 kernels.launch_paged_kv(table, 100, seq_lens, 4, None, row2, 0, False)  # no words: not published
 assert words.tolist() == [1, 1, -7, 100] and ticket2.item() == 1 << 16, (words, ticket2)
 print("OK")

@@ -340,7 +340,8 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
 def engine_function_collective(original: Any, op: str, group_of: Callable[[], Any], tensor_kw: str) -> Any:
     """A traced stand-in for a library function ``original`` that runs one collective of an engine
     group without passing through the group's methods: FlashInfer's fused all-reduce + RMSNorm
-    (``flashinfer.comm.allreduce_fusion``), which vLLM's and SGLang's compiled models call directly.
+    (``flashinfer.comm.allreduce_fusion``), which vLLM's compiled models call directly (the vLLM
+    adapter patches it; SGLang's calls are not traced).
     Counted as collective ``op`` of the group ``group_of()`` returns at call time (a
     GroupCoordinator, as ``engine_collective`` reads it; None: not traced), the tensor passed as
     keyword ``tensor_kw`` (or first) giving size and dtype. Calls inside an engine collective are

@@ -1,8 +1,8 @@
 """The fused paged-KV probe: one Triton kernel per probed step, capturable into CUDA graphs.
 
 It reads the page table (and seq_lens / cu_seqlens_q) once and folds the results into the site's
-small int64 accumulator on the device, without atomics. Nothing comes back to the host here: the
-drain thread copies the accumulators out asynchronously. The same kernel's last program to finish
+small int64 accumulator on the device, each program into its own slot (no atomics on the counters).
+Nothing comes back to the host here: the drain thread copies the accumulators out asynchronously. The same kernel's last program to finish
 (a per-site ticket tells it) also folds the site's slots into its four device words, where a fault
 in the step's next kernel cannot lose them. Imported only when CUDA and Triton are present.
 """
@@ -35,7 +35,7 @@ BADMAX = tl.constexpr(int(Slot.BADMAX))
 BADMIN = tl.constexpr(int(Slot.BADMIN))
 BLOCK = 1024
 # A site's publish ticket (int64): bits 0-7 the programs of the running launch done, 8-15 those of
-# them that saw a violation, 16-63 the violations the published launches saw (2**48).
+# them that saw a violation, bit 16 set once a launch with a violation was published (sticky).
 TICKET_VIOLATOR = tl.constexpr(1 << 8)
 TICKET_OOB = tl.constexpr(1 << 16)
 NUM_WARPS = 4  # Triton's default
@@ -139,7 +139,8 @@ def _paged_kv_probe(
         # slot has them); after one with a violator it acquires, reads every slot back from L2 and
         # writes all four words, folded as the drain folds them. No fence on the clean path: a
         # fence (waiting for the slots' stores) costs as much as the words' stores across the bus.
-        mine = 1 + tl.where(n_oob > 0, TICKET_VIOLATOR, 0).to(tl.int64) + n_oob * TICKET_OOB
+        tl.static_assert(NPROG < 256)  # the done and violator counts fit their 8 bits
+        mine = 1 + tl.where(n_oob > 0, TICKET_VIOLATOR, 0).to(tl.int64)
         if n_oob > 0:
             tl.debug_barrier()  # all of this program's threads stored their part of the slot
             seen = tl.atomic_add(ticket_ptr, mine, sem="acq_rel")
@@ -150,7 +151,9 @@ def _paged_kv_probe(
             launch = now % TICKET_OOB
             pages = num_pages.to(tl.int64)
             if launch >= TICKET_VIOLATOR:  # a violator in this launch: fold every slot
-                tl.atomic_add(ticket_ptr, -launch, sem="acq_rel")  # acquire: the violators' slots
+                # Acquire the violators' slots; reset the launch's counts, set the sticky bit.
+                tl.atomic_add(ticket_ptr, tl.where(now < TICKET_OOB, TICKET_OOB, 0) - launch, sem="acq_rel")
+                tl.debug_barrier()  # the acquire was thread 0's: order every thread's loads after it
                 p = tl.arange(0, NPROG) * NFIELDS
                 w_calls = tl.max(tl.load(acc_ptr + p + CALLS, volatile=True), axis=0)
                 w_oob = tl.sum(tl.load(acc_ptr + p + OOB, volatile=True), axis=0)

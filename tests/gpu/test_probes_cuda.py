@@ -120,7 +120,7 @@ def test_graph_replays_are_all_counted(ring):
     folded = slots.reduce_slots(site.views[dev].tolist())
     assert site.words[dev].tolist() == [folded[slots.Slot.CALLS], folded[slots.Slot.OOB], st["num_pages"],
                                         st["num_pages"]]
-    assert site.tickets[dev].item() == folded[slots.Slot.OOB] << 16  # each launch's counts reset (kernels.TICKET_OOB)
+    assert site.tickets[dev].item() == 1 << 16  # each launch's counts reset; a violation was published (sticky)
 
 
 def test_first_call_inside_capture_in_a_fresh_process(tmp_path):
@@ -247,6 +247,32 @@ def test_seed_002_stride_on_a_cuda_tensor(ring):
     tma = probes(b, rf.Check.TMA_MISALIGNED)
     assert len(deg) == 1 and deg["b"][0] == 2 and deg["c"][0] == 1 and deg["aux"][0] == 128
     assert len(tma) == 1 and tma["b"][0] == 2 and tma["c"][0] == 2
+
+
+def test_words_fold_violations_from_every_program():
+    """The kernel's last program folds all NPROG slots into the words, whichever programs saw the
+    violations: bad entries spread over the whole table (every program's share), launch after launch,
+    the words equal the drain's fold of the slots each time."""
+    import random
+
+    from sentinel_hooks import device, kernels, slots
+
+    rng = random.Random(5)
+    num_pages = 5000
+    pt = torch.randint(0, num_pages, (64, 256), dtype=torch.int32, device="cuda")  # 16 programs x 1024
+    acc = torch.tensor([slots.INITIAL] * slots.NPROG, dtype=torch.int64, device="cuda")
+    words, ticket = torch.zeros(4, dtype=torch.int64, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda")
+    for launch in range(1, 41):
+        table = pt.clone()
+        for _ in range(rng.choice([0, 0, 1, 5, 40])):  # clean launches between violating ones
+            table.view(-1)[rng.randrange(table.numel())] = rng.choice([num_pages, num_pages + 7, -3, 2**30])
+        kernels.launch_paged_kv(table, num_pages, None, None, None, acc, 0, False, words, ticket)
+        folded = slots.reduce_slots(acc.tolist())
+        S = slots.Slot
+        want = [launch, folded[S.OOB], device.offending_index(folded[S.BADMAX], folded[S.BADMIN], num_pages)
+                if folded[S.OOB] else -1, num_pages]
+        assert words.tolist() == want, (launch, words.tolist(), want)
+        assert ticket.item() == (1 << 16 if folded[S.OOB] else 0)
 
 
 def test_kernel_matches_the_torch_reference_on_random_inputs():
