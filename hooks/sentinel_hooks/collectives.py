@@ -1,32 +1,33 @@
 """Collective tracing: every torch.distributed collective and point-to-point op, and the engines' own
 (vLLM's and SGLang's ``GroupCoordinator`` methods, which their adapters patch with
 :func:`engine_collective`, and FlashInfer's fused all-reduce + RMSNorm, which vLLM's compiled models
-call directly: :func:`engine_function_collective`), with per-group sequence numbers, written to the ring at enqueue and at
-completion.
+call directly: :func:`engine_function_collective`), with per-group sequence numbers, written to the
+ring at enqueue and at completion.
 
-Why sequence numbers: in a real NCCL hang the waiting rank's collective call returns at once and
-the process blocks later at a sync, so its stack shows the sync, not the collective. What names
-the culprit is which ranks enqueued collective k of a group and which never did (the daemon's
-hang detector does that, live).
+Why sequence numbers: in a real NCCL hang the waiting rank's collective call returns at once and the
+process blocks later at a sync, so its stack shows the sync, not the collective. What names the
+culprit is which ranks enqueued collective k of a group and which never did (the daemon's hang
+detector does that, live).
 
 Completion is tracked without blocking: an async op's ``Work.is_completed()``, or a CUDA event
-recorded after a sync NCCL op, polled by a background thread. A sync op on CPU tensors (gloo)
-has completed when the call returns.
+recorded after a sync NCCL op, polled by a background thread. A sync op on CPU tensors (gloo) has
+completed when the call returns.
 
-Inside CUDA graphs: a collective captured into a graph runs again on every replay with no Python.
-So what a capture sees is kept on the graph (per group: how many collectives, and the last one's
-op, size and dtype), and the wrapped ``CUDAGraph.replay`` enqueues them all at once on the host
-(one ENQUEUE record per group and replay) and completes them with one CUDA event after the replay.
+Inside CUDA graphs: a collective captured into a graph runs again on every replay with no Python. So
+what a capture sees is kept on the graph (per group: how many collectives, and the last one's op,
+size and dtype), and the wrapped ``CUDAGraph.replay`` enqueues them all at once on the host (one
+ENQUEUE record per group and replay) and completes them with one CUDA event after the replay.
 
 What the GPU has reached (``SENTINEL_COLLECTIVE_MARKS``): before a collective on a CUDA tensor, one
 one-element kernel bumps the group's device word (``mapped.py``), in the ring file, readable while
-the GPU hangs. Eager, every collective is marked (+1); in a CUDA graph, with ``first`` (the default),
-the group's first collective in the graph adds the graph's count of them (read from a slot of
-pinned host memory the host wrote during the capture), with ``all`` each one adds 1. Either way the word counts the group's
-collectives as the host's sequence numbers do, up to where the GPU is; ``first`` costs one kernel per
-group and replay instead of one per collective (a mark is about 1.4 us of GPU time,
-bench/collective_marks.py), but cannot tell how far into a graph a stuck GPU got. The daemon names a
-rank whose host enqueued collective k but whose GPU is behind its peers' (``gpu_behind``).
+the GPU hangs. Eager, every collective is marked (+1); in a CUDA graph, with ``first`` (the
+default), the group's first collective in the graph adds the graph's count of them (read from a slot
+of pinned host memory the host wrote during the capture), with ``all`` each one adds 1. Either way
+the word counts the group's collectives as the host's sequence numbers do, up to where the GPU is;
+``first`` costs one kernel per group and replay instead of one per collective (a mark is about 1.4
+us of GPU time, bench/collective_marks.py), but cannot tell how far into a graph a stuck GPU got.
+The daemon names a rank whose host enqueued collective k but whose GPU is behind its peers'
+(``gpu_behind``).
 
 One call is one collective: a traced call runs the traced calls it makes inside it untraced (an
 engine's method calling torch.distributed, torch 2.13's ``all_gather_into_tensor`` calling

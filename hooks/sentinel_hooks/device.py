@@ -1,16 +1,16 @@
 """Device-side probe state: accumulators on the GPU, drained to the ring by a background thread.
 
-The serving thread only enqueues work (one fused Triton kernel per probed call, which also
-publishes the site's summary to its device words; a handful of torch ops where Triton is missing). It never waits on the GPU. A drain thread copies the accumulators to pinned host
-memory on a side stream, polls an event without blocking, and writes the deltas to the ring as
-PROBE and CONTEXT records. The device words (mapped.py) carry the same facts when the drain never
-gets to: a fault in the step's next kernel kills the CUDA context before the copy, but the words,
-written by the GPU into the ring file's page, are already there for the daemon
-(``ProcessState.settle_probe_words``).
+The serving thread only enqueues work (one fused Triton kernel per probed call, which also publishes
+the site's summary to its device words; a handful of torch ops where Triton is missing). It never
+waits on the GPU. A drain thread copies the accumulators to pinned host memory on a side stream,
+polls an event without blocking, and writes the deltas to the ring as PROBE and CONTEXT records. The
+device words (mapped.py) carry the same facts when the drain never gets to: a fault in the step's
+next kernel kills the CUDA context before the copy, but the words, written by the GPU into the ring
+file's page, are already there for the daemon (``ProcessState.settle_probe_words``).
 
-CUDA graph capture forbids many CUDA calls from *any* thread while a capture runs. The drain
-thread therefore pauses during captures: capture_begin/capture_end of torch.cuda.CUDAGraph are
-wrapped to hold it off.
+CUDA graph capture forbids many CUDA calls from *any* thread while a capture runs. The drain thread
+therefore pauses during captures: capture_begin/capture_end of torch.cuda.CUDAGraph are wrapped to
+hold it off.
 """
 
 from __future__ import annotations

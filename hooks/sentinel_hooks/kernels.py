@@ -4,7 +4,8 @@ It reads the page table (and seq_lens / cu_seqlens_q) once and folds the results
 small int64 accumulator on the device, each program into its own slot (no atomics on the counters).
 Nothing comes back to the host here: the drain thread copies the accumulators out asynchronously.
 The same kernel's last program to finish (a per-site ticket tells it) also folds the site's slots
-into its four device words, where a fault in the step's next kernel cannot lose them. Imported only when CUDA and Triton are present.
+into its four device words, where a fault in the step's next kernel cannot lose them. Imported only
+when CUDA and Triton are present.
 """
 
 from __future__ import annotations
