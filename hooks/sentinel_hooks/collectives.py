@@ -1,7 +1,7 @@
 """Collective tracing: every torch.distributed collective and point-to-point op, and the engines' own
 (vLLM's and SGLang's ``GroupCoordinator`` methods, which their adapters patch with
 :func:`engine_collective`, and FlashInfer's fused all-reduce + RMSNorm, which vLLM's compiled models
-call directly: :func:`engine_function_collective`), with per-group sequence numbers, written to the
+call directly, as does SGLang's layer norm: :func:`engine_function_collective`), with per-group sequence numbers, written to the
 ring at enqueue and at completion.
 
 Why sequence numbers: in a real NCCL hang the waiting rank's collective call returns at once and the
@@ -338,12 +338,11 @@ def engine_collective(original: Any, op: str, tensor_at: int = 0) -> Any:
     return traced
 
 
-def engine_function_collective(original: Any, op: str, group_of: Callable[[], Any], tensor_kw: str) -> Any:
+def engine_function_collective(original: Any, op: str, group_of: Callable[[tuple, dict], Any], tensor_kw: str) -> Any:
     """A traced stand-in for a library function ``original`` that runs one collective of an engine
     group without passing through the group's methods: FlashInfer's fused all-reduce + RMSNorm
-    (``flashinfer.comm.allreduce_fusion``), which vLLM's compiled models call directly (the vLLM
-    adapter patches it; SGLang's calls are not traced).
-    Counted as collective ``op`` of the group ``group_of()`` returns at call time (a
+    (``flashinfer.comm.allreduce_fusion``), which vLLM's compiled models and SGLang's layer norm call
+    directly. Counted as collective ``op`` of the group ``group_of(args, kwargs)`` returns for the call (a
     GroupCoordinator, as ``engine_collective`` reads it; None: not traced), the tensor passed as
     keyword ``tensor_kw`` (or first) giving size and dtype. Calls inside an engine collective are
     not traced again (vLLM's FlashInfer all-reduce backend calls it from ``_all_reduce_out_place``).
@@ -354,7 +353,7 @@ def engine_function_collective(original: Any, op: str, group_of: Callable[[], An
         if not _installed or _torch.compiler.is_compiling() or getattr(_inside, "depth", 0):
             return original(*args, **kwargs)
         try:
-            group = group_of()
+            group = group_of(args, kwargs)
         except Exception as exc:
             runtime.failed("engine collective group", exc)
             group = None

@@ -365,6 +365,21 @@ class Adapter(abc.ABC):
             if name not in missing:
                 self.patch(cls, name, lambda original, op=op, at=at: collectives.engine_collective(original, op, at))
 
+    def patch_fused_allreduce(self, module: ModuleType, group_of: Callable[[tuple, dict], Any]) -> None:
+        """Trace FlashInfer's fused all-reduce + RMSNorm (``flashinfer.comm.allreduce_fusion``, which
+        the engines call past GroupCoordinator) as an all-reduce of the engine group ``group_of(args,
+        kwargs)`` names for each call (``collectives.engine_function_collective``). Both engines look
+        the function up on the module at each call, so patching the module reaches them. With
+        SENTINEL_COLLECTIVES=0 nothing is patched. Raises AdapterDrift when FlashInfer has no
+        ``allreduce_fusion``."""
+        from .. import collectives, env
+
+        self.require(module, "allreduce_fusion")
+        if not runtime.setting(env.COLLECTIVES) or not collectives.install():
+            return
+        self.patch(module, "allreduce_fusion",
+                   lambda original: collectives.engine_function_collective(original, "all_reduce", group_of, "input"))
+
     def patch_everywhere(self, module: ModuleType, attr: str, make_wrapper: Wrapper) -> None:
         """Patch a module-level function where it is defined and in every module that already
         bound it by name (``from m import f``); modules importing it later bind the wrapper.

@@ -6,7 +6,7 @@ CPU build, so no engine runs). Its declared range is 0.5.20 <= version < 0.5.24:
 features in the third digit, and the files around the hook points change by hundreds of lines
 between these releases, so the names are checked, the semantics read in 0.5.23. Each hook point
 serves one check ("heartbeat", "paged_kv.trtllm", "paged_kv.flashinfer", "strides", "idle",
-"collectives"): a missing name turns off that check only. Where it patches, each when SGLang
+"collectives", "collectives.fused"): a missing name turns off that check only. Where it patches, each when SGLang
 imports the module (the attention backend, the KV pool and the CUDA-graph runners all live in the
 scheduler process; TP workers are not separate processes):
 
@@ -38,8 +38,13 @@ scheduler process; TP workers are not separate processes):
 - ``sglang.srt.distributed.parallel_state.GroupCoordinator``'s collectives (``COLLECTIVES``),
   traced per group and sequence number whatever backend then runs them (custom all-reduce, PCIe
   IPC, PyNccl, symmetric memory, FlashInfer's all-reduce, torch), eager or captured in a CUDA graph
-  (``collectives.py``). Not seen: FlashInfer's fused all-reduce + RMSNorm
-  (``flashinfer_allreduce_residual_rmsnorm``), which bypasses every GroupCoordinator method.
+  (``collectives.py``).
+- ``flashinfer.comm.allreduce_fusion``, when FlashInfer is imported: the fused all-reduce + RMSNorm
+  (``flashinfer_allreduce_residual_rmsnorm``, with a ``--flashinfer-allreduce-fusion-backend``),
+  which bypasses every GroupCoordinator method. Each call counts as an all-reduce of the group whose
+  workspace it is handed: SGLang's workspace managers (``_get_workspace_manager``: attention TP, or
+  the post-experts reduction group) keep the group's torch process groups, and the coordinator
+  registered (``_groups``) with that CPU group is the one counted.
 - ``Scheduler.on_idle`` / ``Scheduler.run_batch`` (optional): whether the engine has work, in the
   ring header. An idle scheduler does not step, so the heartbeat alert leaves it alone.
 
@@ -50,6 +55,7 @@ target module in every process at start-up and could not be undone per hook poin
 
 from __future__ import annotations
 
+import sys
 import threading
 from types import ModuleType
 from typing import Any
@@ -69,6 +75,7 @@ CANONICALIZE = "canonicalize_stride"
 CANONICALIZE_SITE = "sglang.canonicalize_stride"  # the probe site its stride records go under
 
 PARALLEL_STATE = "sglang.srt.distributed.parallel_state"
+FUSION = "sglang.srt.layers.flashinfer_comm_fusion"  # calls flashinfer.comm.allreduce_fusion
 FORWARD_BATCH = "sglang.srt.model_executor.forward_batch_info"
 # The TP collectives: GroupCoordinator's methods, as method -> (op, position of the tensor argument
 # after self). The inner methods are what torch.ops.sglang's ops call at run time (they look the
@@ -170,6 +177,11 @@ CHECKS: dict[str, tuple[Names, ...]] = {
     "idle": (((SCHEDULER, "Scheduler.on_idle"), (SCHEDULER, "Scheduler.run_batch")),),
     "collectives": (tuple((PARALLEL_STATE, f"GroupCoordinator.{name}") for name in
                           (*COLLECTIVES, "unique_name", "ranks", "rank", "world_size", "rank_in_group")),),
+    # FlashInfer's name itself is FlashInfer's: the patch requires it when flashinfer.comm loads, and
+    # tests/test_sglang_source.py checks that each release's fusion calls it by that name.
+    "collectives.fused": (((FUSION, "_get_workspace_manager"), (FUSION, "FlashInferWorkspaceManager.workspace"),
+                           (FUSION, "FlashInferWorkspaceManager.group"), (PARALLEL_STATE, "_groups"),
+                           (PARALLEL_STATE, "GroupCoordinator.cpu_group")),),
 }
 
 
@@ -195,12 +207,18 @@ class SGLangAdapter(Adapter):
             HookPoint(CANONICALIZE_MODULE, self._patch_canonicalize, check="strides"),
             HookPoint(SCHEDULER, self._patch_scheduler_idle, check="idle"),
             HookPoint(PARALLEL_STATE, self._patch_collectives, check="collectives"),
+            HookPoint("flashinfer.comm", self._patch_fused_allreduce, check="collectives.fused"),
         ]
 
     # -- hook points -------------------------------------------------------------------------------
 
     def _patch_collectives(self, module: ModuleType) -> None:
         self.patch_collectives(module, "GroupCoordinator", COLLECTIVES)
+
+    def _patch_fused_allreduce(self, module: ModuleType) -> None:
+        """FlashInfer's fused all-reduce + RMSNorm, counted in the group of its workspace (the module
+        docstring)."""
+        self.patch_fused_allreduce(module, _fused_group)
 
     def _patch_scheduler_idle(self, module: ModuleType) -> None:
         """The scheduler's idle state, for the heartbeat alert: with no batch to run, its event loop
@@ -429,3 +447,31 @@ def register() -> None:
     """The ``sglang.srt.plugins`` entry point: SGLang calls it in every process it starts (filtered
     by ``SGLANG_PLUGINS``). Arms the hooks as ``sentinel run`` does."""
     ADAPTER.register_plugin()
+
+
+_last_fused: tuple[Any, Any] = (None, None)  # (workspace, its GroupCoordinator): the steady state
+
+
+def _fused_group(args: tuple, kwargs: dict) -> Any:
+    """The GroupCoordinator of the fused all-reduce's ``workspace`` keyword: the coordinator whose CPU
+    group is the one the workspace was built on (each SGLang workspace manager keeps its group's
+    ``(device_group, cpu_group)``); None when it is not one of SGLang's (not traced)."""
+    global _last_fused
+    workspace = kwargs.get("workspace")
+    if workspace is None:
+        return None
+    if _last_fused[0] is workspace:
+        return _last_fused[1]
+    fusion, ps = sys.modules.get(FUSION), sys.modules.get(PARALLEL_STATE)
+    if fusion is None or ps is None:
+        return None
+    for attention_tp in (True, False):
+        manager = fusion._get_workspace_manager(attention_tp)
+        if manager.workspace is workspace and manager.group is not None:
+            cpu_group = manager.group[1]
+            for ref in list(ps._groups.values()):
+                group = ref()
+                if group is not None and group.cpu_group is cpu_group:
+                    _last_fused = (workspace, group)
+                    return group
+    return None

@@ -407,16 +407,8 @@ class VLLMAdapter(Adapter):
         self.patch_collectives(module, "GroupCoordinator", COLLECTIVES)
 
     def _patch_fused_allreduce(self, module: ModuleType) -> None:
-        """FlashInfer's fused all-reduce + RMSNorm, counted in vLLM's TP group (the module docstring).
-        vLLM looks ``allreduce_fusion`` up on the module at each call, so patching the module
-        reaches every caller."""
-        from .. import collectives, env
-
-        self.require(module, "allreduce_fusion")
-        if not runtime.setting(env.COLLECTIVES) or not collectives.install():
-            return
-        self.patch(module, "allreduce_fusion",
-                   lambda original: collectives.engine_function_collective(original, "all_reduce", _tp_group, "input"))
+        """FlashInfer's fused all-reduce + RMSNorm, counted in vLLM's TP group (the module docstring)."""
+        self.patch_fused_allreduce(module, _tp_group)
 
     def _patch_engine_idle(self, module: ModuleType) -> None:
         """The engine core's idle state, for the heartbeat alert: vLLM does not step while it has no
@@ -580,8 +572,9 @@ class VLLMAdapter(Adapter):
             runtime.set_identity(dp_rank=dp)
 
 
-def _tp_group() -> Any:
-    """vLLM's TP GroupCoordinator, or None before vLLM set its groups up."""
+def _tp_group(args: tuple = (), kwargs: dict | None = None) -> Any:
+    """vLLM's TP GroupCoordinator (the fused all-reduce's group whatever the call), or None before
+    vLLM set its groups up."""
     ps = sys.modules.get(PARALLEL_STATE)
     return ps.get_tp_group() if ps is not None and getattr(ps, "_TP", None) is not None else None
 
