@@ -122,7 +122,7 @@ print("OK", flush=True)
 @pytest.mark.vllm
 @pytest.mark.skipif(not READY, reason=f"no vLLM environment at {VLLM_VENV}: run `make vllm-env`")
 def test_flashinfer_fused_allreduce_counts_in_vllms_tp_group(h):
-    for calls in fused_allreduce.run_ranks(h, VLLM_PY, VLLM_FUSED, engine_env(h)):
+    for calls in fused_allreduce.run_ranks(h, VLLM_PY, VLLM_FUSED, engine_env(h), "vllm"):
         # Each fused call once, in the TP group (its inner gloo all-reduce, in whatever group, is not
         # counted again), then the coordinator's own, the next in the same sequence.
         assert [c for c in calls if c[2] == 4000] == [c for c in calls if c[0] == "pg:tp:0[0-1]"][:3], calls

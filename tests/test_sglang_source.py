@@ -253,6 +253,7 @@ def test_the_fused_allreduce_is_flashinfers_allreduce_fusion_on_a_managed_worksp
     text = source.files[sglang_adapter.FUSION]
     assert text.count("workspace=workspace_manager.workspace") >= len(calls)
     assert "group_key = (device_group, cpu_group)" in text and "workspace_manager.group != group_key" in text
+    assert "self.group = (device_group, cpu_group)" in text  # the manager keeps it: [1] is the CPU group
 
 
 # SGLang's fused all-reduce, with SGLang's real GroupCoordinator over gloo, registered as SGLang
@@ -278,15 +279,17 @@ for attention_tp in (True, True, False):
     flashinfer_comm.allreduce_fusion(input=x, workspace=workspaces[attention_tp], pattern=1)
 assert x[0, 0].item() == 8.0, x[0, 0]  # it ran: 1 -> 2 -> 4 -> 8
 flashinfer_comm.allreduce_fusion(input=torch.ones(3), workspace=type("Foreign", (), {"cpu_group": None})())
+attn_tp.all_reduce(torch.ones(2))  # the coordinator's own: next in the same sequence
 print("OK", flush=True)
 """
 
 
 @needs_venv
 def test_flashinfer_fused_allreduce_counts_in_its_workspaces_group(h):
-    for calls in fused_allreduce.run_ranks(h, SGLANG_PY, FUSED_PROGRAM, h.env()):
+    for calls in fused_allreduce.run_ranks(h, SGLANG_PY, FUSED_PROGRAM, h.env(), "sglang"):
         # Each fused call once, in its workspace's group (the stand-in's gloo all-reduce inside it not
         # again). A call on a workspace SGLang does not manage is not counted as fused (its group is
-        # unknown): only the stand-in's own torch all-reduce shows, in torch's group.
+        # unknown): only the stand-in's own torch all-reduce shows, in torch's group. The group's own
+        # all-reduce comes next in its sequence.
         assert calls == [("pg:attn_tp:0[0-1]", 1, 500), ("pg:attn_tp:0[0-1]", 2, 500),
-                         ("pg:moe_tp:0[0-1]", 1, 500), ("pg:0", 1, 3)], calls
+                         ("pg:moe_tp:0[0-1]", 1, 500), ("pg:0", 1, 3), ("pg:attn_tp:0[0-1]", 3, 2)], calls

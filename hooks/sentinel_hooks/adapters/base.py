@@ -159,7 +159,13 @@ class Adapter(abc.ABC):
             generation = self._generation
         try:
             for point in [HookPoint(self.module, self._on_framework), *self.hook_points()]:
-                importhook.when_imported(point.module, self._guarded(point, generation))
+                guarded = self._guarded(point, generation)
+                if point.module == self.module or point.module.startswith(self.module + "."):
+                    importhook.when_imported(point.module, guarded)
+                else:  # another library's module (flashinfer.comm): every adapter is armed in every
+                    # process, so hook it only once this framework is imported here
+                    importhook.when_imported(self.module, lambda _m, name=point.module, hook=guarded:
+                                             importhook.when_imported(name, hook))
         except Exception as exc:
             self.fail("instrument", exc)
         return self.active

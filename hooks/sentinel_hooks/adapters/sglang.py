@@ -40,11 +40,13 @@ scheduler process; TP workers are not separate processes):
   IPC, PyNccl, symmetric memory, FlashInfer's all-reduce, torch), eager or captured in a CUDA graph
   (``collectives.py``).
 - ``flashinfer.comm.allreduce_fusion``, when FlashInfer is imported: the fused all-reduce + RMSNorm
-  (``flashinfer_allreduce_residual_rmsnorm``, with a ``--flashinfer-allreduce-fusion-backend``),
-  which bypasses every GroupCoordinator method. Each call counts as an all-reduce of the group whose
-  workspace it is handed: SGLang's workspace managers (``_get_workspace_manager``: attention TP, or
-  the post-experts reduction group) keep the group's torch process groups, and the coordinator
-  registered (``_groups``) with that CPU group is the one counted.
+  (``flashinfer_allreduce_residual_rmsnorm`` and the plain fused all-reduce, with a
+  ``--flashinfer-allreduce-fusion-backend``), which bypasses every GroupCoordinator method. Each call
+  counts as an all-reduce of the group whose workspace it is handed: SGLang's two workspace managers
+  (``_get_workspace_manager``: attention TP, or the post-experts reduction group) keep the group's
+  torch process groups, and the coordinator registered (``_groups``) with that CPU group is the one
+  counted. Not counted: calls on a workspace neither manager holds (the cutedsl backend's,
+  ``flashinfer_mnnvl_cutedsl``; a model's private band, ``models/beam.py``).
 - ``Scheduler.on_idle`` / ``Scheduler.run_batch`` (optional): whether the engine has work, in the
   ring header. An idle scheduler does not step, so the heartbeat alert leaves it alone.
 
@@ -449,29 +451,27 @@ def register() -> None:
     ADAPTER.register_plugin()
 
 
-_last_fused: tuple[Any, Any] = (None, None)  # (workspace, its GroupCoordinator): the steady state
-
-
 def _fused_group(args: tuple, kwargs: dict) -> Any:
     """The GroupCoordinator of the fused all-reduce's ``workspace`` keyword: the coordinator whose CPU
-    group is the one the workspace was built on (each SGLang workspace manager keeps its group's
-    ``(device_group, cpu_group)``); None when it is not one of SGLang's (not traced)."""
-    global _last_fused
+    group is the one the workspace was built on (each of SGLang's two workspace managers keeps its
+    group's ``(device_group, cpu_group)``); None when neither manager holds the workspace (the cutedsl
+    backend's and a model's private workspaces: not traced) or SGLang's names moved (logged once).
+    A few attribute reads a call, no lock, no CUDA call."""
     workspace = kwargs.get("workspace")
-    if workspace is None:
-        return None
-    if _last_fused[0] is workspace:
-        return _last_fused[1]
     fusion, ps = sys.modules.get(FUSION), sys.modules.get(PARALLEL_STATE)
-    if fusion is None or ps is None:
+    if workspace is None or fusion is None or ps is None:
+        return None
+    managers, groups = getattr(fusion, "_get_workspace_manager", None), getattr(ps, "_groups", None)
+    if managers is None or groups is None:
+        runtime.log_once("sglang:fused-names", "sglang adapter: %s._get_workspace_manager or %s._groups is "
+                         "missing; the fused all-reduce is not traced", FUSION, PARALLEL_STATE)
         return None
     for attention_tp in (True, False):
-        manager = fusion._get_workspace_manager(attention_tp)
-        if manager.workspace is workspace and manager.group is not None:
+        manager = managers(attention_tp)
+        if getattr(manager, "workspace", None) is workspace and getattr(manager, "group", None) is not None:
             cpu_group = manager.group[1]
-            for ref in list(ps._groups.values()):
+            for ref in list(groups.values()):
                 group = ref()
                 if group is not None and group.cpu_group is cpu_group:
-                    _last_fused = (workspace, group)
                     return group
     return None
