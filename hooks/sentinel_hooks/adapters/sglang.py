@@ -6,9 +6,10 @@ CPU build, so no engine runs). Its declared range is 0.5.20 <= version < 0.5.24:
 features in the third digit, and the files around the hook points change by hundreds of lines
 between these releases, so the names are checked, the semantics read in 0.5.23. Each hook point
 serves one check ("heartbeat", "paged_kv.trtllm", "paged_kv.flashinfer", "strides", "idle",
-"collectives", "collectives.fused"): a missing name turns off that check only. Where it patches, each when SGLang
-imports the module (the attention backend, the KV pool and the CUDA-graph runners all live in the
-scheduler process; TP workers are not separate processes):
+"collectives", "collectives.fused"): a missing name turns off that check only. Where it patches,
+each when SGLang imports the module (FlashInfer's, once SGLang is imported in the process; the
+attention backend, the KV pool and the CUDA-graph runners all live in the scheduler process; TP
+workers are not separate processes):
 
 - TRT-LLM MHA (``TRTLLMHAAttnBackend``, the SM100 default):
   - ``init_forward_metadata`` (eager) and ``init_forward_metadata_in_graph`` (recorded into the

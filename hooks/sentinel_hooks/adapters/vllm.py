@@ -6,8 +6,9 @@ real modules and engine); 0.30.0 and 0.33.0 are checked from source (their wheel
 names in ``CHECKS`` resolve, and every by-name importer of
 ``canonicalize_singleton_dim_strides`` is in ``CANONICALIZE_SITES``). Each hook point is chosen by
 what the running release has, not by its version number. Each serves one check ("paged_kv",
-"heartbeat", "engine_heartbeat", "idle", "collectives", "collectives.fused", "strides"): a missing name turns off that
-check only. What it patches, each when vLLM imports the module:
+"heartbeat", "engine_heartbeat", "idle", "collectives", "collectives.fused", "strides"): a missing
+name turns off that check only. What it patches, each when vLLM imports the module (FlashInfer's,
+once vLLM is imported in the process):
 
 - the attention metadata, where the release builds it (``METADATA_PATHS``):
   ``vllm.v1.worker.utils.AttentionGroup.build_metadata`` (0.32 and later), else the ``build`` of
