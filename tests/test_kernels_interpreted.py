@@ -34,10 +34,17 @@ print("OK")
 """
 
 
-def test_bump_kernel_in_tritons_interpreter(h):
+def interpret(h, program: str) -> str:
+    """``program``'s stdout, run by the vLLM environment's Python with Triton's interpreter; it must
+    exit 0."""
     env = h.env(TRITON_INTERPRET="1", PYTHONPATH=str(h.helpers.parent.parent / "hooks"))
-    res = subprocess.run([str(VLLM_PY), "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([str(VLLM_PY), "-c", program], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_bump_kernel_in_tritons_interpreter(h):
+    assert "OK" in interpret(h, PROGRAM)
 
 
 PUBLISH = """
@@ -75,9 +82,7 @@ print("OK")
 
 
 def test_probe_publishes_in_tritons_interpreter(h):
-    env = h.env(TRITON_INTERPRET="1", PYTHONPATH=str(h.helpers.parent.parent / "hooks"))
-    res = subprocess.run([str(VLLM_PY), "-c", PUBLISH], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+    assert "OK" in interpret(h, PUBLISH)
 
 
 REFERENCE = """
@@ -110,6 +115,4 @@ print("OK", cases)
 
 
 def test_probe_kernel_matches_the_torch_reference_in_tritons_interpreter(h):
-    env = h.env(TRITON_INTERPRET="1", PYTHONPATH=str(h.helpers.parent.parent / "hooks"))
-    res = subprocess.run([str(VLLM_PY), "-c", REFERENCE], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0 and "OK 9" in res.stdout, res.stdout + res.stderr
+    assert "OK 9" in interpret(h, REFERENCE)

@@ -452,12 +452,17 @@ def register() -> None:
     ADAPTER.register_plugin()
 
 
+FUSED_GROUP_ATTR = "_sentinel_fused_group"  # on an SGLang workspace manager: (its group pair, the coordinator)
+
+
 def _fused_group(args: tuple, kwargs: dict) -> Any:
     """The GroupCoordinator of the fused all-reduce's ``workspace`` keyword: the coordinator whose CPU
     group is the one the workspace was built on (each of SGLang's two workspace managers keeps its
     group's ``(device_group, cpu_group)``); None when neither manager holds the workspace (the cutedsl
     backend's and a model's private workspaces: not traced) or SGLang's names moved (logged once).
-    A few attribute reads a call, no lock, no CUDA call."""
+    A few attribute reads a call, no lock, no CUDA call: the coordinator found is kept on the manager
+    (``FUSED_GROUP_ATTR``, with the group pair it was found for), so the registry is searched only
+    when a workspace is (re)built."""
     workspace = kwargs.get("workspace")
     fusion, ps = sys.modules.get(FUSION), sys.modules.get(PARALLEL_STATE)
     if workspace is None or fusion is None or ps is None:
@@ -469,10 +474,15 @@ def _fused_group(args: tuple, kwargs: dict) -> Any:
         return None
     for attention_tp in (True, False):
         manager = managers(attention_tp)
-        if getattr(manager, "workspace", None) is workspace and getattr(manager, "group", None) is not None:
-            cpu_group = manager.group[1]
-            for ref in list(groups.values()):
-                group = ref()
-                if group is not None and group.cpu_group is cpu_group:
-                    return group
+        pair = getattr(manager, "group", None)
+        if getattr(manager, "workspace", None) is not workspace or pair is None:
+            continue
+        found = getattr(manager, FUSED_GROUP_ATTR, None)
+        if found is not None and found[0] is pair:
+            return found[1]
+        for ref in list(groups.values()):
+            group = ref()
+            if group is not None and group.cpu_group is pair[1]:
+                setattr(manager, FUSED_GROUP_ATTR, (pair, group))
+                return group
     return None
