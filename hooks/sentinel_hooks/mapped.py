@@ -26,8 +26,10 @@ reads that count from an *increment*, a slot of device-mapped pinned memory (``I
 them) that the host writes with plain stores while the graph is captured. Not device memory: a
 tensor allocated inside a capture comes from the graph's private pool, whose blocks the graph's own
 replays overwrite (measured: float activations read as the count, H200, 2026-11-30), and filling
-device memory needs a CUDA call on a stream. The driver calls go through ctypes into ``libcuda.so.1`` (the CUDA driver
-API, which torch does not expose); failures make the words unavailable, counted, never raised.
+device memory needs a CUDA call on a stream.
+
+The driver calls go through ctypes into ``libcuda.so.1`` (the CUDA driver API, which torch does not
+expose); failures make the words unavailable, counted, never raised.
 """
 
 from __future__ import annotations
